@@ -1,0 +1,400 @@
+"""Configuration: one small dataclass per concern, loaded from YAML, overridable with dotted keys.
+
+Precedence, lowest to highest: dataclass defaults < the ``base:`` file(s) < the experiment
+file < ``--set key=value`` on the command line. The command line always wins; a YAML file never
+silently overrides it. Every value is type-checked and range-checked before any work starts,
+so a typo costs one line of output instead of a half-finished run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picollm.errors import ConfigError
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+TOKENIZERS = ("gpt2", "bytes")
+SCHEDULES = ("constant", "cosine")
+POSITIONS = ("learned", "rotary")
+# Sections of an experiment file that belong to the sweep, not to the trainer.
+SWEEP_SECTIONS = ("search", "study")
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from and how they are split."""
+
+    tinystories: str | None = "roneneldan/TinyStories"  # hub name or local folder; null skips it
+    tinystories_weight: float = 1.0  # share of training windows drawn from TinyStories when mixing
+    input_files: list[str] = field(default_factory=list)  # plain text, one example per line
+    synthetic: int = 0  # number of built-in counting/arithmetic sequences (0 = none)
+    builtin_stories: int = 0  # number of built-in template stories, the offline stand-in (0 = none)
+    tokenizer: str = "gpt2"  # gpt2 (tiktoken) | bytes (UTF-8 bytes + end-of-text, no download)
+    compact_vocab: bool = False  # keep only token ids seen in training (+ end-of-text, + unknown)
+    max_stories: int | None = None  # cap on TinyStories training stories (streamed from the hub)
+    max_val_stories: int | None = None  # cap on TinyStories validation stories
+    val_fraction: float = 0.1  # held-out share for sources without a validation split
+    val_tokens: int | None = None  # cap on the validation tokens scored by val/epoch_loss
+    cache_dir: str = "results/cache"
+    offline_fallback: bool = False  # hub/tokenizer unreachable -> built-in corpus + bytes tokenizer
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. One flat section; each model reads the fields it declares (see models/)."""
+
+    type: str = "transformer"  # kgram | lstm | transformer
+    block_size: int = 128
+    embed_size: int = 128
+    k: int = 3  # kgram: tokens of context
+    hidden_size: int = 256  # kgram: MLP width; lstm: hidden state size
+    num_inner_layers: int = 1  # kgram: hidden layers of the MLP
+    num_layers: int = 2  # lstm and transformer depth
+    n_heads: int = 4  # transformer
+    mlp_ratio: int = 4  # transformer
+    dropout: float = 0.0
+    positions: str = "learned"  # transformer: learned | rotary
+    tie_weights: bool = True  # transformer: share the embedding with the output head
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd, rmsprop
+    nesterov: bool = False  # sgd (needs momentum > 0)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    schedule: str = "constant"  # constant | cosine (with linear warmup)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+
+
+@dataclass
+class TrainConfig:
+    """Budget, evaluation cadence and reproducibility."""
+
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps_per_epoch: int | None = None
+    max_tokens: int | None = None  # total training tokens; trials with other block sizes stay comparable
+    eval_every: int = 50  # steps between val/loss evaluations on the fixed subset
+    eval_every_tokens: int | None = None  # or: evaluate each time this many more tokens are seen
+    eval_tokens: int = 8192  # size of that fixed subset
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (None = torch's default)
+    compile: bool = False  # torch.compile the model
+    sample_every: int = 0  # steps between text samples (0 = only at the end)
+    sample_tokens: int = 40
+    prompt: str = "Once upon a time"
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    """Where metrics go: always a local run record, and W&B unless disabled."""
+
+    wandb: str = "auto"  # auto | online | offline | disabled
+    project: str = "picollm"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str = "train"
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    out_dir: str = "results/runs"
+    save_weights: bool = True
+
+
+@dataclass
+class Config:
+    """A complete trainer config: what ``python -m picollm.train`` runs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing: dict -> typed dataclasses, with one clear line per problem.
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _parse_number(text: str, key: str) -> float:
+    try:
+        return float(text.strip().replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {text!r}") from None
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are wanted."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]  # a single path is a one-element list
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp in (int, float) and isinstance(value, str):
+        value = _parse_number(value, key)  # YAML 1.1 reads 3e-4 (no dot) as a string
+    if tp is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # YAML reads 1e6 as a float; it is still a whole number
+    if tp is float and _is_number(value):
+        return float(value)
+    if tp in (bool, int, str) and isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build_section(cls: type, raw: Any, section: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {section}.{unknown[0]} (known keys in {section}: {', '.join(sorted(known))})")
+    kwargs = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "tracking": TrackingConfig,
+}
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a plain dict (as read from YAML)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section '{unknown[0]}' (known: {', '.join(SECTIONS)})")
+    cfg = Config(**{name: _build_section(cls, raw.get(name), name) for name, cls in SECTIONS.items()})
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = list(choices)
+    _require(value in choices, f"{key}: unknown value {value!r} (choose from {', '.join(choices)})")
+
+
+def validate(cfg: Config) -> None:
+    """Refuse impossible values before any work starts."""
+    # Imported here so that reading a config does not pay for importing torch.
+    from picollm.models import MODELS
+    from picollm.optim import OPTIMIZERS
+
+    d, m, o, t, k = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.tracking
+    _check_choice("model.type", m.type, MODELS)
+    _check_choice("optim.name", o.name, OPTIMIZERS)
+    _check_choice("optim.schedule", o.schedule, SCHEDULES)
+    _check_choice("data.tokenizer", d.tokenizer, TOKENIZERS)
+    _check_choice("model.positions", m.positions, POSITIONS)
+    _check_choice("tracking.wandb", k.wandb, WANDB_MODES)
+    positive = {
+        "model.block_size": m.block_size,
+        "model.embed_size": m.embed_size,
+        "model.k": m.k,
+        "model.hidden_size": m.hidden_size,
+        "model.num_layers": m.num_layers,
+        "model.n_heads": m.n_heads,
+        "model.mlp_ratio": m.mlp_ratio,
+        "train.batch_size": t.batch_size,
+        "train.epochs": t.epochs,
+        "train.eval_every": t.eval_every,
+        "train.eval_tokens": t.eval_tokens,
+        "train.eval_every_tokens": t.eval_every_tokens,
+        "train.sample_tokens": t.sample_tokens,
+        "train.max_steps_per_epoch": t.max_steps_per_epoch,
+        "train.max_tokens": t.max_tokens,
+        "train.threads": t.threads,
+        "data.max_stories": d.max_stories,
+        "data.max_val_stories": d.max_val_stories,
+        "data.val_tokens": d.val_tokens,
+    }
+    for key, value in positive.items():
+        _require(value is None or value >= 1, f"{key} must be >= 1, got {value}")
+    _require(m.num_inner_layers >= 0, f"model.num_inner_layers must be >= 0, got {m.num_inner_layers}")
+    _require(
+        m.embed_size % m.n_heads == 0 or m.type != "transformer",
+        f"model.embed_size ({m.embed_size}) must be divisible by model.n_heads ({m.n_heads})",
+    )
+    _require(
+        m.positions != "rotary" or (m.embed_size // m.n_heads) % 2 == 0,
+        "model.positions=rotary needs an even head size (embed_size / n_heads)",
+    )
+    for key, value in {"optim.lr": o.lr, "optim.eps": o.eps}.items():
+        _require(math.isfinite(value) and value > 0, f"{key} must be a positive number, got {value}")
+    for key, value in {
+        "optim.weight_decay": o.weight_decay,
+        "optim.momentum": o.momentum,
+        "optim.grad_clip": o.grad_clip,
+        "model.dropout": m.dropout,
+    }.items():
+        _require(math.isfinite(value) and value >= 0, f"{key} must be >= 0, got {value}")
+    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2, "model.dropout": m.dropout}.items():
+        _require(value < 1, f"{key} must be < 1, got {value}")
+    _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
+    _require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    _require(0 <= d.tinystories_weight <= 1, f"data.tinystories_weight must be in [0, 1], got {d.tinystories_weight}")
+    _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    for key, value in {"data.synthetic": d.synthetic, "data.builtin_stories": d.builtin_stories}.items():
+        _require(value >= 0, f"{key} must be >= 0, got {value}")
+    _require(t.sample_every >= 0, f"train.sample_every must be >= 0, got {t.sample_every}")
+    _require(
+        bool(d.tinystories) or bool(d.input_files) or d.synthetic > 0 or d.builtin_stories > 0,
+        "no data: set data.tinystories, data.input_files, data.synthetic or data.builtin_stories",
+    )
+    _require(
+        t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+        f"train.device: unknown value {t.device!r} (choose from auto, cpu, cuda, cuda:N)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and overrides.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely; missing, empty or malformed files are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``override``, recursing into nested mappings."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read an experiment file, resolving ``base:`` (a path relative to the file, or a list)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: 'base:' chain loops back to itself")
+    data = read_yaml(path)
+    bases = data.pop("base", None) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, load_raw(path.parent / base, (*_seen, path)))
+    return deep_merge(merged, data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value``; the value is typed like YAML (``3e-4``, ``[a, b]``, ``null``)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key=value with a dotted key, got {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not YAML: keep it as a plain string
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config dict (unknown keys are caught when building)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def split_experiment(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate the trainer config from the sweep's ``search:``/``study:`` sections."""
+    trainer = {k: v for k, v in raw.items() if k not in SWEEP_SECTIONS}
+    sweep = {k: raw[k] for k in SWEEP_SECTIONS if k in raw}
+    return trainer, sweep
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a trainer config from a file (or defaults when ``path`` is None) plus overrides."""
+    raw = load_raw(path) if path is not None else {}
+    trainer, _ = split_experiment(raw)
+    return config_from_dict(apply_overrides(trainer, overrides))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config; the file is itself a valid config."""
+    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")

@@ -1,0 +1,390 @@
+"""Token data: tokenize once, cache per split as uint16 on disk, memory-map, cut into windows.
+
+The cache key is a hash of everything that decides the tokens (sources, caps, file contents,
+tokenizer), so a second run or a sweep trial with the same data settings starts training after
+milliseconds of data work, and a changed input file can never be served stale. Each cached
+array carries its SHA-256; a truncated or altered file is rebuilt, not trusted.
+
+Validation is the dataset's own split when it has one, else a deterministic held-out share of
+documents. Its tokens do not depend on the model or ``block_size``: every evaluation scores each
+validation token exactly once, so sweep trials are compared on the same tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from picollm import corpora
+from picollm.config import Config, DataConfig
+from picollm.errors import DataError
+from picollm.tokenizers import Tokenizer, get_tokenizer, tiktoken_available
+
+CACHE_FORMAT = 2
+STORIES = "tinystories"  # TinyStories and its offline stand-in
+OTHER = "other"  # input files and synthetic sequences
+FALLBACK_STORIES = 2000
+
+
+@dataclass
+class TokenData:
+    """Train and validation token streams plus what is needed to read them."""
+
+    tokenizer: Tokenizer
+    train: np.ndarray  # all training groups back to back (memory-mapped uint16)
+    val: np.ndarray
+    groups: dict[str, tuple[int, int]]  # group -> (offset, length) inside `train`
+    weights: dict[str, float]  # group -> share of training windows
+    cache_path: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline fallback: rewrite the config honestly instead of failing or pretending.
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
+    """When allowed and the hub or tokenizer files are out of reach, switch to offline data.
+
+    Returns the config that will actually run (so the run record and ``best.yaml`` say what was
+    trained on) and a one-line note, or ``(cfg, None)`` when nothing had to change.
+    """
+    d = cfg.data
+    if not d.offline_fallback:
+        return cfg, None
+    missing = []
+    if d.tinystories and not corpora.is_local_path(d.tinystories) and not corpora.hub_reachable():
+        missing.append(f"the Hugging Face hub ({d.tinystories})")
+    if d.tokenizer == "gpt2" and not corpora.call_with_timeout(tiktoken_available, 5.0, False):
+        missing.append("tiktoken's gpt2 files (set TIKTOKEN_CACHE_DIR)")
+    if not missing:
+        return cfg, None
+    new = copy.deepcopy(cfg)
+    new.data.offline_fallback = False
+    if any("hub" in m for m in missing):
+        new.data.tinystories = None
+        new.data.builtin_stories = d.max_stories or FALLBACK_STORIES
+    new.data.tokenizer = "bytes"
+    note = (
+        f"offline: cannot reach {' or '.join(missing)}; using the built-in corpus "
+        f"({new.data.builtin_stories or 0} template stories) and the bytes tokenizer instead"
+        if new.data.tinystories is None
+        else f"offline: cannot reach {' or '.join(missing)}; using the bytes tokenizer instead"
+    )
+    return new, note
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the cache.
+# ---------------------------------------------------------------------------------------------
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(d: DataConfig) -> str:
+    """Hash of every setting that changes the tokens (not those applied after loading)."""
+    spec: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "tokenizer": d.tokenizer,
+        "compact_vocab": d.compact_vocab,
+        "val_fraction": d.val_fraction,
+        "synthetic": d.synthetic,
+        "builtin_stories": d.builtin_stories,
+        "input_files": [],
+    }
+    for name in d.input_files:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DataError(f"data.input_files: file not found: {name}")
+        spec["input_files"].append(_file_sha256(path))
+    if d.tinystories:
+        spec["tinystories"] = {"spec": d.tinystories, "max": d.max_stories, "max_val": d.max_val_stories}
+        if corpora.is_local_path(d.tinystories):
+            files = corpora.local_dataset_files(d.tinystories)
+            spec["tinystories"]["files"] = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _holdout(docs: list[str], fraction: float, what: str) -> tuple[list[str], list[str]]:
+    """Deterministic held-out share of documents (fixed seed: it never moves between runs)."""
+    if len(docs) < 2:
+        raise DataError(f"{what}: needs at least 2 examples to hold some out for validation")
+    order = np.random.default_rng(0).permutation(len(docs))
+    n_val = min(len(docs) - 1, max(1, round(fraction * len(docs))))
+    val_idx = set(order[:n_val].tolist())
+    train = [doc for i, doc in enumerate(docs) if i not in val_idx]
+    val = [doc for i, doc in enumerate(docs) if i in val_idx]
+    return train, val
+
+
+def collect_documents(d: DataConfig) -> tuple[dict[str, list[str]], list[str]]:
+    """Training documents per group and the validation documents, from every configured source."""
+    stories: list[str] = []
+    val: list[str] = []
+    if d.tinystories:
+        train, ts_val = corpora.load_tinystories(d.tinystories, d.max_stories, d.max_val_stories)
+        if ts_val is None:
+            train, ts_val = _holdout(train, d.val_fraction, "data.tinystories")
+        stories += train
+        val += ts_val
+    if d.builtin_stories:
+        built_train, built_val = _holdout(corpora.builtin_stories(d.builtin_stories), d.val_fraction, "builtin")
+        stories += built_train
+        val += built_val
+    other: list[str] = []
+    for name in d.input_files:
+        train, file_val = _holdout(corpora.read_text_file(name), d.val_fraction, f"data.input_files: {name}")
+        other += train
+        val += file_val
+    if d.synthetic:
+        train, syn_val = _holdout(corpora.synthetic_sequences(d.synthetic), d.val_fraction, "data.synthetic")
+        other += train
+        val += syn_val
+    groups = {name: docs for name, docs in ((STORIES, stories), (OTHER, other)) if docs}
+    return groups, val
+
+
+def _compact(train: np.ndarray, val: np.ndarray, eot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Renumber to the ids seen in training (+ end-of-text); unseen validation ids map to one OOV id."""
+    used = np.union1d(np.unique(train), [eot]).astype(np.uint16)
+    remap = np.full(int(max(used.max(), val.max() if val.size else 0)) + 1, len(used), dtype=np.uint16)
+    remap[used] = np.arange(len(used), dtype=np.uint16)
+    val_clipped = np.where(val < len(remap), val, len(remap) - 1)
+    val_new = np.where(val < len(remap), remap[val_clipped], len(used)).astype(np.uint16)
+    return remap[train], val_new, used
+
+
+def _write_array(folder: Path, name: str, array: np.ndarray) -> str:
+    array.astype(np.uint16).tofile(folder / f"{name}.bin")
+    return _file_sha256(folder / f"{name}.bin")
+
+
+def build_cache(d: DataConfig, tokenizer: Tokenizer, target: Path) -> None:
+    """Tokenize every source and write the cache folder atomically (temp folder + rename)."""
+    groups, val_docs = collect_documents(d)
+    if not val_docs:
+        raise DataError("the data has no validation documents")
+    streams = {name: tokenizer.encode_docs(docs) for name, docs in groups.items()}
+    train = np.concatenate(list(streams.values()))
+    val = tokenizer.encode_docs(val_docs)
+    meta: dict[str, Any] = {"format": CACHE_FORMAT, "tokenizer": tokenizer.name, "groups": {}, "sha256": {}}
+    offset = 0
+    for name, stream in streams.items():
+        meta["groups"][name] = [offset, len(stream)]
+        offset += len(stream)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        if d.compact_vocab:
+            train, val, used = _compact(train, val, tokenizer.eot_id)
+            meta["sha256"]["vocab"] = _write_array(tmp, "vocab", used)
+        meta["sha256"]["train"] = _write_array(tmp, "train", train)
+        meta["sha256"]["val"] = _write_array(tmp, "val", val)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another worker finished the same cache first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read_cache(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """Open a cache folder, or None when it is missing, incomplete or fails its hash check."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = {}
+        for name, digest in meta["sha256"].items():
+            path = folder / f"{name}.bin"
+            if _file_sha256(path) != digest:
+                return None
+            arrays[name] = np.memmap(path, dtype=np.uint16, mode="r") if path.stat().st_size else np.zeros(0, np.uint16)
+        return meta, arrays
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class CompactTokenizer:
+    """A tokenizer restricted to the ids seen in training; everything else is one OOV id."""
+
+    def __init__(self, base: Tokenizer, used: np.ndarray) -> None:
+        self.base = base
+        self.used = np.asarray(used, dtype=np.int64)
+        self.lookup = {int(orig): i for i, orig in enumerate(self.used)}
+        self.name = f"{base.name}+compact"
+        self.oov_id = len(self.used)
+        self.vocab_size = len(self.used) + 1
+        self.eot_id = self.lookup[base.eot_id]
+
+    def encode(self, text: str) -> list[int]:
+        return [self.lookup.get(i, self.oov_id) for i in self.base.encode(text)]
+
+    def encode_docs(self, docs: list[str]) -> np.ndarray:
+        raise NotImplementedError("compact vocabularies are built by the cache, not re-encoded")
+
+    def decode(self, ids: list[int]) -> str:
+        return self.base.decode([int(self.used[i]) for i in ids if i < self.oov_id])
+
+
+def load_token_data(d: DataConfig, progress: bool = True) -> TokenData:
+    """Return the cached token data for these settings, building the cache when needed."""
+    tokenizer: Tokenizer = get_tokenizer(d.tokenizer)
+    folder = Path(d.cache_dir) / cache_key(d)
+    opened = _read_cache(folder)
+    if opened is None:
+        if folder.exists():  # corrupt or partial: rebuild rather than trust it
+            print(f"token cache {folder} failed its check; rebuilding", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
+        if progress:
+            print(f"tokenizing ({d.tokenizer}) into {folder} ...", file=sys.stderr)
+        build_cache(d, tokenizer, folder)
+        opened = _read_cache(folder)
+        if opened is None:
+            raise DataError(f"could not read back the token cache at {folder}")
+    meta, arrays = opened
+    if "vocab" in arrays:
+        tokenizer = CompactTokenizer(tokenizer, np.asarray(arrays["vocab"]))
+    val = arrays["val"][: d.val_tokens + 1] if d.val_tokens else arrays["val"]
+    if len(val) < 2:
+        raise DataError("the validation split has fewer than 2 tokens")
+    groups = {name: (int(o), int(n)) for name, (o, n) in meta["groups"].items()}
+    return TokenData(tokenizer, arrays["train"], val, groups, mix_weights(groups, d), folder)
+
+
+def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, float]:
+    """``data.tinystories_weight`` is the share of TinyStories windows when both groups exist."""
+    if set(groups) == {STORIES, OTHER}:
+        return {STORIES: d.tinystories_weight, OTHER: 1.0 - d.tinystories_weight}
+    return {name: 1.0 for name in groups}
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows and batches.
+# ---------------------------------------------------------------------------------------------
+
+
+def window_starts(data: TokenData, block_size: int) -> dict[str, np.ndarray]:
+    """Start offsets of the non-overlapping (block_size + 1)-token training windows of each group."""
+    starts = {}
+    for name, (offset, length) in data.groups.items():
+        count = (length - 1) // block_size
+        if count > 0 and data.weights[name] > 0:
+            starts[name] = offset + np.arange(count, dtype=np.int64) * block_size
+    if not starts:
+        raise DataError(
+            f"the training data ({sum(n for _, n in data.groups.values())} tokens) is shorter than one "
+            f"window of model.block_size + 1 = {block_size + 1} tokens"
+        )
+    return starts
+
+
+def epoch_order(starts: dict[str, np.ndarray], weights: dict[str, float], rng: np.random.Generator) -> np.ndarray:
+    """One epoch's window starts, shuffled; with two groups, drawn in the configured shares."""
+    if len(starts) == 1:
+        (only,) = starts.values()
+        return rng.permutation(only)
+    total = sum(len(s) for s in starts.values())
+    picked = []
+    for name, group in starts.items():
+        want = round(weights[name] * total)
+        reps, rest = divmod(want, len(group))
+        picked += [rng.permutation(group) for _ in range(reps)]
+        picked.append(rng.choice(group, size=rest, replace=False))
+    return rng.permutation(np.concatenate(picked))
+
+
+def gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets for windows of ``length`` inputs, as int64 tensors."""
+    rows = np.asarray(tokens[starts[:, None] + np.arange(length + 1)], dtype=np.int64)
+    window = torch.from_numpy(rows)
+    return window[:, :-1], window[:, 1:]
+
+
+def train_batches(
+    data: TokenData, block_size: int, batch_size: int, rng: np.random.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled full batches (the last partial batch is dropped unless it is the only one)."""
+    order = epoch_order(window_starts(data, block_size), data.weights, rng)
+    n_full = len(order) // batch_size
+    if n_full == 0:
+        yield gather(data.train, order, block_size)
+        return
+    for i in range(n_full):
+        yield gather(data.train, order[i * batch_size : (i + 1) * batch_size], block_size)
+
+
+def eval_batches(tokens: np.ndarray, block_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Windows that score every token after the first exactly once, whatever ``block_size`` is.
+
+    Full windows come in batches; the last, shorter window comes alone (no padding is ever scored).
+    """
+    n_targets = len(tokens) - 1
+    n_full = n_targets // block_size
+    starts = np.arange(n_full, dtype=np.int64) * block_size
+    for i in range(0, n_full, batch_size):
+        yield gather(tokens, starts[i : i + batch_size], block_size)
+    rest = n_targets - n_full * block_size
+    if rest:
+        yield gather(tokens, np.array([n_full * block_size]), rest)
+
+
+# ---------------------------------------------------------------------------------------------
+# The counting baseline.
+# ---------------------------------------------------------------------------------------------
+
+
+def unigram_baseline(data: TokenData) -> dict[str, float]:
+    """Entropy of the training unigram distribution and its (add-one smoothed) loss on validation, in nats.
+
+    A model whose loss is near these numbers has learned token frequencies and nothing else — the
+    model that always says "the" or end-of-text lives here.
+    """
+    counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(np.float64)
+    probs = counts / counts.sum()
+    nonzero = probs[probs > 0]
+    smoothed = (counts + 1.0) / (counts.sum() + data.vocab_size)
+    val_targets = np.asarray(data.val[1:], dtype=np.int64)
+    return {
+        "unigram_entropy": float(-(nonzero * np.log(nonzero)).sum()),
+        "unigram_val_loss": float(-np.log(smoothed[val_targets]).mean()),
+        "top_token_id": int(counts.argmax()),
+        "top_token_share": float(probs.max()),
+    }
+
+
+def describe(data: TokenData) -> dict[str, Any]:
+    """What the run trained on, for the run record and W&B."""
+    return {
+        "tokenizer": data.tokenizer.name,
+        "vocab_size": data.vocab_size,
+        "train_tokens": len(data.train),
+        "val_tokens": len(data.val),
+        "groups": {name: n for name, (_, n) in data.groups.items()},
+        "weights": data.weights,
+        "cache": str(data.cache_path),
+        "notes": list(data.notes),
+    }

@@ -1,0 +1,45 @@
+"""Errors a user can fix, and the one place that turns them into a clean exit.
+
+Every problem caused by input (a config, a data path, a storage URL) raises a
+:class:`PicoError`. Entry points wrap their ``main`` in :func:`run_cli`, which
+prints one line naming the problem and exits with status 2: no traceback, because
+a traceback tells a user about our code, not about their mistake.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class PicoError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class ConfigError(PicoError):
+    """A config key is unknown, mistyped or out of range."""
+
+
+class DataError(PicoError):
+    """A data source is missing, empty, unreadable or unreachable."""
+
+
+class StorageError(PicoError):
+    """A sweep's storage URL is malformed or unreachable."""
+
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run ``main`` and exit: 0 on success, 2 with one line on a :class:`PicoError`, 130 on Ctrl-C."""
+    try:
+        code = main(argv)
+    except PicoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code or 0)

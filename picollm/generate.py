@@ -1,0 +1,111 @@
+"""Text generation for every model: greedy, temperature, top-k and nucleus (top-p) sampling.
+
+Models with a cache continue from it, so each new token costs one position's work; without the
+cache the whole (cropped) context is recomputed per token, which the benchmark uses as baseline.
+
+    python -m picollm.generate results/runs/<run_id> --prompt "Once upon a time" --top-p 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from picollm.errors import run_cli
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    use_cache: bool = True
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Mask to -inf everything outside the top-k and outside the smallest set with mass >= top_p."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def pick_next(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token ids (B, 1) from last-position logits (B, V)."""
+    if s.greedy or s.temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    probs = filter_logits(logits.float() / s.temperature, s.top_k, s.top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module, prompt_ids: list[int], s: Sampling, generator: torch.Generator | None = None
+) -> list[int]:
+    """Continue ``prompt_ids`` by ``s.max_new_tokens`` tokens; returns only the new ids."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    block = model.block_size
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    out: list[int] = []
+    cache = model.new_cache() if s.use_cache else None
+    feed = ids[:, -block:]
+    for _ in range(s.max_new_tokens):
+        if cache is not None and cache.get("pos", 0) + feed.shape[1] > block:
+            cache = model.new_cache()  # a position-limited cache is full: restart from half a block
+            feed = ids[:, -(block // 2 or 1) :]
+        hidden = model(feed if cache is not None else ids[:, -block:], cache)
+        nxt = pick_next(model.head(hidden[:, -1]), s, generator)
+        ids = torch.cat([ids, nxt], dim=1)
+        out.append(int(nxt))
+        feed = nxt
+    model.train(was_training)
+    return out
+
+
+def generate_text(model: nn.Module, tokenizer, prompt: str, s: Sampling, seed: int = 0) -> str:
+    """Prompt in, continuation out; a fixed-seed generator leaves the training RNG untouched."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    return tokenizer.decode(generate(model, prompt_ids, s, generator))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from picollm.checkpoint import load_run
+
+    parser = argparse.ArgumentParser(
+        prog="python -m picollm.generate", description="Sample text from a trained run's saved weights."
+    )
+    parser.add_argument("run_dir", help="a run record folder, e.g. results/runs/<run_id>")
+    parser.add_argument("--prompt", default="Once upon a time", help="text to continue")
+    parser.add_argument("--weights", choices=("best", "final"), default="best")
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=0.8, help="<= 0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_run(args.run_dir, args.weights)
+    s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy)
+    for i in range(args.num_samples):
+        print(f"--- sample {i + 1}\n{args.prompt}{generate_text(model, tokenizer, args.prompt, s, args.seed + i)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

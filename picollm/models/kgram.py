@@ -1,0 +1,57 @@
+"""k-gram MLP: the previous k tokens' embeddings, concatenated, through an MLP.
+
+All positions of a batch are computed at once: the k-token contexts are a strided view
+(``unfold``) of the left-padded input, not a Python loop over time or batch. Positions before
+the start of a sequence see a dedicated padding embedding, never a real token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class KGramConfig:
+    vocab_size: int
+    k: int = 3
+    embed_size: int = 128
+    hidden_size: int = 256
+    num_inner_layers: int = 1
+    dropout: float = 0.0
+    block_size: int = 128
+
+
+class KGramMLP(nn.Module):
+    def __init__(self, cfg: KGramConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.block_size = cfg.block_size
+        self.pad_id = cfg.vocab_size  # one extra embedding row for "before the start"
+        self.embed = nn.Embedding(cfg.vocab_size + 1, cfg.embed_size)
+        layers: list[nn.Module] = []
+        width = cfg.k * cfg.embed_size
+        for _ in range(cfg.num_inner_layers):
+            layers += [nn.Linear(width, cfg.hidden_size), nn.SiLU(), nn.Dropout(cfg.dropout)]
+            width = cfg.hidden_size
+        self.mlp = nn.Sequential(*layers)
+        self.head = nn.Linear(width, cfg.vocab_size)
+
+    def new_cache(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, idx: torch.Tensor, cache: dict[str, Any] | None = None) -> torch.Tensor:
+        """Hidden states (B, T, width) for every position; ``self.head`` turns them into logits."""
+        k = self.cfg.k
+        if cache is not None and "context" in cache:
+            context = cache["context"]
+        else:
+            context = idx.new_full((idx.shape[0], k - 1), self.pad_id)
+        padded = torch.cat([context, idx], dim=1)
+        if cache is not None:
+            cache["context"] = padded[:, padded.shape[1] - (k - 1) :]
+        windows = padded.unfold(1, k, 1)  # (B, T, k): tokens t-k+1 .. t
+        return self.mlp(self.embed(windows).flatten(2))

@@ -1,0 +1,82 @@
+"""Next-token loss without the full logits tensor.
+
+The output projection to a 50257-token vocabulary dominates a small LM's step: its logits for
+a 16x128 batch are a 412 MB float32 tensor that is written, read by log-softmax, written again
+for the gradient and read back. Here the head and the cross-entropy run together over chunks of
+rows, and the gradients are formed in the same pass (the loss is a scalar, so d loss / d logits
+is known as soon as the chunk's softmax is): memory holds one chunk's logits, and the result
+equals ``F.cross_entropy(hidden @ W.T + b, targets)`` up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Rows of logits per chunk: 2**21 floats (8 MB), a size that stays in cache on small CPUs.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    return max(16, _CHUNK_ELEMENTS // vocab_size)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad):  # type: ignore[override]
+        n_rows = hidden.shape[0]
+        w = weight.to(hidden.dtype)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        if with_grad:
+            grad_hidden = torch.empty_like(hidden)
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        for start in range(0, n_rows, chunk_rows):
+            h = hidden[start : start + chunk_rows]
+            t = targets[start : start + chunk_rows]
+            logits = (h @ w.t()).float()
+            if bias is not None:
+                logits += bias.float()
+            lse = torch.logsumexp(logits, dim=1)
+            loss_sum += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if with_grad:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                g = probs.to(hidden.dtype)
+                torch.matmul(g, w, out=grad_hidden[start : start + chunk_rows])
+                grad_weight.addmm_(g.t().float(), h.float())
+                if grad_bias is not None:
+                    grad_bias += probs.sum(0)
+        if with_grad:
+            ctx.save_for_backward(
+                grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype) if grad_bias is not None else None
+            )
+        ctx.n_rows = n_rows
+        return loss_sum / n_rows
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_out / ctx.n_rows
+        return (
+            grad_hidden * scale.to(grad_hidden.dtype),
+            grad_weight * scale.to(grad_weight.dtype),
+            None if grad_bias is None else grad_bias * scale.to(grad_bias.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy of ``head(hidden)`` against ``targets``, computed chunk by chunk.
+
+    ``hidden`` is (..., D) and ``targets`` the matching (...) int64 ids.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    rows = chunk_rows or default_chunk_rows(head.weight.shape[0])
+    with_grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
+    return _LinearCrossEntropy.apply(h, head.weight, head.bias, t, rows, with_grad)

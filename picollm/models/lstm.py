@@ -1,0 +1,46 @@
+"""LSTM language model: embedding, ``nn.LSTM``, vocabulary projection (batch-first)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LSTMConfig:
+    vocab_size: int
+    embed_size: int = 128
+    hidden_size: int = 256
+    num_layers: int = 1
+    dropout: float = 0.0
+    block_size: int = 128
+
+
+class LSTMLM(nn.Module):
+    def __init__(self, cfg: LSTMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.block_size = cfg.block_size
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+        self.lstm = nn.LSTM(
+            cfg.embed_size,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+    def new_cache(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, idx: torch.Tensor, cache: dict[str, Any] | None = None) -> torch.Tensor:
+        """Hidden states (B, T, hidden); with a cache, the recurrent state carries over between calls."""
+        state = cache.get("state") if cache is not None else None
+        out, new_state = self.lstm(self.embed(idx), state)
+        if cache is not None:
+            cache["state"] = new_state
+        return out

@@ -1,0 +1,247 @@
+"""Metrics: one tiny interface, two sinks — the local run record (always) and W&B (when enabled).
+
+The trainer calls :class:`Tracker` and never knows which sinks are behind it. W&B is imported
+only when a run uses it, and any W&B failure (no network, no key, a bug) costs one warning:
+the local record keeps everything, and training never waits on W&B for long.
+
+Run record layout (``tracking.out_dir/<run_id>/``)::
+
+    config.yaml    resolved config, written before the first step; a valid config file
+    meta.json      run id, start time, command, git commit, library versions, device, data used
+    metrics.jsonl  one JSON object per logged row; every row has "step" and "epoch"
+    samples.jsonl  generated text samples
+    summary.json   final numbers and status (finished | pruned | failed | interrupted)
+    final.pt best.pt   weights: {"model": settings, "vocab_size", "state_dict"} (weights_only loads)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+from picollm.config import Config, save_config
+from picollm.fileio import atomic_write_json
+
+STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss")
+EPOCH_METRICS = ("val/epoch_loss", "train/epoch_loss", "train/epoch_loss_stderr", "train/epoch_steps")
+WANDB_INIT_TIMEOUT_S = 30.0
+
+
+def new_run_id(prefix: str = "") -> str:
+    """Opaque and unique: a timestamp and random hex, never hyperparameters to parse back."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}{stamp}-{secrets.token_hex(3)}"
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "tiktoken", "datasets", "wandb", "optuna"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    return versions
+
+
+class Sink(Protocol):
+    def log(self, row: dict[str, Any]) -> None: ...
+    def log_sample(self, row: dict[str, Any]) -> None: ...
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class JsonlSink:
+    """The local record: appends rows as JSON lines, flushed so a crash loses at most one row."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        # Open for the run's lifetime (closed in finish), not per row: a step must not pay for an open().
+        self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._samples = open(run_dir / "samples.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def log(self, row: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def log_sample(self, row: dict[str, Any]) -> None:
+        self._samples.write(json.dumps(row) + "\n")
+        self._samples.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self._metrics.close()
+        self._samples.close()
+        atomic_write_json(self.run_dir / "summary.json", summary)
+
+
+def wandb_credentials_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(setting: str) -> str:
+    """``auto``: WANDB_MODE if set, else online with credentials, else offline (never needs a key)."""
+    if setting != "auto":
+        return setting
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if wandb_credentials_present() else "offline"
+
+
+class WandbSink:
+    """W&B behind the sink interface; the first error disables it with one warning."""
+
+    def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
+        self.run = None
+        self.rows: list[list[Any]] = []
+        self._guard("init", lambda: self._init(cfg, mode, run_id, run_dir, config))
+
+    def _init(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
+        import wandb
+
+        t = cfg.tracking
+        settings = wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S, console="off")
+        self.run = wandb.init(
+            project=t.project,
+            entity=t.entity,
+            group=t.group,
+            job_type=t.job_type,
+            name=t.name or run_id,
+            tags=t.tags or None,
+            config=config,
+            id=run_id,
+            dir=str(run_dir),
+            mode=mode,
+            settings=settings,
+            reinit="create_new",
+        )
+        self.run.define_metric("step")
+        self.run.define_metric("epoch")
+        for key in STEP_METRICS:
+            self.run.define_metric(key, step_metric="step", summary="min" if key.endswith("loss") else "last")
+        for key in EPOCH_METRICS:
+            self.run.define_metric(key, step_metric="epoch", summary="min" if key.endswith("loss") else "last")
+
+    def _guard(self, what: str, fn: Any) -> None:
+        try:
+            fn()
+        except Exception as exc:  # W&B must never take training down with it
+            warnings.warn(
+                f"W&B {what} failed ({type(exc).__name__}: {exc}); continuing with the local record only", stacklevel=3
+            )
+            self._close_quietly()
+            self.run = None
+
+    def _close_quietly(self) -> None:
+        try:
+            if self.run is not None:
+                self.run.finish(exit_code=1)
+        except Exception:
+            pass
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.run is not None:
+            self._guard("log", lambda: self.run.log(row))
+
+    def log_sample(self, row: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        self.rows.append([row["step"], row["prompt"], row["text"]])
+
+        def log_table() -> None:
+            import wandb
+
+            self.run.log({"samples": wandb.Table(columns=["step", "prompt", "text"], data=list(self.rows))})
+
+        self._guard("log", log_table)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+
+        def close() -> None:
+            self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+            self.run.finish(exit_code=0 if summary.get("status") in ("finished", "pruned") else 1)
+
+        self._guard("finish", close)
+
+
+class Tracker:
+    """The logger container the trainer talks to: fans every call out to the active sinks."""
+
+    def __init__(self, cfg: Config, run_id: str, extra: dict[str, Any] | None = None) -> None:
+        self.run_id = run_id
+        self.run_dir = Path(cfg.tracking.out_dir) / run_id
+        self.run_dir.mkdir(parents=True, exist_ok=False)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.meta = {
+            "run_id": run_id,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv,
+            "git_commit": git_commit(),
+            "versions": library_versions(),
+            "host": platform.node(),
+            **(extra or {}),
+        }
+        self.local = JsonlSink(self.run_dir)
+        self.sinks: list[Sink] = [self.local]
+        self.wandb: WandbSink | None = None
+        mode = resolve_wandb_mode(cfg.tracking.wandb)
+        if mode != "disabled":
+            wandb_config = {**cfg.to_dict(), **{k: v for k, v in (extra or {}).items() if k != "argv"}}
+            self.wandb = WandbSink(cfg, mode, run_id, self.run_dir, wandb_config)
+            self.sinks.append(self.wandb)
+        self.meta["wandb"] = {"mode": mode, "run_id": self.wandb.run_id if self.wandb else None}
+        atomic_write_json(self.run_dir / "meta.json", self.meta)
+
+    def update_meta(self, **fields: Any) -> None:
+        self.meta.update(fields)
+        atomic_write_json(self.run_dir / "meta.json", self.meta)
+
+    def log(self, row: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.log(row)
+
+    def log_sample(self, step: int, prompt: str, text: str) -> None:
+        for sink in self.sinks:
+            sink.log_sample({"step": step, "prompt": prompt, "text": text})
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        summary = {**summary, "run_id": self.run_id, "wandb_run_id": self.wandb.run_id if self.wandb else None}
+        for sink in self.sinks:
+            sink.finish(summary)

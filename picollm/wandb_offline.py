@@ -1,0 +1,93 @@
+"""Read an offline W&B run file (``run-<id>.wandb``) back into history rows, without a network.
+
+The file is a LevelDB-style log (32 KiB blocks of checksummed, possibly fragmented records) of
+W&B's protobuf ``Record`` messages. Current wandb releases read it only in their Go core, so the
+tests and ``analyze.py`` use this small reader to check what was logged.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_HEADER = 7  # ":W&B" + magic (2 bytes) + version (1 byte)
+_BLOCK = 32 * 1024
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _payloads(data: bytes) -> Iterator[bytes]:
+    offset, pending = _HEADER, b""
+    while offset + 7 <= len(data):
+        left_in_block = _BLOCK - offset % _BLOCK
+        if left_in_block < 7:  # block trailer padding
+            offset += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        if kind == 0 and length == 0:
+            offset += left_in_block
+            continue
+        chunk = data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            yield pending + chunk
+
+
+def _decode(value_json: str) -> Any:
+    try:
+        return json.loads(value_json)
+    except ValueError:
+        return value_json
+
+
+def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(record type, record) pairs: "history", "config", "summary", "run", "exit", ..."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if not data.startswith(b":W&B"):
+        raise ValueError(f"{path} is not a W&B run file")
+    for payload in _payloads(data):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+        yield kind, getattr(record, kind) if kind else None
+
+
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    """Every ``run.log`` row, keys as logged (plus W&B's own ``_step``, ``_runtime``, ``_timestamp``)."""
+    rows = []
+    for kind, record in read_records(path):
+        if kind == "history":
+            rows.append({item.key or "/".join(item.nested_key): _decode(item.value_json) for item in record.item})
+    return rows
+
+
+def read_run_info(path: str | Path) -> dict[str, Any]:
+    """The run's group, job type, name and config as W&B recorded them."""
+    info: dict[str, Any] = {"config": {}}
+    for kind, record in read_records(path):
+        if kind == "run":
+            info.update(group=record.run_group, job_type=record.job_type, name=record.display_name, id=record.run_id)
+            for item in record.config.update:
+                info["config"][item.key or "/".join(item.nested_key)] = _decode(item.value_json)
+        elif kind == "config":
+            for item in record.update:
+                info["config"][item.key or "/".join(item.nested_key)] = _decode(item.value_json)
+        elif kind == "exit":
+            info["exit_code"] = record.exit_code
+    return info
+
+
+def find_run_file(folder: str | Path) -> Path | None:
+    """The ``.wandb`` file under a run record folder (W&B writes it under ``wandb/offline-run-*``)."""
+    found = sorted(Path(folder).glob("wandb/*run-*/run-*.wandb"))
+    return found[-1] if found else None

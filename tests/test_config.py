@@ -1,0 +1,151 @@
+"""Config: YAML + base files + dotted overrides, typed and validated before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from picollm.config import Config, config_from_dict, load_config, parse_override, save_config
+from picollm.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_set_overrides_are_typed_like_yaml() -> None:
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=3e-4",
+            "data.input_files=[a.txt, b.txt]",
+            "data.tinystories=null",
+            "train.max_tokens=1e6",
+            "model.tie_weights=false",
+        ],
+    )
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.data.input_files == ["a.txt", "b.txt"]
+    assert cfg.data.tinystories is None
+    assert cfg.train.max_tokens == 1_000_000 and isinstance(cfg.train.max_tokens, int)
+    assert cfg.model.tie_weights is False
+
+
+def test_experiment_inherits_base_and_command_line_wins(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("optim: {lr: 0.1, name: sgd}\nmodel: {block_size: 64}\n")
+    (tmp_path / "exp.yaml").write_text("base: base.yaml\noptim: {lr: 0.01}\n")
+    cfg = load_config(tmp_path / "exp.yaml", ["optim.lr=0.5"])
+    assert (cfg.optim.name, cfg.model.block_size, cfg.optim.lr) == ("sgd", 64, 0.5)
+
+
+def test_resolved_config_is_itself_a_valid_config(tmp_path: Path) -> None:
+    cfg = load_config(ROOT / "experiments" / "smoke.yaml", ["optim.lr=0.02"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_shipped_experiments_load() -> None:
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        assert isinstance(load_config(path), Config), path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lr=0"], "optim.lr must be a positive number"),
+        (["optim.lr=-1e-3"], "optim.lr must be a positive number"),
+        (["model.block_size=0"], "model.block_size must be >= 1"),
+        (["model.k=0"], "model.k must be >= 1"),
+        (["train.batch_size=0"], "train.batch_size must be >= 1"),
+        (["optim.name=adamx"], "optim.name: unknown value 'adamx'"),
+        (["model.type=rnn"], "model.type: unknown value 'rnn'"),
+        (["optim.learning_rate=1"], "unknown key optim.learning_rate"),
+        (["modle.type=lstm"], "unknown section 'modle'"),
+        (["train.epochs=two"], "train.epochs: expected a number"),
+        (["train.epochs=1.5"], "train.epochs: expected int"),
+        (["model.tie_weights=maybe"], "model.tie_weights: expected bool"),
+        (["data.tinystories_weight=1.5"], "data.tinystories_weight must be in [0, 1]"),
+        (["optim.nesterov=true"], "optim.nesterov needs optim.momentum > 0"),
+        (["model.embed_size=100", "model.n_heads=3"], "divisible by model.n_heads"),
+        (["tracking.wandb=maybe"], "tracking.wandb: unknown value"),
+        (["train.device=tpu"], "train.device: unknown value"),
+        (["optim.lr"], "--set expects key=value"),
+        (["data.tinystories=null"], "no data"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("optim: {lr: [1, 2\n", "malformed YAML"),
+        ("", "empty"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("optim: 3\n", "optim: expected a mapping"),
+        ("!!python/object/apply:os.system ['echo hi']\n", "malformed YAML"),
+    ],
+)
+def test_bad_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+)
+_keys = st.sampled_from(
+    [
+        "lr",
+        "name",
+        "block_size",
+        "type",
+        "batch_size",
+        "epochs",
+        "tinystories",
+        "wandb",
+        "k",
+        "bogus",
+        "weight_decay",
+        "positions",
+    ]
+)
+_sections = st.sampled_from(["data", "model", "optim", "train", "tracking", "nope"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_sections, st.one_of(_scalars, st.dictionaries(_keys, _scalars, max_size=4)), max_size=4))
+def test_any_raw_dict_gives_a_config_or_a_config_error(raw: dict) -> None:
+    """The parser never crashes with anything but a ConfigError, whatever a YAML file holds."""
+    try:
+        cfg = config_from_dict(raw)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_override_parser_never_crashes(item: str) -> None:
+    try:
+        path, _ = parse_override(item)
+    except ConfigError:
+        return
+    assert all(path)

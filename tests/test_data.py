@@ -1,0 +1,134 @@
+"""Data: cached tokens, fixed validation tokens, no padding, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from picollm import data as data_mod
+from picollm.config import load_config
+from picollm.corpora import builtin_stories, synthetic_sequences
+from picollm.data import apply_offline_fallback, eval_batches, load_token_data, train_batches
+from picollm.errors import DataError
+from tests.conftest import SAMPLE, needs_sample
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 32, 100])
+def test_evaluation_scores_every_validation_token_once(block_size: int) -> None:
+    tokens = np.arange(1, 502, dtype=np.uint16)  # 501 tokens -> 500 targets
+    targets = np.concatenate([y.numpy().ravel() for _, y in eval_batches(tokens, block_size, 4)])
+    assert np.array_equal(np.sort(targets), tokens[1:])  # same tokens for every block_size, none twice
+    for x, y in eval_batches(tokens, block_size, 4):
+        assert np.array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])  # targets are next tokens, never padding
+
+
+def test_training_windows_are_next_token_pairs_from_one_epoch() -> None:
+    cfg = load_config(None, ["data.tinystories=null", "data.synthetic=50", "data.tokenizer=bytes"])
+    data = load_token_data(cfg.data, progress=False)
+    starts_seen = []
+    for x, y in train_batches(data, 16, 4, np.random.default_rng(0)):
+        assert x.shape == y.shape == (4, 16)
+        assert np.array_equal(x[:, 1:].numpy(), y[:, :-1].numpy())
+        starts_seen += [
+            int(
+                np.flatnonzero(np.lib.stride_tricks.sliding_window_view(np.asarray(data.train), 16).__eq__(row).all(1))[
+                    0
+                ]
+            )
+            for row in x.numpy()[:1]
+        ]
+    assert len(set(starts_seen)) == len(starts_seen)
+
+
+def test_cache_is_reused_and_a_corrupt_cache_is_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(
+        None, ["data.tinystories=null", "data.synthetic=100", "data.tokenizer=bytes", f"data.cache_dir={tmp_path}"]
+    )
+    first = load_token_data(cfg.data)
+    expected = np.array(first.train)  # a copy: the memmap would see the corruption below
+    assert "tokenizing" in capsys.readouterr().err
+    second = load_token_data(cfg.data)
+    assert "tokenizing" not in capsys.readouterr().err
+    assert np.array_equal(expected, second.train)
+    train_bin = first.cache_path / "train.bin"
+    train_bin.write_bytes(train_bin.read_bytes()[:-10])  # truncated, as by a crash or a full disk
+    third = load_token_data(cfg.data)
+    assert "failed its check" in capsys.readouterr().err
+    assert np.array_equal(expected, third.train)
+
+
+def test_changed_input_file_changes_the_cache_key(tmp_path: Path) -> None:
+    text = tmp_path / "a.txt"
+    text.write_text("hello world\nsecond line\n")
+    cfg = load_config(None, ["data.tinystories=null", f"data.input_files=[{text}]", "data.tokenizer=bytes"])
+    key = data_mod.cache_key(cfg.data)
+    text.write_text("hello there\nsecond line\n")
+    assert data_mod.cache_key(cfg.data) != key
+
+
+def test_mixing_weight_sets_the_share_of_windows(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        [
+            "data.tinystories=null",
+            "data.builtin_stories=300",
+            "data.synthetic=600",
+            "data.tokenizer=bytes",
+            f"data.cache_dir={tmp_path}",
+            "data.tinystories_weight=0.8",
+        ],
+    )
+    data = load_token_data(cfg.data, progress=False)
+    stories_end = data.groups["tinystories"][0] + data.groups["tinystories"][1]
+    order = data_mod.epoch_order(data_mod.window_starts(data, 16), data.weights, np.random.default_rng(0))
+    share = float(np.mean(order < stories_end))
+    assert share == pytest.approx(0.8, abs=0.01)
+
+
+def test_compact_vocabulary_renumbers_and_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        [
+            "data.tinystories=null",
+            "data.synthetic=100",
+            "data.tokenizer=bytes",
+            "data.compact_vocab=true",
+            f"data.cache_dir={tmp_path}",
+        ],
+    )
+    data = load_token_data(cfg.data, progress=False)
+    assert data.vocab_size == len(set("0123456789 ")) + 2  # digits, space, end-of-text, OOV
+    assert int(np.asarray(data.train).max()) < data.vocab_size
+    assert data.tokenizer.decode(data.tokenizer.encode("12 13 14")) == "12 13 14"
+    assert data.tokenizer.encode("x")[0] == data.tokenizer.oov_id
+
+
+def test_generators_are_deterministic() -> None:
+    assert synthetic_sequences(30) == synthetic_sequences(30)
+    assert builtin_stories(10) == builtin_stories(10)
+    assert all(seq.split() == [str(int(t)) for t in seq.split()] for seq in synthetic_sequences(30))
+
+
+def test_offline_fallback_says_so_and_records_what_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(None, ["data.offline_fallback=true", "data.max_stories=300"])
+    new, note = apply_offline_fallback(cfg)
+    assert note and "offline" in note and "built-in corpus" in note
+    assert new.data.tinystories is None and new.data.builtin_stories == 300 and new.data.tokenizer in ("bytes", "gpt2")
+
+
+def test_local_folder_that_does_not_exist_is_an_error() -> None:
+    cfg = load_config(None, ["data.tinystories=./missing-dataset"])
+    with pytest.raises(DataError, match="local dataset folder not found"):
+        load_token_data(cfg.data)
+
+
+@needs_sample
+def test_local_tinystories_copy_uses_its_validation_split(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"data.tinystories={SAMPLE}", f"data.cache_dir={tmp_path}"])
+    data = load_token_data(cfg.data, progress=False)
+    assert data.vocab_size == 50257 and data.tokenizer.eot_id == 50256
+    assert 150_000 < len(data.train) < 250_000 and 15_000 < len(data.val) < 35_000
+    assert data.tokenizer.decode(np.asarray(data.val[:4]).tolist()).strip()
