@@ -1,0 +1,81 @@
+"""Hyperparameter sweeps with Optuna over picollm's trainer.
+
+python sweep.py --config experiments/quick.yaml                 # run (or resume) the study
+python sweep.py status --config experiments/quick.yaml          # a table of its trials
+python sweep.py export --config experiments/quick.yaml          # re-export results/studies/<study>/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from picollm.errors import EXIT_INTERRUPTED, run_cli
+from picollm.storage import DEFAULT_STORAGE
+
+COMMANDS = ("run", "status", "export")
+
+EPILOG = """\
+An experiment file is a trainer config plus two blocks:
+  search:  dotted config keys and their distributions, e.g.
+             optim.lr: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}
+             model.k: {type: int, low: 1, high: 5, when: {model.type: kgram}}
+  study:   name, metric, sampler (tpe|random|grid|cmaes|qmc), pruner
+           (median|hyperband|successive_halving|patient|none), budget_tokens, n_trials, seed
+
+--n-trials is the study's total of finished trials: run the same command again to resume an
+interrupted sweep. For several machines, give every machine the same --storage
+postgresql://user@host/db and the same command; --workers N runs N processes on this machine.
+Set the storage in PICOLLM_STORAGE to keep a password out of your shell history.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python sweep.py", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("command", nargs="?", choices=COMMANDS, default="run", help="default: run")
+    parser.add_argument("--config", help="experiment YAML with search: and study: blocks")
+    parser.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
+    parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    parser.add_argument("--storage", default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE),
+                        help="sqlite:///path.db | postgresql://user@host/db | journal:path.log "
+                        f"(default: $PICOLLM_STORAGE or {DEFAULT_STORAGE})")  # fmt: skip
+    parser.add_argument("--study-name", help="override study.name")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from picollm.errors import ConfigError
+    from picollm.study import best_value, load_experiment, open_study, report_lines, run_sweep, trial_line
+
+    if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
+        raise ConfigError("--workers and --n-trials must be >= 1")
+    exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
+    if args.command == "run":
+        outcome = run_sweep(exp, args.storage, args.workers, args.timeout)
+        study = open_study(exp, args.storage, create=False)
+        for line in [*report_lines(study), *outcome.notes]:
+            print(line)
+        print(f"results: {outcome.folder}/ (trials.csv, best.yaml, figures); run records in "
+              f"{exp.base['tracking']['out_dir']}/")  # fmt: skip
+        return EXIT_INTERRUPTED if outcome.interrupted else 0
+    study = open_study(exp, args.storage, create=False)
+    if args.command == "status":
+        for trial in study.trials:
+            print(trial_line(trial, best_value(study)))
+        print("\n".join(report_lines(study)))
+        return 0
+    from picollm.export import export_study
+
+    folder, notes = export_study(study)
+    print("\n".join([*notes, f"exported to {folder}/"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
