@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from picollm.export import export_study
 
-    folder, notes = export_study(study)
+    folder, notes = export_study(study, exp.study.out_dir)
     print("\n".join([*notes, f"exported to {folder}/"]))
     return 0
 

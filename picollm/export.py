@@ -98,7 +98,7 @@ def write_figures(study: Any, folder: Path) -> tuple[list[Path], list[str]]:
     return written, skipped
 
 
-def export_study(study: Any, root: str | Path = "results/studies") -> tuple[Path, list[str]]:
+def export_study(study: Any, root: str | Path) -> tuple[Path, list[str]]:
     """Write trials.csv, best.yaml and figures; returns the folder and notes on what was skipped."""
     folder = Path(root) / study.study_name
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from picollm.config import apply_overrides, config_from_dict, load_raw, split_experiment
+from picollm.config import apply_overrides, config_from_dict, load_raw, parse_override, split_experiment
 from picollm.errors import ConfigError, PicoError
 from picollm.search import Param, apply_params, baseline_params, parse_space, sample
 from picollm.storage import mask_url, open_storage
@@ -122,6 +122,7 @@ class StudySettings:
     heartbeat_interval: int = 10
     grace_period: int = 30
     max_retry: int = 2
+    out_dir: str = "results/studies"  # exports land in <out_dir>/<name>/
 
 
 def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
@@ -145,8 +146,8 @@ def parse_study(raw: Any, default_name: str) -> StudySettings:
         s.pruner, s.pruner_options = _named(raw.pop("pruner"), "pruner")
     ints = ("budget_tokens", "reports", "n_trials", "seed", "heartbeat_interval", "grace_period", "max_retry")
     for key in list(raw):
-        if key == "metric":
-            s.metric = raw.pop(key)
+        if key in ("metric", "out_dir"):
+            setattr(s, key, str(raw.pop(key)))
         elif key in ints:
             value = raw.pop(key)
             if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
@@ -196,12 +197,34 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
     return config_from_dict(raw).to_dict()
 
 
+def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:
+    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry).
+
+    Search keys are dotted config keys themselves, so the longest existing key wins.
+    """
+    path, value = parse_override(item)
+    dotted = ".".join(path[1:])
+    out = copy.deepcopy(search)
+    if dotted in out or "." not in dotted:
+        out[dotted] = value
+        return out
+    key, _, name = dotted.rpartition(".")
+    if not isinstance(out.get(key), dict):
+        raise ConfigError(f"--set {item}: no search entry {key!r} to change (known: {', '.join(out)})")
+    out[key][name] = value
+    return out
+
+
 def load_experiment(path: str | None, overrides: list[str], study_name: str | None = None,
                     n_trials: int | None = None) -> Experiment:  # fmt: skip
     """Read an experiment file; ``--set`` may reach any section (``study.sampler=random`` too)."""
     if path is None:
         raise ConfigError("a sweep needs --config experiments/<name>.yaml")
-    raw = apply_overrides(load_raw(path), overrides)
+    raw = load_raw(path)
+    search_overrides = [item for item in overrides if item.startswith("search.")]
+    raw = apply_overrides(raw, [item for item in overrides if item not in search_overrides])
+    for item in search_overrides:
+        raw["search"] = override_search(raw.get("search") or {}, item)
     trainer, sweep = split_experiment(raw)
     if "search" not in sweep:
         raise ConfigError(f"{path}: no 'search:' block, nothing to sweep")
@@ -315,6 +338,7 @@ def fail_dead_local_trials(study: Any) -> list[int]:
 
     Journal storage has no heartbeat; on RDB storage this just acts before the grace period ends.
     """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     host = socket.gethostname()
@@ -323,10 +347,15 @@ def fail_dead_local_trials(study: Any) -> list[int]:
         worker = str(t.user_attrs.get("worker", ""))
         owner_host, _, pid = worker.rpartition(":")
         dead = owner_host == host and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
-        if dead and study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+        if not dead:
+            continue
+        try:  # the reason first: a finished trial cannot be written to any more
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker process died")
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            failed.append(t.number)
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                failed.append(t.number)
+        except UpdateFinishedTrialError:
+            continue  # another restarted worker failed it first
     return failed
 
 
@@ -588,7 +617,7 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
         progress.close()
     from picollm.export import export_study, log_study_run
 
-    folder, notes = export_study(study)
+    folder, notes = export_study(study, s.out_dir)
     log_study_run(study, folder)
     return SweepOutcome(folder, interrupted, notes)
 
@@ -598,7 +627,9 @@ def report_lines(study: Any) -> list[str]:
     from optuna.trial import TrialState
 
     c = counts(study)
-    lines = [f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running"]
+    spent = sum(t.user_attrs.get("tokens") or 0 for t in study.trials)
+    lines = [f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running; "
+             f"{spent:,} training tokens spent"]  # fmt: skip
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
         return [*lines, "no trial has completed yet"]

@@ -1,0 +1,37 @@
+"""Helpers for sweep tests: a tiny experiment that trains in well under a second per trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | None = None, **sections: dict) -> Path:
+    exp = {
+        "data": {"tinystories": None, "synthetic": 400, "tokenizer": "bytes", "cache_dir": str(tmp_path / "cache")},
+        "model": {"type": "kgram", "k": 3, "block_size": 16, "embed_size": 16, "hidden_size": 32},
+        "optim": {"name": "adam", "lr": 3e-3},
+        "train": {"batch_size": 16, "eval_tokens": 512},
+        "tracking": {"wandb": "disabled", "out_dir": str(tmp_path / "runs"), "save_weights": False},
+        "search": search
+        or {
+            "optim.name": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
+            "optim.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+            "model.block_size": {"type": "categorical", "choices": [8, 16]},
+            "model.k": {"type": "int", "low": 1, "high": 4, "when": {"model.type": "kgram"}},
+        },
+        "study": {"name": "t", "budget_tokens": 4096, "reports": 4, "n_trials": 4, "seed": 0, "sampler": "random",
+                  "pruner": "none", "heartbeat_interval": 1, "grace_period": 3, "out_dir": str(tmp_path / "studies"),
+                  **(study or {})},
+    }  # fmt: skip
+    for name, values in sections.items():
+        exp[name].update(values)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+SWEEP = str(ROOT / "sweep.py")
