@@ -32,19 +32,32 @@ Set the storage in PICOLLM_STORAGE to keep a password out of your shell history.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python sweep.py", description=__doc__.split("\n\n")[0], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python sweep.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="run", help="default: run")
     parser.add_argument("--config", help="experiment YAML with search: and study: blocks")
     parser.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    parser.add_argument("--storage", default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE),
-                        help="sqlite:///path.db | postgresql://user@host/db | journal:path.log "
-                        f"(default: $PICOLLM_STORAGE or {DEFAULT_STORAGE})")  # fmt: skip
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE),
+        help="sqlite:///path.db | postgresql://user@host/db | journal:path.log "
+        f"(default: $PICOLLM_STORAGE or {DEFAULT_STORAGE})",
+    )
     parser.add_argument("--study-name", help="override study.name")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)",
+    )
     return parser
 
 
@@ -61,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         study = open_study(exp, args.storage, create=False)
         for line in [*report_lines(study), *outcome.notes]:
             print(line)
-        print(f"results: {outcome.folder}/ (trials.csv, best.yaml, figures); run records in "
-              f"{exp.base['tracking']['out_dir']}/")  # fmt: skip
+        print(
+            f"results: {outcome.folder}/ (trials.csv, best.yaml, figures); run records in "
+            f"{exp.base['tracking']['out_dir']}/"
+        )
         return EXIT_INTERRUPTED if outcome.interrupted else 0
     study = open_study(exp, args.storage, create=False)
     if args.command == "status":

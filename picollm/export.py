@@ -20,8 +20,17 @@ from picollm.fileio import atomic_write_text
 from picollm.search import apply_params
 from picollm.tracking import resolve_wandb_mode
 
-TRIAL_COLUMNS = ("number", "state", "value", "tokens", "duration_s", "wandb_run_id", "run_dir", "baseline",
-                 "fail_reason")  # fmt: skip
+TRIAL_COLUMNS = (
+    "number",
+    "state",
+    "value",
+    "tokens",
+    "duration_s",
+    "wandb_run_id",
+    "run_dir",
+    "baseline",
+    "fail_reason",
+)
 
 
 def trial_rows(study: Any) -> tuple[list[str], list[dict[str, Any]]]:
@@ -124,25 +133,35 @@ def log_study_run(study: Any, folder: Path) -> str | None:
 
         header, rows = trial_rows(study)
         run = wandb.init(
-            project=tracking.get("project", "picollm"), entity=tracking.get("entity"), group=study.study_name,
-            job_type="study", name=f"{study.study_name}-study", mode=mode, dir=str(folder),
+            project=tracking.get("project", "picollm"),
+            entity=tracking.get("entity"),
+            group=study.study_name,
+            job_type="study",
+            name=f"{study.study_name}-study",
+            mode=mode,
+            dir=str(folder),
             config={"study": study.user_attrs.get("settings", {}), "space": study.user_attrs.get("space", [])},
-            settings=wandb.Settings(silent=True, console="off"), reinit="create_new",
-        )  # fmt: skip
+            settings=wandb.Settings(silent=True, console="off"),
+            reinit="create_new",
+        )
         table = wandb.Table(columns=header, data=[[_cell(r.get(c)) for c in header] for r in rows])
         payload: dict[str, Any] = {"trials": table}
         for png in sorted(folder.glob("*.png")):
             payload[f"plots/{png.stem}"] = wandb.Image(str(png))
         run.log(payload)
         with contextlib.suppress(ValueError):  # no completed trial: no best to show
-            run.summary.update({"best_value": study.best_value, "best_trial": study.best_trial.number,
-                                **{f"best/{k}": v for k, v in study.best_params.items()}})  # fmt: skip
+            run.summary.update(
+                {
+                    "best_value": study.best_value,
+                    "best_trial": study.best_trial.number,
+                    **{f"best/{k}": v for k, v in study.best_params.items()},
+                }
+            )
         run_id = run.id
         run.finish()
         return run_id
     except Exception as exc:
-        warnings.warn(f"W&B study run failed ({type(exc).__name__}: {exc}); the local export is complete",
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(f"W&B study run failed ({type(exc).__name__}: {exc}); the local export is complete", stacklevel=2)
         return None
 
 

@@ -215,8 +215,9 @@ def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:
     return out
 
 
-def load_experiment(path: str | None, overrides: list[str], study_name: str | None = None,
-                    n_trials: int | None = None) -> Experiment:  # fmt: skip
+def load_experiment(
+    path: str | None, overrides: list[str], study_name: str | None = None, n_trials: int | None = None
+) -> Experiment:
     """Read an experiment file; ``--set`` may reach any section (``study.sampler=random`` too)."""
     if path is None:
         raise ConfigError("a sweep needs --config experiments/<name>.yaml")
@@ -260,8 +261,12 @@ def open_study(exp: Experiment, storage_url: str, create: bool) -> Any:
     s = exp.study
     storage = open_storage(storage_url, s.heartbeat_interval, s.grace_period, s.max_retry)
     space = exp.space
-    kwargs = dict(study_name=s.name, storage=storage, sampler=_sampler(s.sampler, space, s.seed, s.sampler_options),
-                  pruner=_pruner(s.pruner, s.pruner_options))  # fmt: skip
+    kwargs = dict(
+        study_name=s.name,
+        storage=storage,
+        sampler=_sampler(s.sampler, space, s.seed, s.sampler_options),
+        pruner=_pruner(s.pruner, s.pruner_options),
+    )
     try:
         if create:
             study = optuna.create_study(direction="minimize", load_if_exists=True, **kwargs)
@@ -371,8 +376,9 @@ def _claim_slot(study: Any, trial: Any, n_trials: int) -> None:
     from optuna.trial import TrialState
 
     done = finished(study)
-    running_before = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                         if t.number < trial.number)  # fmt: skip
+    running_before = sum(
+        1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number
+    )
     if done + running_before >= n_trials:
         raise OverCap(f"the study already has {n_trials} trials finished or running")
 
@@ -532,8 +538,13 @@ class Progress:
 
         self.tqdm = tqdm
         self.seen = {t.number for t in study.trials if t.state.is_finished()}
-        self.bar = tqdm(total=n_trials, initial=min(finished(study), n_trials), unit="trial", dynamic_ncols=True,
-                        disable=not sys.stderr.isatty())  # fmt: skip
+        self.bar = tqdm(
+            total=n_trials,
+            initial=min(finished(study), n_trials),
+            unit="trial",
+            dynamic_ncols=True,
+            disable=not sys.stderr.isatty(),
+        )
 
     def show(self, study: Any, trial: Any) -> None:
         if trial.number in self.seen:
@@ -599,9 +610,12 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
     study = open_study(exp, storage_url, create=True)
     enqueue_baseline(study, exp)
     s = exp.study
-    print(f"study {s.name!r} in {mask_url(storage_url)}: {finished(study)}/{s.n_trials} trials finished; "
-          f"sampler {s.sampler}, pruner {s.pruner}, {s.budget_tokens or 'no'} tokens per trial, "
-          f"{workers} worker(s)", flush=True)  # fmt: skip
+    print(
+        f"study {s.name!r} in {mask_url(storage_url)}: {finished(study)}/{s.n_trials} trials finished; "
+        f"sampler {s.sampler}, pruner {s.pruner}, {s.budget_tokens or 'no'} tokens per trial, "
+        f"{workers} worker(s)",
+        flush=True,
+    )
     threads = max(1, (os.cpu_count() or 1) // workers)
     spec = WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False)
     progress = Progress(study, s.n_trials)
@@ -628,8 +642,10 @@ def report_lines(study: Any) -> list[str]:
 
     c = counts(study)
     spent = sum(t.user_attrs.get("tokens") or 0 for t in study.trials)
-    lines = [f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running; "
-             f"{spent:,} training tokens spent"]  # fmt: skip
+    lines = [
+        f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running; "
+        f"{spent:,} training tokens spent"
+    ]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
         return [*lines, "no trial has completed yet"]

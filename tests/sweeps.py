@@ -23,10 +23,20 @@ def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | N
             "model.block_size": {"type": "categorical", "choices": [8, 16]},
             "model.k": {"type": "int", "low": 1, "high": 4, "when": {"model.type": "kgram"}},
         },
-        "study": {"name": "t", "budget_tokens": 4096, "reports": 4, "n_trials": 4, "seed": 0, "sampler": "random",
-                  "pruner": "none", "heartbeat_interval": 1, "grace_period": 3, "out_dir": str(tmp_path / "studies"),
-                  **(study or {})},
-    }  # fmt: skip
+        "study": {
+            "name": "t",
+            "budget_tokens": 4096,
+            "reports": 4,
+            "n_trials": 4,
+            "seed": 0,
+            "sampler": "random",
+            "pruner": "none",
+            "heartbeat_interval": 1,
+            "grace_period": 3,
+            "out_dir": str(tmp_path / "studies"),
+            **(study or {}),
+        },
+    }
     for name, values in sections.items():
         exp[name].update(values)
     path = tmp_path / "exp.yaml"

@@ -33,8 +33,14 @@ def states(study: optuna.Study) -> dict[str, int]:
 
 
 def sweep(path: Path, storage: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, SWEEP, "--config", str(path), "--storage", storage, *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_running_again_resumes_to_the_total(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,8 +60,11 @@ def test_running_again_resumes_to_the_total(tmp_path: Path, capsys: pytest.Captu
 def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) -> None:
     if storage_kind == "postgresql" and not POSTGRES_URL:
         pytest.skip("set PICOLLM_TEST_POSTGRES_URL (.ci/run does) to test against a PostgreSQL server")
-    storage = {"sqlite": f"sqlite:///{tmp_path}/s.db", "journal": f"journal:{tmp_path}/s.log",
-               "postgresql": POSTGRES_URL}[storage_kind]  # fmt: skip
+    storage = {
+        "sqlite": f"sqlite:///{tmp_path}/s.db",
+        "journal": f"journal:{tmp_path}/s.log",
+        "postgresql": POSTGRES_URL,
+    }[storage_kind]
     name = f"w{uuid.uuid4().hex[:8]}"
     exp = load_experiment(str(write_experiment(tmp_path, study={"n_trials": 7})), [], study_name=name)
     run_sweep(exp, storage, workers=2)
@@ -73,8 +82,12 @@ def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) 
 def test_sigkilled_worker_trial_is_failed_and_rerun(tmp_path: Path) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 3, "budget_tokens": 400_000, "reports": 50})
     storage = f"sqlite:///{tmp_path}/s.db"
-    proc = subprocess.Popen([sys.executable, SWEEP, "--config", str(path), "--storage", storage], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     exp = load_experiment(str(path), [])
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -118,8 +131,12 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(train_mod, "train", flaky_train)
     search = {"optim.lr": {"type": "categorical", "choices": [1.0e12, 3.0e-3]}}
-    path = write_experiment(tmp_path, search=search, study={"n_trials": 4, "sampler": "random"},
-                            optim={"name": "sgd", "lr": 3.0e-3, "grad_clip": 0.0})  # fmt: skip
+    path = write_experiment(
+        tmp_path,
+        search=search,
+        study={"n_trials": 4, "sampler": "random"},
+        optim={"name": "sgd", "lr": 3.0e-3, "grad_clip": 0.0},
+    )
     outcome = run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     reasons = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
@@ -129,8 +146,16 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
 
 
 def test_pruning_stops_hopeless_trials_early(tmp_path: Path) -> None:
-    path = write_experiment(tmp_path, study={"n_trials": 8, "sampler": "random", "budget_tokens": 8192, "reports": 4,
-                                             "pruner": {"name": "median", "n_startup_trials": 2}})  # fmt: skip
+    path = write_experiment(
+        tmp_path,
+        study={
+            "n_trials": 8,
+            "sampler": "random",
+            "budget_tokens": 8192,
+            "reports": 4,
+            "pruner": {"name": "median", "n_startup_trials": 2},
+        },
+    )
     run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
@@ -179,8 +204,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD)
-def test_bad_storage_and_spaces_exit_with_one_line(tmp_path: Path, args: list[str], message: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_bad_storage_and_spaces_exit_with_one_line(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_experiment(tmp_path)
     argv = ["--config", str(path), "--storage", f"sqlite:///{tmp_path}/s.db", *args]
     with pytest.raises(SystemExit) as exit_info:
@@ -196,8 +222,10 @@ def test_changed_search_space_on_resume_is_refused(tmp_path: Path, capsys: pytes
     path = write_experiment(tmp_path, study={"n_trials": 1})
     run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     with pytest.raises(SystemExit):
-        run_cli(sweep_cli.main, ["--config", str(path), "--storage", f"sqlite:///{tmp_path}/s.db",
-                                 "--set", "search.model.k.high=6"])  # fmt: skip
+        run_cli(
+            sweep_cli.main,
+            ["--config", str(path), "--storage", f"sqlite:///{tmp_path}/s.db", "--set", "search.model.k.high=6"],
+        )
     assert "was created with another search space" in capsys.readouterr().err
 
 

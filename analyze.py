@@ -1,0 +1,187 @@
+"""Read loss curves honestly: noise statistics, metric rankings, model diagnostics and reports.
+
+python analyze.py noise results/runs/<a> results/runs/<b>        # is an epoch "increase" real?
+python analyze.py compare --study quick                          # which number ranks configs reliably?
+python analyze.py inspect results/runs/<a> --position 20         # what does the model see and predict?
+python analyze.py report --study quick                           # all of it as Markdown + figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from picollm.errors import ConfigError, DataError, run_cli
+from picollm.storage import DEFAULT_STORAGE
+
+EPILOG = """\
+Sources (noise, compare, report): run record folders (results/runs/<run_id>), offline W&B files
+(run-<id>.wandb), a sweep (--study NAME [--storage URL]) or W&B (--wandb ENTITY/PROJECT [--group G]).
+Losses are nats per token. A truncated last line in metrics.jsonl (a crash mid-write) is skipped with
+a warning.
+"""
+
+
+def add_sources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="*", help="run record folders or offline .wandb files")
+    parser.add_argument("--study", help="analyse the completed trials of this sweep")
+    parser.add_argument("--storage", default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE))
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read run histories through the W&B API")
+    parser.add_argument("--group", help="with --wandb: only this group (a sweep's study name)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python analyze.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    noise = sub.add_parser("noise", help="step noise, epoch means with intervals, false-increase probability")
+    add_sources(noise)
+    noise.add_argument("--out", default="results/analysis/noise", help="folder for noise.json and figures")
+    noise.add_argument("--no-simulation", action="store_true", help="skip the Monte-Carlo check (faster)")
+    compare = sub.add_parser("compare", help="rank runs by noisy and steady metrics; the cost of a noisy pick")
+    add_sources(compare)
+    compare.add_argument("--last-n", type=int, default=50, help="steps in the 'mean of the last N' metric")
+    compare.add_argument("--out", default="results/analysis/compare")
+    inspect = sub.add_parser("inspect", help="decoded input, top-k next tokens, token frequencies, warnings")
+    inspect.add_argument("run_dir")
+    inspect.add_argument("--batch", type=int, default=0, help="validation window index")
+    inspect.add_argument("--position", type=int, help="position in the window (default: the last)")
+    inspect.add_argument("--top", type=int, default=10)
+    inspect.add_argument("--weights", choices=("best", "final"), default="best")
+    inspect.add_argument("--out", default="results/analysis/inspect")
+    report = sub.add_parser("report", help="a Markdown report with figures in results/reports/<name>/")
+    add_sources(report)
+    report.add_argument("--name", help="report name (default: the study name or 'runs')")
+    return parser
+
+
+def load_sources(args: argparse.Namespace) -> list[Any]:
+    from picollm.analysis import records
+
+    given = sum(bool(x) for x in (args.runs, args.study, args.wandb))
+    if given != 1:
+        raise ConfigError("give exactly one source: run folders, --study NAME, or --wandb ENTITY/PROJECT")
+    if args.study:
+        return records.load_study_runs(args.study, args.storage)
+    if args.wandb:
+        return records.load_wandb_project(args.wandb, args.group)
+    runs = []
+    for path in args.runs:
+        if not Path(path).exists():
+            raise DataError(f"no such run record: {path}")
+        runs.append(records.load_wandb_file(path) if path.endswith(".wandb") else records.load_run_dir(path))
+    return runs
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    from picollm.analysis.figures import false_increase_figure, noise_figure
+    from picollm.analysis.noise import analyze_noise, overall_verdict
+
+    runs = load_sources(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results = [analyze_noise(run, simulate=not args.no_simulation) for run in runs]
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    figures = [noise_figure(run, r, out / f"noise_{run.name}.png") for run, r in zip(runs, results, strict=True)]
+    figures.append(false_increase_figure(results, out / "false_increase.png"))
+    payload = {**results[0], "runs": results} if len(results) == 1 else {"runs": results}
+    payload["verdict"] = overall_verdict(results)
+    (out / "noise.json").write_text(json.dumps(payload, indent=1))
+    for r in results:
+        print(f"\n{r['run']}: sigma {r['step_noise_sigma']:.4f}, lag-1 autocorrelation {r['lag1_autocorrelation']:.2f}")
+        print("  epoch  mean     95% interval          steps")
+        for e in r["epochs"][:12]:
+            print(f"  {e['epoch']:5d}  {e['mean']:.4f}  [{e['ci_low']:.4f}, {e['ci_high']:.4f}]  {e['n_steps']:6d}")
+        if len(r["epochs"]) > 12:
+            print(f"  ... {len(r['epochs']) - 12} more epochs in noise.json")
+    print("\nverdict:")
+    for r in results:
+        print(f"  {r['verdict']}")
+    if len(results) > 1:
+        print(f"  {payload['verdict']}")
+    print(f"\nwrote {out / 'noise.json'} and {len(figures)} figures in {out}/")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from picollm.analysis.compare import compare_lines, compare_runs
+    from picollm.analysis.figures import compare_figure
+
+    try:
+        result = compare_runs(load_sources(args), args.last_n)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(result, indent=1))
+    figure = compare_figure(result["runs"], list(result["metrics"]), out / "compare.png")
+    print("\n".join(compare_lines(result)))
+    print(f"wrote {out / 'compare.json'} and {figure}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from picollm.analysis.diagnose import inspect_lines, inspect_run
+    from picollm.analysis.figures import bar_figure
+
+    result = inspect_run(args.run_dir, args.batch, args.position, args.top, args.weights)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inspect.json").write_text(json.dumps(result, indent=1))
+    bar_figure(
+        [t["token"] for t in result["top"]],
+        [t["prob"] for t in result["top"]],
+        f"top-{len(result['top'])} next tokens after position {result['position']}",
+        "probability",
+        out / "top_k.png",
+    )
+    bar_figure(
+        [t["token"] for t in result["token_frequencies"]],
+        [t["share"] for t in result["token_frequencies"]],
+        "most frequent training tokens",
+        "share of training tokens",
+        out / "token_frequencies.png",
+    )
+    print("\n".join(inspect_lines(result)))
+    print(f"wrote {out}/inspect.json, top_k.png, token_frequencies.png")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from picollm.analysis.report import write_report
+
+    runs = load_sources(args)
+    name = args.name or args.study or args.group or "runs"
+    header = None
+    if args.study:
+        import optuna
+
+        from picollm.storage import open_storage
+        from picollm.study import report_lines
+
+        header = report_lines(optuna.load_study(study_name=args.study, storage=open_storage(args.storage)))
+    path = write_report(name, runs, Path("results/reports") / name, header)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"noise": cmd_noise, "compare": cmd_compare, "inspect": cmd_inspect, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

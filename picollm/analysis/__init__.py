@@ -1,0 +1,1 @@
+"""Analysis of run histories: loss noise, metric rankings, model diagnostics, reports."""

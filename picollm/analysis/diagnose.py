@@ -1,0 +1,96 @@
+"""What does the model receive, and what does it predict? Top-k next tokens against plain counting.
+
+A model that always predicts the most frequent token (end-of-text, "the", ".") has learned the
+unigram distribution and nothing else; its loss sits near the unigram baseline. This module
+shows the decoded input, the model's top-k next-token probabilities, the corpus frequencies and
+a warning when the top guess is the same token almost everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from picollm.checkpoint import load_run
+from picollm.config import load_config
+from picollm.data import load_token_data, unigram_baseline
+from picollm.errors import DataError
+
+SAME_GUESS_WARNING = 0.9  # share of positions with one top guess that triggers the warning
+
+
+def _show(tokenizer: Any, token_id: int) -> str:
+    return repr(tokenizer.decode([int(token_id)]))
+
+
+@torch.no_grad()
+def inspect_run(
+    run_dir: str | Path, batch: int = 0, position: int | None = None, top: int = 10, which: str = "best"
+) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    model, tokenizer = load_run(run_dir, which)
+    data = load_token_data(cfg.data, progress=False)
+    block = cfg.model.block_size
+    n_windows = (len(data.val) - 1) // block
+    if not 0 <= batch < n_windows:
+        raise DataError(f"--batch must be in [0, {n_windows - 1}] for this run's validation split")
+    window = np.asarray(data.val[batch * block : batch * block + block + 1], dtype=np.int64)
+    x, y = torch.from_numpy(window[:-1])[None], torch.from_numpy(window[1:])
+    position = block - 1 if position is None else position
+    if not 0 <= position < block:
+        raise DataError(f"--position must be in [0, {block - 1}]")
+    logits = model.head(model(x))[0].float()
+    log_probs = logits.log_softmax(-1)
+    probs = log_probs[position].exp()
+    top_p, top_ids = probs.topk(min(top, probs.numel()))
+    guesses = logits.argmax(-1).numpy()
+    values, counts = np.unique(guesses, return_counts=True)
+    common_guess, common_share = int(values[counts.argmax()]), float(counts.max() / len(guesses))
+    freq = np.bincount(np.asarray(data.train), minlength=data.vocab_size)
+    order = np.argsort(freq)[::-1][:30]
+    baseline = unigram_baseline(data)
+    result = {
+        "run_dir": str(run_dir),
+        "batch": batch,
+        "position": position,
+        "context": tokenizer.decode(window[: position + 1].tolist()),
+        "target": _show(tokenizer, window[position + 1]),
+        "top": [
+            {"token": _show(tokenizer, i), "id": int(i), "prob": float(p)} for p, i in zip(top_p, top_ids, strict=True)
+        ],
+        "window_loss": float(-log_probs[torch.arange(block), y].mean()),
+        "unigram_entropy": baseline["unigram_entropy"],
+        "unigram_val_loss": baseline["unigram_val_loss"],
+        "token_frequencies": [
+            {"token": _show(tokenizer, i), "id": int(i), "share": float(freq[i] / freq.sum())} for i in order
+        ],
+        "most_common_guess": _show(tokenizer, common_guess),
+        "most_common_guess_share": common_share,
+        "warning": None,
+    }
+    if common_share >= SAME_GUESS_WARNING:
+        result["warning"] = (
+            f"the model's top guess is {result['most_common_guess']} at {100 * common_share:.0f}% of positions: "
+            "it predicts token frequencies, not the text (compare its loss with the unigram baseline)"
+        )
+    return result
+
+
+def inspect_lines(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"input (validation window {r['batch']}, up to position {r['position']}):",
+        f"  {r['context']!r}",
+        f"next token: {r['target']}; the model's top {len(r['top'])}:",
+    ]
+    lines += [f"  {t['prob']:7.2%}  {t['token']}" for t in r["top"]]
+    lines.append(
+        f"loss on this window {r['window_loss']:.3f} nats; unigram baseline {r['unigram_val_loss']:.3f} "
+        f"(entropy {r['unigram_entropy']:.3f})"
+    )
+    if r["warning"]:
+        lines.append(f"WARNING: {r['warning']}")
+    return lines

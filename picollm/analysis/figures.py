@@ -1,0 +1,124 @@
+"""Figures people would rather look at than read: loss noise, false increases, rankings, predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from picollm.analysis.noise import fit_noise
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def noise_figure(run: Any, result: dict[str, Any], path: Path) -> Path:
+    """Step losses (faint), their trend, epoch means with 95% intervals, and validation losses."""
+    fit = fit_noise(run.losses)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.25, lw=0.8, label="train/loss (each step)")
+    ax.plot(run.steps, fit.trend, color="tab:blue", lw=2, label=f"trend (Savitzky-Golay, {fit.window} steps)")
+    centers, means, errs = [], [], []
+    for row in result["epochs"]:
+        steps = run.steps[run.epochs == row["epoch"]]
+        centers.append(steps.mean())
+        means.append(row["mean"])
+        errs.append(row["mean"] - row["ci_low"])
+    ax.errorbar(
+        centers,
+        means,
+        yerr=errs,
+        fmt="o",
+        color="tab:orange",
+        ms=4,
+        capsize=2,
+        label="epoch mean of step losses, 95% CI",
+    )
+    if len(run.val_losses):
+        ax.plot(run.val_steps, run.val_losses, "s-", color="tab:green", ms=3, lw=1, label="val/loss (fixed subset)")
+    if run.epoch_rows:
+        ax.plot(
+            [r["step"] for r in run.epoch_rows],
+            [r["val/epoch_loss"] for r in run.epoch_rows],
+            "D",
+            color="tab:red",
+            ms=5,
+            label="val/epoch_loss (whole split)",
+        )
+    lo, hi = np.percentile(run.losses, [1, 99.5])
+    ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(
+        f"{run.name}: sigma={result['step_noise_sigma']:.3f}, {result['steps_per_epoch']} steps/epoch, "
+        f"P(false rise)={100 * result['p_false_increase']:.0f}%"
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def false_increase_figure(results: list[dict[str, Any]], path: Path) -> Path:
+    """P(epoch average rises although the model improves) against steps per epoch, per run."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, r in enumerate(results):
+        color = f"C{i}"
+        curve = r["p_false_increase_by_n"]
+        ax.plot(curve["n"], curve["analytic"], "-", color=color, label=f"{r['run']} (AR(1) formula)")
+        sim = curve["simulated"]
+        if sim:
+            ax.plot(
+                [int(n) for n in sim],
+                list(sim.values()),
+                "o",
+                color=color,
+                mfc="none",
+                label=f"{r['run']} (simulation)",
+            )
+        ax.axvline(r["steps_per_epoch"], color=color, ls=":", lw=1)
+        if r["min_steps_per_epoch_95"]:
+            ax.axvline(r["min_steps_per_epoch_95"], color=color, ls="--", lw=1)
+    ax.axhline(0.05, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("steps per epoch n  (dotted: the run's n; dashed: smallest n with 95% power)")
+    ax.set_ylabel("P(epoch mean rises | true loss falls)")
+    ax.set_ylim(-0.02, 0.55)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def compare_figure(table: list[dict[str, Any]], metrics: list[str], path: Path) -> Path:
+    """Each ranking metric against the validation loss, one panel per metric."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4), squeeze=False)
+    val = np.array([row["val_loss"] for row in table])
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        x = np.array([row[metric] for row in table])
+        ax.scatter(x, val, s=18)
+        pick = int(np.nanargmin(x))
+        ax.scatter([x[pick]], [val[pick]], s=60, facecolors="none", edgecolors="red", label="its pick")
+        ax.set_xlabel(metric)
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bar_figure(labels: list[str], values: list[float], title: str, xlabel: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(labels) + 1)))
+    ax.barh(range(len(labels)), values, color="tab:blue")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)

@@ -1,0 +1,140 @@
+"""Run histories from any source — local run records, offline W&B files, the W&B public API —
+into one :class:`RunHistory`, so every analysis works the same on all of them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from picollm.errors import DataError
+
+
+@dataclass
+class RunHistory:
+    """The rows of one run, split by kind (step, periodic validation, epoch end)."""
+
+    name: str
+    steps: np.ndarray  # step number of each train/loss row
+    losses: np.ndarray  # train/loss
+    epochs: np.ndarray  # epoch of each train/loss row
+    val_steps: np.ndarray  # step of each val/loss row
+    val_losses: np.ndarray
+    epoch_rows: list[dict[str, Any]] = field(default_factory=list)  # rows with val/epoch_loss
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def run_dir(self) -> Path | None:
+        path = Path(self.source)
+        return path if path.is_dir() else None
+
+    def val_epoch_loss(self) -> float | None:
+        values = [r["val/epoch_loss"] for r in self.epoch_rows if r.get("val/epoch_loss") is not None]
+        return min(values) if values else None
+
+
+def from_rows(
+    name: str,
+    rows: list[dict[str, Any]],
+    config: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+    source: str = "",
+) -> RunHistory:
+    step_rows = [r for r in rows if r.get("train/loss") is not None]
+    val_rows = [r for r in rows if r.get("val/loss") is not None]
+    return RunHistory(
+        name=name,
+        steps=np.array([r["step"] for r in step_rows], dtype=np.int64),
+        losses=np.array([r["train/loss"] for r in step_rows], dtype=np.float64),
+        epochs=np.array([r.get("epoch", 1) for r in step_rows], dtype=np.int64),
+        val_steps=np.array([r["step"] for r in val_rows], dtype=np.int64),
+        val_losses=np.array([r["val/loss"] for r in val_rows], dtype=np.float64),
+        epoch_rows=[r for r in rows if r.get("val/epoch_loss") is not None],
+        config=config or {},
+        summary=summary or {},
+        source=source,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON lines; a truncated last line (a crash mid-write) is skipped with a warning."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            where = "last line" if i == len(lines) - 1 else f"line {i + 1}"
+            warnings.warn(f"{path}: {where} is truncated or corrupt; skipped", stacklevel=2)
+    return rows
+
+
+def load_run_dir(path: str | Path) -> RunHistory:
+    path = Path(path)
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise DataError(f"{path}: not a run record (no metrics.jsonl)")
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    return from_rows(path.name, read_jsonl(metrics), config, summary, str(path))
+
+
+def load_wandb_file(path: str | Path) -> RunHistory:
+    """An offline ``run-<id>.wandb`` file: the same history W&B would show."""
+    from picollm.wandb_offline import read_history, read_run_info
+
+    info = read_run_info(path)
+    return from_rows(info.get("name") or Path(path).stem, read_history(path), info.get("config", {}), {}, str(path))
+
+
+def load_wandb_project(project_path: str, group: str | None = None, api: Any = None) -> list[RunHistory]:
+    """Runs of ``ENTITY/PROJECT`` (optionally one group) through the W&B public API."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api(timeout=30)
+    filters = {"group": group} if group else {}
+    try:
+        runs = list(api.runs(project_path, filters=filters))
+    except Exception as exc:
+        raise DataError(f"cannot read W&B project {project_path}: {type(exc).__name__}: {exc}") from None
+    histories = []
+    for run in runs:
+        rows = list(run.scan_history())
+        config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
+        histories.append(from_rows(run.name, rows, config, dict(run.summary), f"wandb:{project_path}/{run.id}"))
+    if not histories:
+        raise DataError(f"W&B project {project_path} has no runs" + (f" in group {group}" if group else ""))
+    return histories
+
+
+def load_study_runs(study_name: str, storage: str) -> list[RunHistory]:
+    """The run records of a study's completed trials, in trial order."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from picollm.storage import mask_url, open_storage
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise DataError(f"no study named {study_name!r} in {mask_url(storage)}") from None
+    runs = []
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        run_dir = trial.user_attrs.get("run_dir")
+        if run_dir and Path(run_dir, "metrics.jsonl").is_file():
+            run = load_run_dir(run_dir)
+            run.name = f"t{trial.number}"
+            runs.append(run)
+    if not runs:
+        raise DataError(f"study {study_name!r} has no completed trials with run records on this machine")
+    return runs
