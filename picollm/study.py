@@ -552,6 +552,7 @@ class Progress:
         self.seen.add(trial.number)
         best = best_value(study)
         self.tqdm.write(trial_line(trial, best))
+        sys.stdout.flush()  # one line per trial, also when stdout is a file
         self.bar.n = min(finished(study), self.bar.total)
         self.bar.set_postfix(best=f"{best:.4f}" if best is not None else "-")
         self.bar.refresh()
