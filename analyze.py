@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from picollm.errors import ConfigError, DataError, run_cli
-from picollm.storage import DEFAULT_STORAGE
+from picollm.storage import DEFAULT_STORAGE, mask_url
 
 EPILOG = """\
 Sources (noise, compare, report): run record folders (results/runs/<run_id>), offline W&B files
@@ -180,6 +180,7 @@ COMMANDS = {"noise": cmd_noise, "compare": cmd_compare, "inspect": cmd_inspect, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     return COMMANDS[args.command](args)
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 
 from picollm.errors import EXIT_INTERRUPTED, run_cli
-from picollm.storage import DEFAULT_STORAGE
+from picollm.storage import DEFAULT_STORAGE, mask_url
 
 COMMANDS = ("run", "status", "export")
 
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     from picollm.errors import ConfigError
     from picollm.study import best_value, load_experiment, open_study, report_lines, run_sweep, trial_line
 

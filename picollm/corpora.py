@@ -11,13 +11,13 @@ import itertools
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from picollm import bounded
 from picollm.errors import DataError
 
 T = TypeVar("T")
@@ -190,19 +190,11 @@ def _take_texts(split: Any, cap: int | None, spec: str) -> list[str]:
 
 
 def call_with_timeout(fn: Callable[[], T], seconds: float, default: T) -> T:
-    """Run ``fn`` in a daemon thread; give up after ``seconds`` (a hung DNS lookup must not block us)."""
-    box: list[T] = [default]
-
-    def target() -> None:
-        try:
-            box[0] = fn()
-        except Exception:
-            box[0] = default
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return box[0]
+    """``fn()``, or ``default`` when it fails or has not answered within ``seconds``."""
+    try:
+        return bounded.call_with_timeout(fn, seconds)
+    except Exception:
+        return default
 
 
 def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:

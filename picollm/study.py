@@ -249,7 +249,7 @@ def load_experiment(
 def quiet_optuna() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our one line per trial says what failed and why
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -335,7 +335,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+def _host() -> str:
+    """This machine's name in trial records; PICOLLM_WORKER_HOST overrides it where hostnames repeat."""
+    return os.environ.get("PICOLLM_WORKER_HOST") or socket.gethostname()
+
+
+WORKER_ID = f"{_host()}:{os.getpid()}"
 
 
 def fail_dead_local_trials(study: Any) -> list[int]:
@@ -346,7 +351,7 @@ def fail_dead_local_trials(study: Any) -> list[int]:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    host = socket.gethostname()
+    host = _host()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(t.user_attrs.get("worker", ""))
@@ -389,6 +394,14 @@ def _trial_config(exp: Experiment, trial: Any, values: dict[str, Any]) -> Any:
     return cfg
 
 
+def _release_gpu_memory() -> None:
+    """After a failed trial (a CUDA out-of-memory error, say) hand cached blocks back before the next one."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def make_objective(exp: Experiment, threads: int | None) -> Callable[[Any], float]:
     import optuna
 
@@ -401,6 +414,7 @@ def make_objective(exp: Experiment, threads: int | None) -> Callable[[Any], floa
         except (optuna.TrialPruned, KeyboardInterrupt):
             raise
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
+            _release_gpu_memory()
             if "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
             raise

@@ -27,12 +27,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from picollm.bounded import call_with_timeout
 from picollm.config import Config, save_config
 from picollm.fileio import atomic_write_json
+from picollm.storage import mask_url
 
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss")
 EPOCH_METRICS = ("val/epoch_loss", "train/epoch_loss", "train/epoch_loss_stderr", "train/epoch_steps")
-WANDB_INIT_TIMEOUT_S = 30.0
+# W&B gets this long to start or finish before the run goes on without it (override for tests).
+WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -131,20 +134,23 @@ class WandbSink:
         import wandb
 
         t = cfg.tracking
-        settings = wandb.Settings(silent=True, init_timeout=WANDB_INIT_TIMEOUT_S, console="off")
-        self.run = wandb.init(
-            project=t.project,
-            entity=t.entity,
-            group=t.group,
-            job_type=t.job_type,
-            name=t.name or run_id,
-            tags=t.tags or None,
-            config=config,
-            id=run_id,
-            dir=str(run_dir),
-            mode=mode,
-            settings=settings,
-            reinit="create_new",
+        settings = wandb.Settings(silent=True, init_timeout=WANDB_TIMEOUT_S, console="off")
+        self.run = call_with_timeout(
+            lambda: wandb.init(
+                project=t.project,
+                entity=t.entity,
+                group=t.group,
+                job_type=t.job_type,
+                name=t.name or run_id,
+                tags=t.tags or None,
+                config=config,
+                id=run_id,
+                dir=str(run_dir),
+                mode=mode,
+                settings=settings,
+                reinit="create_new",
+            ),
+            WANDB_TIMEOUT_S,
         )
         self.run.define_metric("step")
         self.run.define_metric("epoch")
@@ -198,7 +204,7 @@ class WandbSink:
             self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
             self.run.finish(exit_code=0 if summary.get("status") in ("finished", "pruned") else 1)
 
-        self._guard("finish", close)
+        self._guard("finish", lambda: call_with_timeout(close, WANDB_TIMEOUT_S))
 
 
 class Tracker:
@@ -212,7 +218,7 @@ class Tracker:
         self.meta = {
             "run_id": run_id,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "argv": sys.argv,
+            "argv": [mask_url(arg) for arg in sys.argv],
             "git_commit": git_commit(),
             "versions": library_versions(),
             "host": platform.node(),

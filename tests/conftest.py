@@ -46,3 +46,35 @@ def synthetic(out: list[str]) -> list[str]:
         "train.eval_tokens=2048",
         "train.prompt='0 1 2 3 4'",
     ]
+
+
+# --- fault-injection bookkeeping: `@pytest.mark.fault("class")` tests are summed up per class ---
+_FAULTS: dict[str, list[bool]] = {}
+_FAULT_OF: dict[str, str] = {}  # test id -> fault class
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fault(name): a fault-injection test of the named fault class")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    fault = _FAULT_OF.get(report.nodeid)
+    if fault and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        _FAULTS.setdefault(fault, []).append(report.passed)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        mark = item.get_closest_marker("fault")
+        if mark:
+            _FAULT_OF[item.nodeid] = mark.args[0]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _FAULTS:
+        return
+    terminalreporter.section("faults injected")
+    for name, outcomes in sorted(_FAULTS.items()):
+        terminalreporter.write_line(f"{name:28s} injected {len(outcomes):3d}  survived {sum(outcomes):3d}")
+    total = [o for outcomes in _FAULTS.values() for o in outcomes]
+    terminalreporter.write_line(f"{'all fault classes':28s} injected {len(total):3d}  survived {sum(total):3d}")

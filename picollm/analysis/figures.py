@@ -25,7 +25,7 @@ def noise_figure(run: Any, result: dict[str, Any], path: Path) -> Path:
     """Step losses (faint), their trend, epoch means with 95% intervals, and validation losses."""
     fit = fit_noise(run.losses)
     fig, ax = plt.subplots(figsize=(9, 5))
-    ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.25, lw=0.8, label="train/loss (each step)")
+    ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.45, lw=0.8, label="train/loss (each step)")
     ax.plot(run.steps, fit.trend, color="tab:blue", lw=2, label=f"trend (Savitzky-Golay, {fit.window} steps)")
     centers, means, errs = [], [], []
     for row in result["epochs"]:

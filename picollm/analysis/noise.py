@@ -197,7 +197,7 @@ def _share_of_increases(values: np.ndarray) -> float | None:
     return float(np.mean(np.diff(values) > 0)) if len(values) > 1 else None
 
 
-N_GRID = (1, 2, 3, 5, 8, 13, 20, 35, 50, 100, 200, 350, 500, 1000, 2000, 5000)
+N_GRID = tuple(int(n) for n in np.unique(np.logspace(0, 3.7, 48).astype(int)))  # 1 .. 5000 steps
 N_SIMULATED = (1, 5, 20, 100, 500)
 
 

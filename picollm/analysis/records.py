@@ -85,7 +85,8 @@ def load_run_dir(path: str | Path) -> RunHistory:
         raise DataError(f"{path}: not a run record (no metrics.jsonl)")
     config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-    return from_rows(path.name, read_jsonl(metrics), config, summary, str(path))
+    name = (config.get("tracking") or {}).get("name") or path.name  # the run's given name, else its id
+    return from_rows(name, read_jsonl(metrics), config, summary, str(path))
 
 
 def load_wandb_file(path: str | Path) -> RunHistory:

@@ -1,0 +1,461 @@
+"""Fault injection: real processes, real signals, real files, a real PostgreSQL server — nothing lost.
+
+Each test carries ``@pytest.mark.fault(<class>)``; the run ends with a per-class summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optuna.trial import TrialState
+
+from picollm import fileio, tracking
+from picollm import train as train_mod
+from picollm.checkpoint import load_run
+from picollm.config import load_config
+from picollm.data import load_token_data
+from picollm.errors import ConfigError, run_cli
+from picollm.search import parse_space
+from picollm.study import counts, load_experiment, open_study, run_sweep
+from tests.conftest import ROOT
+from tests.sweeps import SWEEP, write_experiment
+
+POSTGRES_URL = os.environ.get("PICOLLM_TEST_POSTGRES_URL")
+needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="set PICOLLM_TEST_POSTGRES_URL (.ci/run does)")
+
+
+def storage_url(kind: str, tmp_path: Path) -> str:
+    if kind == "postgresql":
+        if not POSTGRES_URL:
+            pytest.skip("set PICOLLM_TEST_POSTGRES_URL (.ci/run does) to test against PostgreSQL")
+        return POSTGRES_URL
+    return {"sqlite": f"sqlite:///{tmp_path}/s.db", "journal": f"journal:{tmp_path}/s.log"}[kind]
+
+
+def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for_running_trial(path: Path, storage: str, name: str, timeout: float = 120) -> object:
+    exp = load_experiment(str(path), [], study_name=name)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            study = open_study(exp, storage, create=False)
+        except Exception:
+            continue
+        running = [t for t in study.trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
+        metrics = [Path(t.user_attrs["run_dir"]) / "metrics.jsonl" for t in running]
+        if running and metrics[0].is_file() and metrics[0].stat().st_size > 0:
+            time.sleep(1.5)  # well inside training, with a heartbeat or two recorded
+            return running[0]
+    pytest.fail("no trial started in time")
+
+
+def slow_experiment(tmp_path: Path, n_trials: int = 3) -> Path:
+    return write_experiment(tmp_path, study={"n_trials": n_trials, "budget_tokens": 3_000_000, "reports": 100})
+
+
+FAST = ["--set", "study.budget_tokens=4096", "--set", "study.reports=4"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker killed.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault("worker killed (SIGKILL)")
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, kind: str) -> None:
+    storage, name = storage_url(kind, tmp_path), f"k{uuid.uuid4().hex[:8]}"
+    path = slow_experiment(tmp_path)
+    first = start_sweep(path, storage, "--study-name", name)
+    killed = wait_for_running_trial(path, storage, name)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    done = subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    c = counts(study)
+    assert c["RUNNING"] == 0 and c["COMPLETE"] == 3
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
+    finished_before = [t for t in study.trials if t.number < killed.number]
+    assert all(t.state == TrialState.COMPLETE and t.value is not None for t in finished_before)
+
+
+@pytest.mark.fault("worker killed (SIGKILL)")
+def test_heartbeat_fails_a_trial_whose_worker_vanished_elsewhere(tmp_path: Path) -> None:
+    """A worker on another machine cannot be checked by pid: Optuna's heartbeat expires and retries it."""
+    storage, name = storage_url("sqlite", tmp_path), "hb"
+    path = slow_experiment(tmp_path, n_trials=2)
+    first = start_sweep(path, storage, "--study-name", name, env={"PICOLLM_WORKER_HOST": "another-machine"})
+    killed = wait_for_running_trial(path, storage, name)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    start = time.time()
+    done = subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    assert counts(study)["RUNNING"] == 0 and counts(study)["COMPLETE"] == 2
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retried and retried[0].params == killed.params
+    assert time.time() - start < 60
+
+
+# ------------------------------------------------------------------------------------------------
+# Interrupted.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault("interrupted (SIGINT/SIGTERM)")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_marks_flushes_exports_and_resumes(tmp_path: Path, sig: signal.Signals) -> None:
+    storage, name = storage_url("sqlite", tmp_path), "intr"
+    path = slow_experiment(tmp_path)
+    proc = start_sweep(path, storage, "--study-name", name)
+    victim = wait_for_running_trial(path, storage, name)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    assert study.trials[victim.number].state == TrialState.FAIL
+    record = Path(victim.user_attrs["run_dir"])
+    assert json.loads((record / "summary.json").read_text())["status"] == "interrupted"
+    rows = (record / "metrics.jsonl").read_text().splitlines()
+    assert rows and all(json.loads(line) for line in rows)  # flushed, every line whole
+    assert (tmp_path / "studies" / name / "trials.csv").is_file()
+    again = subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    assert counts(study)["COMPLETE"] == 3 and counts(study)["RUNNING"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# A trial that fails: raises, NaN, out of memory.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault("trial fails (raise/NaN/OOM)")
+def test_out_of_memory_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_step, calls = train_mod.train_step, {"n": 0}
+
+    def oom_on_third_trial(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 40:  # once, somewhere in a later trial
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", oom_on_third_trial)
+    path = write_experiment(tmp_path, study={"n_trials": 4})
+    run_sweep(load_experiment(str(path), []), storage_url("sqlite", tmp_path))
+    study = open_study(load_experiment(str(path), []), storage_url("sqlite", tmp_path), create=False)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "OutOfMemoryError" in failed[0].user_attrs["fail_reason"]
+    assert counts(study)["COMPLETE"] == 4
+    summary = json.loads((Path(failed[0].user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["status"] == "failed" and "OutOfMemoryError" in summary["reason"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Concurrency.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault("concurrency (4 workers)")
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_four_workers_complete_exactly_n_unique_trials(tmp_path: Path, kind: str) -> None:
+    storage, name = storage_url(kind, tmp_path), f"c{uuid.uuid4().hex[:8]}"
+    path = write_experiment(tmp_path, study={"n_trials": 10})
+    proc = subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, "--workers", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "database is locked" not in proc.stdout + proc.stderr
+    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    c = counts(study)
+    assert c["COMPLETE"] + c["PRUNED"] == 10 and c["RUNNING"] == 0
+    assert not any("locked" in str(t.user_attrs.get("fail_reason", "")) for t in study.trials)
+    run_ids = [t.user_attrs["run_id"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(set(run_ids)) == 10
+
+
+# ------------------------------------------------------------------------------------------------
+# Corrupt or partial files.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault("corrupt files")
+def test_token_cache_with_a_wrong_hash_is_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(
+        None, ["data.tinystories=null", "data.synthetic=100", "data.tokenizer=bytes", f"data.cache_dir={tmp_path}"]
+    )
+    first = load_token_data(cfg.data)
+    expected = bytes(first.train)
+    val_bin = first.cache_path / "val.bin"
+    data = bytearray(val_bin.read_bytes())
+    data[10] ^= 0xFF  # same size, one byte flipped: only the hash can tell
+    val_bin.write_bytes(bytes(data))
+    second = load_token_data(cfg.data)
+    assert "failed its check" in capsys.readouterr().err
+    assert bytes(second.train) == expected and bytes(second.val) != bytes(data)
+
+
+@pytest.mark.fault("corrupt files")
+def test_a_crash_while_saving_weights_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic: list[str]
+) -> None:
+    summary = train_mod.train(load_config(None, [*synthetic, "train.max_steps_per_epoch=3"]))
+    run_dir = Path(summary["run_dir"])
+    before = (run_dir / "final.pt").read_bytes()
+
+    def crash_midway(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.torch, "save", crash_midway)
+    model, _ = load_run(run_dir, "final")
+    with pytest.raises(OSError):
+        fileio.atomic_torch_save({"state_dict": model.state_dict()}, run_dir / "final.pt")
+    assert (run_dir / "final.pt").read_bytes() == before
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".final.pt")]  # no temp file left
+    load_run(run_dir, "final")
+
+
+@pytest.mark.fault("corrupt files")
+def test_malformed_best_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    best = tmp_path / "best.yaml"
+    best.write_text("data:\n  tinystories: null\n  synthetic: [1, 2\nmodel: {type: kgram")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_mod.main, ["--config", str(best)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith(f"error: {best}: malformed YAML") and "\n" not in err
+
+
+@pytest.mark.fault("corrupt files")
+def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, synthetic: list[str]) -> None:
+    summary = train_mod.train(load_config(None, [*synthetic, "train.max_steps_per_epoch=2"]))
+    (Path(summary["run_dir"]) / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="unreadable checkpoint"):
+        load_run(summary["run_dir"], "best")
+
+
+# ------------------------------------------------------------------------------------------------
+# W&B down.
+# ------------------------------------------------------------------------------------------------
+
+
+def _train_with_wandb(synthetic: list[str]) -> tuple[dict, list[str], float]:
+    cfg = load_config(
+        None,
+        [
+            *[o for o in synthetic if not o.startswith("tracking.wandb")],
+            "tracking.wandb=offline",
+            "train.max_steps_per_epoch=5",
+        ],
+    )
+    start = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train_mod.train(cfg)
+    return summary, [str(w.message) for w in caught if "W&B" in str(w.message)], time.time() - start
+
+
+@pytest.mark.fault("W&B down")
+@pytest.mark.parametrize("where", ["init-raises", "init-hangs", "log-raises"])
+def test_wandb_failures_cost_one_warning_and_a_bounded_time(
+    where: str, synthetic: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    monkeypatch.setattr(tracking, "WANDB_TIMEOUT_S", 2.0)
+    if where == "init-raises":
+        monkeypatch.setattr(wandb, "init", lambda **kw: (_ for _ in ()).throw(ConnectionError("api.wandb.ai down")))
+    elif where == "init-hangs":
+        monkeypatch.setattr(wandb, "init", lambda **kw: time.sleep(30))
+    else:
+        real_init = wandb.init
+
+        def init_with_broken_log(**kw):
+            run = real_init(**kw)
+            run.log = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("log failed"))
+            return run
+
+        monkeypatch.setattr(wandb, "init", init_with_broken_log)
+    summary, messages, elapsed = _train_with_wandb(synthetic)
+    assert summary["status"] == "finished" and summary["best_val_loss"] is not None
+    assert len(messages) == 1, messages
+    assert elapsed < 25
+    rows = (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    assert sum('"train/loss"' in r for r in rows) == 5  # the local record has everything
+
+
+@pytest.mark.fault("W&B down")
+def test_online_mode_without_network_or_key_goes_on(
+    synthetic: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tracking, "WANDB_TIMEOUT_S", 10.0)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    cfg = load_config(
+        None,
+        [
+            *[o for o in synthetic if not o.startswith("tracking.wandb")],
+            "tracking.wandb=online",
+            "train.max_steps_per_epoch=5",
+        ],
+    )
+    start = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train_mod.train(cfg)
+    assert summary["status"] == "finished"
+    assert sum("W&B" in str(w.message) for w in caught) == 1
+    assert time.time() - start < 30
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input, property-based.
+# ------------------------------------------------------------------------------------------------
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.lists(st.sampled_from(["sgd", "adam", 1, 2.5, None]), max_size=4),
+)
+_spec = st.dictionaries(
+    st.sampled_from(["type", "low", "high", "log", "step", "choices", "when", "bogus"]),
+    st.one_of(_values, st.sampled_from(["categorical", "float", "int"])),
+    max_size=6,
+)
+
+
+@pytest.mark.fault("bad input")
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["optim.lr", "optim.name", "model.k", "model.block_size", "train.seed"]), _spec, max_size=3
+    )
+)
+def test_search_space_parser_gives_a_space_or_one_clear_error(search: dict) -> None:
+    base = load_config(None, ["data.tinystories=null", "data.synthetic=10"]).to_dict()
+    try:
+        space = parse_space(search, base)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert [p.key for p in space] == list(search)
+
+
+# ------------------------------------------------------------------------------------------------
+# Security.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault("security")
+@needs_postgres
+def test_no_planted_secret_reaches_logs_records_wandb_or_exports(tmp_path: Path) -> None:
+    key, password = "planted-wandb-key-7f3a9c", "planted-db-pass-55e1"  # trust auth ignores the password
+    url = POSTGRES_URL.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+    path = write_experiment(
+        tmp_path, study={"n_trials": 2, "name": f"sec{uuid.uuid4().hex[:6]}"}, tracking={"wandb": "offline"}
+    )
+    env = {**os.environ, "WANDB_API_KEY": key, "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "postgres:***@" in proc.stdout
+    leaks = [
+        f
+        for f in tmp_path.rglob("*")
+        if f.is_file() and (key.encode() in f.read_bytes() or password.encode() in f.read_bytes())
+    ]
+    assert leaks == []
+    assert key not in proc.stdout + proc.stderr and password not in proc.stdout + proc.stderr
+    bad = subprocess.run(
+        [
+            sys.executable,
+            SWEEP,
+            "--config",
+            str(path),
+            "--storage",
+            f"postgresql://postgres:{password}@127.0.0.1:1/test",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2 and password not in bad.stdout + bad.stderr and "***" in bad.stderr
+
+
+@pytest.mark.fault("security")
+def test_only_safe_loaders_in_the_source() -> None:
+    sources = [p for p in ROOT.glob("**/*.py") if ".venv" not in p.parts and "tests" not in p.parts]
+    text = "\n".join(p.read_text() for p in sources)
+    assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", text)
+    assert "weights_only=False" not in text and "import pickle" not in text
+    assert text.count("torch.load(") == text.count("weights_only=True")
