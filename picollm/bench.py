@@ -97,10 +97,10 @@ def autocast(device: torch.device) -> Any:
     )
 
 
-def train_step_fn(model: nn.Module, batch: int, block: int, device: torch.device) -> Callable[[], None]:
+def train_step_fn(model: nn.Module, batch: int, block: int, vocab: int, device: torch.device) -> Callable[[], None]:
     optimizer = build_optimizer(model, OptimConfig(name="adamw", lr=1e-4))
-    x = torch.randint(0, VOCAB, (batch, block), device=device)
-    y = torch.randint(0, VOCAB, (batch, block), device=device)
+    x = torch.randint(0, vocab, (batch, block), device=device)
+    y = torch.randint(0, vocab, (batch, block), device=device)
 
     def step() -> None:
         with autocast(device):
@@ -125,7 +125,7 @@ def bench_training(
     model = build_model({**settings, "block_size": block}, vocab).to(device)
     step_model = torch.compile(model) if compile_model else model
     reset_peak_memory(device)
-    seconds = timed(train_step_fn(step_model, batch, block, device), device, warmup=2, repeats=repeats)
+    seconds = timed(train_step_fn(step_model, batch, block, vocab, device), device, warmup=2, repeats=repeats)
     return {
         "tokens_per_s": batch * block / seconds,
         "step_s": seconds,

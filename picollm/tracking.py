@@ -16,18 +16,20 @@ Run record layout (``tracking.out_dir/<run_id>/``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import queue
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
-from picollm.bounded import call_with_timeout
 from picollm.config import Config, save_config
 from picollm.fileio import atomic_write_json
 from picollm.storage import mask_url
@@ -123,34 +125,43 @@ def resolve_wandb_mode(setting: str) -> str:
 
 
 class WandbSink:
-    """W&B behind the sink interface; the first error disables it with one warning."""
+    """W&B behind the sink interface, on a worker thread of its own.
+
+    Every W&B call (import, init, log, finish) runs on that thread in order, so training never
+    waits for W&B: start-up overlaps with W&B's handshake, and a hanging call costs at most
+    ``WANDB_TIMEOUT_S`` at the end of the run. The first error disables W&B with one warning,
+    given on the main thread; the local record keeps everything either way.
+    """
 
     def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
-        self.run = None
+        self.run: Any = None
+        self.run_id: str | None = run_id
         self.rows: list[list[Any]] = []
-        self._guard("init", lambda: self._init(cfg, mode, run_id, run_dir, config))
+        self.error: str | None = None
+        self._warned = False
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="wandb-sink", daemon=True)
+        self._thread.start()
+        self._queue.put(("init", lambda: self._init(cfg, mode, run_id, run_dir, config)))
 
     def _init(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
         import wandb
 
         t = cfg.tracking
         settings = wandb.Settings(silent=True, init_timeout=WANDB_TIMEOUT_S, console="off")
-        self.run = call_with_timeout(
-            lambda: wandb.init(
-                project=t.project,
-                entity=t.entity,
-                group=t.group,
-                job_type=t.job_type,
-                name=t.name or run_id,
-                tags=t.tags or None,
-                config=config,
-                id=run_id,
-                dir=str(run_dir),
-                mode=mode,
-                settings=settings,
-                reinit="create_new",
-            ),
-            WANDB_TIMEOUT_S,
+        self.run = wandb.init(
+            project=t.project,
+            entity=t.entity,
+            group=t.group,
+            job_type=t.job_type,
+            name=t.name or run_id,
+            tags=t.tags or None,
+            config=config,
+            id=run_id,
+            dir=str(run_dir),
+            mode=mode,
+            settings=settings,
+            reinit="create_new",
         )
         self.run.define_metric("step")
         self.run.define_metric("epoch")
@@ -159,52 +170,58 @@ class WandbSink:
         for key in EPOCH_METRICS:
             self.run.define_metric(key, step_metric="epoch", summary="min" if key.endswith("loss") else "last")
 
-    def _guard(self, what: str, fn: Any) -> None:
-        try:
-            fn()
-        except Exception as exc:  # W&B must never take training down with it
-            warnings.warn(
-                f"W&B {what} failed ({type(exc).__name__}: {exc}); continuing with the local record only", stacklevel=3
-            )
-            self._close_quietly()
-            self.run = None
+    def _work(self) -> None:
+        while True:
+            kind, call = self._queue.get()
+            if self.error is None:
+                try:
+                    call()
+                except Exception as exc:  # W&B must never take training down with it
+                    self.error = f"W&B {kind} failed ({type(exc).__name__}: {str(exc)[:200]})"
+                    self._close_quietly()
+            if kind == "finish":
+                return
 
     def _close_quietly(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             if self.run is not None:
                 self.run.finish(exit_code=1)
-        except Exception:
-            pass
 
-    @property
-    def run_id(self) -> str | None:
-        return self.run.id if self.run is not None else None
+    def _warn_once(self) -> None:
+        if self.error and not self._warned:
+            self._warned = True
+            self.run_id = None
+            warnings.warn(f"{self.error}; continuing with the local record only", stacklevel=3)
 
     def log(self, row: dict[str, Any]) -> None:
-        if self.run is not None:
-            self._guard("log", lambda: self.run.log(row))
+        self._warn_once()
+        if self.error is None:
+            self._queue.put(("log", lambda: self.run.log(row)))
 
     def log_sample(self, row: dict[str, Any]) -> None:
-        if self.run is None:
+        self._warn_once()
+        if self.error is not None:
             return
         self.rows.append([row["step"], row["prompt"], row["text"]])
+        rows = list(self.rows)
 
         def log_table() -> None:
             import wandb
 
-            self.run.log({"samples": wandb.Table(columns=["step", "prompt", "text"], data=list(self.rows))})
+            self.run.log({"samples": wandb.Table(columns=["step", "prompt", "text"], data=rows)})
 
-        self._guard("log", log_table)
+        self._queue.put(("log", log_table))
 
     def finish(self, summary: dict[str, Any]) -> None:
-        if self.run is None:
-            return
-
         def close() -> None:
             self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
             self.run.finish(exit_code=0 if summary.get("status") in ("finished", "pruned") else 1)
 
-        self._guard("finish", lambda: call_with_timeout(close, WANDB_TIMEOUT_S))
+        self._queue.put(("finish", close))
+        self._thread.join(WANDB_TIMEOUT_S)
+        if self._thread.is_alive() and self.error is None:
+            self.error = f"W&B did not answer within {WANDB_TIMEOUT_S:g}s"
+        self._warn_once()
 
 
 class Tracker:
@@ -248,6 +265,7 @@ class Tracker:
             sink.log_sample({"step": step, "prompt": prompt, "text": text})
 
     def finish(self, summary: dict[str, Any]) -> None:
+        if self.wandb is not None:  # first, so the local summary knows whether W&B got the run
+            self.wandb.finish(summary)
         summary = {**summary, "run_id": self.run_id, "wandb_run_id": self.wandb.run_id if self.wandb else None}
-        for sink in self.sinks:
-            sink.finish(summary)
+        self.local.finish(summary)

@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     fault = _FAULT_OF.get(report.nodeid)
-    if fault and (report.when == "call" or (report.when == "setup" and not report.passed)):
+    if fault and not report.skipped and (report.when == "call" or (report.when == "setup" and report.failed)):
         _FAULTS.setdefault(fault, []).append(report.passed)
 
 
