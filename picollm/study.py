@@ -85,10 +85,6 @@ def _pruner(name: str, options: dict[str, Any]) -> Any:
     return _construct("pruner", name, pruners, options)
 
 
-SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "qmc")
-PRUNER_NAMES = ("median", "hyperband", "successive_halving", "patient", "none")
-
-
 def _construct(kind: str, name: str, table: dict[str, Callable[[], Any]], options: dict[str, Any]) -> Any:
     if name not in table:
         raise ConfigError(f"study.{kind}: unknown {kind} {name!r} (choose from {', '.join(table)})")
