@@ -94,6 +94,8 @@ def _construct(kind: str, name: str, table: dict[str, Callable[[], Any]], option
             return table[name]()
     except TypeError as exc:
         raise ConfigError(f"study.{kind}: bad option for {name}: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError(f"study.{kind}: {name} needs a package that is not installed ({exc})") from None
     except ValueError as exc:
         raise ConfigError(f"study.{kind}: {name}: {exc}") from None
 
