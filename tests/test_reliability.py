@@ -80,6 +80,20 @@ def slow_experiment(tmp_path: Path, n_trials: int = 3) -> Path:
 FAST = ["--set", "study.budget_tokens=4096", "--set", "study.reports=4"]
 
 
+def resume_fast(path: Path, storage: str, name: str) -> object:
+    """Re-run the same sweep command (small budget, same space) to its total; the study afterwards."""
+    done = subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+
+
 # ------------------------------------------------------------------------------------------------
 # Worker killed.
 # ------------------------------------------------------------------------------------------------
@@ -94,16 +108,7 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
     killed = wait_for_running_trial(path, storage, name)
     first.send_signal(signal.SIGKILL)
     first.communicate()
-    done = subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    study = resume_fast(path, storage, name)
     c = counts(study)
     assert c["RUNNING"] == 0 and c["COMPLETE"] == 3
     assert study.trials[killed.number].state == TrialState.FAIL
@@ -123,16 +128,7 @@ def test_heartbeat_fails_a_trial_whose_worker_vanished_elsewhere(tmp_path: Path)
     first.send_signal(signal.SIGKILL)
     first.communicate()
     start = time.time()
-    done = subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    study = resume_fast(path, storage, name)
     assert counts(study)["RUNNING"] == 0 and counts(study)["COMPLETE"] == 2
     assert study.trials[killed.number].state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
@@ -162,16 +158,7 @@ def test_interrupt_marks_flushes_exports_and_resumes(tmp_path: Path, sig: signal
     rows = (record / "metrics.jsonl").read_text().splitlines()
     assert rows and all(json.loads(line) for line in rows)  # flushed, every line whole
     assert (tmp_path / "studies" / name / "trials.csv").is_file()
-    again = subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert again.returncode == 0, again.stderr
-    study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
+    study = resume_fast(path, storage, name)
     assert counts(study)["COMPLETE"] == 3 and counts(study)["RUNNING"] == 0
 
 
