@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from picollm.errors import ConfigError, DataError, run_cli
-from picollm.storage import DEFAULT_STORAGE, mask_url
+from picollm.storage import add_storage_argument, mask_url
 
 EPILOG = """\
 Sources (noise, compare, report): run record folders (results/runs/<run_id>), offline W&B files
@@ -29,7 +28,7 @@ a warning.
 def add_sources(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="*", help="run record folders or offline .wandb files")
     parser.add_argument("--study", help="analyse the completed trials of this sweep")
-    parser.add_argument("--storage", default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE))
+    add_storage_argument(parser)
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read run histories through the W&B API")
     parser.add_argument("--group", help="with --wandb: only this group (a sweep's study name)")
 
@@ -70,7 +69,7 @@ def load_sources(args: argparse.Namespace) -> list[Any]:
     if given != 1:
         raise ConfigError("give exactly one source: run folders, --study NAME, or --wandb ENTITY/PROJECT")
     if args.study:
-        return records.load_study_runs(args.study, args.storage)
+        return records.load_study_runs(records.load_study(args.study, args.storage))
     if args.wandb:
         return records.load_wandb_project(args.wandb, args.group)
     runs = []

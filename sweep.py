@@ -8,11 +8,11 @@ python sweep.py export --config experiments/quick.yaml          # re-export resu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from picollm.config import add_override_argument
 from picollm.errors import EXIT_INTERRUPTED, run_cli
-from picollm.storage import DEFAULT_STORAGE, mask_url
+from picollm.storage import add_storage_argument, mask_url
 
 COMMANDS = ("run", "status", "export")
 
@@ -42,22 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="experiment YAML with search: and study: blocks")
     parser.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    parser.add_argument(
-        "--storage",
-        default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE),
-        help="sqlite:///path.db | postgresql://user@host/db | journal:path.log "
-        f"(default: $PICOLLM_STORAGE or {DEFAULT_STORAGE})",
-    )
+    add_storage_argument(parser)
     parser.add_argument("--study-name", help="override study.name")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)",
-    )
+    add_override_argument(parser, "override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")
     return parser
 
 

@@ -395,6 +395,11 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     return config_from_dict(apply_overrides(trainer, overrides))
 
 
+def add_override_argument(parser: Any, help_text: str) -> None:
+    """``--set KEY=VALUE`` (repeatable), the same for every command that takes a config."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config; the file is itself a valid config."""
     Path(path).write_text(cfg.to_yaml(), encoding="utf-8")

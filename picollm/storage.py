@@ -8,6 +8,7 @@ is gone. Passwords in URLs are masked in every message.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,16 @@ DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 SQLITE_TIMEOUT_S = 60  # many workers on one SQLite file wait for the lock instead of failing
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+
+
+def add_storage_argument(parser: Any) -> None:
+    """``--storage URL``, defaulting to $PICOLLM_STORAGE (keeps a password out of shell history) or SQLite."""
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE),
+        help="sqlite:///path.db | postgresql://user@host/db | journal:path.log "
+        f"(default: $PICOLLM_STORAGE or {DEFAULT_STORAGE})",
+    )
 
 
 def mask_url(text: str) -> str:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from picollm.checkpoint import save_checkpoint
-from picollm.config import Config, load_config
+from picollm.config import Config, add_override_argument, load_config
 from picollm.data import (
     CompactTokenizer,
     TokenData,
@@ -388,14 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML experiment file (may start with 'base: other.yaml')")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key with a dotted name, e.g. optim.lr=3e-4 (repeatable)",
-    )
+    add_override_argument(parser, "override one config key with a dotted name, e.g. optim.lr=3e-4 (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 

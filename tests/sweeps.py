@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -45,3 +48,18 @@ def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | N
 
 
 SWEEP = str(ROOT / "sweep.py")
+
+
+def sweep_cli(
+    path: Path, storage: str, *args: str, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python sweep.py --config PATH --storage STORAGE ARGS...`` as a user would run it."""
+    return subprocess.run(
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -24,22 +24,18 @@ def test_evaluation_scores_every_validation_token_once(block_size: int) -> None:
         assert np.array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])  # targets are next tokens, never padding
 
 
-def test_training_windows_are_next_token_pairs_from_one_epoch() -> None:
+def test_an_epoch_visits_every_training_window_once_as_next_token_pairs() -> None:
     cfg = load_config(None, ["data.tinystories=null", "data.synthetic=50", "data.tokenizer=bytes"])
     data = load_token_data(cfg.data, progress=False)
-    starts_seen = []
-    for x, y in train_batches(data, 16, 4, np.random.default_rng(0)):
+    starts = data_mod.window_starts(data, 16)["other"]
+    assert np.array_equal(starts, np.arange((len(data.train) - 1) // 16) * 16)  # non-overlapping, from 0
+    order = data_mod.epoch_order(data_mod.window_starts(data, 16), data.weights, np.random.default_rng(0))
+    assert np.array_equal(np.sort(order), starts) and not np.array_equal(order, starts)  # all once, shuffled
+    batches = list(train_batches(data, 16, 4, np.random.default_rng(0)))
+    assert len(batches) == len(starts) // 4
+    for x, y in batches:
         assert x.shape == y.shape == (4, 16)
         assert np.array_equal(x[:, 1:].numpy(), y[:, :-1].numpy())
-        starts_seen += [
-            int(
-                np.flatnonzero(np.lib.stride_tricks.sliding_window_view(np.asarray(data.train), 16).__eq__(row).all(1))[
-                    0
-                ]
-            )
-            for row in x.numpy()[:1]
-        ]
-    assert len(set(starts_seen)) == len(starts_seen)
 
 
 def test_cache_is_reused_and_a_corrupt_cache_is_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,7 +31,7 @@ from picollm.errors import ConfigError, run_cli
 from picollm.search import parse_space
 from picollm.study import counts, load_experiment, open_study, run_sweep
 from tests.conftest import ROOT
-from tests.sweeps import SWEEP, write_experiment
+from tests.sweeps import SWEEP, sweep_cli, write_experiment
 
 POSTGRES_URL = os.environ.get("PICOLLM_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="set PICOLLM_TEST_POSTGRES_URL (.ci/run does)")
@@ -82,14 +82,7 @@ FAST = ["--set", "study.budget_tokens=4096", "--set", "study.reports=4"]
 
 def resume_fast(path: Path, storage: str, name: str) -> object:
     """Re-run the same sweep command (small budget, same space) to its total; the study afterwards."""
-    done = subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, *FAST],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = sweep_cli(path, storage, "--study-name", name, *FAST)
     assert done.returncode == 0, done.stderr
     return open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
 
@@ -198,14 +191,7 @@ def test_out_of_memory_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, m
 def test_four_workers_complete_exactly_n_unique_trials(tmp_path: Path, kind: str) -> None:
     storage, name = storage_url(kind, tmp_path), f"c{uuid.uuid4().hex[:8]}"
     path = write_experiment(tmp_path, study={"n_trials": 10})
-    proc = subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--study-name", name, "--workers", "4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = sweep_cli(path, storage, "--study-name", name, "--workers", "4", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "database is locked" not in proc.stdout + proc.stderr
     study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
@@ -391,16 +377,8 @@ def test_no_planted_secret_reaches_logs_records_wandb_or_exports(tmp_path: Path)
     path = write_experiment(
         tmp_path, study={"n_trials": 2, "name": f"sec{uuid.uuid4().hex[:6]}"}, tracking={"wandb": "offline"}
     )
-    env = {**os.environ, "WANDB_API_KEY": key, "WANDB_MODE": "offline"}
-    proc = subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", url],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    env = {"WANDB_API_KEY": key, "WANDB_MODE": "offline"}
+    proc = sweep_cli(path, url, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "postgres:***@" in proc.stdout
     leaks = [
@@ -410,22 +388,7 @@ def test_no_planted_secret_reaches_logs_records_wandb_or_exports(tmp_path: Path)
     ]
     assert leaks == []
     assert key not in proc.stdout + proc.stderr and password not in proc.stdout + proc.stderr
-    bad = subprocess.run(
-        [
-            sys.executable,
-            SWEEP,
-            "--config",
-            str(path),
-            "--storage",
-            f"postgresql://postgres:{password}@127.0.0.1:1/test",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = sweep_cli(path, f"postgresql://postgres:{password}@127.0.0.1:1/test", env=env, timeout=120)
     assert bad.returncode == 2 and password not in bad.stdout + bad.stderr and "***" in bad.stderr
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import sweep as sweep_cli
+import sweep as sweep_module
 from picollm import study as study_mod
 from picollm.config import load_config
 from picollm.errors import run_cli
@@ -20,25 +18,13 @@ from picollm.export import export_study
 from picollm.study import load_experiment, open_study, run_sweep
 from picollm.train import train
 from picollm.wandb_offline import find_run_file, read_run_info
-from tests.conftest import ROOT
-from tests.sweeps import SWEEP, write_experiment
+from tests.sweeps import sweep_cli, write_experiment
 
 POSTGRES_URL = os.environ.get("PICOLLM_TEST_POSTGRES_URL")
 
 
 def states(study: optuna.Study) -> dict[str, int]:
     return study_mod.counts(study)
-
-
-def sweep(path: Path, storage: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_running_again_resumes_to_the_total(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,7 +156,7 @@ def test_bad_storage_and_spaces_exit_with_one_line(
     path = write_experiment(tmp_path)
     argv = ["--config", str(path), "--storage", f"sqlite:///{tmp_path}/s.db", *args]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(sweep_cli.main, argv)
+        run_cli(sweep_module.main, argv)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
@@ -183,15 +169,15 @@ def test_changed_search_space_on_resume_is_refused(tmp_path: Path, capsys: pytes
     run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     with pytest.raises(SystemExit):
         run_cli(
-            sweep_cli.main,
+            sweep_module.main,
             ["--config", str(path), "--storage", f"sqlite:///{tmp_path}/s.db", "--set", "search.model.k.high=6"],
         )
     assert "was created with another search space" in capsys.readouterr().err
 
 
 def test_cli_end_to_end_prints_best_against_baseline(tmp_path: Path) -> None:
-    proc = sweep(write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db")
+    proc = sweep_cli(write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db")
     assert proc.returncode == 0, proc.stderr
     assert "best: trial" in proc.stdout and "baseline (trial 0" in proc.stdout and "results: " in proc.stdout
-    status = sweep(write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db", "status")
+    status = sweep_cli(write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db", "status")
     assert status.stdout.count("COMPLETE") >= 3

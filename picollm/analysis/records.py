@@ -118,17 +118,24 @@ def load_wandb_project(project_path: str, group: str | None = None, api: Any = N
     return histories
 
 
-def load_study_runs(study_name: str, storage: str) -> list[RunHistory]:
-    """The run records of a study's completed trials, in trial order."""
+def load_study(study_name: str, storage: str) -> Any:
+    """A finished or running sweep, opened read-only for analysis."""
     import optuna
-    from optuna.trial import TrialState
 
     from picollm.storage import mask_url, open_storage
+    from picollm.study import quiet_optuna
 
+    quiet_optuna()
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
     except KeyError:
         raise DataError(f"no study named {study_name!r} in {mask_url(storage)}") from None
+
+
+def load_study_runs(study: Any) -> list[RunHistory]:
+    """The run records of a study's completed trials, in trial order."""
+    from optuna.trial import TrialState
+
     runs = []
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         run_dir = trial.user_attrs.get("run_dir")
@@ -137,5 +144,5 @@ def load_study_runs(study_name: str, storage: str) -> list[RunHistory]:
             run.name = f"t{trial.number}"
             runs.append(run)
     if not runs:
-        raise DataError(f"study {study_name!r} has no completed trials with run records on this machine")
+        raise DataError(f"study {study.study_name!r} has no completed trials with run records on this machine")
     return runs
