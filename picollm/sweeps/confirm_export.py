@@ -1,0 +1,118 @@
+"""Files of a confirmation in ``results/studies/<study>/``: confirm.csv, confirm.png, best.yaml.
+
+``best.yaml`` is rewritten from the *confirmed* winner (the lowest mean over fresh seeds), with its
+interval and its comparisons in the header, so the file a user runs next says how sure the choice is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picollm.config import config_from_dict
+from picollm.fileio import atomic_write_text
+from picollm.search import apply_params
+from picollm.sweeps.confirm import Confirmation, summary_lines
+
+CSV_COLUMNS = (
+    "trial",
+    "baseline",
+    "seed",
+    "final_val_loss",
+    "final_val_loss_stderr",
+    "tokens",
+    "budget_tokens",
+    "status",
+    "run_id",
+    "run_dir",
+    "wandb_run_id",
+    "config_mean",
+    "config_ci_low",
+    "config_ci_high",
+    "rank",
+)
+
+
+def confirm_csv(conf: Confirmation) -> str:
+    """One row per (config, seed) run, with its config's mean, interval and rank (1 = confirmed winner)."""
+    ranks = {id(r): i + 1 for i, r in enumerate(conf.ranked())}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*CSV_COLUMNS, *_param_keys(conf)], extrasaction="ignore")
+    writer.writeheader()
+    for result in conf.results:
+        iv = result.interval()
+        for seed in sorted(result.runs):
+            writer.writerow(
+                {
+                    **result.runs[seed],
+                    **result.candidate.params,
+                    "baseline": result.candidate.baseline,
+                    "seed": seed,
+                    "config_mean": iv.mean,
+                    "config_ci_low": iv.low,
+                    "config_ci_high": iv.high,
+                    "rank": ranks.get(id(result)),
+                }
+            )
+    return buffer.getvalue()
+
+
+def _param_keys(conf: Confirmation) -> list[str]:
+    keys: dict[str, None] = {}
+    for result in conf.results:
+        keys.update(dict.fromkeys(result.candidate.params))
+    return list(keys)
+
+
+def plot(conf: Confirmation, path: Path) -> None:
+    """One point and 95% interval per config, its seeds as dots; the baseline in another colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = conf.ranked()
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.45 * len(ranked)))
+    for y, result in enumerate(ranked):
+        iv = result.interval()
+        colour = "tab:red" if result.candidate.baseline else "tab:blue"
+        ax.errorbar(iv.mean, y, xerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="o", color=colour, capsize=4)
+        seeds = result.losses(sorted(result.runs))
+        ax.scatter(seeds, [y] * len(seeds), s=10, color="grey", alpha=0.6, zorder=3)
+    ax.set_yticks(range(len(ranked)), [r.candidate.label + (" *" if i == 0 else "") for i, r in enumerate(ranked)])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"final_val_loss (nats), mean and 95% CI over {len(conf.seeds)} seeds; * = confirmed winner")
+    ax.set_title(f"confirmation of study {conf.study_name!r} (baseline in red, seeds as dots)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def best_yaml(study: Any, conf: Confirmation) -> str:
+    """The confirmed winner's complete trainer config, headed by the evidence for choosing it."""
+    winner = conf.ranked()[0]
+    raw = apply_params(study.user_attrs["base"], winner.candidate.params)
+    raw["tracking"].update(group=None, job_type="train", name=None)
+    raw["train"]["progress"] = True
+    evidence = "\n".join(f"#   {line.strip()}" for line in summary_lines(conf))
+    header = (
+        f"# Confirmed winner of study '{study.study_name}': {winner.candidate.label}\n"
+        f"# (best mean final_val_loss over fresh seeds, not the single luckiest trial):\n{evidence}\n"
+        f"# Run it as-is: python -m picollm.train --config <this file>  (train.seed is the study's own)\n"
+    )
+    return header + yaml.safe_dump(config_from_dict(raw).to_dict(), sort_keys=False)
+
+
+def export_confirmation(study: Any, conf: Confirmation, root: str | Path) -> Path:
+    """Write confirm.csv, confirm.png and best.yaml (the latter only once some config has a run)."""
+    folder = Path(root) / study.study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "confirm.csv", confirm_csv(conf))
+    if conf.ranked():
+        plot(conf, folder / "confirm.png")
+        atomic_write_text(folder / "best.yaml", best_yaml(study, conf))
+    return folder
