@@ -3,18 +3,21 @@
 python sweep.py --config experiments/quick.yaml                 # run (or resume) the study
 python sweep.py status --config experiments/quick.yaml          # a table of its trials
 python sweep.py export --config experiments/quick.yaml          # re-export results/studies/<study>/
+python sweep.py confirm --config experiments/quick.yaml         # re-train the top configs with fresh seeds
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Any
 
 from picollm.config import add_override_argument
 from picollm.errors import EXIT_INTERRUPTED, run_cli
 from picollm.storage import add_storage_argument, mask_url
 
-COMMANDS = ("run", "status", "export")
+COMMANDS = ("run", "status", "export", "confirm")
 
 EPILOG = """\
 An experiment file is a trainer config plus two blocks:
@@ -23,6 +26,10 @@ An experiment file is a trainer config plus two blocks:
              model.k: {type: int, low: 1, high: 5, when: {model.type: kgram}}
   study:   name, metric, sampler (tpe|random|grid|cmaes|qmc), pruner
            (median|hyperband|successive_halving|patient|none), budget_tokens, n_trials, seed
+
+confirm:  (optional) top: 3, seeds: 3 -- after the sweep, re-train the top complete configs and
+           the baseline with fresh seeds; best.yaml becomes the confirmed winner, with its 95%
+           interval and paired comparisons. `sweep.py confirm --top K --seeds N` does it on demand.
 
 --n-trials is the study's total of finished trials: run the same command again to resume an
 interrupted sweep. For several machines, give every machine the same --storage
@@ -45,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_argument(parser)
     parser.add_argument("--study-name", help="override study.name")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--top", type=int, help="confirm: complete configs to re-train (default: confirm.top, 3)")
+    parser.add_argument("--seeds", type=int, help="confirm: fresh seeds per config (default: confirm.seeds, 3)")
     add_override_argument(parser, "override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")
     return parser
 
@@ -69,16 +78,33 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_INTERRUPTED if outcome.interrupted else 0
     study = open_study(exp, args.storage, create=False)
+    if args.command == "confirm":
+        print("\n".join(confirm_command(study, exp, args)))
+        return 0
     if args.command == "status":
         for trial in study.trials:
             print(trial_line(trial, best_value(study)))
         print("\n".join(report_lines(study)))
         return 0
     from picollm.export import export_study
+    from picollm.sweeps.confirm_export import export_recorded
 
     folder, notes = export_study(study, exp.study.out_dir)
+    notes += export_recorded(study, exp.study.out_dir)  # keeps best.yaml the confirmed winner
     print("\n".join([*notes, f"exported to {folder}/"]))
     return 0
+
+
+def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]:
+    """`sweep.py confirm`: the experiment's confirm: block (or the defaults), with --top/--seeds on top."""
+    from picollm.sweeps.confirm import ConfirmSettings, check_settings
+    from picollm.sweeps.confirm_export import confirm_and_export
+
+    s = dataclasses.replace(exp.confirm or ConfirmSettings())
+    s.top = args.top if args.top is not None else s.top
+    s.seeds = args.seeds if args.seeds is not None else s.seeds
+    check_settings(s)
+    return confirm_and_export(study, s, exp.study.out_dir)
 
 
 if __name__ == "__main__":

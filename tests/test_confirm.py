@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from picollm.errors import ConfigError
+import sweep as sweep_module
+from picollm.errors import ConfigError, run_cli
 from picollm.sweeps.confirm import compare_words, paired_test, parse_confirm, t_interval
 
 
@@ -79,12 +80,15 @@ def _run_dirs(tmp_path: Path) -> set[str]:
     return {p.name for p in (tmp_path / "runs").iterdir()}
 
 
-def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path) -> None:
+def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """run_sweep with a confirm: block re-trains top 2 + baseline on 2 fresh seeds; a re-run trains nothing."""
     from picollm.sweeps import load_experiment, open_study, run_sweep
-    from tests.sweeps import sweep_cli, write_experiment
+    from tests.sweeps import write_experiment
 
-    path, storage = write_experiment(tmp_path, study={"n_trials": 4}), f"sqlite:///{tmp_path}/s.db"
+    path, storage = (
+        write_experiment(tmp_path, study={"n_trials": 3, "budget_tokens": 2048}, train={"threads": 1}),
+        f"sqlite:///{tmp_path}/s.db",
+    )
     raw = yaml.safe_load(path.read_text())
     raw["confirm"] = {"top": 2, "seeds": 2}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -110,10 +114,12 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path) -> Non
     assert record["train"]["seed"] == int(rows[0]["seed"])
 
     before = _run_dirs(tmp_path)
-    result = sweep_cli(path, storage, "confirm")  # everything recorded: nothing is trained again
-    assert result.returncode == 0, result.stderr
-    assert _run_dirs(tmp_path) == before and "confirmed winner" in result.stdout
-    result = sweep_cli(path, storage, "confirm", "--seeds", "1")
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+    assert sweep_module.main(["confirm", "--config", str(path), "--storage", storage]) == 0
+    assert _run_dirs(tmp_path) == before  # everything was recorded: nothing is trained again
+    assert "confirmed winner" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(sweep_module.main, ["confirm", "--config", str(path), "--storage", storage, "--seeds", "1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "error: confirm.seeds must be >= 2 (an interval needs two runs), got 1"
     ]

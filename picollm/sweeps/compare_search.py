@@ -21,6 +21,7 @@ are recorded in ``horizon.json`` as they finish; the report is rebuilt from both
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import warnings
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from picollm.config import add_override_argument
-from picollm.errors import ConfigError, run_cli
+from picollm.errors import ConfigError, PicoError, run_cli
 from picollm.fileio import atomic_write_json, atomic_write_text
 from picollm.storage import add_storage_argument
 
@@ -47,13 +48,21 @@ class Method:
     pruner: str
 
     def overrides(self, budget: int, reports: int) -> list[str]:
-        pruner_options = {
-            "median": f"{{name: median, n_startup_trials: 3, n_warmup_steps: {budget // 3}}}",
-            "successive_halving": f"{{name: successive_halving, min_resource: {budget // reports}, reduction_factor: 3}}",
-            "none": "none",
-        }[self.pruner]
-        sampler = "{name: tpe, n_startup_trials: 4}" if self.sampler == "tpe" else self.sampler
-        return [f"study.sampler={sampler}", f"study.pruner={pruner_options}"]
+        """``--set`` items; quick.yaml's own pruner settings at 60,000 tokens, scaled to ``budget``."""
+        samplers = {"tpe": {"name": "tpe", "n_startup_trials": 4}, "random": {"name": "random"}}
+        pruners = {
+            "median": {"name": "median", "n_startup_trials": 3, "n_warmup_steps": budget // 3},
+            "successive_halving": {
+                "name": "successive_halving",
+                "min_resource": budget // reports,
+                "reduction_factor": 3,
+            },
+            "none": {"name": "none"},
+        }
+        return [
+            f"study.sampler={json.dumps(samplers[self.sampler])}",
+            f"study.pruner={json.dumps(pruners[self.pruner])}",
+        ]
 
 
 METHODS = {
@@ -119,8 +128,19 @@ def run_job(job: Job, n_trials: int, threads: int) -> str:
     return job.name
 
 
+_interrupted = []  # set in a worker process on Ctrl-C, so it does not start the queued studies
+
+
 def _run_job_args(packed: tuple[Job, int, int]) -> str:
-    return run_job(*packed)
+    if _interrupted:
+        return f"{packed[0].name} skipped (interrupted)"
+    try:
+        return run_job(*packed)
+    except KeyboardInterrupt:
+        _interrupted.append(True)
+        raise
+    except PicoError as exc:  # one study's problem; the others go on, the report shows what is missing
+        return f"{packed[0].name} FAILED: {exc}"
 
 
 def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
@@ -135,15 +155,23 @@ def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
 
     from tqdm.auto import tqdm
 
+    from picollm.storage import open_storage
+
+    open_storage(todo[0].storage)  # create the schema once: two processes creating it at once collide
     packed = [(job, n_trials, 1 if parallel > 1 else 2) for job in todo]
     with tqdm(total=len(todo), unit="study", file=sys.stdout) as bar, ExitStack() as stack:
         names = map(_run_job_args, packed)
         if parallel > 1:
             pool = stack.enter_context(ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")))
             names = pool.map(_run_job_args, packed)
-        for name in names:
-            bar.write(f"done {name}")
-            bar.update()
+        try:
+            for name in names:
+                bar.write(f"done {name}")
+                bar.update()
+        except KeyboardInterrupt:
+            if parallel > 1:
+                pool.shutdown(wait=True, cancel_futures=True)  # running studies mark their trials and stop
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +193,7 @@ class Trace:
     def best_at(self, budget: float) -> float:
         """NaN before the first complete trial and beyond the tokens this study actually spent."""
         i = np.searchsorted(self.tokens, budget, side="right") - 1
-        return float(self.best[i]) if 0 <= i and budget <= self.tokens[-1] else math.nan
+        return float(self.best[i]) if i >= 0 and budget <= self.tokens[-1] else math.nan
 
     def tokens_to_reach(self, target: float) -> float:
         hit = np.nonzero(self.best <= target)[0]
@@ -316,8 +344,16 @@ def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[st
         key = params_key(params)
         if key in done:
             continue
-        raw = run_config(exp.base, params, exp.base["train"]["seed"], budget_tokens=long_budget,
-                         reports=args.reports, group=exp.study.name, job_type="horizon", name=None)
+        raw = run_config(
+            exp.base,
+            params,
+            exp.base["train"]["seed"],
+            budget_tokens=long_budget,
+            reports=args.reports,
+            group=exp.study.name,
+            job_type="horizon",
+            name=None,
+        )
         done[key] = {"params": params, "short": value, **train_record(raw, "horizon-")}
         atomic_write_json(path, done)
     rows = [done[params_key(p)] for _, p in top if params_key(p) in done]
@@ -327,8 +363,6 @@ def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[st
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -352,9 +386,10 @@ def table(summary: dict[str, Any]) -> str:
     ]
     for row in summary["methods"].values():
         reach = _iqr(row["tokens_to_random_median"], ",.0f")
+        n = len(row["seeds"])
         lines.append(
-            f"| {row['label']} ({len(row['seeds'])} seeds) | {_iqr(row['best'], '.4f')} | {_iqr(row['tokens'], ',.0f')} "
-            f"| {row['pruned'][1]:.0f} | {reach} (reached in {row['reached_in']}/{len(row['seeds'])}) |"
+            f"| {row['label']} ({n} seeds) | {_iqr(row['best'], '.4f')} | {_iqr(row['tokens'], ',.0f')} "
+            f"| {row['pruned'][1]:.0f} | {reach} (reached in {row['reached_in']}/{n}) |"
         )
     return "\n".join(lines)
 
@@ -402,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-tokens", type=int, default=20000, help="training tokens per trial")
     parser.add_argument("--reports", type=int, default=6, help="validation losses reported to the pruner per trial")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--horizon-top", type=int, default=5, help="top configs re-trained at the long horizon (0: skip)")
+    parser.add_argument(
+        "--horizon-top", type=int, default=5, help="top configs re-trained at the long horizon (0: skip)"
+    )
     parser.add_argument("--horizon-factor", type=int, default=10, help="long horizon = this x --budget-tokens")
     parser.add_argument("--parallel", type=int, default=1, help="studies run at once, one process and thread each")
     parser.add_argument("--prefix", default="cmp", help="study names are <prefix>-<method>-s<seed>")

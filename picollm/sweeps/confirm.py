@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from picollm.config import config_from_dict
@@ -26,6 +26,11 @@ from picollm.search import apply_params
 
 LEVEL = 0.95  # confidence level of every interval and the threshold (1 - LEVEL) of every test
 ATTR_PREFIX = "confirm:"  # study user attributes holding one finished confirmation run each
+SETTINGS_ATTR = "confirm_settings"  # the latest confirmation's settings, so `sweep.py export` can redo its files
+
+
+class NothingToConfirm(PicoError):
+    """The study has no complete trial yet."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,9 +201,11 @@ def candidates(study: Any, top: int) -> list[Candidate]:
     for t in complete:
         if len(out) == top:
             break
-        out.setdefault(params_key(t.params), Candidate(t.number, dict(t.params), bool(t.user_attrs.get("baseline")), t.value))
+        out.setdefault(
+            params_key(t.params), Candidate(t.number, dict(t.params), bool(t.user_attrs.get("baseline")), t.value)
+        )
     if not out:
-        raise PicoError(f"study {study.study_name!r} has no complete trial to confirm yet")
+        raise NothingToConfirm(f"study {study.study_name!r} has no complete trial to confirm yet")
     base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
     if base is not None and params_key(base.params) not in out:
         out[params_key(base.params)] = Candidate(base.number, dict(base.params), True, base.value)
@@ -287,7 +294,11 @@ def plan(study: Any, s: ConfirmSettings) -> Confirmation:
     stored = {k[len(ATTR_PREFIX) :]: v for k, v in study.user_attrs.items() if k.startswith(ATTR_PREFIX)}
     results = []
     for cand in candidates(study, s.top):
-        runs = {seed: stored[run_key(cand.params, seed, budget)] for seed in seeds if run_key(cand.params, seed, budget) in stored}
+        runs = {
+            seed: stored[run_key(cand.params, seed, budget)]
+            for seed in seeds
+            if run_key(cand.params, seed, budget) in stored
+        }
         results.append(ConfigResult(cand, runs))
     return Confirmation(study.study_name, seeds, budget, results)
 
@@ -297,6 +308,7 @@ def confirm_study(study: Any, s: ConfirmSettings) -> Confirmation:
     from tqdm.auto import tqdm
 
     conf = plan(study, s)
+    study.set_user_attr(SETTINGS_ATTR, asdict(s))
     base = study.user_attrs["base"]
     reports = int(_study_settings(study).get("reports") or 1)
     todo = [(r, seed) for seed in conf.seeds for r in conf.results if seed not in r.runs]
@@ -304,9 +316,22 @@ def confirm_study(study: Any, s: ConfirmSettings) -> Confirmation:
     for result, seed in bar:
         cand = result.candidate
         name = f"{study.study_name}-confirm-t{cand.number}-s{seed}"
-        raw = run_config(base, cand.params, seed, budget_tokens=conf.budget_tokens, reports=reports,
-                         group=study.study_name, job_type="confirm", name=name)
-        record = {"trial": cand.number, "seed": seed, "budget_tokens": conf.budget_tokens, **train_record(raw, f"{name}-")}
+        raw = run_config(
+            base,
+            cand.params,
+            seed,
+            budget_tokens=conf.budget_tokens,
+            reports=reports,
+            group=study.study_name,
+            job_type="confirm",
+            name=name,
+        )
+        record = {
+            "trial": cand.number,
+            "seed": seed,
+            "budget_tokens": conf.budget_tokens,
+            **train_record(raw, f"{name}-"),
+        }
         study.set_user_attr(ATTR_PREFIX + run_key(cand.params, seed, conf.budget_tokens), record)
         result.runs[seed] = record
     return conf
@@ -317,21 +342,35 @@ def summary_lines(conf: Confirmation) -> list[str]:
     ranked = conf.ranked()
     if not ranked:
         return ["confirmation: no run finished"]
-    lines = [f"confirmation of study {conf.study_name!r}: {len(conf.seeds)} fresh seeds {conf.seeds}, "
-             f"{conf.budget_tokens or 'the study budget of'} tokens per run, metric final_val_loss (full validation split)"]
+    lines = [
+        f"confirmation of study {conf.study_name!r}: {len(conf.seeds)} fresh seeds {conf.seeds}, "
+        f"{conf.budget_tokens or 'the study budget of'} tokens per run, metric final_val_loss (full validation split)"
+    ]
     for r in ranked:
         iv = r.interval()
-        lines.append(f"  {r.candidate.label:22s} mean {iv.mean:.4f}  95% CI [{iv.low:.4f}, {iv.high:.4f}]  "
-                     f"sd {iv.sd:.4f}  n={iv.n}  (study value {_fmt(r.candidate.study_value)})")
+        lines.append(
+            f"  {r.candidate.label:22s} mean {iv.mean:.4f}  95% CI [{iv.low:.4f}, {iv.high:.4f}]  "
+            f"sd {iv.sd:.4f}  n={iv.n}  (study value {_fmt(r.candidate.study_value)})"
+        )
     winner = ranked[0]
     lines.append(f"confirmed winner: {winner.candidate.label} {_params_text(winner.candidate.params)}")
     if len(ranked) > 1:
-        lines.append(compare_words(winner.candidate.label, ranked[1].candidate.label, conf.pair(winner, ranked[1]), len(conf.seeds)))
+        lines.append(
+            compare_words(
+                winner.candidate.label, ranked[1].candidate.label, conf.pair(winner, ranked[1]), len(conf.seeds)
+            )
+        )
     baseline = next((r for r in ranked if r.candidate.baseline), None)
     if baseline is winner:
-        lines.append("the baseline itself is the confirmed winner: the search found nothing better than the base config")
+        lines.append(
+            "the baseline itself is the confirmed winner: the search found nothing better than the base config"
+        )
     elif baseline is not None and baseline is not ranked[1]:
-        lines.append(compare_words(winner.candidate.label, baseline.candidate.label, conf.pair(winner, baseline), len(conf.seeds)))
+        lines.append(
+            compare_words(
+                winner.candidate.label, baseline.candidate.label, conf.pair(winner, baseline), len(conf.seeds)
+            )
+        )
     return lines
 
 

@@ -16,7 +16,15 @@ import yaml
 from picollm.config import config_from_dict
 from picollm.fileio import atomic_write_text
 from picollm.search import apply_params
-from picollm.sweeps.confirm import Confirmation, summary_lines
+from picollm.sweeps.confirm import (
+    SETTINGS_ATTR,
+    Confirmation,
+    ConfirmSettings,
+    NothingToConfirm,
+    confirm_study,
+    plan,
+    summary_lines,
+)
 
 CSV_COLUMNS = (
     "trial",
@@ -116,3 +124,26 @@ def export_confirmation(study: Any, conf: Confirmation, root: str | Path) -> Pat
         plot(conf, folder / "confirm.png")
         atomic_write_text(folder / "best.yaml", best_yaml(study, conf))
     return folder
+
+
+def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path) -> list[str]:
+    """Train what is missing, write the files, return the summary lines (a note if nothing can be confirmed)."""
+    try:
+        conf = confirm_study(study, s)
+    except NothingToConfirm as exc:
+        return [f"confirmation skipped: {exc}"]
+    folder = export_confirmation(study, conf, root)
+    return [*summary_lines(conf), f"confirmation: {folder}/confirm.csv, confirm.png; best.yaml is the confirmed winner"]
+
+
+def export_recorded(study: Any, root: str | Path) -> list[str]:
+    """Rewrite the confirmation files from the runs recorded in the study (no training); [] if none."""
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if not stored:
+        return []
+    try:
+        conf = plan(study, ConfirmSettings(**stored))
+    except NothingToConfirm:
+        return []
+    folder = export_confirmation(study, conf, root)
+    return [f"confirmation re-exported: {folder}/confirm.csv, confirm.png, best.yaml (confirmed winner)"]

@@ -15,6 +15,7 @@ from typing import Any
 from picollm.config import apply_overrides, config_from_dict, load_raw, parse_override, split_experiment
 from picollm.errors import ConfigError
 from picollm.search import Param, baseline_params, parse_space
+from picollm.sweeps.confirm import ConfirmSettings, parse_confirm
 from picollm.sweeps.registry import make_pruner, make_sampler
 
 METRICS = ("best_val_loss", "final_val_loss")
@@ -91,6 +92,7 @@ class Experiment:
     study: StudySettings
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # recorded with every trial (e.g. an offline note)
+    confirm: ConfirmSettings | None = None  # a confirm: block: confirm the winner after the sweep
 
     @property
     def space(self) -> list[Param]:
@@ -152,4 +154,5 @@ def load_experiment(
     baseline_params(parse_space(sweep["search"], base), base)  # refuse a bad space now, before any trial
     make_sampler(settings.sampler, parse_space(sweep["search"], base), settings.seed, settings.sampler_options)
     make_pruner(settings.pruner, settings.pruner_options)
-    return Experiment(base, sweep["search"], settings, str(path))
+    confirm = parse_confirm(sweep["confirm"]) if "confirm" in sweep else None
+    return Experiment(base, sweep["search"], settings, str(path), confirm=confirm)

@@ -6,6 +6,7 @@ starts them, shows progress and exports the study when they stop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -163,7 +164,7 @@ def resolve_offline(exp: Experiment) -> Experiment:
     if note is None:
         return exp
     print(note, file=sys.stderr, flush=True)
-    return Experiment(cfg.to_dict(), exp.search, exp.study, exp.source, {**exp.extra, "offline_fallback": note})
+    return dataclasses.replace(exp, base=cfg.to_dict(), extra={**exp.extra, "offline_fallback": note})
 
 
 def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
@@ -195,4 +196,8 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
 
     folder, notes = export_study(study, s.out_dir)
     log_study_run(study, folder)
+    if exp.confirm is not None and not interrupted:  # the study's confirm: block
+        from picollm.sweeps.confirm_export import confirm_and_export
+
+        notes += confirm_and_export(study, exp.confirm, s.out_dir)
     return SweepOutcome(folder, interrupted, notes)
