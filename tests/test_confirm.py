@@ -117,6 +117,8 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys
     assert sweep_module.main(["confirm", "--config", str(path), "--storage", storage]) == 0
     assert _run_dirs(tmp_path) == before  # everything was recorded: nothing is trained again
     assert "confirmed winner" in capsys.readouterr().out
+    assert sweep_module.main(["export", "--config", str(path), "--storage", storage]) == 0
+    assert (folder / "best.yaml").read_text() == best  # a re-export keeps the confirmed winner
     with pytest.raises(SystemExit) as exit_info:
         run_cli(sweep_module.main, ["confirm", "--config", str(path), "--storage", storage, "--seeds", "1"])
     assert exit_info.value.code == 2

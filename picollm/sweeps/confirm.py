@@ -251,7 +251,12 @@ def train_record(raw: dict[str, Any], run_prefix: str) -> dict[str, Any]:
     from picollm.train import train
 
     cfg = config_from_dict(raw)
-    summary = train(cfg, run_id=new_run_id(run_prefix))
+    try:
+        summary = train(cfg, run_id=new_run_id(run_prefix))
+    except PicoError:
+        raise  # bad data or config: every run would fail the same way
+    except Exception as exc:  # a diverging seed is a result (no loss), not a reason to stop confirming
+        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:300], "final_val_loss": None}
     keys = ("final_val_loss", "final_val_loss_stderr", "tokens", "run_dir", "run_id", "wandb_run_id", "status")
     return {key: summary.get(key) for key in keys}
 

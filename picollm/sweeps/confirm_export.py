@@ -35,6 +35,7 @@ CSV_COLUMNS = (
     "tokens",
     "budget_tokens",
     "status",
+    "reason",
     "run_id",
     "run_dir",
     "wandb_run_id",
