@@ -217,7 +217,8 @@ def trace(study: Any, method: str, seed: int) -> Trace:
     return Trace(method, seed, np.array(tokens, dtype=float), np.array(best), pruned, complete)
 
 
-def load_traces(todo: list[Job]) -> list[Trace]:
+def load_traces(todo: list[Job], n_trials: int) -> tuple[list[Trace], list[str]]:
+    """The studies that reached ``n_trials`` (equal trial counts or no comparison), and the names of the rest."""
     import optuna
 
     from picollm.storage import open_storage
@@ -226,11 +227,18 @@ def load_traces(todo: list[Job]) -> list[Trace]:
     quiet_optuna()
     storage = open_storage(todo[0].storage)
     stored = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    out = []
+    traces, missing = [], []
     for job in todo:
-        if job.name in stored:
-            out.append(trace(optuna.load_study(study_name=job.name, storage=storage), job.method, job.seed))
-    return out
+        t = (
+            trace(optuna.load_study(study_name=job.name, storage=storage), job.method, job.seed)
+            if job.name in stored
+            else None
+        )
+        if t is not None and len(t.tokens) >= n_trials:
+            traces.append(t)
+        else:
+            missing.append(job.name)
+    return traces, missing
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -411,15 +419,16 @@ def verdict(summary: dict[str, Any], hz: dict[str, Any] | None) -> list[str]:
 
 
 def report(args: argparse.Namespace, out: Path, todo: list[Job]) -> list[str]:
-    traces = load_traces(todo)
+    traces, missing = load_traces(todo, args.n_trials)
     if not traces:
         raise ConfigError(f"no study of this comparison in {args.storage} yet: run without --report-only first")
     summary = summarize(traces, args.methods)
     hz = horizon(args, traces, out) if args.horizon_top >= 3 else None
     plot(traces, args.methods, summary, Path(args.figure))
     lines = [table(summary), "", *verdict(summary, hz)]
-    setup = {k: v for k, v in vars(args).items() if k not in ("func",)}
-    atomic_write_json(out / "compare.json", {"setup": setup, "summary": summary, "horizon": hz})
+    if missing:
+        lines.append(f"left out, fewer than {args.n_trials} finished trials: {', '.join(missing)}")
+    atomic_write_json(out / "compare.json", {"setup": vars(args), "summary": summary, "horizon": hz})
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     return lines
 
@@ -445,7 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default="cmp", help="study names are <prefix>-<method>-s<seed>")
     parser.add_argument("--out", default="results/compare", help="run records, horizon.json, compare.json/.md")
     parser.add_argument("--figure", default="docs/search_vs_random.png")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the table and figure from the studies")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no new trials: the table and figure from the studies (long-horizon runs still resume)",
+    )
     add_storage_argument(parser)
     add_override_argument(parser, "trainer or study override shared by every study, e.g. data.compact_vocab=true")
     return parser

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -317,7 +318,8 @@ def confirm_study(study: Any, s: ConfirmSettings) -> Confirmation:
     base = study.user_attrs["base"]
     reports = int(_study_settings(study).get("reports") or 1)
     todo = [(r, seed) for seed in conf.seeds for r in conf.results if seed not in r.runs]
-    bar = tqdm(todo, unit="run", desc=f"confirm {study.study_name}", disable=not todo, dynamic_ncols=True)
+    quiet = not todo or not sys.stderr.isatty()
+    bar = tqdm(todo, unit="run", desc=f"confirm {study.study_name}", disable=quiet, dynamic_ncols=True)
     for result, seed in bar:
         cand = result.candidate
         name = f"{study.study_name}-confirm-t{cand.number}-s{seed}"
