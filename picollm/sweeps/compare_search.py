@@ -389,15 +389,17 @@ def _iqr(q: tuple[float, float, float], fmt: str) -> str:
 def table(summary: dict[str, Any]) -> str:
     lines = [
         "| search | best final_val_loss, median (IQR) | training tokens, median (IQR) | pruned trials, median "
-        "| tokens to reach random's median best, median (IQR) |",
-        "| --- | --- | --- | --- | --- |",
+        "| tokens to reach random's median best, median (IQR) | as a share of random's tokens |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in summary["methods"].values():
         reach = _iqr(row["tokens_to_random_median"], ",.0f")
+        share = row["tokens_to_random_median"][1] / summary["random_median_tokens"]
         n = len(row["seeds"])
         lines.append(
             f"| {row['label']} ({n} seeds) | {_iqr(row['best'], '.4f')} | {_iqr(row['tokens'], ',.0f')} "
-            f"| {row['pruned'][1]:.0f} | {reach} (reached in {row['reached_in']}/{n}) |"
+            f"| {row['pruned'][1]:.0f} | {reach} (reached in {row['reached_in']}/{n}) "
+            f"| {f'{share:.0%}' if math.isfinite(share) else '-'} |"
         )
     return "\n".join(lines)
 
