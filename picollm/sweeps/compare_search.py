@@ -23,8 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,35 +146,37 @@ def _run_job_args(packed: tuple[Job, int, int]) -> str:
         return f"{packed[0].name} FAILED: {exc}"
 
 
-def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
-    """Studies in ``parallel`` processes (each sequential inside, one thread), with a progress bar.
+def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> Iterator[Any]:
+    """``fn(item)`` for every item, in ``parallel`` spawned processes (yielded as they finish) or in this one.
 
     An executor, not a Pool: a Pool terminates its workers with SIGTERM on exit, which a sweep worker
-    takes for Ctrl-C.
+    takes for Ctrl-C. On Ctrl-C the queued items are cancelled and the running ones stop cleanly.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from contextlib import ExitStack
+    if parallel <= 1:
+        yield from map(fn, items)
+        return
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
+
+def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
+    """Studies in ``parallel`` processes (each sequential inside, one thread), with a progress bar."""
     from tqdm.auto import tqdm
 
     from picollm.storage import open_storage
 
     open_storage(todo[0].storage)  # create the schema once: two processes creating it at once collide
     packed = [(job, n_trials, 1 if parallel > 1 else 2) for job in todo]
-    with tqdm(total=len(todo), unit="study", file=sys.stdout) as bar, ExitStack() as stack:
-        names = map(_run_job_args, packed)
-        if parallel > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")))
-            names = pool.map(_run_job_args, packed)
-        try:
-            for name in names:
-                bar.write(f"done {name}")
-                bar.update()
-        except KeyboardInterrupt:
-            if parallel > 1:
-                pool.shutdown(wait=True, cancel_futures=True)  # running studies mark their trials and stop
-            raise
+    with tqdm(total=len(todo), unit="study", file=sys.stdout) as bar:
+        for name in in_processes(_run_job_args, packed, parallel):
+            bar.write(f"done {name}")
+            bar.update()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,39 +340,53 @@ def top_configs(traces: list[Trace], top: int) -> list[tuple[float, dict[str, An
 
 
 def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[str, Any]:
-    """Train the pool's top configs at ``horizon_factor`` x budget (resumable via horizon.json)."""
+    """Train the pool's top configs at ``horizon_factor`` x budget, ``--parallel`` at once (resumable)."""
     from scipy.stats import kendalltau
     from tqdm.auto import tqdm
 
-    from picollm.sweeps.confirm import params_key, run_config, train_record
+    from picollm.sweeps.confirm import params_key, run_config
     from picollm.sweeps.settings import load_experiment
     from picollm.sweeps.workers import resolve_offline
 
     path = out / "horizon.json"
-    done = _read_json(path)
     exp = resolve_offline(load_experiment(args.config, study_overrides(args, out), f"{args.prefix}-horizon"))
     long_budget = args.budget_tokens * args.horizon_factor
     top = top_configs(traces, args.horizon_top)
-    for value, params in tqdm(top, unit="run", desc=f"{args.horizon_factor}x budget", file=sys.stdout):
-        key = params_key(params)
-        if key in done:
-            continue
-        raw = run_config(
-            exp.base,
-            params,
-            exp.base["train"]["seed"],
-            budget_tokens=long_budget,
-            reports=args.reports,
-            group=exp.study.name,
-            job_type="horizon",
-            name=None,
-        )
-        done[key] = {"params": params, "short": value, **train_record(raw, "horizon-")}
-        atomic_write_json(path, done)
+    todo = []
+    for value, params in top:
+        if params_key(params) not in _read_json(path):
+            raw = run_config(
+                exp.base,
+                params,
+                exp.base["train"]["seed"],
+                budget_tokens=long_budget,
+                reports=args.reports,
+                group=exp.study.name,
+                job_type="horizon",
+                name=None,
+            )
+            raw["train"]["threads"] = 1 if args.parallel > 1 else None
+            todo.append((raw, value, params))
+    for key, record in tqdm(
+        in_processes(_long_run, todo, args.parallel),
+        total=len(todo),
+        unit="run",
+        desc=f"{args.horizon_factor}x budget",
+        file=sys.stdout,
+    ):
+        atomic_write_json(path, {**_read_json(path), key: record})  # re-read: another process may have added runs
+    done = _read_json(path)
     rows = [done[params_key(p)] for _, p in top if params_key(p) in done]
     short, long = [r["short"] for r in rows], [r["final_val_loss"] for r in rows]
     tau, p = kendalltau(short, long) if len(rows) >= 3 else (math.nan, math.nan)
     return {"budget": args.budget_tokens, "long_budget": long_budget, "rows": rows, "tau": tau, "p": p}
+
+
+def _long_run(item: tuple[dict[str, Any], float, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    from picollm.sweeps.confirm import params_key, train_record
+
+    raw, value, params = item
+    return params_key(params), {"params": params, "short": value, **train_record(raw, "horizon-")}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -452,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--horizon-top", type=int, default=5, help="top configs re-trained at the long horizon (0: skip)"
     )
     parser.add_argument("--horizon-factor", type=int, default=10, help="long horizon = this x --budget-tokens")
-    parser.add_argument("--parallel", type=int, default=1, help="studies run at once, one process and thread each")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="studies (then long-horizon runs) at once, one process and thread each"
+    )
     parser.add_argument("--prefix", default="cmp", help="study names are <prefix>-<method>-s<seed>")
     parser.add_argument("--out", default="results/compare", help="run records, horizon.json, compare.json/.md")
     parser.add_argument("--figure", default="docs/search_vs_random.png")
