@@ -251,15 +251,15 @@ def train_record(raw: dict[str, Any], run_prefix: str) -> dict[str, Any]:
     from picollm.tracking import new_run_id
     from picollm.train import train
 
-    cfg = config_from_dict(raw)
+    cfg, run_id = config_from_dict(raw), new_run_id(run_prefix)
     try:
-        summary = train(cfg, run_id=new_run_id(run_prefix))
+        summary = train(cfg, run_id=run_id)
     except PicoError:
         raise  # bad data or config: every run would fail the same way
     except Exception as exc:  # a diverging seed is a result (no loss), not a reason to stop confirming
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:300], "final_val_loss": None}
-    keys = ("final_val_loss", "final_val_loss_stderr", "tokens", "run_dir", "run_id", "wandb_run_id", "status")
-    return {key: summary.get(key) for key in keys}
+    keys = ("final_val_loss", "final_val_loss_stderr", "tokens", "run_dir", "wandb_run_id", "status")
+    return {"run_id": run_id, **{key: summary.get(key) for key in keys}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +351,8 @@ def summary_lines(conf: Confirmation) -> list[str]:
         return ["confirmation: no run finished"]
     lines = [
         f"confirmation of study {conf.study_name!r}: {len(conf.seeds)} fresh seeds {conf.seeds}, "
-        f"{conf.budget_tokens or 'the study budget of'} tokens per run, metric final_val_loss (full validation split)"
+        f"{f'{conf.budget_tokens:,}' if conf.budget_tokens else 'the base config budget of'} tokens per run, "
+        "metric final_val_loss (full validation split)"
     ]
     for r in ranked:
         iv = r.interval()
