@@ -57,7 +57,7 @@ def trial_row(t: Any, metric: str) -> dict[str, Any]:
     row |= {"metric": metric, "pruned_at_tokens": attrs.get("pruned_at_tokens", step if state == "PRUNED" else None)}
     row |= t.params
     for key in RUN_COLUMNS:
-        row[key] = attrs.get(key, summary.get(key))
+        row[key] = attrs[key] if attrs.get(key) is not None else summary.get(key)
     return row
 
 
