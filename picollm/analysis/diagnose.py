@@ -40,9 +40,13 @@ def inspect_run(
         raise DataError(f"--batch must be in [0, {n_windows - 1}] for this run's validation split")
     window = np.asarray(data.val[batch * block : batch * block + block + 1], dtype=np.int64)
     x, y = torch.from_numpy(window[:-1])[None], torch.from_numpy(window[1:])
-    position = block - 1 if position is None else position
-    if not 0 <= position < block:
-        raise DataError(f"--position must be in [0, {block - 1}]")
+    note = None
+    if position is None or position >= block:  # past the window: its last position, said so
+        if position is not None:
+            note = f"position {position} is past this run's block size {block}: showing the last, {block - 1}"
+        position = block - 1
+    if position < 0:
+        raise DataError(f"--position must be in [0, {block - 1}], got {position}")
     logits = model.head(model(x))[0].float()
     log_probs = logits.log_softmax(-1)
     probs = log_probs[position].exp()
@@ -71,6 +75,7 @@ def inspect_run(
         "most_common_guess": _show(tokenizer, common_guess),
         "most_common_guess_share": common_share,
         "warning": None,
+        "note": note,
     }
     if common_share >= SAME_GUESS_WARNING:
         result["warning"] = (
@@ -81,7 +86,8 @@ def inspect_run(
 
 
 def inspect_lines(r: dict[str, Any]) -> list[str]:
-    lines = [
+    lines = [f"note: {r['note']}"] if r.get("note") else []
+    lines += [
         f"input (validation window {r['batch']}, up to position {r['position']}):",
         f"  {r['context']!r}",
         f"next token: {r['target']}; the model's top {len(r['top'])}:",

@@ -100,9 +100,7 @@ def load_wandb_file(path: str | Path) -> RunHistory:
 def load_wandb_project(project_path: str, group: str | None = None, api: Any = None) -> list[RunHistory]:
     """Runs of ``ENTITY/PROJECT`` (optionally one group) through the W&B public API."""
     if api is None:
-        import wandb
-
-        api = wandb.Api(timeout=30)
+        api = wandb_api()
     filters = {"group": group} if group else {}
     try:
         runs = list(api.runs(project_path, filters=filters))
@@ -118,6 +116,27 @@ def load_wandb_project(project_path: str, group: str | None = None, api: Any = N
     return histories
 
 
+def wandb_api() -> Any:
+    """W&B's public API; without a key (or wandb) that is one line, not W&B's traceback."""
+    try:
+        import wandb
+
+        return wandb.Api(timeout=30)
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot use the W&B API: {detail} (or set WANDB_API_KEY)") from None
+
+
+def _check_sqlite_exists(storage: str) -> None:
+    """Opening a missing SQLite file would create an empty one: say the path is wrong instead."""
+    from picollm.storage import mask_url
+
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        path = Path(storage.removeprefix("sqlite:///")).expanduser()
+        if not path.is_file():
+            raise DataError(f"no study database at {path} (storage {mask_url(storage)})")
+
+
 def load_study(study_name: str, storage: str) -> Any:
     """A finished or running sweep, opened read-only for analysis."""
     import optuna
@@ -126,6 +145,7 @@ def load_study(study_name: str, storage: str) -> Any:
     from picollm.study import quiet_optuna
 
     quiet_optuna()
+    _check_sqlite_exists(storage)
     try:
         return optuna.load_study(study_name=study_name, storage=open_storage(storage))
     except KeyError:
@@ -146,3 +166,10 @@ def load_study_runs(study: Any) -> list[RunHistory]:
     if not runs:
         raise DataError(f"study {study.study_name!r} has no completed trials with run records on this machine")
     return runs
+
+
+def study_report_lines(study: Any) -> list[str]:
+    """The sweep's own summary of a study (counts, tokens spent, best against the baseline)."""
+    from picollm.study import report_lines
+
+    return report_lines(study)
