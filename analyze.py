@@ -64,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--name", help="report name (default: the study name or 'runs')")
     report.add_argument("--out", help="folder for the report and its figures (default: results/reports/<name>)")
     report.add_argument("--html", action="store_true", help="also one self-contained report.html (figures inlined)")
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="serve a study with optuna-dashboard on localhost, with its figures and run-record links",
+        description="optuna-dashboard (history, importances, parallel coordinates, slices, trial table) for the "
+        "study in --storage, plus its figures as artifacts in the study's note and, on each trial, links to its "
+        "run record and W&B run. Notes and artifacts are saved into the study (figures only once per content).",
+    )
+    add_storage_argument(dashboard)
+    dashboard.add_argument("--study", help="publish figures and notes for this study only (default: every study)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080; 0: any free)")
+    dashboard.add_argument("--artifacts", default="results/artifacts", help="where the uploaded figures are kept")
+    dashboard.add_argument("--reports", default="results/reports", help="where `analyze.py report` wrote reports")
     return parser
 
 
@@ -178,7 +190,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"noise": cmd_noise, "compare": cmd_compare, "inspect": cmd_inspect, "report": cmd_report}
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from picollm.analysis import records
+    from picollm.analysis.dashboard import make_server
+
+    storage, names = records.open_studies(args.storage, args.study)
+    server = make_server(storage, names, args.port, Path(args.artifacts), Path(args.reports))
+    where = f"http://127.0.0.1:{server.server_port}/dashboard/"
+    print(f"optuna-dashboard for {', '.join(names)} at {where} (press Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+COMMANDS = {
+    "noise": cmd_noise,
+    "compare": cmd_compare,
+    "inspect": cmd_inspect,
+    "report": cmd_report,
+    "dashboard": cmd_dashboard,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

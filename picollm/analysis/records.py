@@ -152,6 +152,28 @@ def load_study(study_name: str, storage: str) -> Any:
         raise DataError(f"no study named {study_name!r} in {mask_url(storage)}") from None
 
 
+def open_studies(storage_url: str, study_name: str | None) -> tuple[Any, list[str]]:
+    """A storage and the study names in it to show (one, or all): a missing study is one line."""
+    import optuna
+
+    from picollm.storage import mask_url, open_storage
+    from picollm.study import quiet_optuna
+
+    quiet_optuna()
+    _check_sqlite_exists(storage_url)
+    storage = open_storage(storage_url)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as exc:
+        raise DataError(f"cannot read studies from {mask_url(storage_url)}: {type(exc).__name__}") from None
+    if study_name is not None and study_name not in names:
+        known = ", ".join(names) or "none"
+        raise DataError(f"no study named {study_name!r} in {mask_url(storage_url)} (studies there: {known})")
+    if not names:
+        raise DataError(f"no studies in {mask_url(storage_url)}")
+    return storage, [study_name] if study_name else names
+
+
 def load_study_runs(study: Any) -> list[RunHistory]:
     """The run records of a study's completed trials, in trial order."""
     from optuna.trial import TrialState
