@@ -22,7 +22,7 @@ from picollm.search import apply_params
 from picollm.tracking import flatten, resolve_wandb_mode
 
 # Before the searched parameters: what the value is and how precise; after them: where it came from.
-VALUE_COLUMNS = ("number", "state", "value_kind", "value", "value_stderr", "metric", "pruned_at_tokens")
+VALUE_COLUMNS = ("number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens")
 RUN_COLUMNS = ("tokens", "duration_s", "run_id", "run_dir", "wandb_run_id", "baseline", "fail_reason")
 VALUE_KIND = {"COMPLETE": "final", "PRUNED": "pruned-intermediate", "FAIL": "failed"}
 

@@ -89,13 +89,13 @@ def test_trials_table_marks_pruned_values_and_never_ranks_them_best() -> None:
     )
     study.add_trial(done)
     header, rows = trial_rows(study)
-    assert header[:7] == ["number", "state", "value_kind", "value", "value_stderr", "metric", "pruned_at_tokens"]
+    assert header[:7] == ["number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens"]
     pruned_row = {k: rows[1][k] for k in ("value_kind", "value", "pruned_at_tokens")}
     assert pruned_row == {"value_kind": "pruned-intermediate", "value": 1.5, "pruned_at_tokens": 1000}
     assert (rows[0]["value_kind"], rows[0]["metric"]) == ("final", "best_val_loss")
     assert (rows[2]["value_stderr"], rows[2]["metric"]) == (0.01, "final_val_loss")
     assert best_trial(study).number == 0
-    assert trials_csv(study).splitlines()[2].startswith("1,PRUNED,pruned-intermediate,1.5,")
+    assert trials_csv(study).splitlines()[2].startswith("1,PRUNED,1.5,,pruned-intermediate,")
 
 
 def test_progress_line_reports_a_running_run(synthetic: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
