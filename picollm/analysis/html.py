@@ -8,6 +8,7 @@ still shows every figure.
 from __future__ import annotations
 
 import base64
+import re
 from html import escape
 from pathlib import Path
 
@@ -19,7 +20,7 @@ color:#1d1d1f;line-height:1.45}
 h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:2em;border-bottom:1px solid #eee}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}th,td{border:1px solid #ddd;padding:.25em .6em;
 text-align:left}th{background:#f5f5f7}tr.pruned td{color:#8a6d00;background:#fffbe6}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+figure{margin:1em 0}figure img{max-width:min(100%,820px);border:1px solid #eee}code{background:#f5f5f7}figcaption{font-size:.85em;color:#555}
 pre{background:#f5f5f7;padding:.8em;overflow-x:auto;font-size:.85em}.code{position:relative}
 .code button{position:absolute;top:.4em;right:.4em}.warning{background:#fff0f0;border-left:4px solid #d00;
 padding:.5em 1em}nav{font-size:.9em}nav a{margin-right:1em}
@@ -34,6 +35,11 @@ function copyCode(id, button) {
   area.select(); document.execCommand("copy"); area.remove(); done();
 }
 """
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code> (the paragraphs are shared with report.md)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
 
 
 def _table(table: Table) -> str:
@@ -64,7 +70,7 @@ def _section(section: Section, level: int) -> str:
     parts = [f'<section id="{section.anchor}"><h{level}>{escape(section.title)}</h{level}>']
     if section.warning:
         parts.append(f'<p class="warning"><strong>Warning:</strong> {escape(section.warning)}</p>')
-    parts += [f"<p>{escape(text)}</p>" for text in section.text]
+    parts += [f"<p>{_inline(text)}</p>" for text in section.text]
     parts += [_table(table) for table in section.tables]
     if section.code is not None:
         parts.append(_code(section))
