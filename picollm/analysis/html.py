@@ -20,7 +20,8 @@ color:#1d1d1f;line-height:1.45}
 h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:2em;border-bottom:1px solid #eee}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}th,td{border:1px solid #ddd;padding:.25em .6em;
 text-align:left}th{background:#f5f5f7}tr.pruned td{color:#8a6d00;background:#fffbe6}
-figure{margin:1em 0}figure img{max-width:min(100%,820px);border:1px solid #eee}code{background:#f5f5f7}figcaption{font-size:.85em;color:#555}
+figure{margin:1em 0}figure img{max-width:min(100%,820px);border:1px solid #eee}code{background:#f5f5f7}
+figcaption{font-size:.85em;color:#555}
 pre{background:#f5f5f7;padding:.8em;overflow-x:auto;font-size:.85em}.code{position:relative}
 .code button{position:absolute;top:.4em;right:.4em}.warning{background:#fff0f0;border-left:4px solid #d00;
 padding:.5em 1em}nav{font-size:.9em}nav a{margin-right:1em}
