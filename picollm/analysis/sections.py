@@ -8,6 +8,7 @@ returns a :class:`~picollm.analysis.report.Section`, or None when it has nothing
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def _noise_table(results: list[dict[str, Any]]) -> Table:
 
 def _named_runs(verdict: str, runs: list[RunHistory], best: RunHistory | None) -> list[RunHistory]:
     """The runs the verdict names and the best run first, then others up to MAX_RUN_SECTIONS."""
-    named = [r for r in runs if r.name in verdict.replace(",", " ").replace(")", " ").split() or r is best]
+    named = [r for r in runs if r is best or re.search(rf"(?<![\w.-]){re.escape(r.name)}(?![\w-])", verdict)]
     rest = [r for r in runs if r not in named]
     return named + rest[: max(0, MAX_RUN_SECTIONS - len(named))]
 
