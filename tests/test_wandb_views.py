@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from picollm import tracking
 from picollm.config import load_config
-from picollm.export import best_trial, trial_rows, trials_csv
+from picollm.export import best_trial, trial_rows, trials_csv, write_figures
 from picollm.train import train
 from picollm.wandb_offline import find_run_file, read_run_info
 from tests.studies import finished_study
@@ -67,7 +67,8 @@ def test_the_study_run_holds_the_best_value_table_and_figures(study_dir: Path) -
     assert info["config"]["study.name"] == "t"
 
 
-def test_trials_table_marks_pruned_values_and_never_ranks_them_best() -> None:
+def _unit_study() -> optuna.Study:
+    """Three trials in memory: complete (2.0), pruned with a lower intermediate value (1.5), complete (2.5)."""
     study = optuna.create_study(study_name="u")
     dist = {"optim.lr": FloatDistribution(1e-4, 1e-1, log=True)}
     study.set_user_attr("space", [{"key": "optim.lr"}])
@@ -88,6 +89,11 @@ def test_trials_table_marks_pruned_values_and_never_ranks_them_best() -> None:
         user_attrs={"value_stderr": 0.01, "metric": "final_val_loss"},
     )
     study.add_trial(done)
+    return study
+
+
+def test_trials_table_marks_pruned_values_and_never_ranks_them_best() -> None:
+    study = _unit_study()
     header, rows = trial_rows(study)
     assert header[:7] == ["number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens"]
     pruned_row = {k: rows[1][k] for k in ("value_kind", "value", "pruned_at_tokens")}
@@ -105,3 +111,18 @@ def test_progress_line_reports_a_running_run(synthetic: list[str], monkeypatch: 
     train(load_config(None, [*synthetic, "train.max_steps_per_epoch=12", "train.epochs=1", "tracking.name=p"]))
     assert len(lines) >= 10 and lines[-1].startswith("  p: step ")
     assert "train/loss" in lines[-1] and "tokens/s" in lines[-1]
+
+
+def test_intermediate_values_are_plotted_against_training_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    labels: dict[str, str] = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def spy(self: matplotlib.figure.Figure, path: Path, *args: object, **kwargs: object) -> None:
+        labels[Path(path).name] = self.axes[0].get_xlabel()
+        savefig(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    write_figures(_unit_study(), tmp_path)
+    assert labels["intermediate_values.png"] == "training tokens"  # Optuna's own label says "Step"
