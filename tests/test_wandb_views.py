@@ -113,7 +113,7 @@ def test_progress_line_reports_a_running_run(synthetic: list[str], monkeypatch: 
     assert "train/loss" in lines[-1] and "tokens/s" in lines[-1]
 
 
-def test_intermediate_values_are_plotted_against_training_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_intermediate_values_are_plotted_against_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.figure
 
     labels: dict[str, str] = {}
