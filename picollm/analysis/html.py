@@ -18,7 +18,8 @@ STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
 color:#1d1d1f;line-height:1.45}
 h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:2em;border-bottom:1px solid #eee}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}th,td{border:1px solid #ddd;padding:.25em .6em;
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em;display:block;overflow-x:auto;max-width:100%}
+th,td{border:1px solid #ddd;padding:.25em .6em;
 text-align:left}th{background:#f5f5f7}tr.pruned td{color:#8a6d00;background:#fffbe6}
 figure{margin:1em 0}figure img{max-width:min(100%,820px);border:1px solid #eee}code{background:#f5f5f7}
 figcaption{font-size:.85em;color:#555}
