@@ -1,7 +1,8 @@
 """Is the search better than chance? TPE + pruning against random search over several study seeds.
 
 python -m picollm.sweeps.compare_search --config experiments/quick.yaml --seeds 5 --n-trials 8 \\
-    --budget-tokens 20000 --set data.tinystories=../shared/data/tinystories-sample
+    --budget-tokens 30000 --horizon-top 4 --parallel 2 --set data.tinystories=../shared/data/tinystories-sample \\
+    --set data.offline_fallback=false --set data.compact_vocab=true
 
 Each method (a sampler + pruner pair) runs one study per study seed, all at the same trial count and
 per-trial token budget, ranked by one metric (``final_val_loss``: the whole validation split at the end
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -464,11 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="the experiment YAML whose search space is compared")
     parser.add_argument("--seeds", type=int, default=5, help="study seeds per method (sampler seeds 0..N-1)")
     parser.add_argument("--n-trials", type=int, default=8, help="finished trials per study, equal for every method")
-    parser.add_argument("--budget-tokens", type=int, default=20000, help="training tokens per trial")
+    parser.add_argument("--budget-tokens", type=int, default=30000, help="training tokens per trial")
     parser.add_argument("--reports", type=int, default=6, help="validation losses reported to the pruner per trial")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument(
-        "--horizon-top", type=int, default=5, help="top configs re-trained at the long horizon (0: skip)"
+        "--horizon-top", type=int, default=4, help="top configs re-trained at the long horizon (0: skip)"
     )
     parser.add_argument("--horizon-factor", type=int, default=10, help="long horizon = this x --budget-tokens")
     parser.add_argument(
@@ -483,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="no new trials: the table and figure from the studies (long-horizon runs still resume)",
     )
     add_storage_argument(parser)
+    parser.set_defaults(storage=os.environ.get("PICOLLM_STORAGE", "sqlite:///results/compare/optuna.db"))
     add_override_argument(parser, "trainer or study override shared by every study, e.g. data.compact_vocab=true")
     return parser
 
