@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from picollm.errors import ConfigError
+from picollm.optim import OPTIMIZERS, OptimConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 TOKENIZERS = ("gpt2", "bytes")
@@ -64,24 +65,6 @@ class ModelConfig:
     dropout: float = 0.0
     positions: str = "learned"  # transformer: learned | rotary
     tie_weights: bool = True  # transformer: share the embedding with the output head
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and learning-rate schedule."""
-
-    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # sgd, rmsprop
-    nesterov: bool = False  # sgd (needs momentum > 0)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    schedule: str = "constant"  # constant | cosine (with linear warmup)
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
 
 
 @dataclass
@@ -233,7 +216,6 @@ def validate(cfg: Config) -> None:
     """Refuse impossible values before any work starts."""
     # Imported here so that reading a config does not pay for importing torch.
     from picollm.models import MODELS
-    from picollm.optim import OPTIMIZERS
 
     d, m, o, t, k = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.tracking
     _check_choice("model.type", m.type, MODELS)
@@ -283,8 +265,9 @@ def validate(cfg: Config) -> None:
         "model.dropout": m.dropout,
     }.items():
         _require(math.isfinite(value) and value >= 0, f"{key} must be >= 0, got {value}")
-    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2, "model.dropout": m.dropout}.items():
-        _require(value < 1, f"{key} must be < 1, got {value}")
+    _require(m.dropout < 1, f"model.dropout must be < 1, got {m.dropout}")
+    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
+        _require(math.isfinite(value) and 0 <= value < 1, f"{key} must be in [0, 1), got {value}")
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
@@ -366,19 +349,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``raw`` with the dotted ``key`` set to ``value`` as it is (no YAML round trip)."""
+    out = copy.deepcopy(raw)
+    path = key.split(".")
+    node = out
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
     """Apply ``--set`` overrides to a raw config dict (unknown keys are caught when building)."""
-    out = copy.deepcopy(raw)
+    out = raw
     for item in overrides:
         path, value = parse_override(item)
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
-    return out
+        try:
+            out = set_dotted(out, ".".join(path), value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {str(exc).split(': ', 1)[1]}") from None
+    return copy.deepcopy(out) if out is raw else out
 
 
 def split_experiment(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -401,5 +395,7 @@ def add_override_argument(parser: Any, help_text: str) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config; the file is itself a valid config."""
-    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
+    """Write the resolved config atomically (a crash leaves no half file); it is itself a valid config."""
+    from picollm.fileio import atomic_write_text  # imports torch: not needed to read a config
+
+    atomic_write_text(path, cfg.to_yaml())
