@@ -145,17 +145,17 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
 
 
 def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:
-    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry).
+    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry, new or not).
 
     Search keys are dotted config keys themselves, so the longest existing key wins.
     """
     path, value = parse_override(item)
     dotted = ".".join(path[1:])
     out = copy.deepcopy(search)
-    if dotted in out or "." not in dotted:
+    key, _, name = dotted.rpartition(".")
+    if dotted in out or not key or (isinstance(value, dict) and key not in out):  # an entry, changed or new
         out[dotted] = value
         return out
-    key, _, name = dotted.rpartition(".")
     if not isinstance(out.get(key), dict):
         raise ConfigError(f"--set {item}: no search entry {key!r} to change (known: {', '.join(out)})")
     out[key][name] = value
