@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 import warnings
 from pathlib import Path
@@ -31,18 +32,13 @@ from picollm.errors import ConfigError, run_cli
 from picollm.search import parse_space
 from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.studies import counts
-from tests.conftest import ROOT
+from tests.conftest import ROOT, postgres_url
 from tests.sweeps import SWEEP, sweep_cli, write_experiment
-
-POSTGRES_URL = os.environ.get("PICOLLM_TEST_POSTGRES_URL")
-needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="set PICOLLM_TEST_POSTGRES_URL (.ci/run does)")
 
 
 def storage_url(kind: str, tmp_path: Path) -> str:
     if kind == "postgresql":
-        if not POSTGRES_URL:
-            pytest.skip("set PICOLLM_TEST_POSTGRES_URL (.ci/run does) to test against PostgreSQL")
-        return POSTGRES_URL
+        return postgres_url()
     return {"sqlite": f"sqlite:///{tmp_path}/s.db", "journal": f"journal:{tmp_path}/s.log"}[kind]
 
 
@@ -106,16 +102,17 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
     c = counts(study)
     assert c["RUNNING"] == 0 and c["COMPLETE"] == 3
     assert study.trials[killed.number].state == TrialState.FAIL
-    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
     finished_before = [t for t in study.trials if t.number < killed.number]
     assert all(t.state == TrialState.COMPLETE and t.value is not None for t in finished_before)
 
 
 @pytest.mark.fault("worker killed (SIGKILL)")
-def test_heartbeat_fails_a_trial_whose_worker_vanished_elsewhere(tmp_path: Path) -> None:
-    """A worker on another machine cannot be checked by pid: Optuna's heartbeat expires and retries it."""
-    storage, name = storage_url("sqlite", tmp_path), "hb"
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_trial_whose_host_vanished_is_failed_and_retried(tmp_path: Path, kind: str) -> None:
+    """Another machine's worker cannot be checked by pid: the heartbeat (RDB) or lease (journal) expires."""
+    storage, name = storage_url(kind, tmp_path), "hb"
     path = slow_experiment(tmp_path, n_trials=2)
     first = start_sweep(path, storage, "--study-name", name, env={"PICOLLM_WORKER_HOST": "another-machine"})
     killed = wait_for_running_trial(path, storage, name)
@@ -145,8 +142,10 @@ def test_interrupt_marks_flushes_exports_and_resumes(tmp_path: Path, sig: signal
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    assert f"trial {victim.number:3d} FAIL" in err and "(interrupted)" in err and "\ninterrupted" in err
     study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
     assert study.trials[victim.number].state == TrialState.FAIL
+    assert study.trials[victim.number].user_attrs["fail_reason"] == "interrupted"
     record = Path(victim.user_attrs["run_dir"])
     assert json.loads((record / "summary.json").read_text())["status"] == "interrupted"
     rows = (record / "metrics.jsonl").read_text().splitlines()
@@ -371,10 +370,9 @@ def test_search_space_parser_gives_a_space_or_one_clear_error(search: dict) -> N
 
 
 @pytest.mark.fault("security")
-@needs_postgres
 def test_no_planted_secret_reaches_logs_records_wandb_or_exports(tmp_path: Path) -> None:
     key, password = "planted-wandb-key-7f3a9c", "planted-db-pass-55e1"  # trust auth ignores the password
-    url = POSTGRES_URL.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+    url = postgres_url().replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
     path = write_experiment(
         tmp_path, study={"n_trials": 2, "name": f"sec{uuid.uuid4().hex[:6]}"}, tracking={"wandb": "offline"}
     )
@@ -400,3 +398,116 @@ def test_only_safe_loaders_in_the_source() -> None:
     assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", text)
     assert "weights_only=False" not in text and "import pickle" not in text
     assert text.count("torch.load(") == text.count("weights_only=True")
+
+
+@pytest.mark.fault("interrupted (SIGINT/SIGTERM)")
+def test_sigterm_ends_every_worker_of_a_multi_worker_sweep_and_exports(tmp_path: Path) -> None:
+    storage, name = storage_url("sqlite", tmp_path), "term"
+    path = slow_experiment(tmp_path, n_trials=4)
+    proc = start_sweep(path, storage, "--study-name", name, "--workers", "2")
+    exp = load_experiment(str(path), [], study_name=name)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # both workers inside a trial
+        time.sleep(0.5)
+        running = [t for t in open_study(exp, storage, create=False).trials if t.state == TrialState.RUNNING]
+        if len(running) == 2 and all("run_dir" in t.user_attrs for t in running):
+            break
+    pids = [int(t.user_attrs["worker"].rpartition(":")[2]) for t in running]
+    assert len(set(pids)) == 2
+    proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    while any(_alive(pid) for pid in pids) and time.time() - start < 30:
+        time.sleep(0.1)
+    assert time.time() - start <= 10, "workers still alive 10 s after SIGTERM"
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert (tmp_path / "studies" / name / "trials.csv").is_file()
+    study = open_study(exp, storage, create=False)
+    assert counts(study)["RUNNING"] == 0
+    assert all(study.trials[t.number].user_attrs["fail_reason"] == "interrupted" for t in running)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+
+
+@pytest.mark.fault("worker killed (SIGKILL)")
+def test_a_falsely_failed_live_trial_does_not_crash_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker decides this live trial is stale and fails it: its own worker drops it and goes on."""
+    import optuna
+
+    storage = storage_url("sqlite", tmp_path)
+    real_train = train_mod.train
+
+    def train_then_lose_the_trial(cfg, *, on_eval=None, extra=None, **kw):
+        def hook(tokens: int, loss: float) -> None:
+            if extra["trial"]["number"] == 1:  # as another worker would, with its own storage connection
+                other = optuna.load_study(study_name="t", storage=storage)
+                other._storage.set_trial_state_values(other.trials[1]._trial_id, TrialState.FAIL)
+            on_eval(tokens, loss)
+
+        return real_train(cfg, on_eval=hook, extra=extra, **kw)
+
+    monkeypatch.setattr(train_mod, "train", train_then_lose_the_trial)
+    path = write_experiment(tmp_path, study={"n_trials": 3})
+    outcome = run_sweep(load_experiment(str(path), []), storage)
+    study = open_study(load_experiment(str(path), []), storage, create=False)
+    assert not outcome.interrupted and counts(study)["COMPLETE"] == 3 and counts(study)["RUNNING"] == 0
+    assert study.trials[1].state == TrialState.FAIL and study.trials[1].value is None
+
+
+@pytest.mark.fault("worker killed (SIGKILL)")
+@pytest.mark.parametrize(("history", "retried"), [([], True), ([0, 1], False)])
+def test_retries_of_a_dead_workers_trial_stop_at_the_cap(tmp_path: Path, history: list[int], retried: bool) -> None:
+    from picollm.sweeps.liveness import fail_dead_local_trials, host
+
+    path = write_experiment(tmp_path, study={"n_trials": 3, "max_retry": 2})
+    study = open_study(load_experiment(str(path), []), storage_url("sqlite", tmp_path), create=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{host()}:{int(dead.stdout)}")
+    if history:  # as Optuna's retry callback records it: this trial is already the second retry
+        study._storage.set_trial_system_attr(trial._trial_id, "retry_history", history)
+    assert fail_dead_local_trials(study, max_retry=2) == [trial.number]
+    assert study.trials[trial.number].state == TrialState.FAIL
+    assert counts(study)["WAITING"] == (1 if retried else 0)
+
+
+def test_each_worker_gets_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from picollm.sweeps import objective, workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [objective.worker_device(rank, "auto") for rank in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert objective.worker_device(3, "cuda:0") == "cuda:0" and objective.worker_device(1, "cpu") == "cpu"
+    exp = load_experiment(str(write_experiment(tmp_path)), [])
+    cfg = objective.trial_config(exp, 5, {"optim.lr": 1e-3}, objective.worker_device(3, "auto"), None)
+    assert cfg.train.device == "cuda:1" and cfg.tracking.name == "t-t5"  # config.yaml of the run records it
+    seen: list[int] = []
+    monkeypatch.setattr(workers, "_run_processes", lambda specs, study, progress: seen.extend(s.rank for s in specs))
+    workers._work(exp, "sqlite:///unused.db", 3, None, types.SimpleNamespace(study=None))
+    assert seen == [0, 1, 2]
+
+
+def test_reading_a_study_from_a_wrong_path_creates_nothing(tmp_path: Path) -> None:
+    from picollm.analysis.records import load_study
+    from picollm.errors import PicoError
+
+    with pytest.raises(PicoError, match="no SQLite file at"):
+        load_study("quick", f"sqlite:///{tmp_path}/typo.db")
+    with pytest.raises(PicoError, match="no journal file at"):
+        load_study("quick", f"journal:{tmp_path}/typo.log")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.fault("concurrency (4 workers)")
+def test_soak_four_workers_forty_trials_five_rounds() -> None:
+    from picollm.sweeps.soak import soak
+
+    rounds = soak(postgres_url(), workers=4, n_trials=40, rounds=5)
+    assert all(r.ok for r in rounds), rounds
