@@ -213,17 +213,28 @@ def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Refuse impossible values before any work starts."""
+    """Refuse impossible values before any work starts (one line naming the key)."""
+    _check_names(cfg)
+    _check_sizes(cfg)
+    _check_model(cfg.model)
+    _check_optim(cfg.optim)
+    _check_data_and_train(cfg.data, cfg.train)
+
+
+def _check_names(cfg: Config) -> None:
     # Imported here so that reading a config does not pay for importing torch.
     from picollm.models import MODELS
 
-    d, m, o, t, k = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.tracking
-    _check_choice("model.type", m.type, MODELS)
-    _check_choice("optim.name", o.name, OPTIMIZERS)
-    _check_choice("optim.schedule", o.schedule, SCHEDULES)
-    _check_choice("data.tokenizer", d.tokenizer, TOKENIZERS)
-    _check_choice("model.positions", m.positions, POSITIONS)
-    _check_choice("tracking.wandb", k.wandb, WANDB_MODES)
+    _check_choice("model.type", cfg.model.type, MODELS)
+    _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _check_choice("data.tokenizer", cfg.data.tokenizer, TOKENIZERS)
+    _check_choice("model.positions", cfg.model.positions, POSITIONS)
+    _check_choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
+
+
+def _check_sizes(cfg: Config) -> None:
+    d, m, t = cfg.data, cfg.model, cfg.train
     positive = {
         "model.block_size": m.block_size,
         "model.embed_size": m.embed_size,
@@ -247,6 +258,9 @@ def validate(cfg: Config) -> None:
     }
     for key, value in positive.items():
         _require(value is None or value >= 1, f"{key} must be >= 1, got {value}")
+
+
+def _check_model(m: ModelConfig) -> None:
     _require(m.num_inner_layers >= 0, f"model.num_inner_layers must be >= 0, got {m.num_inner_layers}")
     _require(
         m.embed_size % m.n_heads == 0 or m.type != "transformer",
@@ -256,21 +270,26 @@ def validate(cfg: Config) -> None:
         m.positions != "rotary" or (m.embed_size // m.n_heads) % 2 == 0,
         "model.positions=rotary needs an even head size (embed_size / n_heads)",
     )
+    _require(math.isfinite(m.dropout) and 0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
+
+
+def _check_optim(o: OptimConfig) -> None:
     for key, value in {"optim.lr": o.lr, "optim.eps": o.eps}.items():
         _require(math.isfinite(value) and value > 0, f"{key} must be a positive number, got {value}")
     for key, value in {
         "optim.weight_decay": o.weight_decay,
         "optim.momentum": o.momentum,
         "optim.grad_clip": o.grad_clip,
-        "model.dropout": m.dropout,
     }.items():
         _require(math.isfinite(value) and value >= 0, f"{key} must be >= 0, got {value}")
-    _require(m.dropout < 1, f"model.dropout must be < 1, got {m.dropout}")
     for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
         _require(math.isfinite(value) and 0 <= value < 1, f"{key} must be in [0, 1), got {value}")
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+
+
+def _check_data_and_train(d: DataConfig, t: TrainConfig) -> None:
     _require(0 <= d.tinystories_weight <= 1, f"data.tinystories_weight must be in [0, 1], got {d.tinystories_weight}")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     for key, value in {"data.synthetic": d.synthetic, "data.builtin_stories": d.builtin_stories}.items():

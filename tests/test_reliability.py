@@ -42,9 +42,24 @@ def storage_url(kind: str, tmp_path: Path) -> str:
     return {"sqlite": f"sqlite:///{tmp_path}/s.db", "journal": f"journal:{tmp_path}/s.log"}[kind]
 
 
-def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+# A sweep whose training steps take STEP_DELAY_S each: slow enough to be caught mid-trial, while its config (and
+# so its fingerprint) stays that of a fast study that the same command resumes at full speed afterwards.
+STEP_DELAY_S = 0.5
+SLOW_SWEEP = f"""
+import runpy, sys, time
+import picollm.train as t
+step = t.train_step
+t.train_step = lambda *a, **k: (time.sleep({STEP_DELAY_S}), step(*a, **k))[1]
+sys.argv = [{SWEEP!r}, *sys.argv[1:]]
+runpy.run_path({SWEEP!r}, run_name="__main__")
+"""
+
+
+def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None, slow: bool = True) -> subprocess.Popen:
+    """``python sweep.py ...`` in its own process; ``slow``: each training step sleeps (single worker only)."""
+    command = [sys.executable, "-c", SLOW_SWEEP] if slow else [sys.executable, SWEEP]
     return subprocess.Popen(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, *args],
+        [*command, "--config", str(path), "--storage", storage, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -71,15 +86,13 @@ def wait_for_running_trial(path: Path, storage: str, name: str, timeout: float =
 
 
 def slow_experiment(tmp_path: Path, n_trials: int = 3) -> Path:
-    return write_experiment(tmp_path, study={"n_trials": n_trials, "budget_tokens": 3_000_000, "reports": 100})
+    """Short trials: 16 steps each, so a slowed sweep (``start_sweep``) is caught mid-trial for seconds."""
+    return write_experiment(tmp_path, study={"n_trials": n_trials, "budget_tokens": 4096, "reports": 4})
 
 
-FAST = ["--set", "study.budget_tokens=4096", "--set", "study.reports=4"]
-
-
-def resume_fast(path: Path, storage: str, name: str) -> object:
-    """Re-run the same sweep command (small budget, same space) to its total; the study afterwards."""
-    done = sweep_cli(path, storage, "--study-name", name, *FAST)
+def resume(path: Path, storage: str, name: str) -> object:
+    """Re-run the same sweep command, at full speed, to its total; the study afterwards."""
+    done = sweep_cli(path, storage, "--study-name", name)
     assert done.returncode == 0, done.stderr
     return open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
 
@@ -98,7 +111,7 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
     killed = wait_for_running_trial(path, storage, name)
     first.send_signal(signal.SIGKILL)
     first.communicate()
-    study = resume_fast(path, storage, name)
+    study = resume(path, storage, name)
     c = counts(study)
     assert c["RUNNING"] == 0 and c["COMPLETE"] == 3
     assert study.trials[killed.number].state == TrialState.FAIL
@@ -119,7 +132,7 @@ def test_a_trial_whose_host_vanished_is_failed_and_retried(tmp_path: Path, kind:
     first.send_signal(signal.SIGKILL)
     first.communicate()
     start = time.time()
-    study = resume_fast(path, storage, name)
+    study = resume(path, storage, name)
     assert counts(study)["RUNNING"] == 0 and counts(study)["COMPLETE"] == 2
     assert study.trials[killed.number].state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
@@ -151,7 +164,7 @@ def test_interrupt_marks_flushes_exports_and_resumes(tmp_path: Path, sig: signal
     rows = (record / "metrics.jsonl").read_text().splitlines()
     assert rows and all(json.loads(line) for line in rows)  # flushed, every line whole
     assert (tmp_path / "studies" / name / "trials.csv").is_file()
-    study = resume_fast(path, storage, name)
+    study = resume(path, storage, name)
     assert counts(study)["COMPLETE"] == 3 and counts(study)["RUNNING"] == 0
 
 
@@ -403,8 +416,8 @@ def test_only_safe_loaders_in_the_source() -> None:
 @pytest.mark.fault("interrupted (SIGINT/SIGTERM)")
 def test_sigterm_ends_every_worker_of_a_multi_worker_sweep_and_exports(tmp_path: Path) -> None:
     storage, name = storage_url("sqlite", tmp_path), "term"
-    path = slow_experiment(tmp_path, n_trials=4)
-    proc = start_sweep(path, storage, "--study-name", name, "--workers", "2")
+    path = write_experiment(tmp_path, study={"n_trials": 4, "budget_tokens": 3_000_000, "reports": 100})
+    proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)  # spawned: long budget
     exp = load_experiment(str(path), [], study_name=name)
     deadline = time.time() + 180
     while time.time() < deadline:  # both workers inside a trial
