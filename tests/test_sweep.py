@@ -73,7 +73,7 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
     def flaky_train(cfg, **kwargs):  # the second trial raises like a bug in user code would
         calls["n"] += 1
         if calls["n"] == 2:
-            raise RuntimeError("injected failure")
+            raise RuntimeError("injected failure talking to postgresql://bob:hunter2@db/sweeps?password=hunter2")
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr(train_mod, "train", flaky_train)
@@ -87,7 +87,8 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
     outcome = run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     reasons = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
-    assert any("injected failure" in r for r in reasons)
+    assert any("injected failure" in r and "bob:***@" in r and "password=***" in r for r in reasons)
+    assert not any("hunter2" in r for r in reasons)
     assert any("NonFiniteLoss" in r for r in reasons)
     assert states(study)["COMPLETE"] == 4 and not outcome.interrupted
 
