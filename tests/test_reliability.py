@@ -5,6 +5,7 @@ Each test carries ``@pytest.mark.fault(<class>)``; the run ends with a per-class
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from picollm import train as train_mod
 from picollm.checkpoint import load_run
 from picollm.config import load_config
 from picollm.data import load_token_data
-from picollm.errors import ConfigError, run_cli
+from picollm.errors import ConfigError, PicoError, run_cli
 from picollm.search import parse_space
 from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.studies import counts
@@ -68,7 +69,7 @@ def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None, s
     )
 
 
-def wait_for_running_trial(path: Path, storage: str, name: str, timeout: float = 120) -> object:
+def wait_for_running_trial(path: Path, storage: str, name: str, timeout: float = 300) -> object:
     exp = load_experiment(str(path), [], study_name=name)
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -417,10 +418,11 @@ def test_sigterm_ends_every_worker_of_a_multi_worker_sweep_and_exports(tmp_path:
     path = write_experiment(tmp_path, study={"n_trials": 4, "budget_tokens": 3_000_000, "reports": 100})
     proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)  # spawned: long budget
     exp = load_experiment(str(path), [], study_name=name)
-    deadline = time.time() + 180
+    deadline, running = time.time() + 300, []
     while time.time() < deadline:  # both workers inside a trial
         time.sleep(0.5)
-        running = [t for t in open_study(exp, storage, create=False).trials if t.state == TrialState.RUNNING]
+        with contextlib.suppress(PicoError):  # the coordinator may not have created the study yet
+            running = [t for t in open_study(exp, storage, create=False).trials if t.state == TrialState.RUNNING]
         if len(running) == 2 and all("run_dir" in t.user_attrs for t in running):
             break
     pids = [int(t.user_attrs["worker"].rpartition(":")[2]) for t in running]
@@ -506,7 +508,6 @@ def test_each_worker_gets_its_own_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_reading_a_study_from_a_wrong_path_creates_nothing(tmp_path: Path) -> None:
     from picollm.analysis.records import load_study
-    from picollm.errors import PicoError
 
     with pytest.raises(PicoError, match="no SQLite file at"):
         load_study("quick", f"sqlite:///{tmp_path}/typo.db")
