@@ -139,7 +139,7 @@ def evaluate_run(
     cfg = _run_config(run_dir, overrides)
     torch_device = resolve_device(device)
     model, tokenizer = load_run(run_dir, weights, device=str(torch_device))
-    block = block_size or model.block_size
+    block = model.block_size if block_size is None else block_size
     if block < 1 or (getattr(model, "pos_embed", None) is not None and block > model.block_size):
         raise ConfigError(f"--block-size {block}: this model takes 1 to {model.block_size} tokens")
     eval_set = validation_set_for(cfg, tokenizer)
