@@ -26,10 +26,10 @@ class RunHistory:
     val_steps: np.ndarray  # step of each val/loss row
     val_losses: np.ndarray
     epoch_rows: list[dict[str, Any]] = field(default_factory=list)  # rows with val/epoch_loss
-    val_stderrs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # val/loss_stderr (nan when absent)
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    val_stderrs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # val/loss_stderr (nan when absent)
 
     @property
     def run_dir(self) -> Path | None:
