@@ -292,7 +292,7 @@ def _value(estimate: Estimate | None, stderr: bool = False) -> float | None:
     return None if math.isnan(value) else value
 
 
-def summarize(run: Run, status: str, reason: str) -> dict[str, Any]:
+def summarize(run: Run, status: str, reason: str, baseline: dict[str, Any]) -> dict[str, Any]:
     """The run's numbers for summary.json: each validation loss with its standard error."""
     wall = time.perf_counter() - run.started
     losses = {}
@@ -311,6 +311,12 @@ def summarize(run: Run, status: str, reason: str) -> dict[str, Any]:
         "tokens_per_s": run.tokens / wall if wall > 0 else None,
         "params": count_parameters(run.model),
         "val_set": val_set_description(run.periodic, run.full, run.policy),
+        **baseline,
+        "run_dir": str(run.tracker.run_dir),
+        "vocab_size": run.data.vocab_size,
+        "tokenizer": run.data.tokenizer.name,
+        "device": str(run.device),
+        "notes": run.data.notes,
     }
 
 
@@ -356,15 +362,7 @@ def train(
         reason = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        summary = {
-            **summarize(run, status, reason),
-            **baseline,
-            "run_dir": str(tracker.run_dir),
-            "vocab_size": data.vocab_size,
-            "tokenizer": data.tokenizer.name,
-            "device": str(device),
-            "notes": data.notes,
-        }
+        summary = summarize(run, status, reason, baseline)
         tracker.finish(summary)
     return summary
 

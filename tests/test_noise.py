@@ -48,7 +48,6 @@ def test_an_epoch_change_is_real_only_above_both_noises() -> None:
     assert v["val_epoch_changes"][1]["sampling_noise_95"] == pytest.approx(Z95 * math.hypot(0.02, 0.02))
     assert v["weight_noise_sigma"] == pytest.approx(0.01, rel=0.6)  # the wobble of val/loss on a fixed set
     assert v["tokens_for_precision"]["0.02"] == tokens_for_precision(0.02, 20_000, 0.02)
-    assert v["batch_sampling_sigma"] == pytest.approx(0.02 * math.sqrt(20_000 / 512))
     noisy = validation_noise(_history([-0.2, -0.01, 0.02, -0.3], stderr=0.02, wobble=0.3), step_sigma=0.2)
     assert not noisy["val_epoch_changes"][0]["exceeds_both"]  # the weights' own noise swallows -0.2
 

@@ -22,8 +22,7 @@ The validation losses carry two other noises that the step losses run together
   tokens a wanted precision needs follow from the measured error and size;
 * **training noise**: the weights wander step to step. On a fixed set that is all the periodic
   ``val/loss`` curve shows besides its trend, so the scatter of that curve around its trend
-  measures it. A training batch is itself a small sample of text, so the step losses' sigma is
-  mostly batch sampling: the validation error rescaled to a batch's tokens says how much.
+  measures it.
 
 An epoch-to-epoch change of ``val/epoch_loss`` is called real only when it exceeds both at 95%.
 The sampling part uses ``sqrt(se_a^2 + se_b^2)``, an upper bound: the same documents are scored
@@ -227,13 +226,6 @@ def _set_tokens(run: Any, which: str) -> int | None:
     return described.get("scored_tokens")
 
 
-def _batch_tokens(run: Any) -> int | None:
-    model, train = run.config.get("model") or {}, run.config.get("train") or {}
-    if "block_size" in model and "batch_size" in train:
-        return int(model["block_size"]) * int(train["batch_size"])
-    return None
-
-
 def val_epoch_changes(run: Any, weight_sigma: float | None) -> list[dict[str, Any]]:
     """Each consecutive pair of val/epoch_loss: the change against sampling and training noise (95%)."""
     rows = [r for r in run.epoch_rows if r.get("val/epoch_loss_stderr") is not None]
@@ -266,8 +258,6 @@ def validation_noise(run: Any, step_sigma: float) -> dict[str, Any] | None:
     se, tokens = (
         (full_se, _set_tokens(run, "full")) if full_se is not None else (periodic_se, _set_tokens(run, "periodic"))
     )
-    batch = _batch_tokens(run)
-    batch_sigma = se * math.sqrt(tokens / batch) if tokens and batch else None
     return {
         "val_epoch_loss_stderr": full_se,
         "val_epoch_tokens": _set_tokens(run, "full"),
@@ -275,7 +265,6 @@ def validation_noise(run: Any, step_sigma: float) -> dict[str, Any] | None:
         "val_loss_tokens": _set_tokens(run, "periodic"),
         "tokens_for_precision": {str(p): tokens_for_precision(se, tokens, p) for p in PRECISIONS} if tokens else {},
         "weight_noise_sigma": weight_sigma,
-        "batch_sampling_sigma": batch_sigma,
         "step_noise_sigma": step_sigma,
         "val_epoch_changes": val_epoch_changes(run, weight_sigma),
     }
@@ -391,11 +380,6 @@ def validation_verdict(v: dict[str, Any] | None) -> str:
     need = v["tokens_for_precision"].get("0.02")
     if need:
         parts.append(f"+/-0.02 nats needs about {need:,} validation tokens on this data.")
-    if v["batch_sampling_sigma"] is not None:
-        parts.append(
-            f"Of the step losses' scatter (sigma={v['step_noise_sigma']:.3f}), drawing a batch of text alone "
-            f"accounts for about {v['batch_sampling_sigma']:.3f}."
-        )
     if v["weight_noise_sigma"] is not None:
         parts.append(
             f"On the fixed periodic set the weights' own step-to-step noise is sigma={v['weight_noise_sigma']:.4f}."
