@@ -13,7 +13,7 @@ import torch
 
 from picollm import train as train_mod
 from picollm.config import load_config
-from picollm.data import ScoringPolicy, load_token_data, sample_documents, scoring_policy, validation_sets
+from picollm.data import ScoringPolicy, load_token_data, scoring_policy, validation_sets
 from picollm.evaluate import evaluate_run, ratio_estimate, score
 from picollm.models import build_model
 from tests.conftest import ROOT, SAMPLE, needs_sample
@@ -113,9 +113,3 @@ def test_periodic_estimate_agrees_with_the_whole_split_within_two_standard_error
     assert abs(last - whole["loss"]) <= 2 * se, (last, se, whole["loss"])
     assert se < 0.2  # a precision worth printing
     assert dataclasses.asdict(cfg.model)["type"] == "kgram"
-
-
-def test_sample_documents_rejects_nothing_and_keeps_order() -> None:
-    split = np.array([5, 6, 0, 7, 0, 8, 9, 9, 0], dtype=np.uint16)
-    est = sample_documents(split, 0, 4)
-    assert est.documents >= 1 and set(est.tokens.tolist()) <= set(split.tolist())
