@@ -5,7 +5,7 @@ python -m picollm.sweeps.compare_search --config experiments/quick.yaml --seeds 
     --set data.offline_fallback=false --set data.compact_vocab=true
 
 Each method (a sampler + pruner pair) runs one study per study seed, all at the same trial count and
-per-trial token budget, ranked by one metric (``final_val_loss``: the whole validation split at the end
+per-trial token budget, ranked by one metric (``final_val_loss``: the study's validation set at the end
 of a complete trial; pruned trials spend tokens but never count as a best value). The answer is the
 median and interquartile range, over seeds, of the best value so far against cumulative training
 tokens, and the goal check: does TPE with median pruning reach random search's median best value with
@@ -123,13 +123,11 @@ def jobs(args: argparse.Namespace, out: Path) -> list[Job]:
 def run_job(job: Job, n_trials: int, threads: int) -> str:
     """Run (or resume) one study to ``n_trials`` finished trials, one trial at a time."""
     from picollm.sweeps.settings import load_experiment
-    from picollm.sweeps.studies import enqueue_baseline, open_study
-    from picollm.sweeps.workers import WorkerSpec, resolve_offline, run_worker
+    from picollm.sweeps.workers import WorkerSpec, interrupts_as_keyboard, prepare, run_worker
 
-    exp = resolve_offline(load_experiment(job.config, list(job.overrides), job.name, n_trials))
-    study = open_study(exp, job.storage, create=True)
-    enqueue_baseline(study, exp)
-    run_worker(WorkerSpec(exp, job.storage, threads=threads, verbose=False))
+    exp, _ = prepare(load_experiment(job.config, list(job.overrides), job.name, n_trials), job.storage)
+    with interrupts_as_keyboard():
+        run_worker(WorkerSpec(exp, job.storage, threads=threads, verbose=False))
     return job.name
 
 
@@ -173,7 +171,7 @@ def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
 
     from picollm.storage import open_storage
 
-    open_storage(todo[0].storage)  # create the schema once: two processes creating it at once collide
+    open_storage(todo[0].storage, create=True)  # the schema once: two processes creating it at once collide
     packed = [(job, n_trials, 1 if parallel > 1 else 2) for job in todo]
     with tqdm(total=len(todo), unit="study", file=sys.stdout) as bar:
         for name in in_processes(_run_job_args, packed, parallel):

@@ -2,10 +2,11 @@
 
 A study ranks trials by one run each, so its best trial is partly the luckiest seed. This module
 re-trains the top-K complete configurations and the baseline (trial 0) with the same few fresh seeds
-(``train.seed`` varied, everything else as in the study), scores each run on the full validation split
-(the summary's ``final_val_loss``), and answers with statistics instead of a single number: a mean and
-95% t-interval per config, and a *paired* comparison (same seeds, so seed luck shared by both configs
-cancels) of the winner against the runner-up and against the baseline.
+(``train.seed`` varied, everything else as in the study), scores each run on the study's whole
+validation set (the summary's ``final_val_loss``: the same tokens that ranked the trials), and answers
+with statistics instead of a single number: a mean and 95% t-interval per config, and a *paired*
+comparison (same seeds, so seed luck shared by both configs cancels) of the winner against the
+runner-up and against the baseline.
 
 Finished confirmation runs are recorded in the study's user attributes, keyed by configuration, seed
 and budget, so a re-run (or a second machine on the same storage) trains only what is missing.
@@ -352,7 +353,7 @@ def summary_lines(conf: Confirmation) -> list[str]:
     lines = [
         f"confirmation of study {conf.study_name!r}: {len(conf.seeds)} fresh seeds {conf.seeds}, "
         f"{f'{conf.budget_tokens:,}' if conf.budget_tokens else 'the base config budget of'} tokens per run, "
-        "metric final_val_loss (full validation split)"
+        "metric final_val_loss (the study's whole validation set)"
     ]
     for r in ranked:
         iv = r.interval()
