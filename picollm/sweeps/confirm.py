@@ -316,7 +316,7 @@ def confirm_study(study: Any, s: ConfirmSettings) -> Confirmation:
 
     conf = plan(study, s)
     study.set_user_attr(SETTINGS_ATTR, asdict(s))
-    base = study.user_attrs["base"]
+    base = _offline_resolved(study.user_attrs["base"])
     reports = int(_study_settings(study).get("reports") or 1)
     todo = [(r, seed) for seed in conf.seeds for r in conf.results if seed not in r.runs]
     quiet = not todo or not sys.stderr.isatty()
@@ -343,6 +343,16 @@ def confirm_study(study: Any, s: ConfirmSettings) -> Confirmation:
         study.set_user_attr(ATTR_PREFIX + run_key(cand.params, seed, conf.budget_tokens), record)
         result.runs[seed] = record
     return conf
+
+
+def _offline_resolved(base: dict[str, Any]) -> dict[str, Any]:
+    """The data the trials used: the study stores the config before the offline fallback; say so once, not per run."""
+    from picollm.data import apply_offline_fallback
+
+    cfg, note = apply_offline_fallback(config_from_dict(base))
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    return cfg.to_dict()
 
 
 def summary_lines(conf: Confirmation) -> list[str]:
