@@ -19,9 +19,11 @@ exactly ``n_trials`` finished trials.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +120,13 @@ def task_device(local_rank: int, gpus_per_node: int) -> str | None:
     return f"cuda:{local_rank % count}"
 
 
+def worker_seed(seed: int) -> int:
+    """A sampler seed of this process alone: with one shared seed every job (and every requeued
+    job) would draw the same parameters in the same order."""
+    digest = hashlib.sha256(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
 def _leave_trial_to_heartbeat(signum: int, _frame: Any) -> None:
     """SIGTERM (scancel, preemption): exit without marking the trial, so the study retries it as is."""
     print(f"launcher: {signal.Signals(signum).name}: exiting; the running trial will be retried", file=sys.stderr)
@@ -144,11 +153,12 @@ class SweepJob(submitit.helpers.Checkpointable):
         run_worker(WorkerSpec(exp, storage, threads=self.threads, dry_run=self.dry_run))
 
     def experiment_for(self, local_rank: int) -> Experiment:
-        """The experiment with this task's device, which every trial's run record then shows."""
+        """This task's copy: its own sampler seed, and its device (which every trial's run record shows)."""
+        exp = replace(self.exp, study=replace(self.exp.study, seed=worker_seed(self.exp.study.seed)))
         device = task_device(local_rank, self.gpus_per_node)
         if device is None:
-            return self.exp
-        return replace(self.exp, base={**self.exp.base, "train": {**self.exp.base["train"], "device": device}})
+            return exp
+        return replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": device}})
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Slurm's time limit or preemption is near: requeue this job; the study keeps all its state."""
@@ -249,6 +259,7 @@ def describe(jobs: list[Any], settings: LauncherSettings, exp: Experiment, comma
         f"submitted {len(jobs)} job(s) x {settings.tasks_per_node} task(s) = {workers} worker(s) "
         f"({settings.name}{where}): {' '.join(ids)}",
         f"logs: {jobs_folder(exp)}/",
+        f"storage: the jobs read {STORAGE_ENV} ({mask_url(os.environ[STORAGE_ENV])}); set it the same to follow:",
         f"watch: {' '.join(['python', 'sweep.py', 'status', *command])}   or   {executor.watch.format(**names)}",
         f"stop: {executor.stop.format(**names)}   (running trials are retried when the sweep resumes)",
         f"results: {' '.join(['python', 'sweep.py', 'export', *command])}   (or launch with --wait)",
@@ -333,5 +344,6 @@ def launch_command(exp: Experiment, args: Any) -> int:
     errors = job_errors(jobs)
     print("\n".join([*report_lines(study), *notes, *errors, f"results: {folder}/ (trials.csv, best.yaml, figures)"]))
     if finished(study) < exp.study.n_trials:
-        raise PicoError(f"the jobs ended with {finished(study)}/{exp.study.n_trials} trials finished: see {jobs_folder(exp)}/")
+        done = f"{finished(study)}/{exp.study.n_trials}"
+        raise PicoError(f"the jobs ended with {done} trials finished: see {jobs_folder(exp)}/, then launch again")
     return 0

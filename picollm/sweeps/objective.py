@@ -64,11 +64,15 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def make_objective(exp: Experiment, threads: int | None) -> Callable[[Any], float]:
+def make_objective(exp: Experiment, threads: int | None, dry_run: bool = False) -> Callable[[Any], float]:
     import optuna
 
+    from picollm.sweeps.dryrun import dry_train
     from picollm.tracking import new_run_id
-    from picollm.train import StopRun, train
+    from picollm.train import StopRun
+    from picollm.train import train as real_train
+
+    train = dry_train if dry_run else real_train
 
     def objective(trial: optuna.Trial) -> float:
         try:

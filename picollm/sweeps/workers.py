@@ -75,15 +75,15 @@ class WorkerSpec:
     timeout_s: float | None = None
     threads: int | None = None
     verbose: bool = True
+    dry_run: bool = False  # trials skip training but make every storage call (picollm/sweeps/dryrun.py)
 
 
 def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = None) -> None:
     """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
     from optuna.trial import TrialState
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM acts like Ctrl-C
     study = open_study(spec.exp, spec.storage, create=False)
-    objective = make_objective(spec.exp, spec.threads)
+    objective = make_objective(spec.exp, spec.threads, spec.dry_run)
     n_trials = spec.exp.study.n_trials
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
     failures_in_a_row = 0
@@ -118,6 +118,7 @@ def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = N
 
 def worker_process(spec: WorkerSpec) -> None:
     """Entry point of a spawned worker: errors become one line and an exit code."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM acts like Ctrl-C
     try:
         run_worker(spec)
     except PicoError as exc:
@@ -166,8 +167,11 @@ def resolve_offline(exp: Experiment) -> Experiment:
     return Experiment(cfg.to_dict(), exp.search, exp.study, exp.source, {**exp.extra, "offline_fallback": note})
 
 
-def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
+def run_sweep(
+    exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None, dry_run: bool = False
+) -> SweepOutcome:
     """Run (or resume) the study to ``n_trials`` finished trials, then export it."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM acts like Ctrl-C
     exp = resolve_offline(exp)
     study = open_study(exp, storage_url, create=True)
     enqueue_baseline(study, exp)
@@ -179,7 +183,7 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
         flush=True,
     )
     threads = max(1, (os.cpu_count() or 1) // workers)
-    spec = WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False)
+    spec = WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, dry_run=dry_run)
     progress = Progress(study, s.n_trials)
     interrupted = False
     try:
