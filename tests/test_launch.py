@@ -98,6 +98,7 @@ def test_launcher_block_is_checked_and_overridable(tmp_path: Path) -> None:
     params = executor_parameters(settings, "t", workers=3)
     assert params["slurm_partition"] == "gpu" and params["slurm_additional_parameters"] == {"qos": "high"}
     assert params["slurm_array_parallelism"] == 3 and params["gpus_per_node"] == 2 and params["name"] == "picollm-t"
+    assert "gpus_per_node" not in executor_parameters(parse_launcher({}), "t", workers=1)  # CPU partitions
     for raw, message in [
         ({"partitions": "gpu"}, "unknown key launcher.partitions"),
         ({"name": "pbs"}, "choose from slurm, local"),
@@ -213,6 +214,6 @@ def test_dry_run_trials_make_the_storage_calls_but_train_nothing(tmp_path: Path)
 
 def test_workers_scale_measures_the_harness_beside_plain_optuna(tmp_path: Path, postgres: str) -> None:
     row = measure(postgres, workers=2, trials_per_worker=3, folder=tmp_path)
-    assert row["harness"]["trials"] == 6 and row["optuna"]["trials"] == 6
-    assert row["harness"]["ms_per_trial"] > 0 and row["optuna"]["trials_per_s"] > 0 and row["ratio"] > 0
+    assert row["harness"]["trials"] == row["optuna"]["trials"] == row["optuna_reports"]["trials"] == 6
+    assert row["harness"]["ms_per_trial"] > 0 and row["optuna"]["trials_per_s"] > 0 and row["ratio_reports"] > 0
     assert not [s for s in optuna.get_all_study_names(postgres) if s.startswith("scale-") and s.endswith(row["tag"])]

@@ -198,12 +198,12 @@ def executor_parameters(settings: LauncherSettings, study: str, workers: int) ->
     params: dict[str, Any] = {
         "name": f"picollm-{study}",
         "timeout_min": settings.timeout_min,
-        "gpus_per_node": settings.gpus_per_node,
         "tasks_per_node": settings.tasks_per_node,
         "slurm_array_parallelism": settings.array_parallelism or workers,
         "slurm_additional_parameters": dict(settings.sbatch),
     }
     optional = {"cpus_per_task": settings.cpus_per_task, "mem_gb": settings.mem_gb}
+    optional |= {"gpus_per_node": settings.gpus_per_node or None}  # no --gpus-per-node=0 for CPU partitions
     optional |= {"slurm_partition": settings.partition}
     optional |= {"slurm_setup": settings.setup or None, "local_setup": settings.setup or None}
     params.update({key: value for key, value in optional.items() if value is not None})

@@ -41,7 +41,7 @@ def _experiment_file(folder: Path, name: str, n_trials: int) -> Path:
     """A tiny experiment that is never trained: only its search space and study settings matter."""
     exp = {
         "data": {"tinystories": None, "synthetic": 100, "tokenizer": "bytes", "cache_dir": str(folder / "cache")},
-        "model": {"type": "kgram"},
+        "model": {"type": "kgram", "block_size": 32, "k": 3},
         "tracking": {"wandb": "disabled", "out_dir": str(folder / "runs"), "save_weights": False},
         "search": SEARCH,
         "study": {
@@ -73,8 +73,9 @@ def _harness_worker(path: str, storage: str, barrier: Any, results: Any) -> None
     results.put(time.perf_counter() - start)
 
 
-def _optuna_worker(name: str, storage: str, n_trials: int, barrier: Any, results: Any) -> None:
-    """Plain Optuna: ``study.optimize`` over the same space with a trivial objective."""
+def _optuna_worker(name: str, storage: str, n_trials: int, reports: int, barrier: Any, results: Any) -> None:
+    """Plain Optuna: ``study.optimize`` over the same space with a trivial objective, which may also
+    report ``reports`` values to a median pruner (the pruning any pruned sweep pays for)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -83,11 +84,17 @@ def _optuna_worker(name: str, storage: str, n_trials: int, barrier: Any, results
         trial.suggest_categorical("optim.name", SEARCH["optim.name"]["choices"])
         lr = trial.suggest_float("optim.lr", 1.0e-4, 3.0e-2, log=True)
         trial.suggest_categorical("model.block_size", SEARCH["model.block_size"]["choices"])
-        return lr + trial.suggest_int("model.k", 1, 5)
+        value = lr + trial.suggest_int("model.k", 1, 5)
+        for step in range(1, reports + 1):
+            trial.report(value + 1.0 / step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
 
     barrier.wait()
     start = time.perf_counter()
-    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.MedianPruner()
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     study.optimize(objective, n_trials=n_trials)
     results.put(time.perf_counter() - start)
 
@@ -117,45 +124,53 @@ def _figures(elapsed: list[float], trials: int) -> dict[str, float]:
 
 
 def measure(storage: str, workers: int, trials_per_worker: int, folder: Path) -> dict[str, Any]:
-    """One row: the harness and plain Optuna with ``workers`` processes on fresh studies."""
+    """One row: the harness, plain Optuna, and plain Optuna with pruning reports, on fresh studies."""
     import optuna
 
     from picollm.sweeps.settings import load_experiment
     from picollm.sweeps.studies import enqueue_baseline, open_study
 
     n_trials, tag = workers * trials_per_worker, uuid.uuid4().hex[:8]
-    harness, plain = f"scale-harness-{workers}-{tag}", f"scale-optuna-{workers}-{tag}"
-    path = _experiment_file(folder, harness, n_trials)
+    names = {kind: f"scale-{kind}-{workers}-{tag}" for kind in ("harness", "optuna", "optuna_reports")}
+    path = _experiment_file(folder, names["harness"], n_trials)
     exp = load_experiment(str(path), [])
     enqueue_baseline(open_study(exp, storage, create=True), exp)
-    optuna.create_study(study_name=plain, storage=storage)
+    runs = {
+        "harness": (_harness_worker, (str(path), storage)),
+        "optuna": (_optuna_worker, (names["optuna"], storage, trials_per_worker, 0)),
+        "optuna_reports": (_optuna_worker, (names["optuna_reports"], storage, trials_per_worker, REPORTS)),
+    }
+    row: dict[str, Any] = {"workers": workers, "tag": tag}
     try:
-        harness_elapsed = _run(_harness_worker, (str(path), storage), workers)
-        row = {"workers": workers, "tag": tag, "harness": _figures(harness_elapsed, _finished(harness, storage))}
-        optuna_elapsed = _run(_optuna_worker, (plain, storage, trials_per_worker), workers)
-        row["optuna"] = _figures(optuna_elapsed, _finished(plain, storage))
+        for kind, (target, args) in runs.items():
+            if kind != "harness":
+                optuna.create_study(study_name=names[kind], storage=storage)
+            row[kind] = _figures(_run(target, args, workers), _finished(names[kind], storage))
     finally:
-        for name in (harness, plain):
-            optuna.delete_study(study_name=name, storage=storage)
+        for name in optuna.get_all_study_names(storage):
+            if name in names.values():
+                optuna.delete_study(study_name=name, storage=storage)
     row["ratio"] = row["harness"]["ms_per_trial"] / row["optuna"]["ms_per_trial"]
+    row["ratio_reports"] = row["harness"]["ms_per_trial"] / row["optuna_reports"]["ms_per_trial"]
     return row
 
 
-def table(rows: list[dict[str, Any]], storage: str) -> str:
-    lines = [
+KINDS = {"harness": "harness", "optuna": "plain optuna", "optuna_reports": f"optuna+{REPORTS} reports"}
+
+
+def header(storage: str) -> str:
+    titles = " | ".join(f"{title:^17}" for title in KINDS.values())
+    columns = " | ".join([f"{'ms/trial':>8} {'trials/s':>8}"] * len(KINDS))
+    return (
         f"workers scale on {mask_url(storage)}: near-empty trials (--dry-run), {REPORTS} reports each; "
-        f"{os.cpu_count()} CPU(s) here",
-        f"{'workers':>7} {'trials':>6} | {'harness ms/trial':>16} {'trials/s':>8} | "
-        f"{'optuna ms/trial':>15} {'trials/s':>8} | {'ratio':>5}",
-    ]
-    for r in rows:
-        h, o = r["harness"], r["optuna"]
-        lines.append(
-            f"{r['workers']:>7} {h['trials']:>6} | {h['ms_per_trial']:>16.1f} {h['trials_per_s']:>8.1f} | "
-            f"{o['ms_per_trial']:>15.1f} {o['trials_per_s']:>8.1f} | {r['ratio']:>4.2f}x"
-        )
-    lines.append("ms/trial: worker-seconds per finished trial (all workers' time / trials); ratio: harness / optuna")
-    return "\n".join(lines)
+        f"{os.cpu_count()} CPU(s) here\n{'':14} | {titles} | harness over\n"
+        f"{'workers':>7} {'trials':>6} | {columns} |  plain  +reps"
+    )
+
+
+def row_line(r: dict[str, Any]) -> str:
+    cells = " | ".join(f"{r[k]['ms_per_trial']:8.1f} {r[k]['trials_per_s']:8.1f}" for k in KINDS)
+    return f"{r['workers']:7d} {r['harness']['trials']:6d} | {cells} | {r['ratio']:5.2f}x {r['ratio_reports']:5.2f}x"
 
 
 def workers_scale(quick: bool, out: str) -> int:
@@ -164,9 +179,14 @@ def workers_scale(quick: bool, out: str) -> int:
     if not storage.startswith(("postgresql", "postgres")):
         raise ConfigError("--workers-scale needs a PostgreSQL study database: set PICOLLM_STORAGE=postgresql://...")
     per_worker = QUICK_TRIALS_PER_WORKER if quick else TRIALS_PER_WORKER
+    print(header(storage), flush=True)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(storage, w, per_worker, Path(tmp)) for w in (QUICK_WORKERS if quick else WORKERS)]
-    print(table(rows, storage))
+        for workers in QUICK_WORKERS if quick else WORKERS:  # a row as soon as it is measured: W=8 takes a while
+            rows.append(measure(storage, workers, per_worker, Path(tmp)))
+            print(row_line(rows[-1]), flush=True)
+    print("ms/trial: worker-seconds per finished trial (all workers' time / trials); last columns: harness ms/trial")
+    print(f"over plain Optuna's, and over plain Optuna's with the same {REPORTS} reports to a median pruner")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"storage": mask_url(storage), "rows": rows}, indent=1))
     print(f"wrote {out}")
