@@ -139,8 +139,16 @@ class SweepJob(submitit.helpers.Checkpointable):
     Pickled by submitit, so it holds the experiment but never the storage URL.
     """
 
-    def __init__(self, exp: Experiment, threads: int | None, gpus_per_node: int, dry_run: bool = False) -> None:
-        self.exp, self.threads, self.gpus_per_node, self.dry_run = exp, threads, gpus_per_node, dry_run
+    def __init__(
+        self,
+        exp: Experiment,
+        threads: int | None,
+        gpus_per_node: int,
+        dry_run: bool = False,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.exp, self.threads, self.gpus_per_node = exp, threads, gpus_per_node
+        self.dry_run, self.timeout_s = dry_run, timeout_s
 
     def __call__(self) -> None:
         from picollm.sweeps.workers import WorkerSpec, run_worker
@@ -150,7 +158,7 @@ class SweepJob(submitit.helpers.Checkpointable):
             raise PicoError(f"{STORAGE_ENV} is not set in the job's environment (sbatch --export must pass it)")
         signal.signal(signal.SIGTERM, _leave_trial_to_heartbeat)
         exp = self.experiment_for(submitit.JobEnvironment().local_rank)
-        run_worker(WorkerSpec(exp, storage, threads=self.threads, dry_run=self.dry_run))
+        run_worker(WorkerSpec(exp, storage, self.timeout_s, self.threads, dry_run=self.dry_run))
 
     def experiment_for(self, local_rank: int) -> Experiment:
         """This task's copy: its own sampler seed, and its device (which every trial's run record shows)."""
@@ -232,14 +240,13 @@ def _threads(settings: LauncherSettings, workers: int) -> int | None:
     return None
 
 
-def submit(exp: Experiment, settings: LauncherSettings, storage: str, workers: int, dry_run: bool) -> list[Any]:
-    """Submit ``workers`` array jobs; the URL reaches them through the environment only."""
-    folder = jobs_folder(exp)
-    executor = make_executor(settings, folder, exp.study.name, workers)
-    os.environ[STORAGE_ENV] = storage  # sbatch exports the submitting environment; local jobs inherit it
-    job = SweepJob(exp, _threads(settings, workers), settings.gpus_per_node, dry_run)
+def submit(executor: Any, exp: Experiment, settings: LauncherSettings, args: Any) -> list[Any]:
+    """Submit ``--workers`` array jobs; the URL reaches them through the environment only."""
+    os.environ[STORAGE_ENV] = args.storage  # sbatch exports the submitting environment; local jobs inherit it
+    threads = _threads(settings, args.workers)
+    job = SweepJob(exp, threads, settings.gpus_per_node, dry_run=args.dry_run, timeout_s=args.timeout)
     try:
-        return executor.submit_array([job] * workers)
+        return executor.submit_array([job] * args.workers)
     except subprocess.CalledProcessError as exc:
         raise PicoError(f"sbatch refused the job array: {mask_url(str(exc.stderr or exc))[:300]}") from None
 
@@ -293,23 +300,22 @@ def job_errors(jobs: list[Any]) -> list[str]:
     return lines
 
 
-def launch(
-    exp: Experiment, settings: LauncherSettings, storage: str, workers: int, command: list[str], dry_run: bool = False
-) -> tuple[list[Any], Any]:
-    """Create the study (trial 0 = the base config), submit the array, print how to follow it."""
+def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list[Any], Any]:
+    """Check the storage and the launcher, create the study (trial 0 = the base config), submit, say how to follow."""
     from picollm.sweeps.studies import enqueue_baseline, finished, open_study
     from picollm.sweeps.workers import resolve_offline
 
-    check_shared_storage(storage)
+    check_shared_storage(args.storage)
+    executor = make_executor(settings, jobs_folder(exp), exp.study.name, args.workers)  # before any study exists
     exp = resolve_offline(exp)
-    study = open_study(exp, storage, create=True)
+    study = open_study(exp, args.storage, create=True)
     enqueue_baseline(study, exp)
     print(
-        f"study {exp.study.name!r} in {mask_url(storage)}: {finished(study)}/{exp.study.n_trials} trials finished",
+        f"study {exp.study.name!r} in {mask_url(args.storage)}: {finished(study)}/{exp.study.n_trials} trials finished",
         flush=True,
     )
-    jobs = submit(exp, settings, storage, workers, dry_run)
-    print("\n".join(describe(jobs, settings, exp, command)), flush=True)
+    jobs = submit(executor, exp, settings, args)
+    print("\n".join(describe(jobs, settings, exp, follow_command(args))), flush=True)
     return jobs, study
 
 
@@ -331,7 +337,7 @@ def launch_command(exp: Experiment, args: Any) -> int:
     from picollm.sweeps.studies import finished
 
     settings = load_launcher(args.config, args.overrides)
-    jobs, study = launch(exp, settings, args.storage, args.workers, follow_command(args), args.dry_run)
+    jobs, study = launch(exp, settings, args)
     if not args.wait:
         return 0
     try:
