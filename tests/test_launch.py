@@ -140,7 +140,7 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
     tmp_path: Path, postgres: str
 ) -> None:
     name, password = f"launch-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
-    path = write_experiment(tmp_path, study={"name": name, "n_trials": 6})
+    path = write_experiment(tmp_path, study={"name": name, "n_trials": 4})
     proc = start_launch(
         path, with_password(postgres, password), "--workers", "2", "--wait", "--set", "launcher.gpus_per_node=1"
     )
@@ -149,7 +149,7 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
     jobs = tmp_path / "studies" / name / "jobs"
     assert "submitted 2 job(s)" in stdout and f"logs: {jobs}/" in stdout and "stop: kill " in stdout
     study = load(postgres, name)
-    assert len(finished(study)) == 6 and len({t.number for t in finished(study)}) == 6
+    assert len(finished(study)) == 4 and len({t.number for t in finished(study)}) == 4
     sampled = [tuple(sorted(t.params.items())) for t in finished(study) if not t.user_attrs.get("baseline")]
     assert len(set(sampled)) == len(sampled)  # each job samples with its own seed
     assert all((tmp_path / "studies" / name / file).is_file() for file in ("trials.csv", "best.yaml"))
