@@ -21,7 +21,8 @@ import yaml
 from optuna.trial import TrialState
 
 from picollm.errors import ConfigError
-from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher, task_device
+from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher
+from picollm.sweeps.objective import worker_device
 from picollm.sweeps.scale import measure
 from picollm.sweeps.settings import load_experiment
 from tests.conftest import ROOT
@@ -115,14 +116,19 @@ def test_each_task_trains_on_its_own_gpu_or_says_it_uses_the_cpu(
 ) -> None:
     import torch
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert [task_device(rank, gpus_per_node=2) for rank in (0, 1)] == ["cuda:0", "cuda:1"]
-    assert task_device(1, gpus_per_node=0) is None  # no GPU asked for: train.device stays as configured
     exp = load_experiment(str(write_experiment(tmp_path)), [])
-    assert SweepJob(exp, 1, gpus_per_node=2).experiment_for(1).base["train"]["device"] == "cuda:1"
-    assert exp.base["train"]["device"] == "auto"  # the job's copy changed, not the experiment
+    job = SweepJob(exp, 1, gpus_per_node=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    specs = [job.worker_spec("postgresql://db/x", local_rank) for local_rank in (0, 1)]
+    assert [worker_device(s.rank, s.exp.base["train"]["device"]) for s in specs] == ["cuda:0", "cuda:1"]
+    assert specs[0].exp.study.seed != exp.study.seed  # each task samples with its own seed
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert task_device(1, gpus_per_node=2) == "cpu"
+    spec = job.worker_spec("postgresql://db/x", local_rank=1)
+    assert worker_device(spec.rank, spec.exp.base["train"]["device"]) == "cpu"
+    assert exp.base["train"]["device"] == "auto"  # the task's copy changed, not the experiment
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["launcher: no CUDA device on this node, task 1 trains on the CPU"]
 

@@ -38,6 +38,7 @@ from picollm.config import _build_section, apply_overrides, load_raw
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError
 from picollm.storage import mask_url
 from picollm.sweeps.settings import Experiment
+from picollm.sweeps.workers import WorkerSpec
 
 STORAGE_ENV = "PICOLLM_STORAGE"
 POLL_S = 2.0
@@ -107,17 +108,16 @@ def check_shared_storage(url: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def task_device(local_rank: int, gpus_per_node: int) -> str | None:
-    """``cuda:<local rank>`` when GPUs were asked for and exist; ``cpu`` (said once) when none exist."""
+def no_gpu_here(local_rank: int, gpus_per_node: int) -> bool:
+    """GPUs were asked for but this node has none: say so in one line; the task trains on the CPU."""
     if gpus_per_node == 0:
-        return None  # no GPU asked for: the experiment's own train.device stands
+        return False
     import torch
 
-    count = torch.cuda.device_count()
-    if count == 0:
-        print(f"launcher: no CUDA device on this node, task {local_rank} trains on the CPU", file=sys.stderr)
-        return "cpu"
-    return f"cuda:{local_rank % count}"
+    if torch.cuda.is_available():
+        return False
+    print(f"launcher: no CUDA device on this node, task {local_rank} trains on the CPU", file=sys.stderr)
+    return True
 
 
 def worker_seed(seed: int) -> int:
@@ -151,22 +151,21 @@ class SweepJob(submitit.helpers.Checkpointable):
         self.dry_run, self.timeout_s = dry_run, timeout_s
 
     def __call__(self) -> None:
-        from picollm.sweeps.workers import WorkerSpec, run_worker
+        from picollm.sweeps.workers import run_worker
 
         storage = os.environ.get(STORAGE_ENV)
         if not storage:
             raise PicoError(f"{STORAGE_ENV} is not set in the job's environment (sbatch --export must pass it)")
         signal.signal(signal.SIGTERM, _leave_trial_to_heartbeat)
-        exp = self.experiment_for(submitit.JobEnvironment().local_rank)
-        run_worker(WorkerSpec(exp, storage, self.timeout_s, self.threads, dry_run=self.dry_run))
+        run_worker(self.worker_spec(storage, submitit.JobEnvironment().local_rank))
 
-    def experiment_for(self, local_rank: int) -> Experiment:
-        """This task's copy: its own sampler seed, and its device (which every trial's run record shows)."""
+    def worker_spec(self, storage: str, local_rank: int) -> WorkerSpec:
+        """This task's worker: its own sampler seed, and its local rank, which picks ``cuda:<rank>``
+        (the worker records the device in every trial and run record)."""
         exp = replace(self.exp, study=replace(self.exp.study, seed=worker_seed(self.exp.study.seed)))
-        device = task_device(local_rank, self.gpus_per_node)
-        if device is None:
-            return exp
-        return replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": device}})
+        if no_gpu_here(local_rank, self.gpus_per_node):
+            exp = replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": "cpu"}})
+        return WorkerSpec(exp, storage, self.timeout_s, self.threads, rank=local_rank, dry_run=self.dry_run)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Slurm's time limit or preemption is near: requeue this job; the study keeps all its state."""
@@ -302,14 +301,12 @@ def job_errors(jobs: list[Any]) -> list[str]:
 
 def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list[Any], Any]:
     """Check the storage and the launcher, create the study (trial 0 = the base config), submit, say how to follow."""
-    from picollm.sweeps.studies import enqueue_baseline, finished, open_study
-    from picollm.sweeps.workers import resolve_offline
+    from picollm.sweeps.studies import finished
+    from picollm.sweeps.workers import prepare
 
     check_shared_storage(args.storage)
     executor = make_executor(settings, jobs_folder(exp), exp.study.name, args.workers)  # before any study exists
-    exp = resolve_offline(exp)
-    study = open_study(exp, args.storage, create=True)
-    enqueue_baseline(study, exp)
+    exp, study = prepare(exp, args.storage)  # as `sweep.py run`: study, data identity, fingerprint, trial 0
     print(
         f"study {exp.study.name!r} in {mask_url(args.storage)}: {finished(study)}/{exp.study.n_trials} trials finished",
         flush=True,
