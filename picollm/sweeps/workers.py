@@ -51,6 +51,7 @@ class WorkerSpec:
     threads: int | None = None
     verbose: bool = True
     rank: int = 0  # this worker's index on this machine: picks its GPU
+    dry_run: bool = False  # trials skip training but make every storage call (picollm/sweeps/dryrun.py)
 
 
 @contextlib.contextmanager
@@ -132,7 +133,7 @@ def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = N
     s = spec.exp.study
     tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False)
-    objective = Objective(spec.exp, spec.threads, spec.rank)
+    objective = Objective(spec.exp, spec.threads, spec.rank, dry_run=spec.dry_run)
     show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
     rules = StopRules(s.n_trials, show)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
@@ -228,16 +229,23 @@ def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
     return exp, study
 
 
-def _work(exp: Experiment, storage_url: str, workers: int, timeout_s: float | None, progress: Progress) -> None:
+def _work(
+    exp: Experiment, storage_url: str, workers: int, timeout_s: float | None, progress: Progress, dry_run: bool
+) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
-    specs = [WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, rank=rank) for rank in range(workers)]
+    specs = [
+        WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, rank=rank, dry_run=dry_run)
+        for rank in range(workers)
+    ]
     if workers == 1:
         run_worker(specs[0], on_trial=progress.show)
     else:
         _run_processes(specs, progress.study, progress)
 
 
-def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
+def run_sweep(
+    exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None, dry_run: bool = False
+) -> SweepOutcome:
     """Run (or resume) the study to ``n_trials`` finished trials, then export it."""
     exp, study = prepare(exp, storage_url)
     s = exp.study
@@ -251,7 +259,7 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
     interrupted = False
     with interrupts_as_keyboard():
         try:
-            _work(exp, storage_url, workers, timeout_s, progress)
+            _work(exp, storage_url, workers, timeout_s, progress, dry_run)
         except KeyboardInterrupt:
             interrupted = True
         finally:
