@@ -3,6 +3,7 @@
 python sweep.py --config experiments/quick.yaml                 # run (or resume) the study
 python sweep.py status --config experiments/quick.yaml          # a table of its trials
 python sweep.py export --config experiments/quick.yaml          # re-export results/studies/<study>/
+python sweep.py launch --config experiments/quick.yaml --workers 8   # a Slurm job array (launcher: block)
 python sweep.py confirm --config experiments/quick.yaml         # re-train the top configs with fresh seeds
 """
 
@@ -17,7 +18,7 @@ from picollm.config import add_override_argument
 from picollm.errors import EXIT_INTERRUPTED, run_cli
 from picollm.storage import add_storage_argument, mask_url
 
-COMMANDS = ("run", "status", "export", "confirm")
+COMMANDS = ("run", "status", "export", "launch", "confirm")
 
 EPILOG = """\
 An experiment file is a trainer config plus two blocks:
@@ -39,6 +40,12 @@ differ from the study's (or that --set's a searched key) is refused with one lin
 For several machines, give every machine the same --storage postgresql://user@host/db and the
 same command; --workers N runs N processes on this machine (worker i on cuda:i % GPUs).
 Set the storage in PICOLLM_STORAGE to keep a password out of your shell history.
+
+launch sends --workers N copies of the same worker to Slurm as one job array (submitit), set by
+the file's launcher: block (name: slurm|local, partition, timeout_min, cpus_per_task, gpus_per_node,
+tasks_per_node, mem_gb, array_parallelism, sbatch: {account: ..., qos: ...}, setup: [shell lines]),
+e.g. --set launcher.partition=gpu. It needs a PostgreSQL storage, which jobs read from
+PICOLLM_STORAGE; preempted or timed-out jobs are requeued and their trials retried.
 """
 
 
@@ -55,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     add_storage_argument(parser)
     parser.add_argument("--study-name", help="override study.name")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (launch: jobs)")
+    parser.add_argument("--wait", action="store_true", help="launch: follow the jobs to the end, then export")
+    parser.add_argument("--dry-run", action="store_true", help="trials skip training (measures the storage)")
     parser.add_argument("--top", type=int, help="confirm: complete configs to re-train (default: confirm.top, 3)")
     parser.add_argument("--seeds", type=int, help="confirm: fresh seeds per config (default: confirm.seeds, 3)")
     add_override_argument(parser, "override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")
@@ -71,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
     exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
+    if args.command == "launch":
+        from picollm.sweeps.launch import launch_command
+
+        return launch_command(exp, args)
     if args.command == "run":
-        outcome = run_sweep(exp, args.storage, args.workers, args.timeout)
+        outcome = run_sweep(exp, args.storage, args.workers, args.timeout, args.dry_run)
         study = open_study(exp, args.storage, create=False)
         for line in [*report_lines(study), *outcome.notes]:
             print(line)

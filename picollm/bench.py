@@ -421,7 +421,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller corpora (CI)")
     parser.add_argument("--out", default="results/bench.json")
+    parser.add_argument(
+        "--workers-scale",
+        action="store_true",
+        help="instead: storage time per trial with 1-8 workers on $PICOLLM_STORAGE (PostgreSQL), "
+        "harness against plain Optuna (picollm/sweeps/scale.py)",
+    )
     args = parser.parse_args(argv)
+    if args.workers_scale:
+        from picollm.sweeps.scale import workers_scale
+
+        return workers_scale(args.quick, str(Path(args.out).with_name("bench_workers.json")))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is available")
     results = run_benchmarks(torch.device(args.device), args.quick)

@@ -27,7 +27,7 @@ TOKENIZERS = ("gpt2", "bytes")
 SCHEDULES = ("constant", "cosine")
 POSITIONS = ("learned", "rotary")
 # Sections of an experiment file that belong to the sweep, not to the trainer.
-SWEEP_SECTIONS = ("search", "study", "confirm")
+SWEEP_SECTIONS = ("search", "study", "launcher", "confirm")
 
 
 @dataclass

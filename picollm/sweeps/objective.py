@@ -92,6 +92,7 @@ class Objective:
     exp: Experiment
     threads: int | None = None
     rank: int = 0
+    dry_run: bool = False  # trials skip training but make every storage call (picollm/sweeps/dryrun.py)
     current: Any = None
     taken_over: set[int] = field(default_factory=set)
     reported_at: dict[int, int] = field(default_factory=dict)  # trial number -> tokens at its last report
@@ -111,9 +112,11 @@ class Objective:
             raise
 
     def run(self, trial: optuna.Trial) -> float:
+        from picollm.sweeps.dryrun import dry_train
         from picollm.tracking import new_run_id
-        from picollm.train import train
+        from picollm.train import train as real_train
 
+        train = dry_train if self.dry_run else real_train
         exp = self.exp
         values = sample(trial, exp.space, exp.base)
         device = worker_device(self.rank, exp.base["train"]["device"])

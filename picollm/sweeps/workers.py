@@ -29,6 +29,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from picollm import tracking
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.storage import mask_url
@@ -50,6 +51,7 @@ class WorkerSpec:
     threads: int | None = None
     verbose: bool = True
     rank: int = 0  # this worker's index on this machine: picks its GPU
+    dry_run: bool = False  # trials skip training but make every storage call (picollm/sweeps/dryrun.py)
 
 
 @contextlib.contextmanager
@@ -123,10 +125,15 @@ def _optimize_once(study: Any, objective: Objective, rules: StopRules, spec: Wor
 
 
 def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = None) -> None:
-    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
+    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C.
+
+    A trial takes tens of seconds: the tracker prints a line about it every few seconds, so a terminal is never
+    silent for a whole trial.
+    """
     s = spec.exp.study
+    tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False)
-    objective = Objective(spec.exp, spec.threads, spec.rank)
+    objective = Objective(spec.exp, spec.threads, spec.rank, dry_run=spec.dry_run)
     show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
     rules = StopRules(s.n_trials, show)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
@@ -140,6 +147,12 @@ def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = N
         raise
     if rules.abort is not None:
         raise AbortSweep(rules.abort)
+
+
+def _progress_line(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def worker_process(spec: WorkerSpec) -> None:
@@ -216,16 +229,23 @@ def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
     return exp, study
 
 
-def _work(exp: Experiment, storage_url: str, workers: int, timeout_s: float | None, progress: Progress) -> None:
+def _work(
+    exp: Experiment, storage_url: str, workers: int, timeout_s: float | None, progress: Progress, dry_run: bool
+) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
-    specs = [WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, rank=rank) for rank in range(workers)]
+    specs = [
+        WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, rank=rank, dry_run=dry_run)
+        for rank in range(workers)
+    ]
     if workers == 1:
         run_worker(specs[0], on_trial=progress.show)
     else:
         _run_processes(specs, progress.study, progress)
 
 
-def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
+def run_sweep(
+    exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None, dry_run: bool = False
+) -> SweepOutcome:
     """Run (or resume) the study to ``n_trials`` finished trials, then export it."""
     exp, study = prepare(exp, storage_url)
     s = exp.study
@@ -239,7 +259,7 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
     interrupted = False
     with interrupts_as_keyboard():
         try:
-            _work(exp, storage_url, workers, timeout_s, progress)
+            _work(exp, storage_url, workers, timeout_s, progress, dry_run)
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -1,0 +1,193 @@
+"""How the sweep's storage traffic scales with workers: ``python -m picollm.bench --workers-scale``.
+
+For W = 1, 2, 4, 8 worker processes on one PostgreSQL study it runs near-empty trials
+(``--dry-run``: no training, but every storage call a real trial makes) through the harness's own
+worker loop, then plain Optuna's ``study.optimize`` with a trivial objective over the same search
+space on the same database. Each process is started and imports everything before a shared
+barrier, so start-up is not counted. It prints the storage time per trial (worker-seconds per
+finished trial) and trials/s for both, and their ratio: what the harness adds per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picollm.errors import ConfigError
+from picollm.storage import mask_url
+
+WORKERS = (1, 2, 4, 8)
+QUICK_WORKERS = (1, 2)
+TRIALS_PER_WORKER = 24
+QUICK_TRIALS_PER_WORKER = 6
+SEARCH = {  # the shape of experiments/quick.yaml's space
+    "optim.name": {"type": "categorical", "choices": ["sgd", "adam", "adamw", "rmsprop"]},
+    "optim.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True},
+    "model.block_size": {"type": "categorical", "choices": [16, 32, 64]},
+    "model.k": {"type": "int", "low": 1, "high": 5},
+}
+REPORTS = 6  # validation losses per trial, as in quick.yaml
+
+
+def _experiment_file(folder: Path, name: str, n_trials: int) -> Path:
+    """A tiny experiment that is never trained: only its search space and study settings matter."""
+    exp = {
+        "data": {"tinystories": None, "synthetic": 100, "tokenizer": "bytes", "cache_dir": str(folder / "cache")},
+        "model": {"type": "kgram", "block_size": 32, "k": 3},
+        "tracking": {"wandb": "disabled", "out_dir": str(folder / "runs"), "save_weights": False},
+        "search": SEARCH,
+        "study": {
+            "name": name,
+            "n_trials": n_trials,
+            "budget_tokens": 60_000,
+            "reports": REPORTS,
+            "sampler": "random",
+            "pruner": "median",
+            "out_dir": str(folder / "studies"),
+        },
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def _harness_worker(path: str, storage: str, barrier: Any, results: Any) -> None:
+    """One harness worker (the loop ``sweep.py run`` runs), timed from the barrier to its exit."""
+    from picollm.sweeps.settings import load_experiment
+    from picollm.sweeps.workers import WorkerSpec, run_worker
+
+    spec = WorkerSpec(load_experiment(path, []), storage, threads=1, verbose=False, dry_run=True)
+    import picollm.train  # noqa: F401  (the objective imports it; not part of the storage's cost)
+
+    barrier.wait()
+    start = time.perf_counter()
+    run_worker(spec)
+    results.put(time.perf_counter() - start)
+
+
+def _optuna_worker(name: str, storage: str, n_trials: int, reports: int, barrier: Any, results: Any) -> None:
+    """Plain Optuna: ``study.optimize`` over the same space with a trivial objective, which may also
+    report ``reports`` values to a median pruner (the pruning any pruned sweep pays for)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("optim.name", SEARCH["optim.name"]["choices"])
+        lr = trial.suggest_float("optim.lr", 1.0e-4, 3.0e-2, log=True)
+        trial.suggest_categorical("model.block_size", SEARCH["model.block_size"]["choices"])
+        value = lr + trial.suggest_int("model.k", 1, 5)
+        for step in range(1, reports + 1):
+            trial.report(value + 1.0 / step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    barrier.wait()
+    start = time.perf_counter()
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.MedianPruner()
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    study.optimize(objective, n_trials=n_trials)
+    results.put(time.perf_counter() - start)
+
+
+def _run(target: Any, args_of: Any, workers: int) -> list[float]:
+    """Start ``workers`` processes, release them together, return each one's elapsed seconds."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args_of, barrier, results)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    elapsed = [results.get(timeout=900) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return elapsed
+
+
+def _finished(name: str, storage: str) -> int:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+
+
+def _figures(elapsed: list[float], trials: int) -> dict[str, float]:
+    return {"ms_per_trial": 1000 * sum(elapsed) / trials, "trials_per_s": trials / max(elapsed), "trials": trials}
+
+
+def measure(storage: str, workers: int, trials_per_worker: int, folder: Path) -> dict[str, Any]:
+    """One row: the harness, plain Optuna, and plain Optuna with pruning reports, on fresh studies."""
+    import optuna
+
+    from picollm.sweeps.settings import load_experiment
+    from picollm.sweeps.studies import enqueue_baseline, open_study
+
+    n_trials, tag = workers * trials_per_worker, uuid.uuid4().hex[:8]
+    names = {kind: f"scale-{kind}-{workers}-{tag}" for kind in ("harness", "optuna", "optuna_reports")}
+    path = _experiment_file(folder, names["harness"], n_trials)
+    exp = load_experiment(str(path), [])
+    enqueue_baseline(open_study(exp, storage, create=True), exp)
+    runs = {
+        "harness": (_harness_worker, (str(path), storage)),
+        "optuna": (_optuna_worker, (names["optuna"], storage, trials_per_worker, 0)),
+        "optuna_reports": (_optuna_worker, (names["optuna_reports"], storage, trials_per_worker, REPORTS)),
+    }
+    row: dict[str, Any] = {"workers": workers, "tag": tag}
+    try:
+        for kind, (target, args) in runs.items():
+            if kind != "harness":
+                optuna.create_study(study_name=names[kind], storage=storage)
+            row[kind] = _figures(_run(target, args, workers), _finished(names[kind], storage))
+    finally:
+        for name in optuna.get_all_study_names(storage):
+            if name in names.values():
+                optuna.delete_study(study_name=name, storage=storage)
+    row["ratio"] = row["harness"]["ms_per_trial"] / row["optuna"]["ms_per_trial"]
+    row["ratio_reports"] = row["harness"]["ms_per_trial"] / row["optuna_reports"]["ms_per_trial"]
+    return row
+
+
+KINDS = {"harness": "harness", "optuna": "plain optuna", "optuna_reports": f"optuna+{REPORTS} reports"}
+
+
+def header(storage: str) -> str:
+    titles = " | ".join(f"{title:^17}" for title in KINDS.values())
+    columns = " | ".join([f"{'ms/trial':>8} {'trials/s':>8}"] * len(KINDS))
+    return (
+        f"workers scale on {mask_url(storage)}: near-empty trials (--dry-run), {REPORTS} reports each; "
+        f"{os.cpu_count()} CPU(s) here\n{'':14} | {titles} | harness over\n"
+        f"{'workers':>7} {'trials':>6} | {columns} |  plain  +reps"
+    )
+
+
+def row_line(r: dict[str, Any]) -> str:
+    cells = " | ".join(f"{r[k]['ms_per_trial']:8.1f} {r[k]['trials_per_s']:8.1f}" for k in KINDS)
+    return f"{r['workers']:7d} {r['harness']['trials']:6d} | {cells} | {r['ratio']:5.2f}x {r['ratio_reports']:5.2f}x"
+
+
+def workers_scale(quick: bool, out: str) -> int:
+    """The ``--workers-scale`` benchmark: rows for W = 1, 2, 4, 8 (1, 2 with --quick), printed and saved."""
+    storage = os.environ.get("PICOLLM_STORAGE", "")
+    if not storage.startswith(("postgresql", "postgres")):
+        raise ConfigError("--workers-scale needs a PostgreSQL study database: set PICOLLM_STORAGE=postgresql://...")
+    per_worker = QUICK_TRIALS_PER_WORKER if quick else TRIALS_PER_WORKER
+    print(header(storage), flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in QUICK_WORKERS if quick else WORKERS:  # a row as soon as it is measured: W=8 takes a while
+            rows.append(measure(storage, workers, per_worker, Path(tmp)))
+            print(row_line(rows[-1]), flush=True)
+    print("ms/trial: worker-seconds per finished trial (all workers' time / trials); last columns: harness ms/trial")
+    print(f"over plain Optuna's, and over plain Optuna's with the same {REPORTS} reports to a median pruner")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"storage": mask_url(storage), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
