@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from picollm.checkpoint import save_checkpoint
 from picollm.config import Config, add_override_argument, load_config
+from picollm.console import show_progress
 from picollm.data import (
     CompactTokenizer,
     TokenData,
@@ -168,7 +169,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        interactive = self.cfg.train.progress and sys.stderr.isatty()  # no bar spam in CI logs
+        interactive = self.cfg.train.progress and show_progress()  # no bar spam in CI logs
         self.bar = tqdm(
             total=self.budget.total_steps, unit="step", disable=not interactive, dynamic_ncols=True, leave=False
         )
