@@ -20,6 +20,7 @@ import base64
 import contextlib
 import html
 import io
+import json
 import os
 import signal
 import sys
@@ -54,7 +55,7 @@ def _table_html(values: dict[str, Any]) -> str:
 
 
 def _lines_html(lines: Sequence[str]) -> str:
-    return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
+    return "<pre style='white-space:pre-wrap'>" + html.escape("\n".join(lines)) + "</pre>"
 
 
 def _fmt(value: Any) -> str:
@@ -93,7 +94,12 @@ class TrainResult:
     """One finished (or pruned) run: its record folder, summary, loss history and curves."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # summary.json: status, losses, baseline, tokens, run and W&B ids
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path) -> TrainResult:
+        run_dir = Path(run_dir)
+        return cls(run_dir, json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
 
     @property
     def history(self) -> pd.DataFrame:
@@ -147,7 +153,7 @@ def train(cfg: Config | str | Path, overrides: Sequence[str] | str = ()) -> Trai
     from picollm.train import train as run
 
     summary = run(_as_config(cfg, overrides))
-    return TrainResult(Path(summary["run_dir"]), summary)
+    return TrainResult.from_run_dir(summary["run_dir"])
 
 
 def _weights(which: str) -> str:
