@@ -27,9 +27,9 @@ HEAVY = ("optuna", "wandb", "torch._dynamo")
 
 
 def run_python(code: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` as ``python -`` from stdin: like a notebook, ``__main__`` has no file."""
+    """Run ``code`` in a fresh interpreter (``python -c``), as a new kernel would import it."""
     return subprocess.run(
-        [sys.executable, "-"], input=textwrap.dedent(code), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -258,19 +258,24 @@ def test_interrupted_sweep_raises_and_resumes(tmp_path: Path, monkeypatch: pytes
     assert (tmp_path / "studies" / "t" / "trials.csv").is_file()
 
 
-def test_two_worker_sweep_from_a_main_without_a_file(tmp_path: Path) -> None:
-    """As in a notebook: ``__main__`` is no importable file, and spawned workers need nothing from it."""
+def test_two_worker_sweep_from_a_notebook_kernel(tmp_path: Path) -> None:
+    """In a real kernel ``__main__`` is the notebook's namespace, not a file: spawned workers need nothing from it."""
+    import nbformat
+    from nbclient import NotebookClient
+
     path = write_experiment(tmp_path, study={"n_trials": 4})
-    done = run_python(
-        f"""
-        import picollm
+    cell = f"""
+import os
+import picollm
 
-        def defined_in_main():  # a notebook defines things; workers must not need them
-            return 1
+def defined_in_the_notebook():  # workers must not need to import this
+    return 1
 
-        result = picollm.sweep({str(path)!r}, storage="sqlite:///{tmp_path}/s.db", workers=2)
-        print("states", sorted(result.trials["state"]))
-        """
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "states ['COMPLETE', 'COMPLETE', 'COMPLETE', 'COMPLETE']" in done.stdout
+result = picollm.sweep({str(path)!r}, storage="sqlite:///{tmp_path}/s.db", workers=2)
+pids = {{t.user_attrs["worker"].rpartition(":")[2] for t in result.study.trials}}
+print("states", sorted(result.trials["state"]), "in the kernel", str(os.getpid()) in pids)
+"""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    printed = "".join(out.get("text", "") for out in nb.cells[0].outputs if out.output_type == "stream")
+    assert "states ['COMPLETE', 'COMPLETE', 'COMPLETE', 'COMPLETE'] in the kernel False" in printed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from picollm.console import show_progress
 from picollm.sweeps.studies import counts, finished
 
 
@@ -44,7 +45,7 @@ class Progress:
             initial=min(finished(study), n_trials),
             unit="trial",
             dynamic_ncols=True,
-            disable=not sys.stderr.isatty(),
+            disable=not show_progress(),
         )
 
     def show(self, study: Any, trial: Any) -> None:
