@@ -279,3 +279,39 @@ print("states", sorted(result.trials["state"]), "in the kernel", str(os.getpid()
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
     printed = "".join(out.get("text", "") for out in nb.cells[0].outputs if out.output_type == "stream")
     assert "states ['COMPLETE', 'COMPLETE', 'COMPLETE', 'COMPLETE'] in the kernel False" in printed
+
+
+def test_kernel_interrupt_stops_a_sweep_cleanly_and_the_next_call_resumes(tmp_path: Path) -> None:
+    """A real kernel interrupt (SIGINT) mid-sweep: no trial left RUNNING, exports written, then resume."""
+    import optuna
+    from jupyter_client.manager import start_new_kernel
+
+    path = write_experiment(tmp_path, study={"n_trials": 50})
+    storage = f"sqlite:///{tmp_path}/s.db"
+    call = f"import picollm\nresult = picollm.sweep({str(path)!r}, storage={storage!r}, n_trials={{n}})"
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
+
+    def reply_to(msg_id: str) -> dict:
+        while (msg := kc.get_shell_msg(timeout=300))["parent_header"].get("msg_id") != msg_id:
+            pass
+        return msg["content"]
+
+    try:
+        running = kc.execute(call.format(n=50))
+        while "trial   1" not in kc.get_iopub_msg(timeout=300)["content"].get("text", ""):
+            pass  # interrupt once two trials finished, while later ones are training
+        km.interrupt_kernel()
+        reply = reply_to(running)
+        assert (reply["status"], reply.get("ename")) == ("error", "KeyboardInterrupt")
+        study = optuna.load_study(study_name="t", storage=storage)
+        states = [t.state.name for t in study.trials]
+        assert "RUNNING" not in states and states.count("COMPLETE") >= 2
+        assert (tmp_path / "studies" / "t" / "trials.csv").is_file()
+        done = states.count("COMPLETE")
+        reply = reply_to(kc.execute(call.format(n=done + 1)))
+        assert reply["status"] == "ok", reply
+        states = [t.state.name for t in optuna.load_study(study_name="t", storage=storage).trials]
+        assert states.count("COMPLETE") == done + 1 and "RUNNING" not in states
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
