@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -270,33 +270,27 @@ def sweep(
     """
     from picollm.errors import ConfigError
     from picollm.storage import DEFAULT_STORAGE
-    from picollm.sweeps import Experiment, load_experiment, run_sweep
+    from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep
 
     if workers < 1 or (n_trials is not None and n_trials < 1):
         raise ConfigError("workers and n_trials must be >= 1")
     storage = storage or os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE)
-    if isinstance(experiment, Experiment):
-        if n_trials is not None:
-            experiment.study.n_trials = n_trials
-    else:
+    if not isinstance(experiment, Experiment):
         experiment = load_experiment(str(experiment), _overrides(overrides), study_name, n_trials)
+    elif overrides or study_name:
+        raise ConfigError("overrides and study_name apply to an experiment file, not to a loaded Experiment")
+    elif n_trials is not None:
+        experiment = replace(experiment, study=replace(experiment.study, n_trials=n_trials))
     with _own_sigterm():
         outcome = run_sweep(experiment, storage, workers, timeout_s)
-    result = SweepResult(_reopen(experiment, storage), outcome.folder, outcome.notes)
     if outcome.interrupted:
         print(
             f"interrupted: finished trials are exported to {outcome.folder}/; call sweep() again to resume",
             file=sys.stderr,
         )
         raise KeyboardInterrupt
-    return result
-
-
-def _reopen(experiment: Experiment, storage: str) -> Any:
-    """The study as the workers left it (they may have been other processes)."""
-    from picollm.sweeps import open_study
-
-    return open_study(experiment, storage, create=False)
+    # Reopened, not kept from before: worker processes wrote the trials.
+    return SweepResult(open_study(experiment, storage, create=False), outcome.folder, outcome.notes)
 
 
 # ---------------------------------------------------------------------------------------------
