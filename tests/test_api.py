@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 import picollm
 from picollm import api
 from picollm.errors import ConfigError, DataError, PicoError
+from picollm.sweeps import load_experiment
 from tests.conftest import ROOT
 from tests.sweeps import write_experiment
 
@@ -165,6 +166,7 @@ def test_bad_input_raises_the_clis_one_line_not_system_exit(tmp_path: Path) -> N
         lambda: picollm.generate(tmp_path, weights="latest"),
         lambda: picollm.sweep(ROOT / "experiments" / "quick.yaml", workers=0),
         lambda: picollm.sweep(ROOT / "experiments" / "smoke.yaml"),  # no search: block
+        lambda: picollm.sweep(load_experiment(str(ROOT / "experiments" / "quick.yaml"), []), overrides="optim.lr=1"),
     ]
     for call in calls:
         with pytest.raises(PicoError) as err:
