@@ -24,7 +24,7 @@ from picollm.sweeps import load_experiment
 from tests.conftest import ROOT
 from tests.sweeps import write_experiment
 
-HEAVY = ("optuna", "wandb", "torch._dynamo")
+HEAVY = ("torch", "optuna", "wandb", "torch._dynamo")
 
 
 def run_python(code: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -64,7 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> api.TrainResult:
 # --- the package --------------------------------------------------------------------------------
 
 
-def test_import_picollm_loads_no_optuna_wandb_or_dynamo() -> None:
+def test_import_picollm_loads_no_torch_optuna_wandb_or_dynamo() -> None:
     done = run_python(
         f"""
         import json, sys
