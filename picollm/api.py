@@ -98,6 +98,7 @@ class TrainResult:
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> TrainResult:
+        """An existing run record, e.g. one a sweep trial or the command line wrote."""
         run_dir = Path(run_dir)
         return cls(run_dir, json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
 
@@ -122,14 +123,14 @@ class TrainResult:
         return {"run_dir": str(self.run_dir), **{k: self.summary.get(k) for k in keys}}
 
     def __repr__(self) -> str:
-        return "TrainResult(" + ", ".join(f"{k}={_fmt(v)!s}" for k, v in self._headline().items()) + ")"
+        return "TrainResult(" + ", ".join(f"{k}={_fmt(v)}" for k, v in self._headline().items()) + ")"
 
     def _repr_html_(self) -> str:
         notes = self.summary.get("notes") or []
         return _table_html(self._headline()) + (_lines_html(notes) if notes else "") + _figure_html(self.plot())
 
 
-def _as_config(cfg: Config | str | Path, overrides: Sequence[str] | str) -> Config:
+def _as_config(cfg: Config | str | Path | None, overrides: Sequence[str] | str) -> Config:
     from picollm.config import Config, apply_overrides, config_from_dict
 
     if isinstance(cfg, Config):
@@ -137,14 +138,14 @@ def _as_config(cfg: Config | str | Path, overrides: Sequence[str] | str) -> Conf
     return load_config(cfg, overrides)
 
 
-def train(cfg: Config | str | Path, overrides: Sequence[str] | str = ()) -> TrainResult:
+def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) -> TrainResult:
     """Train one model end to end, exactly as ``python -m picollm.train`` does, and return its result.
 
     Why: one run's record (``results/runs/<run_id>/``), W&B run and summary, with the loss history as
     a DataFrame and the curves as a Figure to look at inline. ``cfg`` is a :class:`~picollm.config.Config`
-    or a YAML path; ``overrides`` are ``key=value`` strings applied on top. ``train.device: auto`` uses
-    the GPU when there is one (Colab), with bf16 autocast. Interrupting the kernel closes the record
-    as ``interrupted`` and raises ``KeyboardInterrupt``.
+    or a YAML path (None: the defaults); ``overrides`` are ``key=value`` strings applied on top.
+    ``train.device: auto`` uses the GPU when there is one (Colab), with bf16 autocast. Interrupting
+    the kernel closes the record as ``interrupted`` and raises ``KeyboardInterrupt``.
 
         run = picollm.train("experiments/smoke.yaml", ["train.epochs=2"])
         run.history.tail()   # DataFrame of metrics.jsonl
