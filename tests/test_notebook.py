@@ -24,6 +24,8 @@ def test_notebook_is_committed_without_outputs() -> None:
 def test_quickstart_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PICOLLM_NOTEBOOK_RESULTS", str(tmp_path))  # the kernel inherits the environment
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    # Afterwards the kernel must still draw inline: picollm's figures never switch the matplotlib backend.
+    nb.cells.append(nbformat.v4.new_code_cell("import matplotlib\nprint('backend', matplotlib.get_backend())"))
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": ROOT}})
     started = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
@@ -37,3 +39,4 @@ def test_quickstart_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.Monke
     assert "offline" in text  # the fallback to the built-in corpus says so
     assert (tmp_path / "studies" / "quick" / "best.yaml").is_file()
     assert "optim:" in text  # the exported best config was printed
+    assert "backend module://matplotlib_inline.backend_inline" in text
