@@ -285,6 +285,7 @@ def sweep(
     with _own_sigterm():
         outcome = run_sweep(experiment, storage, workers, timeout_s)
     if outcome.interrupted:
+        _fail_left_running(open_study(experiment, storage, create=False))
         print(
             f"interrupted: finished trials are exported to {outcome.folder}/; call sweep() again to resume",
             file=sys.stderr,
@@ -292,6 +293,22 @@ def sweep(
         raise KeyboardInterrupt
     # Reopened, not kept from before: worker processes wrote the trials.
     return SweepResult(open_study(experiment, storage, create=False), outcome.folder, outcome.notes)
+
+
+def _fail_left_running(study: Any) -> None:
+    """Fail the trials an interrupted sweep left RUNNING in this process, so that they hold no slot.
+
+    A command line exits on Ctrl-C and the next run fails the trials of its dead process; a kernel
+    lives on, so a trial Optuna started just before the interrupt, before the objective could mark
+    it, would stay RUNNING for good. Trials of other processes (they name their worker) are left alone.
+    """
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get("worker", ""))
+        if not worker or worker.endswith(f":{os.getpid()}"):
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
+            study.tell(trial.number, state=TrialState.FAIL)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -260,6 +260,31 @@ def test_interrupted_sweep_raises_and_resumes(tmp_path: Path, monkeypatch: pytes
     assert (tmp_path / "studies" / "t" / "trials.csv").is_file()
 
 
+def test_interrupt_as_a_trial_starts_leaves_none_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between Optuna's ``ask`` and the objective: the kernel lives on, so no restart would fail that trial."""
+    import optuna
+
+    real_ask = optuna.Study.ask
+    asked = {"n": 0}
+
+    def ask_then_interrupt(self, *args, **kwargs):
+        trial = real_ask(self, *args, **kwargs)
+        asked["n"] += 1
+        if asked["n"] == 2:
+            raise KeyboardInterrupt
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_interrupt)
+    path = write_experiment(tmp_path, study={"n_trials": 2})
+    storage = f"sqlite:///{tmp_path}/s.db"
+    with pytest.raises(KeyboardInterrupt):
+        picollm.sweep(path, storage=storage)
+    states = [t.state.name for t in optuna.load_study(study_name="t", storage=storage).trials]
+    assert states == ["COMPLETE", "FAIL"]
+    monkeypatch.setattr(optuna.Study, "ask", real_ask)
+    assert list(picollm.sweep(path, storage=storage).trials["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
 def test_two_worker_sweep_from_a_notebook_kernel(tmp_path: Path) -> None:
     """In a real kernel ``__main__`` is the notebook's namespace, not a file: spawned workers need nothing from it."""
     import nbformat

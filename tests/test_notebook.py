@@ -37,6 +37,7 @@ def test_quickstart_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.Monke
     assert images >= 4  # the loss curves, inspect's bars, the noise figures, the study's plots
     text = "\n".join(out.get("text", "") for out in outputs if out.output_type == "stream")
     assert "offline" in text  # the fallback to the built-in corpus says so
+    assert "step/s" in text and "trial/s" in text  # progress bars in a kernel, whose stderr is no TTY
     assert (tmp_path / "studies" / "quick" / "best.yaml").is_file()
     assert "optim:" in text  # the exported best config was printed
     assert "backend module://matplotlib_inline.backend_inline" in text
