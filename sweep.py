@@ -24,9 +24,12 @@ An experiment file is a trainer config plus two blocks:
   study:   name, metric, sampler (tpe|random|grid|cmaes|qmc), pruner
            (median|hyperband|successive_halving|patient|none), budget_tokens, n_trials, seed
 
+Trials are ranked by study.metric (default final_val_loss) on one fixed validation set.
 --n-trials is the study's total of finished trials: run the same command again to resume an
-interrupted sweep. For several machines, give every machine the same --storage
-postgresql://user@host/db and the same command; --workers N runs N processes on this machine.
+interrupted sweep. A study answers one question: a run whose data, budget or unsearched settings
+differ from the study's (or that --set's a searched key) is refused with one line.
+For several machines, give every machine the same --storage postgresql://user@host/db and the
+same command; --workers N runs N processes on this machine (worker i on cuda:i % GPUs).
 Set the storage in PICOLLM_STORAGE to keep a password out of your shell history.
 """
 

@@ -1,5 +1,8 @@
 """Figures people would rather look at than read: loss noise, false increases, rankings, predictions.
 
+Every validation loss is drawn with its 95% sampling interval (1.96 standard errors over documents),
+so a reader sees at a glance which differences the validation set can resolve.
+
 Each ``draw_*`` function returns a matplotlib :class:`~matplotlib.figure.Figure` built without
 pyplot, so it never switches the backend of the process (a notebook keeps its inline plots) and
 shows in Jupyter when returned; each ``*_figure`` function draws and saves one as a PNG.
@@ -13,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from picollm.analysis.noise import fit_noise
+from picollm.analysis.noise import Z95, fit_noise
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -52,17 +55,7 @@ def draw_noise(run: Any, result: dict[str, Any]) -> Figure:
         capsize=2,
         label="epoch mean of step losses, 95% CI",
     )
-    if len(run.val_losses):
-        ax.plot(run.val_steps, run.val_losses, "s-", color="tab:green", ms=3, lw=1, label="val/loss (fixed subset)")
-    if run.epoch_rows:
-        ax.plot(
-            [r["step"] for r in run.epoch_rows],
-            [r["val/epoch_loss"] for r in run.epoch_rows],
-            "D",
-            color="tab:red",
-            ms=5,
-            label="val/epoch_loss (whole split)",
-        )
+    _validation_with_bands(ax, run)
     lo, hi = np.percentile(run.losses, [1, 99.5])
     ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.set_xlabel("step")
@@ -74,6 +67,29 @@ def draw_noise(run: Any, result: dict[str, Any]) -> Figure:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _validation_with_bands(ax: Any, run: Any) -> None:
+    """val/loss with its 95% sampling band, val/epoch_loss with 95% error bars (when the run logged them)."""
+    if len(run.val_losses):
+        ax.plot(run.val_steps, run.val_losses, "s-", color="tab:green", ms=3, lw=1, label="val/loss (fixed sample)")
+        se = getattr(run, "val_stderrs", np.zeros(0))
+        if len(se) == len(run.val_losses) and np.isfinite(se).any():
+            band = Z95 * np.nan_to_num(se)
+            low, high = run.val_losses - band, run.val_losses + band
+            ax.fill_between(run.val_steps, low, high, color="tab:green", alpha=0.2, label="val/loss 95% band")
+    if run.epoch_rows:
+        errs = [Z95 * (r.get("val/epoch_loss_stderr") or 0.0) for r in run.epoch_rows]
+        ax.errorbar(
+            [r["step"] for r in run.epoch_rows],
+            [r["val/epoch_loss"] for r in run.epoch_rows],
+            yerr=errs,
+            fmt="D",
+            color="tab:red",
+            ms=5,
+            capsize=3,
+            label="val/epoch_loss (whole capped set), 95% interval",
+        )
 
 
 def false_increase_figure(results: list[dict[str, Any]], path: Path) -> Path:
@@ -154,18 +170,7 @@ def draw_losses(run: Any) -> Figure:
     fig = _new(8, 4.5)
     ax = fig.subplots()
     ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.6, lw=0.8, label="train/loss")
-    if len(run.val_losses):
-        ax.plot(run.val_steps, run.val_losses, "s-", color="tab:green", ms=3, lw=1, label="val/loss (fixed subset)")
-    if run.epoch_rows:
-        rows = run.epoch_rows
-        ax.plot(
-            [r["step"] for r in rows],
-            [r["val/epoch_loss"] for r in rows],
-            "D",
-            color="tab:red",
-            ms=5,
-            label="val/epoch_loss (whole split)",
-        )
+    _validation_with_bands(ax, run)
     baseline = run.summary.get("unigram_val_loss")
     if baseline is not None:
         ax.axhline(baseline, color="grey", ls="--", lw=1, label=f"unigram baseline {baseline:.3f}")

@@ -22,6 +22,20 @@ def default_chunk_rows(vocab_size: int) -> int:
     return max(256, _CHUNK_ELEMENTS // vocab_size)
 
 
+def _chunk_nll(
+    h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row loss of one chunk, plus its exponentiated shifted logits and their row sums (for gradients)."""
+    logits = (h @ w.t()).float()
+    if bias is not None:
+        logits += bias.float()
+    target_logit = logits.gather(1, t[:, None]).squeeze(1)
+    row_max = logits.amax(dim=1, keepdim=True)
+    exps = logits.sub_(row_max).exp_()  # one exp pass, in place of the logits
+    row_sum = exps.sum(dim=1, keepdim=True)
+    return (row_sum.log() + row_max).squeeze(1) - target_logit, exps, row_sum
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad):  # type: ignore[override]
@@ -35,14 +49,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n_rows, chunk_rows):
             h = hidden[start : start + chunk_rows]
             t = targets[start : start + chunk_rows]
-            logits = (h @ w.t()).float()
-            if bias is not None:
-                logits += bias.float()
-            target_logit = logits.gather(1, t[:, None]).squeeze(1)
-            row_max = logits.amax(dim=1, keepdim=True)
-            exps = logits.sub_(row_max).exp_()  # one exp pass, in place of the logits
-            row_sum = exps.sum(dim=1, keepdim=True)
-            loss_sum += (row_sum.log() + row_max - target_logit[:, None]).sum()
+            row_loss, exps, row_sum = _chunk_nll(h, w, bias, t)
+            loss_sum += row_loss.sum()
             if with_grad:
                 probs = exps.div_(row_sum)  # softmax
                 probs[torch.arange(len(t), device=t.device), t] -= 1.0
@@ -70,6 +78,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+@torch.no_grad()
+def token_losses(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """The loss of each row of ``head(hidden)`` against ``targets`` (float32, no gradient), chunk by chunk.
+
+    Evaluation needs the loss of every token, not only their mean, to give a standard error.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    rows = chunk_rows or default_chunk_rows(head.weight.shape[0])
+    w = head.weight.to(h.dtype)
+    parts = [_chunk_nll(h[i : i + rows], w, head.bias, t[i : i + rows])[0] for i in range(0, len(t), rows)]
+    return torch.cat(parts) if parts else torch.zeros(0, device=h.device)
 
 
 def linear_cross_entropy(
