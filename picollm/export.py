@@ -108,9 +108,6 @@ def best_yaml(study: Any) -> str:
 
 def _plots() -> dict[str, tuple[Any, str | None]]:
     """Optuna's plots by file name, with the x-axis label each needs (None: Optuna's own is right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from optuna.visualization import matplotlib as vis
 
     return {
@@ -121,11 +118,15 @@ def _plots() -> dict[str, tuple[Any, str | None]]:
     }
 
 
-def write_figures(study: Any, folder: Path) -> tuple[list[Path], list[str]]:
-    """The study plots as PNGs; a plot that cannot be drawn yet (too few trials) is skipped with a note."""
+def study_figures(study: Any) -> tuple[dict[str, Any], list[str]]:
+    """Optuna's study plots as matplotlib Figures by file name, and a note for each that cannot be drawn yet.
+
+    Each figure is closed in pyplot right away: it can still be saved or shown in a notebook, but
+    pyplot neither keeps it alive nor shows it a second time at the end of a notebook cell.
+    """
     import matplotlib.pyplot as plt
 
-    written, skipped = [], []
+    figures, skipped = {}, []
     for name, (plot, xlabel) in _plots().items():
         try:
             with warnings.catch_warnings():
@@ -137,12 +138,19 @@ def write_figures(study: Any, folder: Path) -> tuple[list[Path], list[str]]:
             figure = ax.get_figure()
             figure.set_size_inches(8, 5)
             figure.tight_layout()
-            figure.savefig(folder / name, dpi=110)
             plt.close(figure)
-            written.append(folder / name)
+            figures[name] = figure
         except Exception as exc:  # e.g. importances need two finished trials with varied params
             skipped.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    return written, skipped
+    return figures, skipped
+
+
+def write_figures(study: Any, folder: Path) -> tuple[list[Path], list[str]]:
+    """The study plots as PNGs; a plot that cannot be drawn yet (too few trials) is skipped with a note."""
+    figures, skipped = study_figures(study)
+    for name, figure in figures.items():
+        figure.savefig(folder / name, dpi=110)
+    return [folder / name for name in figures], skipped
 
 
 def export_study(study: Any, root: str | Path) -> tuple[Path, list[str]]:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from picollm.checkpoint import save_checkpoint
 from picollm.config import Config, add_override_argument, load_config
+from picollm.console import show_progress
 from picollm.data import (
     CompactTokenizer,
     EvalSet,
@@ -149,7 +150,7 @@ class Run:
 def run_loop(run: Run) -> None:
     """The training loop, top to bottom: epochs of steps, evaluations and samples when due."""
     t = run.cfg.train
-    interactive = t.progress and sys.stderr.isatty()  # no bar spam in CI logs
+    interactive = t.progress and show_progress()  # no bar spam in CI logs
     with tqdm(total=run.budget.total_steps, unit="step", disable=not interactive, leave=False) as run.bar:
         for epoch in range(1, t.epochs + 1):
             run.epoch = epoch

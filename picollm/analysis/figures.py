@@ -2,6 +2,10 @@
 
 Every validation loss is drawn with its 95% sampling interval (1.96 standard errors over documents),
 so a reader sees at a glance which differences the validation set can resolve.
+
+Each ``draw_*`` function returns a matplotlib :class:`~matplotlib.figure.Figure` built without
+pyplot, so it never switches the backend of the process (a notebook keeps its inline plots) and
+shows in Jupyter when returned; each ``*_figure`` function draws and saves one as a PNG.
 """
 
 from __future__ import annotations
@@ -9,26 +13,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from picollm.analysis.noise import Z95, fit_noise
 
 
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
+def _new(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="tight")
+
+
 def noise_figure(run: Any, result: dict[str, Any], path: Path) -> Path:
+    return _save(draw_noise(run, result), path)
+
+
+def draw_noise(run: Any, result: dict[str, Any]) -> Figure:
     """Step losses (faint), their trend, epoch means with 95% intervals, and validation losses."""
     fit = fit_noise(run.losses)
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = _new(9, 5)
+    ax = fig.subplots()
     ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.45, lw=0.8, label="train/loss (each step)")
     ax.plot(run.steps, fit.trend, color="tab:blue", lw=2, label=f"trend (Savitzky-Golay, {fit.window} steps)")
     centers, means, errs = [], [], []
@@ -58,7 +66,7 @@ def noise_figure(run: Any, result: dict[str, Any], path: Path) -> Path:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def _validation_with_bands(ax: Any, run: Any) -> None:
@@ -85,8 +93,13 @@ def _validation_with_bands(ax: Any, run: Any) -> None:
 
 
 def false_increase_figure(results: list[dict[str, Any]], path: Path) -> Path:
+    return _save(draw_false_increase(results), path)
+
+
+def draw_false_increase(results: list[dict[str, Any]]) -> Figure:
     """P(epoch average rises although the model improves) against steps per epoch, per run."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = _new(8, 5)
+    ax = fig.subplots()
     for i, r in enumerate(results):
         color = f"C{i}"
         curve = r["p_false_increase_by_n"]
@@ -111,12 +124,13 @@ def false_increase_figure(results: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylim(-0.02, 0.55)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def compare_figure(table: list[dict[str, Any]], metrics: list[str], path: Path) -> Path:
     """Each ranking metric against the validation loss, one panel per metric."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4), squeeze=False)
+    fig = _new(4 * len(metrics), 4)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     val = np.array([row["val_loss"] for row in table])
     for ax, metric in zip(axes[0], metrics, strict=True):
         x = np.array([row[metric] for row in table])
@@ -131,11 +145,38 @@ def compare_figure(table: list[dict[str, Any]], metrics: list[str], path: Path) 
 
 
 def bar_figure(labels: list[str], values: list[float], title: str, xlabel: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(labels) + 1)))
+    return _save(draw_bars(labels, values, title, xlabel), path)
+
+
+def draw_bars(labels: list[str], values: list[float], title: str, xlabel: str) -> Figure:
+    """Horizontal bars, largest first: top-k next-token probabilities, token frequencies."""
+    fig = _new(8, max(3, 0.28 * len(labels) + 1))
+    ax = fig.subplots()
     ax.barh(range(len(labels)), values, color="tab:blue")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return fig
+
+
+def draw_losses(run: Any) -> Figure:
+    """One run's curves: every step's training loss, the periodic and per-epoch validation losses.
+
+    The unigram baseline (a model that only counts tokens) is the line to beat; a curve that
+    flattens on it has learned token frequencies and nothing else.
+    """
+    fig = _new(8, 4.5)
+    ax = fig.subplots()
+    ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.6, lw=0.8, label="train/loss")
+    _validation_with_bands(ax, run)
+    baseline = run.summary.get("unigram_val_loss")
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label=f"unigram baseline {baseline:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(run.name)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

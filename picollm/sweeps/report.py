@@ -11,6 +11,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from picollm.console import show_progress
 from picollm.sweeps.studies import counts, finished
 
 
@@ -65,7 +66,7 @@ class Progress:
             initial=min(finished(study), n_trials),
             unit="trial",
             dynamic_ncols=True,
-            disable=not sys.stderr.isatty(),
+            disable=not show_progress(),
         )
 
     def show(self, study: Any, trial: Any) -> None:

@@ -1,0 +1,487 @@
+"""picollm from Python: the functions the command lines call, with results that show in a notebook.
+
+Why a Python API: the people this harness is for train on Colab from notebooks and want the loss
+curves, the top-10 next tokens and the study's report inline, not in files. Each function calls the
+same code as its command line (:func:`picollm.train.train`, :func:`picollm.sweeps.run_sweep`,
+:mod:`picollm.analysis`, :mod:`picollm.generate`, :mod:`picollm.evaluate`), so a notebook and a shell
+make the same run records, studies and numbers. Bad input raises :class:`picollm.errors.PicoError`
+(``ConfigError``, ``DataError``, ``StorageError``) with the one line the CLIs print before exiting
+with status 2; nothing here calls ``sys.exit``. Tables are pandas DataFrames, figures matplotlib
+Figures, and every result has an HTML view for Jupyter.
+
+    import picollm
+    run = picollm.train(picollm.load_config("experiments/quick.yaml", ["train.max_tokens=20000"]))
+    run.plot()
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from picollm.config import Config
+    from picollm.sweeps import Experiment
+
+__all__ = ["evaluate", "generate", "inspect", "load_config", "noise", "sweep", "train"]
+
+# ---------------------------------------------------------------------------------------------
+# Showing results in a notebook.
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure_html(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
+
+
+def _table_html(values: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in values.items())
+    return f"<table style='text-align:left'>{rows}</table>"
+
+
+def _lines_html(lines: Sequence[str]) -> str:
+    return "<pre style='white-space:pre-wrap'>" + html.escape("\n".join(lines)) + "</pre>"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _overrides(overrides: Sequence[str] | str) -> list[str]:
+    """``"optim.lr=3e-3"`` alone is one override, not a sequence of characters."""
+    return [overrides] if isinstance(overrides, str) else list(overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and training.
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] | str = ()) -> Config:
+    """A trainer config from a YAML file plus dotted ``key=value`` overrides, checked before any work.
+
+    Why: the same precedence as ``--set`` on the command line (defaults < ``base:`` files < the file
+    < overrides, values read as YAML), so a config tried in a notebook runs unchanged as
+    ``python -m picollm.train``. A typo raises :class:`~picollm.errors.ConfigError` with one line.
+    ``path=None`` starts from the defaults. An experiment file's ``search:``/``study:`` blocks are
+    ignored here (see :func:`sweep`).
+
+        cfg = picollm.load_config("experiments/quick.yaml", ["optim.lr=3e-3", "model.type=lstm"])
+        print(cfg.to_yaml())
+    """
+    from picollm.config import load_config as load
+
+    return load(path, _overrides(overrides))
+
+
+@dataclass(repr=False)
+class TrainResult:
+    """One finished (or pruned) run: its record folder, summary, loss history and curves."""
+
+    run_dir: Path
+    summary: dict[str, Any]  # summary.json: status, losses, baseline, tokens, run and W&B ids
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path) -> TrainResult:
+        """An existing run record, e.g. one a sweep trial or the command line wrote."""
+        run_dir = Path(run_dir)
+        return cls(run_dir, json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Every row of ``metrics.jsonl``: step rows (train/loss, lr, ...), eval rows, epoch rows."""
+        import pandas as pd
+
+        from picollm.analysis.records import read_jsonl
+
+        return pd.DataFrame(read_jsonl(self.run_dir / "metrics.jsonl"))
+
+    def plot(self) -> Figure:
+        """Training loss per step, validation losses and the unigram baseline, as a Figure."""
+        from picollm.analysis.figures import draw_losses
+        from picollm.analysis.records import load_run_dir
+
+        return draw_losses(load_run_dir(self.run_dir))
+
+    def _headline(self) -> dict[str, Any]:
+        keys = ("status", "best_val_loss", "final_val_loss", "unigram_val_loss", "tokens", "steps", "wall_time_s")
+        return {"run_dir": str(self.run_dir), **{k: self.summary.get(k) for k in keys}}
+
+    def __repr__(self) -> str:
+        return "TrainResult(" + ", ".join(f"{k}={_fmt(v)}" for k, v in self._headline().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        notes = self.summary.get("notes") or []
+        return _table_html(self._headline()) + (_lines_html(notes) if notes else "") + _figure_html(self.plot())
+
+
+def _as_config(cfg: Config | str | Path | None, overrides: Sequence[str] | str) -> Config:
+    from picollm.config import Config, apply_overrides, config_from_dict
+
+    if isinstance(cfg, Config):
+        return config_from_dict(apply_overrides(cfg.to_dict(), _overrides(overrides))) if overrides else cfg
+    return load_config(cfg, overrides)
+
+
+def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) -> TrainResult:
+    """Train one model end to end, exactly as ``python -m picollm.train`` does, and return its result.
+
+    Why: one run's record (``results/runs/<run_id>/``), W&B run and summary, with the loss history as
+    a DataFrame and the curves as a Figure to look at inline. ``cfg`` is a :class:`~picollm.config.Config`
+    or a YAML path (None: the defaults); ``overrides`` are ``key=value`` strings applied on top.
+    ``train.device: auto`` uses the GPU when there is one (Colab), with bf16 autocast. Interrupting
+    the kernel closes the record as ``interrupted`` and raises ``KeyboardInterrupt``.
+
+        run = picollm.train("experiments/smoke.yaml", ["train.epochs=2"])
+        run.history.tail()   # DataFrame of metrics.jsonl
+        run.plot()           # Figure: train/loss, val/loss, val/epoch_loss, unigram baseline
+    """
+    from picollm.train import train as run
+
+    summary = run(_as_config(cfg, overrides))
+    return TrainResult.from_run_dir(summary["run_dir"])
+
+
+def _weights(which: str) -> str:
+    from picollm.errors import ConfigError
+
+    if which not in ("best", "final"):
+        raise ConfigError(f"weights: choose best or final, got {which!r}")
+    return which
+
+
+def _run_dir(run: str | Path | TrainResult) -> Path:
+    from picollm.errors import DataError
+
+    path = run.run_dir if isinstance(run, TrainResult) else Path(run)
+    if not path.is_dir():
+        raise DataError(f"no such run record: {path}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(repr=False)
+class SweepResult:
+    """A study after :func:`sweep`: the Optuna study, its trials as a table, the best config, exports."""
+
+    study: Any  # optuna.Study
+    folder: Path  # results/studies/<name>/: trials.csv, best.yaml, figures
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per trial: number, state, value, every searched parameter, tokens, run record."""
+        import pandas as pd
+
+        from picollm.export import trial_rows
+
+        header, rows = trial_rows(self.study)
+        return pd.DataFrame(rows, columns=header)
+
+    @property
+    def best_config(self) -> dict[str, Any] | None:
+        """The best trial's complete trainer config (what ``best.yaml`` holds); None before any completes."""
+        from picollm.export import best_config
+
+        try:
+            return best_config(self.study)[0]
+        except ValueError:
+            return None
+
+    @property
+    def best_yaml(self) -> Path:
+        """``best.yaml``: ``picollm.train(result.best_yaml)`` runs the best configuration again."""
+        return self.folder / "best.yaml"
+
+    def report(self) -> list[str]:
+        """The lines ``sweep.py`` prints: trial counts, tokens spent, the best trial against the baseline."""
+        from picollm.sweeps import report_lines
+
+        return report_lines(self.study)
+
+    def plots(self) -> dict[str, Figure]:
+        """Optuna's optimisation history, parameter importances and intermediate values as Figures."""
+        from picollm.export import study_figures
+
+        return study_figures(self.study)[0]
+
+    def __repr__(self) -> str:
+        return f"SweepResult(study={self.study.study_name!r}, folder='{self.folder}')\n" + "\n".join(self.report())
+
+    def _repr_html_(self) -> str:
+        figures = "".join(_figure_html(fig) for fig in self.plots().values())
+        return (
+            f"<h4>study {html.escape(self.study.study_name)}</h4>"
+            + _lines_html([*self.report(), *self.notes, f"exports: {self.folder}/"])
+            + self.trials.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
+            + figures
+        )
+
+
+@contextlib.contextmanager
+def _own_sigterm() -> Iterator[None]:
+    """The sweep turns SIGTERM into a clean stop; a kernel gets its own handler back afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sweep(
+    experiment: str | Path | Experiment,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    workers: int = 1,
+    overrides: Sequence[str] | str = (),
+    study_name: str | None = None,
+    timeout_s: float | None = None,
+) -> SweepResult:
+    """Run, or resume, an Optuna study of trainer runs, exactly as ``python sweep.py`` does.
+
+    Why: a sweep from a notebook cell with its trials, report and plots inline. ``n_trials`` is the
+    study's total of finished trials, so calling again resumes (after an interrupt too); a study with
+    another search space is refused with one line. ``storage`` defaults to ``$PICOLLM_STORAGE`` or
+    ``sqlite:///results/optuna.db``. ``workers > 1`` starts that many spawned processes, which need
+    nothing from the notebook. Interrupting the kernel marks the running trial, exports what finished
+    and raises ``KeyboardInterrupt``; the study stays resumable.
+
+        result = picollm.sweep("experiments/quick.yaml", n_trials=6, overrides=["study.budget_tokens=20000"])
+        result.trials        # DataFrame, one row per trial
+        result.best_config   # dict; result.best_yaml is the same as a file
+    """
+    from picollm.errors import ConfigError
+    from picollm.storage import DEFAULT_STORAGE
+    from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep
+
+    if workers < 1 or (n_trials is not None and n_trials < 1):
+        raise ConfigError("workers and n_trials must be >= 1")
+    storage = storage or os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE)
+    if not isinstance(experiment, Experiment):
+        experiment = load_experiment(str(experiment), _overrides(overrides), study_name, n_trials)
+    elif overrides or study_name:
+        raise ConfigError("overrides and study_name apply to an experiment file, not to a loaded Experiment")
+    elif n_trials is not None:
+        experiment = replace(experiment, study=replace(experiment.study, n_trials=n_trials))
+    with _own_sigterm():
+        outcome = run_sweep(experiment, storage, workers, timeout_s)
+    if outcome.interrupted:
+        _fail_left_running(open_study(experiment, storage, create=False))
+        print(
+            f"interrupted: finished trials are exported to {outcome.folder}/; call sweep() again to resume",
+            file=sys.stderr,
+        )
+        raise KeyboardInterrupt
+    # Reopened, not kept from before: worker processes wrote the trials.
+    return SweepResult(open_study(experiment, storage, create=False), outcome.folder, outcome.notes)
+
+
+def _fail_left_running(study: Any) -> None:
+    """Fail the trials an interrupted sweep left RUNNING in this process, so that they hold no slot.
+
+    A command line exits on Ctrl-C and the next run fails the trials of its dead process; a kernel
+    lives on, so a trial Optuna started just before the interrupt, before the objective could mark
+    it, would stay RUNNING for good. Trials of other processes (they name their worker) are left alone.
+    """
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get("worker", ""))
+        if not worker or worker.endswith(f":{os.getpid()}"):
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs: evaluation, noise, inspection, generation.
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    run: str | Path | TrainResult, overrides: Sequence[str] | str = (), block_size: int | None = None
+) -> dict[str, Any]:
+    """Score a run's saved weights on its validation split, as ``python -m picollm.evaluate`` does.
+
+    Why: a loss with its standard error on a fixed token set, comparable across runs and models
+    (``overrides`` change the data, e.g. another validation set; ``block_size`` the context).
+    Returns ``{"loss", "stderr", "tokens", "context"}`` in nats per token.
+
+        picollm.evaluate(run)["loss"]
+    """
+    from picollm.evaluate import evaluate_run
+
+    return evaluate_run(_run_dir(run), _overrides(overrides), block_size)
+
+
+@dataclass(repr=False)
+class NoiseResult:
+    """The noisy-loss analysis of some runs: per-run results, the verdict, and the figures."""
+
+    runs: list[dict[str, Any]]
+    verdict: str
+    figures: list[Figure]
+
+    @property
+    def epochs(self) -> pd.DataFrame:
+        """Each run's epoch means with 95% intervals (autocorrelation-corrected) and step counts."""
+        import pandas as pd
+
+        return pd.DataFrame([{"run": r["run"], **e} for r in self.runs for e in r["epochs"]])
+
+    def _lines(self) -> list[str]:
+        per_run = [r["verdict"] for r in self.runs]
+        return per_run if len(per_run) == 1 else [*per_run, "", self.verdict]
+
+    def __repr__(self) -> str:
+        return "\n".join(self._lines())
+
+    def _repr_html_(self) -> str:
+        return _lines_html(self._lines()) + "".join(_figure_html(fig) for fig in self.figures)
+
+
+def noise(*runs: str | Path | TrainResult, simulate: bool = True) -> NoiseResult:
+    """Is an epoch-to-epoch rise of the training loss real, or noise? As ``analyze.py noise`` answers it.
+
+    Why: with short epochs the mean training loss of an epoch often rises although the model
+    improves. This fits a trend plus AR(1) noise to each run's step losses and returns each epoch's
+    mean with a 95% interval, the probability of a false rise, the epoch length that shows the real
+    trend, a verdict, and the figures (one per run, then the false-rise curve).
+
+        result = picollm.noise(short_run, long_run)
+        result               # verdicts and figures inline
+        result.epochs        # DataFrame of epoch means and intervals
+    """
+    from picollm.analysis.figures import draw_false_increase, draw_noise
+    from picollm.analysis.noise import analyze_noise, overall_verdict
+    from picollm.analysis.records import load_run_dir
+    from picollm.errors import ConfigError, DataError
+
+    if not runs:
+        raise ConfigError("noise() needs at least one run record")
+    histories = [load_run_dir(_run_dir(run)) for run in runs]
+    try:
+        results = [analyze_noise(h, simulate=simulate) for h in histories]
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    figures = [draw_noise(h, r) for h, r in zip(histories, results, strict=True)]
+    figures.append(draw_false_increase(results))
+    return NoiseResult(results, overall_verdict(results), figures)
+
+
+@dataclass(repr=False)
+class InspectResult:
+    """What a model received and predicted at one position, against plain token counting."""
+
+    data: dict[str, Any]  # what ``analyze.py inspect`` writes to inspect.json
+
+    @property
+    def top(self) -> pd.DataFrame:
+        """The model's top-k next tokens with their probabilities."""
+        import pandas as pd
+
+        return pd.DataFrame(self.data["top"])
+
+    @property
+    def token_frequencies(self) -> pd.DataFrame:
+        """The most frequent training tokens and their share of all training tokens."""
+        import pandas as pd
+
+        return pd.DataFrame(self.data["token_frequencies"])
+
+    @property
+    def figures(self) -> list[Figure]:
+        """Bars of the top-k next-token probabilities and of the corpus' token frequencies."""
+        from picollm.analysis.figures import draw_bars
+
+        d = self.data
+        return [
+            draw_bars(
+                [t["token"] for t in d["top"]],
+                [t["prob"] for t in d["top"]],
+                f"top-{len(d['top'])} next tokens after position {d['position']}",
+                "probability",
+            ),
+            draw_bars(
+                [t["token"] for t in d["token_frequencies"]],
+                [t["share"] for t in d["token_frequencies"]],
+                "most frequent training tokens",
+                "share of training tokens",
+            ),
+        ]
+
+    def __repr__(self) -> str:
+        from picollm.analysis.diagnose import inspect_lines
+
+        return "\n".join(inspect_lines(self.data))
+
+    def _repr_html_(self) -> str:
+        return _lines_html([repr(self)]) + "".join(_figure_html(fig) for fig in self.figures)
+
+
+def inspect(
+    run: str | Path | TrainResult,
+    position: int | None = None,
+    top: int = 10,
+    batch: int = 0,
+    weights: str = "best",
+) -> InspectResult:
+    """What does the model see and predict at one position? As ``analyze.py inspect`` shows it.
+
+    Why: a loss near the unigram baseline means the model only learned token frequencies (the model
+    that says ``<|endoftext|>`` everywhere). This decodes validation window ``batch`` up to
+    ``position`` (default: its last), and returns the model's ``top`` next tokens, the corpus' most
+    frequent tokens, the window's loss beside the unigram baseline, and a warning when one token is
+    the model's top guess at 90% or more of the positions.
+
+        result = picollm.inspect(run, position=20)
+        result               # decoded text, top-10 bars, token frequencies, baseline
+        result.top           # DataFrame: token, id, prob
+    """
+    from picollm.analysis.diagnose import inspect_run
+
+    return InspectResult(inspect_run(_run_dir(run), batch, position, top, _weights(weights)))
+
+
+def generate(
+    run: str | Path | TrainResult,
+    prompt: str = "Once upon a time",
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = 0.95,
+    greedy: bool = False,
+    seed: int = 0,
+    weights: str = "best",
+) -> str:
+    """Continue ``prompt`` with a trained run's weights, as ``python -m picollm.generate`` does.
+
+    Why: reading samples is the quickest check that a model learned text and not just statistics.
+    Sampling is temperature, top-k and nucleus (top-p), or ``greedy``; a fixed ``seed`` repeats a
+    sample. Returns the continuation only (without the prompt).
+
+        print(picollm.generate(run, "Once upon a time", max_new_tokens=60, top_p=0.9))
+    """
+    from picollm.checkpoint import load_run
+    from picollm.generate import Sampling, generate_text
+
+    model, tokenizer = load_run(_run_dir(run), _weights(weights))
+    return generate_text(model, tokenizer, prompt, Sampling(max_new_tokens, temperature, top_k, top_p, greedy), seed)

@@ -1,0 +1,22 @@
+"""Where output goes: a terminal, a log file, or a notebook, and whether progress bars belong there.
+
+A progress bar in a CI log is noise (one line per refresh), so bars are on only where someone
+watches: a terminal, or a Jupyter/Colab kernel, whose stderr is not a TTY but renders bars well
+(``tqdm.auto`` picks the widget bar there).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter or Colab kernel (the same test ``tqdm.autonotebook`` makes)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
+
+
+def show_progress() -> bool:
+    """Whether to draw progress bars: in a terminal or a notebook, never into a file or a CI log."""
+    return sys.stderr.isatty() or in_notebook()
