@@ -1,0 +1,74 @@
+"""The phase stopwatch: exclusive phases that add up to the wall time (a fake clock, no timed tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from picollm.timing import Stopwatch, process_age_s, shares, total
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_nested_phase_pauses_the_outer_one_and_phases_add_up_to_wall() -> None:
+    clock = FakeClock()
+    sw = Stopwatch(clock)
+    clock.advance(1.0)  # unclaimed -> other
+    with sw.phase("evaluation"):
+        clock.advance(2.0)
+        with sw.phase("storage"):  # a pruning report inside an evaluation
+            clock.advance(0.5)
+        clock.advance(3.0)
+    with sw.phase("train_steps"):
+        clock.advance(4.0)
+    with sw.phase("evaluation"):  # a phase met twice accumulates
+        clock.advance(1.5)
+    b = sw.breakdown()
+    assert b == {"storage": 0.5, "train_steps": 4.0, "evaluation": 6.5, "other": 1.0, "wall": 12.0}
+    assert list(b) == ["storage", "train_steps", "evaluation", "other", "wall"]  # the PHASES order
+
+
+def test_time_before_the_stopwatch_counts_in_the_wall() -> None:
+    clock = FakeClock()
+    sw = Stopwatch(clock)
+    sw.add_before("worker_start", 3.0)
+    with sw.phase("data"):
+        clock.advance(1.0)
+    assert sw.breakdown() == {"worker_start": 3.0, "data": 1.0, "other": 0.0, "wall": 4.0}
+
+
+def test_a_phase_that_raises_is_still_charged() -> None:
+    clock = FakeClock()
+    sw = Stopwatch(clock)
+    with pytest.raises(ValueError), sw.phase("train_steps"):
+        clock.advance(2.0)
+        raise ValueError("boom")
+    with sw.phase("checkpoints"):
+        clock.advance(1.0)
+    assert sw.breakdown()["train_steps"] == 2.0 and sw.breakdown()["checkpoints"] == 1.0
+
+
+def test_total_and_shares_over_trials() -> None:
+    summed = total([{"train_steps": 3.0, "other": 1.0, "wall": 4.0}, {"train_steps": 5.0, "data": 2.0, "wall": 7.0}])
+    assert summed == {"train_steps": 8.0, "other": 1.0, "wall": 11.0, "data": 2.0}
+    s = shares(summed)
+    assert s["train_steps"] == pytest.approx(8 / 11) and "wall" not in s
+
+
+def test_process_age_is_the_age_of_this_process() -> None:
+    """A child that sleeps before asking must report at least that long; this process is older still."""
+    code = "import time; time.sleep(0.3); from picollm.timing import process_age_s; print(process_age_s())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    mine = process_age_s()
+    assert mine is not None and 0.3 <= child < 60 and mine > 0
