@@ -166,7 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         import optuna
 
         from picollm.storage import open_storage
-        from picollm.study import report_lines
+        from picollm.sweeps import report_lines
 
         header = report_lines(optuna.load_study(study_name=args.study, storage=open_storage(args.storage)))
     path = write_report(name, runs, Path("results/reports") / name, header)

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     from picollm.errors import ConfigError
-    from picollm.study import best_value, load_experiment, open_study, report_lines, run_sweep, trial_line
+    from picollm.sweeps import best_value, load_experiment, open_study, report_lines, run_sweep, trial_line
 
     if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")

@@ -2,7 +2,7 @@
 
 RDB storages get Optuna's heartbeat, so a trial whose worker died (SIGKILL, a lost machine) is
 failed after ``grace_period`` seconds and re-run through ``RetryFailedTrialCallback``. Journal
-files have no heartbeat; :mod:`picollm.study` fails such trials itself when their worker process
+files have no heartbeat; :mod:`picollm.sweeps.workers` fails such trials itself when their worker process
 is gone. Passwords in URLs are masked in every message.
 """
 

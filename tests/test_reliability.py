@@ -29,7 +29,8 @@ from picollm.config import load_config
 from picollm.data import load_token_data
 from picollm.errors import ConfigError, run_cli
 from picollm.search import parse_space
-from picollm.study import counts, load_experiment, open_study, run_sweep
+from picollm.sweeps import load_experiment, open_study, run_sweep
+from picollm.sweeps.studies import counts
 from tests.conftest import ROOT
 from tests.sweeps import SWEEP, sweep_cli, write_experiment
 

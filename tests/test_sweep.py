@@ -11,11 +11,11 @@ import pytest
 from optuna.trial import TrialState
 
 import sweep as sweep_module
-from picollm import study as study_mod
 from picollm.config import load_config
 from picollm.errors import run_cli
 from picollm.export import export_study
-from picollm.study import load_experiment, open_study, run_sweep
+from picollm.sweeps import load_experiment, open_study, run_sweep
+from picollm.sweeps import studies as study_mod
 from picollm.train import train
 from picollm.wandb_offline import find_run_file, read_run_info
 from tests.sweeps import sweep_cli, write_experiment

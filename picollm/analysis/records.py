@@ -123,7 +123,7 @@ def load_study(study_name: str, storage: str) -> Any:
     import optuna
 
     from picollm.storage import mask_url, open_storage
-    from picollm.study import quiet_optuna
+    from picollm.sweeps.studies import quiet_optuna
 
     quiet_optuna()
     try:

@@ -1,0 +1,25 @@
+"""Sweeps: an Optuna study whose trials are trainer runs.
+
+One module per concern: ``settings`` (the experiment file and the ``study:`` block), ``registry``
+(samplers and pruners by name), ``studies`` (opening a study, counts), ``objective`` (one trial:
+config -> ``train()`` -> value), ``workers`` (the trial loop, processes, signals, the coordinator)
+and ``report`` (what the terminal shows). The names below are the package's public interface.
+"""
+
+from picollm.sweeps.report import best_value, report_lines, trial_line
+from picollm.sweeps.settings import Experiment, StudySettings, load_experiment
+from picollm.sweeps.studies import open_study
+from picollm.sweeps.workers import WorkerSpec, run_sweep, run_worker
+
+__all__ = [
+    "Experiment",
+    "StudySettings",
+    "WorkerSpec",
+    "best_value",
+    "load_experiment",
+    "open_study",
+    "report_lines",
+    "run_sweep",
+    "run_worker",
+    "trial_line",
+]

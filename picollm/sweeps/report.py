@@ -1,0 +1,94 @@
+"""What a sweep prints: one line per trial, a progress bar, and the best trial against the baseline."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from picollm.sweeps.studies import counts, finished
+
+
+def trial_line(t: Any, best: float | None) -> str:
+    """One line per finished trial: number, state, value, params, budget."""
+    value = f"{t.value:.4f}" if t.value is not None else "-"
+    params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+    extra = t.user_attrs.get("fail_reason") if t.state.name == "FAIL" else None
+    best_text = f"best {best:.4f}" if best is not None else "best -"
+    tokens = t.user_attrs.get("tokens")
+    tokens_text = f" {tokens:,} tok" if tokens else ""
+    tail = f" ({extra})" if extra else ""
+    return f"trial {t.number:3d} {t.state.name:8s} {value:>8s} | {best_text} |{tokens_text} {params}{tail}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def best_value(study: Any) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+class Progress:
+    """A bar over finished trials with the best value so far, and one line per finished trial."""
+
+    def __init__(self, study: Any, n_trials: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.tqdm = tqdm
+        self.seen = {t.number for t in study.trials if t.state.is_finished()}
+        self.bar = tqdm(
+            total=n_trials,
+            initial=min(finished(study), n_trials),
+            unit="trial",
+            dynamic_ncols=True,
+            disable=not sys.stderr.isatty(),
+        )
+
+    def show(self, study: Any, trial: Any) -> None:
+        if trial.number in self.seen:
+            return
+        self.seen.add(trial.number)
+        best = best_value(study)
+        self.tqdm.write(trial_line(trial, best))
+        sys.stdout.flush()  # one line per trial, also when stdout is a file
+        self.bar.n = min(finished(study), self.bar.total)
+        self.bar.set_postfix(best=f"{best:.4f}" if best is not None else "-")
+        self.bar.refresh()
+
+    def poll(self, study: Any) -> None:
+        for t in study.get_trials(deepcopy=False):
+            if t.state.is_finished():
+                self.show(study, t)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def report_lines(study: Any) -> list[str]:
+    """The best trial against the baseline (trial 0, the unmodified base config)."""
+    from optuna.trial import TrialState
+
+    c = counts(study)
+    spent = sum(t.user_attrs.get("tokens") or 0 for t in study.trials)
+    lines = [
+        f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running; "
+        f"{spent:,} training tokens spent"
+    ]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return [*lines, "no trial has completed yet"]
+    best = min(complete, key=lambda t: t.value)
+    baseline = next((t for t in study.trials if t.user_attrs.get("baseline")), None)
+    params = " ".join(f"{k}={_short(v)}" for k, v in best.params.items())
+    lines.append(f"best: trial {best.number} with {best.value:.4f} ({params})")
+    if baseline is not None and baseline.state == TrialState.COMPLETE:
+        gain = baseline.value - best.value
+        lines.append(
+            f"baseline (trial {baseline.number}, the base config): {baseline.value:.4f} -> improvement {gain:.4f}"
+        )
+    elif baseline is not None:
+        lines.append(f"baseline (trial {baseline.number}) did not complete: {baseline.state.name}")
+    return lines
