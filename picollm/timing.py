@@ -49,6 +49,17 @@ def process_age_s() -> float | None:
         return None
 
 
+_START_CHARGED = [False]  # process start-up is charged once per process, to its first run
+
+
+def take_process_start() -> float:
+    """This process's age the first time it is asked (its start-up, for the first run to own), else 0."""
+    if _START_CHARGED[0]:
+        return 0.0
+    _START_CHARGED[0] = True
+    return process_age_s() or 0.0
+
+
 class Stopwatch:
     """Exclusive time per named phase, plus the wall time since it was made."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -16,9 +17,9 @@ import numpy as np
 from picollm.errors import DataError
 
 EOT_TEXT = "<|endoftext|>"
-# Documents joined per tiktoken call: chunks of ~64 stories encode fastest here (measured: 5.2M tokens/s on
-# 2 cores, against 2.8M for one call per story and 3.9M for two huge chunks that leave a core idle).
-_DOCS_PER_CHUNK = 64
+# Documents per task handed to a thread: a few tasks per thread balance uneven documents, and each task's
+# per-call overhead (a future, an array) is paid per ~hundred documents, not per document.
+_DOCS_PER_TASK = 128
 
 
 class Tokenizer(Protocol):
@@ -77,13 +78,28 @@ class TiktokenTokenizer:
         return self._enc.encode_ordinary(text)
 
     def encode_docs(self, docs: Sequence[str]) -> np.ndarray:
-        chunks = [EOT_TEXT.join(docs[i : i + _DOCS_PER_CHUNK]) + EOT_TEXT for i in range(0, len(docs), _DOCS_PER_CHUNK)]
-        threads = max(1, min(len(chunks), os.cpu_count() or 1))
-        encoded = self._enc.encode_batch(chunks, num_threads=threads, allowed_special={EOT_TEXT})
-        if not encoded:
+        """Every document encoded as ordinary text, end-of-text after each, on all cores.
+
+        tiktoken releases the GIL inside each call, so threads that each encode a run of documents one by
+        one use every core; no document is joined to another (no copies, no special-token scan), and a
+        story that happens to contain the text "<|endoftext|>" stays text instead of becoming the id.
+        """
+        tasks = [docs[i : i + _DOCS_PER_TASK] for i in range(0, len(docs), _DOCS_PER_TASK)]
+        if not tasks:
             return np.zeros(0, dtype=np.uint16)
-        # array.array converts a list of ints in C; np.asarray on a list is ~3x slower per token.
-        return np.concatenate([np.frombuffer(array.array("H", ids), dtype=np.uint16) for ids in encoded])
+        threads = max(1, min(len(tasks), os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(self._encode_run, tasks))
+        return np.concatenate([np.frombuffer(part, dtype=np.uint16) for part in parts])
+
+    def _encode_run(self, docs: Sequence[str]) -> array.array:
+        # array.array converts each list of ints in C; np.asarray on a list is ~3x slower per token.
+        out = array.array("H")
+        encode, eot = self._enc.encode_ordinary, self.eot_id
+        for doc in docs:
+            out.extend(encode(doc))
+            out.append(eot)
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode([int(i) for i in ids if i < self.vocab_size])

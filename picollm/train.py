@@ -41,6 +41,7 @@ from picollm.generate import Sampling, generate_text
 from picollm.models import build_model, count_parameters
 from picollm.models.loss import linear_cross_entropy
 from picollm.optim import build_optimizer, lr_at, set_lr
+from picollm.timing import Stopwatch
 from picollm.tracking import Tracker, new_run_id
 
 EvalHook = Callable[[int, float], None]  # (tokens seen, val/loss) -> None; may raise StopRun
@@ -148,8 +149,10 @@ class Trainer:
         budget: Budget,
         device: torch.device,
         on_eval: EvalHook | None,
+        stopwatch: Stopwatch,
     ) -> None:
         self.cfg, self.data, self.model, self.tracker, self.device = cfg, data, model, tracker, device
+        self.stopwatch = stopwatch
         self.step_model = torch.compile(model) if cfg.train.compile else model
         self.optimizer = build_optimizer(model, cfg.optim)
         self.budget = budget
@@ -200,7 +203,8 @@ class Trainer:
         lr = lr_at(self.step, self.budget.total_steps, self.cfg.optim)
         set_lr(self.optimizer, lr)
         started = time.perf_counter()
-        loss, grad_norm = train_step(self.step_model, self.optimizer, x, y, self.cfg.optim.grad_clip, self.device)
+        with self.stopwatch.phase("train_steps"):
+            loss, grad_norm = train_step(self.step_model, self.optimizer, x, y, self.cfg.optim.grad_clip, self.device)
         elapsed = time.perf_counter() - started
         self.step += 1
         self.tokens += y.numel()
@@ -243,7 +247,10 @@ class Trainer:
         mark = self.evaluation_due()
         if mark is None:
             return
-        self.last_val = evaluate(self.model, self.eval_tokens, self.cfg.model.block_size, self.eval_batch, self.device)
+        with self.stopwatch.phase("evaluation"):
+            self.last_val = evaluate(
+                self.model, self.eval_tokens, self.cfg.model.block_size, self.eval_batch, self.device
+            )
         self.tracker.log({"step": self.step, "epoch": self.epoch, "tokens": self.tokens, "val/loss": self.last_val})
         if self.on_eval is not None:
             self.on_eval(mark, self.last_val)
@@ -256,7 +263,8 @@ class Trainer:
     def sample(self) -> None:
         t = self.cfg.train
         s = Sampling(max_new_tokens=t.sample_tokens, temperature=0.8, top_p=0.95)
-        text = generate_text(self.model, self.data.tokenizer, t.prompt, s, seed=t.seed)
+        with self.stopwatch.phase("sampling"):
+            text = generate_text(self.model, self.data.tokenizer, t.prompt, s, seed=t.seed)
         self.tracker.log_sample(self.step, t.prompt, text)
         self.say(f"[step {self.step}] {t.prompt}{text!r}")
 
@@ -267,7 +275,8 @@ class Trainer:
     def end_epoch(self, losses: list[float]) -> None:
         if not losses:
             return
-        val = evaluate(self.model, self.data.val, self.cfg.model.block_size, self.eval_batch, self.device)
+        with self.stopwatch.phase("evaluation"):
+            val = evaluate(self.model, self.data.val, self.cfg.model.block_size, self.eval_batch, self.device)
         self.last_epoch_train = float(np.mean(losses))
         self.tracker.log(
             {
@@ -294,13 +303,14 @@ class Trainer:
             return
         tok = self.data.tokenizer
         vocab_ids = tok.used if isinstance(tok, CompactTokenizer) else None
-        save_checkpoint(
-            self.tracker.run_dir / f"{which}.pt",
-            self.model,
-            dataclasses.asdict(self.cfg.model),
-            self.data.vocab_size,
-            vocab_ids,
-        )
+        with self.stopwatch.phase("checkpoints"):
+            save_checkpoint(
+                self.tracker.run_dir / f"{which}.pt",
+                self.model,
+                dataclasses.asdict(self.cfg.model),
+                self.data.vocab_size,
+                vocab_ids,
+            )
 
     def summary(self, status: str, reason: str) -> dict[str, Any]:
         wall = time.perf_counter() - self.started
@@ -316,34 +326,46 @@ class Trainer:
             "wall_time_s": wall,
             "tokens_per_s": self.tokens / wall if wall > 0 else None,
             "params": count_parameters(self.model),
+            "time_breakdown": self.stopwatch.breakdown(),
         }
 
 
 def train(
-    cfg: Config, *, run_id: str | None = None, on_eval: EvalHook | None = None, extra: dict[str, Any] | None = None
+    cfg: Config,
+    *,
+    run_id: str | None = None,
+    on_eval: EvalHook | None = None,
+    extra: dict[str, Any] | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
     ``on_eval`` sees every periodic validation loss and may raise :class:`StopRun` to end the
     run cleanly (status ``pruned``). Errors still close the record with status ``failed`` and are
-    re-raised; Ctrl-C closes it with ``interrupted``.
+    re-raised; Ctrl-C closes it with ``interrupted``. ``stopwatch`` (a sweep trial's, which also times
+    its storage calls) accounts the run's time; the summary's ``time_breakdown`` is its breakdown.
     """
-    cfg, note = apply_offline_fallback(cfg)
-    if note:
-        print(note, file=sys.stderr)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    data = load_token_data(cfg.data, progress=cfg.train.progress)
-    if note:
-        data.notes.append(note)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(dataclasses.asdict(cfg.model), data.vocab_size).to(device)
-    budget = Budget.plan(cfg, data)  # before the record exists: an impossible budget leaves nothing behind
-    baseline = unigram_baseline(data)
+    sw = stopwatch or Stopwatch()
+    with sw.phase("data"):
+        cfg, note = apply_offline_fallback(cfg)
+        if note:
+            print(note, file=sys.stderr)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        device = resolve_device(cfg.train.device)
+        data = load_token_data(cfg.data, progress=cfg.train.progress)
+        if note:
+            data.notes.append(note)
+        budget = Budget.plan(cfg, data)  # before the record exists: an impossible budget leaves nothing behind
+        baseline = unigram_baseline(data)
+    with sw.phase("model_build"):
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(dataclasses.asdict(cfg.model), data.vocab_size).to(device)
     meta = {"device": str(device), "data": describe(data), "params": count_parameters(model), "baseline": baseline}
-    tracker = Tracker(cfg, run_id or new_run_id(), extra={**meta, **(extra or {})})
-    trainer = Trainer(cfg, data, model, tracker, budget, device, on_eval)
+    with sw.phase("tracking_init"):
+        tracker = Tracker(cfg, run_id or new_run_id(), extra={**meta, **(extra or {})})
+    with sw.phase("model_build"):
+        trainer = Trainer(cfg, data, model, tracker, budget, device, on_eval, sw)
     status, reason = "failed", ""
     try:
         trainer.run()
@@ -369,7 +391,8 @@ def train(
             "device": str(device),
             "notes": data.notes,
         }
-        tracker.finish(summary)
+        with sw.phase("tracking_finish"):
+            tracker.finish(summary)
     return summary
 
 

@@ -72,3 +72,19 @@ def test_process_age_is_the_age_of_this_process() -> None:
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     mine = process_age_s()
     assert mine is not None and 0.3 <= child < 60 and mine > 0
+
+
+def test_a_run_record_accounts_for_its_time(synthetic: list[str]) -> None:
+    """summary.json's time_breakdown: every trainer phase present, and the phases add up to the wall time."""
+    import json
+    from pathlib import Path
+
+    from picollm.config import load_config
+    from picollm.train import train
+
+    summary = train(load_config(None, [*synthetic, "model.type=kgram", "train.max_tokens=4096"]))
+    b = json.loads((Path(summary["run_dir"]) / "summary.json").read_text())["time_breakdown"]
+    phases = {"data", "model_build", "tracking_init", "train_steps", "evaluation", "sampling", "checkpoints"}
+    assert phases <= set(b) and all(b[p] > 0 for p in phases)
+    assert sum(v for k, v in b.items() if k != "wall") == pytest.approx(b["wall"], abs=1e-3 * len(b))
+    assert b["wall"] >= summary["wall_time_s"]  # the trainer's own clock starts later, at its first step

@@ -20,6 +20,7 @@ from picollm.errors import PicoError
 from picollm.search import apply_params, sample
 from picollm.sweeps.settings import Experiment
 from picollm.sweeps.studies import finished
+from picollm.timing import Stopwatch, take_process_start
 
 
 class OverCap(Exception):
@@ -82,33 +83,41 @@ def make_objective(exp: Experiment, threads: int | None) -> Callable[[Any], floa
             raise
 
     def run_trial(trial: optuna.Trial) -> float:
-        _claim_slot(trial.study, trial, exp.study.n_trials)
-        trial.set_user_attr("worker", WORKER_ID)
-        values = sample(trial, exp.space, exp.base)
+        sw = Stopwatch()
+        sw.add_before("worker_start", take_process_start())  # the worker's first trial owns its start-up
+        with sw.phase("storage"):
+            _claim_slot(trial.study, trial, exp.study.n_trials)
+            trial.set_user_attr("worker", WORKER_ID)
+            values = sample(trial, exp.space, exp.base)
         cfg = _trial_config(exp, trial, values)
         if threads and not cfg.train.threads:
             cfg.train.threads = threads
         run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")
-        trial.set_user_attr("run_id", run_id)
-        trial.set_user_attr("run_dir", str(Path(cfg.tracking.out_dir) / run_id))
+        with sw.phase("storage"):
+            trial.set_user_attr("run_id", run_id)
+            trial.set_user_attr("run_dir", str(Path(cfg.tracking.out_dir) / run_id))
 
         def report(tokens: int, val_loss: float) -> None:
-            trial.report(val_loss, step=tokens)
-            if trial.should_prune():
+            with sw.phase("storage"):
+                trial.report(val_loss, step=tokens)
+                prune = trial.should_prune()
+            if prune:
                 raise StopRun("pruned", f"pruned at {tokens:,} tokens (val/loss {val_loss:.4f})")
 
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
         started = time.perf_counter()
         try:
-            summary = train(cfg, run_id=run_id, on_eval=report, extra=extra)
+            summary = train(cfg, run_id=run_id, on_eval=report, extra=extra, stopwatch=sw)
         except PicoError as exc:  # bad data or config: every other trial would fail the same way
             trial.set_user_attr("fail_reason", str(exc))
             trial.set_user_attr("abort", True)
             raise AbortSweep(str(exc)) from None
         finally:
             trial.set_user_attr("duration_s", round(time.perf_counter() - started, 2))
-        for key in ("tokens", "wandb_run_id", "best_val_loss", "final_val_loss", "status"):
-            trial.set_user_attr(key, summary.get(key))
+        with sw.phase("storage"):
+            for key in ("tokens", "wandb_run_id", "best_val_loss", "final_val_loss", "status"):
+                trial.set_user_attr(key, summary.get(key))
+        trial.set_user_attr("time_breakdown", sw.breakdown())  # the last write, so it counts the others
         if summary["status"] == "pruned":
             raise optuna.TrialPruned(summary["reason"])
         value = summary[exp.study.metric]
