@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picollm.models.loss import compute_dtype, linear_cross_entropy, mm_f32
+from picollm.models.loss import compute_dtype, linear_cross_entropy, mm_f32, token_losses
 
 BF16 = torch.bfloat16
 
@@ -77,6 +77,16 @@ def test_evaluation_under_autocast_needs_no_gradient() -> None:
         loss = linear_cross_entropy(hidden, head, targets)
     assert loss.dtype == torch.float32 and not loss.requires_grad
     assert loss.item() == pytest.approx(_reference(hidden, head, targets, round_to_bf16=True)[0].item(), rel=1e-5)
+
+
+def test_per_token_losses_under_autocast_are_float32_math_on_bf16_inputs() -> None:
+    hidden, head, targets = _case(bias=True)
+    with torch.autocast("cpu", dtype=BF16):
+        ours = token_losses(hidden, head, targets, chunk_rows=9)
+    h, w = hidden.detach().to(BF16).float(), head.weight.detach().to(BF16).float()
+    exact = F.cross_entropy(F.linear(h, w, head.bias.detach()).flatten(0, 1), targets.flatten(), reduction="none")
+    assert ours.dtype == torch.float32 and ours.shape == (4 * 19,)
+    torch.testing.assert_close(ours, exact, rtol=1e-5, atol=1e-5)
 
 
 def test_compute_dtype_follows_autocast() -> None:

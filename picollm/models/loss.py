@@ -71,6 +71,21 @@ def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.float(), b.float())  # .float() is free for float32 inputs
 
 
+def _chunk_nll(
+    h: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row loss of one chunk (``h`` and ``w_t`` in the compute dtype), its exponentiated shifted logits
+    and their row sums (what the gradients need); everything after the matmul is float32."""
+    logits = mm_f32(h, w_t)
+    if bias is not None:
+        logits += bias.float()
+    target_logit = logits.gather(1, t[:, None]).squeeze(1)
+    row_max = logits.amax(dim=1, keepdim=True)
+    exps = logits.sub_(row_max).exp_()  # one exp pass, in place of the logits
+    row_sum = exps.sum(dim=1, keepdim=True)
+    return (row_sum.log() + row_max).squeeze(1) - target_logit, exps, row_sum
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype):  # type: ignore[override]
@@ -105,14 +120,8 @@ def _forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype): 
     for start in range(0, n_rows, chunk_rows):
         h = hidden[start : start + chunk_rows].to(dtype)
         t = targets[start : start + chunk_rows]
-        logits = mm_f32(h, w_t)
-        if bias is not None:
-            logits += bias.float()
-        target_logit = logits.gather(1, t[:, None]).squeeze(1)
-        row_max = logits.amax(dim=1, keepdim=True)
-        exps = logits.sub_(row_max).exp_()  # one exp pass, in place of the logits
-        row_sum = exps.sum(dim=1, keepdim=True)
-        loss_sum += (row_sum.log() + row_max - target_logit[:, None]).sum()
+        row_loss, exps, row_sum = _chunk_nll(h, w_t, bias, t)
+        loss_sum += row_loss.sum()
         if with_grad:
             probs = exps.div_(row_sum)  # softmax
             probs[torch.arange(len(t), device=t.device), t] -= 1.0
@@ -127,6 +136,27 @@ def _forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype): 
         )
     ctx.n_rows = n_rows
     return loss_sum / n_rows
+
+
+@torch.no_grad()
+def token_losses(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """The loss of each row of ``head(hidden)`` against ``targets`` (float32, no gradient), chunk by chunk.
+
+    Evaluation needs the loss of every token, not only their mean, to give a standard error. The matmul
+    runs in the autocast dtype with float32 accumulation, like :func:`linear_cross_entropy`'s.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    rows = chunk_rows or default_chunk_rows(head.weight.shape[0])
+    dtype = compute_dtype(h)
+    with torch.autocast(h.device.type, enabled=False):
+        w_t = head.weight.to(dtype).t()
+        parts = [
+            _chunk_nll(h[i : i + rows].to(dtype), w_t, head.bias, t[i : i + rows])[0] for i in range(0, len(t), rows)
+        ]
+    return torch.cat(parts) if parts else torch.zeros(0, device=h.device)
 
 
 def linear_cross_entropy(
