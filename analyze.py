@@ -3,18 +3,19 @@
 python analyze.py noise results/runs/<a> results/runs/<b>        # is an epoch "increase" real?
 python analyze.py compare --study quick                          # which number ranks configs reliably?
 python analyze.py inspect results/runs/<a> --position 20         # what does the model see and predict?
-python analyze.py report --study quick                           # all of it as Markdown + figures
+python analyze.py report --study quick --html                    # all of it as Markdown (+ one HTML file)
+python analyze.py dashboard --study quick                        # optuna-dashboard on localhost, with the figures
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from picollm.errors import ConfigError, DataError, run_cli
+from picollm.fileio import atomic_write_json
 from picollm.storage import add_storage_argument, mask_url
 
 EPILOG = """\
@@ -56,9 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--top", type=int, default=10)
     inspect.add_argument("--weights", choices=("best", "final"), default="best")
     inspect.add_argument("--out", default="results/analysis/inspect")
-    report = sub.add_parser("report", help="a Markdown report with figures in results/reports/<name>/")
+    report = sub.add_parser(
+        "report", help="a Markdown (and --html: one self-contained HTML) report in results/reports/<name>/"
+    )
     add_sources(report)
     report.add_argument("--name", help="report name (default: the study name or 'runs')")
+    report.add_argument("--out", help="folder for the report and its figures (default: results/reports/<name>)")
+    report.add_argument("--html", action="store_true", help="also one self-contained report.html (figures inlined)")
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="serve a study with optuna-dashboard on localhost, with its figures and run-record links",
+        description="optuna-dashboard (history, importances, parallel coordinates, slices, trial table) for the "
+        "study in --storage, plus its figures as artifacts in the study's note and, on each trial, links to its "
+        "run record and W&B run. Notes and artifacts are saved into the study (figures only once per content).",
+    )
+    add_storage_argument(dashboard)
+    dashboard.add_argument("--study", help="publish figures and notes for this study only (default: every study)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080; 0: any free)")
+    dashboard.add_argument("--artifacts", default="results/artifacts", help="where the uploaded figures are kept")
+    dashboard.add_argument("--reports", default="results/reports", help="where `analyze.py report` wrote reports")
     return parser
 
 
@@ -95,7 +112,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     figures.append(false_increase_figure(results, out / "false_increase.png"))
     payload = {**results[0], "runs": results} if len(results) == 1 else {"runs": results}
     payload["verdict"] = overall_verdict(results)
-    (out / "noise.json").write_text(json.dumps(payload, indent=1))
+    atomic_write_json(out / "noise.json", payload)
     for r in results:
         print(f"\n{r['run']}: sigma {r['step_noise_sigma']:.4f}, lag-1 autocorrelation {r['lag1_autocorrelation']:.2f}")
         print("  epoch  mean     95% interval          steps")
@@ -122,7 +139,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise DataError(str(exc)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "compare.json", result)
     figure = compare_figure(result["runs"], list(result["metrics"]), out / "compare.png")
     print("\n".join(compare_lines(result)))
     print(f"wrote {out / 'compare.json'} and {figure}")
@@ -136,7 +153,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     result = inspect_run(args.run_dir, args.batch, args.position, args.top, args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "inspect.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "inspect.json", result)
     bar_figure(
         [t["token"] for t in result["top"]],
         [t["prob"] for t in result["top"]],
@@ -157,24 +174,46 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from picollm.analysis import records
     from picollm.analysis.report import write_report
+    from picollm.analysis.sections import build_report
 
-    runs = load_sources(args)
+    study = records.load_study(args.study, args.storage) if args.study else None
+    runs = records.load_study_runs(study) if study is not None else load_sources(args)
     name = args.name or args.study or args.group or "runs"
-    header = None
-    if args.study:
-        import optuna
-
-        from picollm.storage import open_storage
-        from picollm.sweeps import report_lines
-
-        header = report_lines(optuna.load_study(study_name=args.study, storage=open_storage(args.storage)))
-    path = write_report(name, runs, Path("results/reports") / name, header)
-    print(f"wrote {path}")
+    try:
+        report = build_report(name, runs, Path(args.out or f"results/reports/{name}"), study, html=args.html)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    for path in write_report(report, html=args.html):
+        print(f"wrote {path}")
     return 0
 
 
-COMMANDS = {"noise": cmd_noise, "compare": cmd_compare, "inspect": cmd_inspect, "report": cmd_report}
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from picollm.analysis import records
+    from picollm.analysis.dashboard import make_server
+
+    storage, names = records.open_studies(args.storage, args.study)
+    server = make_server(storage, names, args.port, Path(args.artifacts), Path(args.reports))
+    where = f"http://127.0.0.1:{server.server_port}/dashboard/"
+    print(f"optuna-dashboard for {', '.join(names)} at {where} (press Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+COMMANDS = {
+    "noise": cmd_noise,
+    "compare": cmd_compare,
+    "inspect": cmd_inspect,
+    "report": cmd_report,
+    "dashboard": cmd_dashboard,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

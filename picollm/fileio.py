@@ -1,4 +1,9 @@
-"""Writes that are all-or-nothing: a crash mid-write leaves the old file, never half a new one."""
+"""Writes that are all-or-nothing: a crash mid-write leaves the old file, never half a new one.
+
+The temporary file gets the permissions a plain ``open(path, "w")`` would give (0666 minus the
+umask), so exports and records stay readable by the group and others exactly as the user set up;
+``mkstemp`` alone would leave them at 0600.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,25 @@ from typing import Any
 import torch
 
 
+def _umask() -> int:
+    """The process umask: from /proc on Linux (thread-safe), else by setting it and straight back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +39,13 @@ STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/
 EPOCH_METRICS = ("val/epoch_loss", "train/epoch_loss", "train/epoch_loss_stderr", "train/epoch_steps")
 # W&B gets this long to start or finish before the run goes on without it (override for tests).
 WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
+# The Optuna state a trial's run ends in, by the run's status: W&B shows it next to the trial number.
+TRIAL_STATE = {"finished": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL"}
+
+# A sweep worker sets this (e.g. to ``print``) to get one line about a running trial every
+# PROGRESS_EVERY_S seconds; None keeps runs silent. A plain run has its own progress bar.
+progress_line: Callable[[str], None] | None = None
+PROGRESS_EVERY_S = 10.0
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -71,6 +79,44 @@ def library_versions() -> dict[str, str]:
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
     return versions
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to top-level dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``).
+
+    W&B's parallel-coordinates and parameter-importance panels pick columns by config key: a
+    searched ``optim.lr`` must be a top-level key there, exactly as the search space names it.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def wandb_config(cfg: Config, extra: dict[str, Any]) -> dict[str, Any]:
+    """The run's W&B config: every trainer setting plus the run's context, as dotted keys.
+
+    Context keys that share a name with a config section (``data``: the data summary) move to
+    ``<name>_summary`` rather than replace the section: a shallow merge used to lose the data settings.
+    """
+    settings = cfg.to_dict()
+    context = {f"{k}_summary" if k in settings else k: v for k, v in extra.items() if k != "argv"}
+    trial = context.get("trial")
+    if isinstance(trial, dict) and "params" in trial:  # the params are the config's own dotted keys
+        context["trial"] = {k: v for k, v in trial.items() if k != "params"} | {"searched": sorted(trial["params"])}
+    return flatten({**settings, **context})
+
+
+def trial_summary(extra: dict[str, Any], status: str | None) -> dict[str, Any]:
+    """For a sweep trial's run: its number and Optuna state, so W&B tables sort and filter by them."""
+    trial = extra.get("trial")
+    if not isinstance(trial, dict) or "number" not in trial:
+        return {}
+    return {"trial_number": trial["number"], "trial_state": TRIAL_STATE.get(str(status), "FAIL")}
 
 
 class Sink(Protocol):
@@ -136,6 +182,8 @@ class WandbSink:
     def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
         self.run: Any = None
         self.run_id: str | None = run_id
+        self.url: str | None = None  # the run's page, online only (the dashboard links to it)
+        self.mode = mode
         self.rows: list[list[Any]] = []
         self.error: str | None = None
         self._warned = False
@@ -216,6 +264,8 @@ class WandbSink:
         def close() -> None:
             nested_ok = ("time_breakdown",)  # W&B shows it as time_breakdown.<phase>
             self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict) or k in nested_ok})
+            if self.mode == "online":
+                self.url = self.run.url
             self.run.finish(exit_code=0 if summary.get("status") in ("finished", "pruned") else 1)
 
         self._queue.put(("finish", close))
@@ -242,14 +292,15 @@ class Tracker:
             "host": platform.node(),
             **(extra or {}),
         }
+        self.extra = extra or {}
         self.local = JsonlSink(self.run_dir)
         self.sinks: list[Sink] = [self.local]
         self.wandb: WandbSink | None = None
         mode = resolve_wandb_mode(cfg.tracking.wandb)
         if mode != "disabled":
-            wandb_config = {**cfg.to_dict(), **{k: v for k, v in (extra or {}).items() if k != "argv"}}
-            self.wandb = WandbSink(cfg, mode, run_id, self.run_dir, wandb_config)
+            self.wandb = WandbSink(cfg, mode, run_id, self.run_dir, wandb_config(cfg, self.extra))
             self.sinks.append(self.wandb)
+        self.progress = ProgressLine(cfg.tracking.name or run_id)
         self.meta["wandb"] = {"mode": mode, "run_id": self.wandb.run_id if self.wandb else None}
         atomic_write_json(self.run_dir / "meta.json", self.meta)
 
@@ -260,13 +311,44 @@ class Tracker:
     def log(self, row: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink.log(row)
+        self.progress.update(row)
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         for sink in self.sinks:
             sink.log_sample({"step": step, "prompt": prompt, "text": text})
 
     def finish(self, summary: dict[str, Any]) -> None:
+        summary = {**summary, **trial_summary(self.extra, summary.get("status"))}
         if self.wandb is not None:  # first, so the local summary knows whether W&B got the run
             self.wandb.finish(summary)
         summary = {**summary, "run_id": self.run_id, "wandb_run_id": self.wandb.run_id if self.wandb else None}
+        if self.wandb is not None and self.wandb.url:
+            summary["wandb_url"] = self.wandb.url
         self.local.finish(summary)
+
+
+class ProgressLine:
+    """At most one line every PROGRESS_EVERY_S seconds about a running run, through ``progress_line``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last: dict[str, Any] = {}
+        self.next_at = time.monotonic() + PROGRESS_EVERY_S
+
+    def update(self, row: dict[str, Any]) -> None:
+        if progress_line is None:
+            return
+        self.last.update({k: v for k, v in row.items() if v is not None})
+        if time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + PROGRESS_EVERY_S
+        progress_line(self.line())
+
+    def line(self) -> str:
+        fields = [f"step {self.last.get('step', 0)}", f"{self.last.get('tokens', 0):,} tokens"]
+        for key in ("train/loss", "val/loss"):
+            if key in self.last:
+                fields.append(f"{key} {self.last[key]:.4f}")
+        if "tokens_per_s" in self.last:
+            fields.append(f"{self.last['tokens_per_s']:,.0f} tokens/s")
+        return f"  {self.name}: " + ", ".join(fields)

@@ -67,21 +67,33 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     rows = []
     for kind, record in read_records(path):
         if kind == "history":
-            rows.append({item.key or "/".join(item.nested_key): _decode(item.value_json) for item in record.item})
+            rows.append(_items(record.item))
     return rows
 
 
+def _items(update: Any) -> dict[str, Any]:
+    return {item.key or "/".join(item.nested_key): _decode(item.value_json) for item in update}
+
+
+def _metric(record: Any) -> dict[str, Any]:
+    """A ``define_metric`` as recorded: its x-axis and which summaries W&B keeps (min, last, ...)."""
+    kept = [name for name in ("min", "max", "mean", "best", "last", "first") if getattr(record.summary, name)]
+    return {"step_metric": record.step_metric, "summary": kept}
+
+
 def read_run_info(path: str | Path) -> dict[str, Any]:
-    """The run's group, job type, name and config as W&B recorded them."""
-    info: dict[str, Any] = {"config": {}}
+    """The run's group, job type, name, config, summary and metric definitions as W&B recorded them."""
+    info: dict[str, Any] = {"config": {}, "summary": {}, "metrics": {}}
     for kind, record in read_records(path):
         if kind == "run":
             info.update(group=record.run_group, job_type=record.job_type, name=record.display_name, id=record.run_id)
-            for item in record.config.update:
-                info["config"][item.key or "/".join(item.nested_key)] = _decode(item.value_json)
+            info["config"].update(_items(record.config.update))
         elif kind == "config":
-            for item in record.update:
-                info["config"][item.key or "/".join(item.nested_key)] = _decode(item.value_json)
+            info["config"].update(_items(record.update))
+        elif kind == "summary":
+            info["summary"].update(_items(record.update))
+        elif kind == "metric" and record.name:
+            info["metrics"][record.name] = _metric(record)
         elif kind == "exit":
             info["exit_code"] = record.exit_code
     return info

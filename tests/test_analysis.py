@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
+from signal import SIGINT
 
 import numpy as np
 import pytest
@@ -17,8 +22,10 @@ from picollm.analysis import noise, records
 from picollm.analysis.compare import compare_runs
 from picollm.analysis.diagnose import inspect_run
 from picollm.analysis.records import RunHistory
+from picollm.analysis.report import write_report
+from picollm.analysis.sections import build_report
 from picollm.config import load_config
-from picollm.errors import run_cli
+from picollm.errors import DataError, run_cli
 from picollm.train import train
 
 
@@ -149,13 +156,26 @@ def test_offline_wandb_file_and_api_adapter_give_the_local_history(trained_runs:
     np.testing.assert_array_equal(api_run.losses, local.losses)
 
 
-def test_compare_ranks_and_prices_the_noisy_choice(trained_runs: list[str]) -> None:
-    result = compare_runs([records.load_run_dir(d) for d in trained_runs], last_n=10)
-    assert set(result["metrics"]) == {"last_step_loss", "last_n_mean", "last_epoch_mean"}
-    for m in result["metrics"].values():
-        assert -1 <= m["kendall_tau"] <= 1 and m["cost"] >= 0
-    best = min(result["runs"], key=lambda r: r["val_loss"])
-    assert result["best_by_val"] == best["run"]
+def _ranked_run(name: str, last_steps: list[float], val: float) -> RunHistory:
+    """A run whose training losses end in ``last_steps`` (one epoch each half) and whose validation loss is ``val``."""
+    losses = [5.0] * (20 - len(last_steps)) + last_steps
+    rows = [{"step": i + 1, "epoch": 1 + i // 10, "train/loss": v} for i, v in enumerate(losses)]
+    rows.append({"step": 20, "epoch": 2, "val/epoch_loss": val})
+    return records.from_rows(name, rows)
+
+
+def test_compare_prices_a_pick_by_a_noisy_metric() -> None:
+    # the last step loss favours b by luck; the mean of the last 3 steps agrees with the validation ranking
+    runs = [
+        _ranked_run("a", [2.0, 2.1, 1.9], 2.0),
+        _ranked_run("b", [3.0, 3.2, 1.0], 3.0),
+        _ranked_run("c", [4.0, 4.1, 3.9], 4.0),
+    ]
+    result = compare_runs(runs, last_n=3)
+    assert result["best_by_val"] == "a"
+    noisy, steady = result["metrics"]["last_step_loss"], result["metrics"]["last_n_mean"]
+    assert (noisy["picks"], noisy["cost"], noisy["kendall_tau"]) == ("b", pytest.approx(1.0), pytest.approx(1 / 3))
+    assert (steady["picks"], steady["cost"], steady["kendall_tau"]) == ("a", 0.0, pytest.approx(1.0))
 
 
 def test_inspect_warns_when_the_model_only_predicts_one_token(trained_runs: list[str]) -> None:
@@ -186,7 +206,10 @@ def test_cli_noise_and_report_write_json_figures_and_a_verdict(
     with pytest.raises(SystemExit):
         run_cli(analyze.main, ["report", *trained_runs, "--name", "r"])
     report = (tmp_path / "results" / "reports" / "r" / "report.md").read_text()
-    assert "```{figure} false_increase.png" in report and "## Which number ranks configurations?" in report
+    assert "](false_increase.png)" in report and "## Which number ranks configurations?" in report
+    assert "{figure}" not in report  # plain Markdown images, which every viewer shows
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+        assert (tmp_path / "results" / "reports" / "r" / link).is_file(), link
 
 
 def test_cli_bad_sources_exit_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,3 +219,125 @@ def test_cli_bad_sources_exit_with_one_line(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_info:
         run_cli(analyze.main, ["compare"])
     assert exit_info.value.code == 2 and "give exactly one source" in capsys.readouterr().err
+
+
+def test_report_verdict_names_only_runs_that_have_a_section(tmp_path: Path) -> None:
+    runs = [synthetic_run(2000, 100, 0.2, 0.0, f"mid{i}") for i in range(6)]
+    runs.insert(0, synthetic_run(2000, 500, 0.2, 0.0, "long"))
+    runs.append(synthetic_run(2000, 3, 0.2, 0.0, "short"))  # last: beyond the old six-section cap
+    report = build_report("v", runs, tmp_path)
+    (md,) = write_report(report)
+    text = md.read_text()
+    verdict = report.sections[0].text[0]
+    assert "short" in verdict and "long" in verdict
+    for name in ("short", "long"):
+        assert f"### {name}\n" in text and f"](noise_{name}.png)" in text
+        assert (tmp_path / f"noise_{name}.png").is_file()
+
+
+def test_noise_from_wandb_without_an_api_key_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(analyze.main, ["noise", "--wandb", "me/picollm", "--out", str(tmp_path / "n")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "API key" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path: Path, umask: int, mode: int) -> None:
+    from picollm.fileio import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "trials.csv", "a,b\n")
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "trials.csv").stat().st_mode & 0o777 == mode == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+def test_analysis_json_is_replaced_whole_or_not_at_all(
+    trained_runs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picollm import fileio
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "compare.json").write_text('{"old": true}')
+
+    def crash(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        analyze.main(["compare", *trained_runs, "--out", str(out)])
+    assert json.loads((out / "compare.json").read_text()) == {"old": True}
+    assert not list(out.glob(".compare.json-*"))  # no half-written temporary file left behind
+
+
+def test_inspect_past_the_block_shows_the_last_position_with_a_note(trained_runs: list[str]) -> None:
+    from picollm.analysis.diagnose import inspect_lines
+
+    result = inspect_run(trained_runs[1], position=20)  # the README's example on a block-16 run
+    assert result["position"] == 15 and "block size 16" in result["note"]
+    assert inspect_lines(result)[0].startswith("note: position 20 is past")
+    with pytest.raises(DataError, match="--position"):
+        inspect_run(trained_runs[1], position=-1)
+
+
+def test_dashboard_refuses_a_missing_database_or_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.db"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(analyze.main, ["dashboard", "--storage", f"sqlite:///{missing}"])
+    assert exit_info.value.code == 2 and "no study database" in capsys.readouterr().err
+    assert not missing.exists()  # the read-only opener never creates an empty database
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    import optuna
+
+    optuna.create_study(study_name="real", storage=storage)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(analyze.main, ["dashboard", "--storage", storage, "--study", "other"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no study named 'other'" in err and "real" in err
+
+
+def test_dashboard_serves_until_ctrl_c_and_exits_cleanly(tmp_path: Path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    cmd = [
+        sys.executable,
+        str(Path(analyze.__file__)),
+        "dashboard",
+        "--storage",
+        storage,
+        "--port",
+        "0",
+        "--artifacts",
+        str(tmp_path / "a"),
+        "--reports",
+        str(tmp_path / "r"),
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/dashboard/", line).group(0)
+        from urllib.request import urlopen
+
+        with urlopen(url.replace("/dashboard/", "/api/studies"), timeout=30) as response:
+            assert b'"study_name": "s"' in response.read().replace(b'":"', b'": "')
+        assert "Ctrl-C" in line
+        proc.send_signal(SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode in (0, 130) and "Traceback" not in err, err
+    assert "dashboard stopped" in out

@@ -26,6 +26,17 @@ def _show(tokenizer: Any, token_id: int) -> str:
     return repr(tokenizer.decode([int(token_id)]))
 
 
+def _position(position: int | None, block: int) -> tuple[int, str | None]:
+    """The window's last position by default; past the window, the last one and a note saying so."""
+    if position is None:
+        return block - 1, None
+    if position < 0:
+        raise DataError(f"--position must be in [0, {block - 1}], got {position}")
+    if position >= block:
+        return block - 1, f"position {position} is past this run's block size {block}: showing the last, {block - 1}"
+    return position, None
+
+
 @torch.no_grad()
 def inspect_run(
     run_dir: str | Path, batch: int = 0, position: int | None = None, top: int = 10, which: str = "best"
@@ -40,9 +51,7 @@ def inspect_run(
         raise DataError(f"--batch must be in [0, {n_windows - 1}] for this run's validation split")
     window = np.asarray(data.val[batch * block : batch * block + block + 1], dtype=np.int64)
     x, y = torch.from_numpy(window[:-1])[None], torch.from_numpy(window[1:])
-    position = block - 1 if position is None else position
-    if not 0 <= position < block:
-        raise DataError(f"--position must be in [0, {block - 1}]")
+    position, note = _position(position, block)
     logits = model.head(model(x))[0].float()
     log_probs = logits.log_softmax(-1)
     probs = log_probs[position].exp()
@@ -71,6 +80,7 @@ def inspect_run(
         "most_common_guess": _show(tokenizer, common_guess),
         "most_common_guess_share": common_share,
         "warning": None,
+        "note": note,
     }
     if common_share >= SAME_GUESS_WARNING:
         result["warning"] = (
@@ -81,7 +91,8 @@ def inspect_run(
 
 
 def inspect_lines(r: dict[str, Any]) -> list[str]:
-    lines = [
+    lines = [f"note: {r['note']}"] if r.get("note") else []
+    lines += [
         f"input (validation window {r['batch']}, up to position {r['position']}):",
         f"  {r['context']!r}",
         f"next token: {r['target']}; the model's top {len(r['top'])}:",

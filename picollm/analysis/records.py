@@ -100,9 +100,7 @@ def load_wandb_file(path: str | Path) -> RunHistory:
 def load_wandb_project(project_path: str, group: str | None = None, api: Any = None) -> list[RunHistory]:
     """Runs of ``ENTITY/PROJECT`` (optionally one group) through the W&B public API."""
     if api is None:
-        import wandb
-
-        api = wandb.Api(timeout=30)
+        api = wandb_api()
     filters = {"group": group} if group else {}
     try:
         runs = list(api.runs(project_path, filters=filters))
@@ -118,6 +116,27 @@ def load_wandb_project(project_path: str, group: str | None = None, api: Any = N
     return histories
 
 
+def wandb_api() -> Any:
+    """W&B's public API; without a key (or wandb) that is one line, not W&B's traceback."""
+    try:
+        import wandb
+
+        return wandb.Api(timeout=30)
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot use the W&B API: {detail} (or set WANDB_API_KEY)") from None
+
+
+def _check_sqlite_exists(storage: str) -> None:
+    """Opening a missing SQLite file would create an empty one: say the path is wrong instead."""
+    from picollm.storage import mask_url
+
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        path = Path(storage.removeprefix("sqlite:///")).expanduser()
+        if not path.is_file():
+            raise DataError(f"no study database at {path} (storage {mask_url(storage)})")
+
+
 def load_study(study_name: str, storage: str) -> Any:
     """A finished or running sweep, opened read-only for analysis."""
     import optuna
@@ -126,10 +145,33 @@ def load_study(study_name: str, storage: str) -> Any:
     from picollm.sweeps.studies import quiet_optuna
 
     quiet_optuna()
+    _check_sqlite_exists(storage)
     try:
         return optuna.load_study(study_name=study_name, storage=open_storage(storage))
     except KeyError:
         raise DataError(f"no study named {study_name!r} in {mask_url(storage)}") from None
+
+
+def open_studies(storage_url: str, study_name: str | None) -> tuple[Any, list[str]]:
+    """A storage and the study names in it to show (one, or all): a missing study is one line."""
+    import optuna
+
+    from picollm.storage import mask_url, open_storage
+    from picollm.sweeps.studies import quiet_optuna
+
+    quiet_optuna()
+    _check_sqlite_exists(storage_url)
+    storage = open_storage(storage_url)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as exc:
+        raise DataError(f"cannot read studies from {mask_url(storage_url)}: {type(exc).__name__}") from None
+    if study_name is not None and study_name not in names:
+        known = ", ".join(names) or "none"
+        raise DataError(f"no study named {study_name!r} in {mask_url(storage_url)} (studies there: {known})")
+    if not names:
+        raise DataError(f"no studies in {mask_url(storage_url)}")
+    return storage, [study_name] if study_name else names
 
 
 def load_study_runs(study: Any) -> list[RunHistory]:
@@ -146,3 +188,10 @@ def load_study_runs(study: Any) -> list[RunHistory]:
     if not runs:
         raise DataError(f"study {study.study_name!r} has no completed trials with run records on this machine")
     return runs
+
+
+def study_report_lines(study: Any) -> list[str]:
+    """The sweep's own summary of a study (counts, tokens spent, best against the baseline)."""
+    from picollm.sweeps import report_lines
+
+    return report_lines(study)

@@ -1,83 +1,109 @@
-"""A Markdown report (MyST figures) that gathers the noise analysis, rankings, best config and samples."""
+"""A study's report as a document: sections of text, tables, code and figures, written as Markdown
+(``report.md``, plain image links any viewer shows) and optionally as one self-contained HTML file.
+
+The sections themselves are built in :mod:`picollm.analysis.sections`; this module owns the document
+model, the Markdown rendering and where the files go.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from picollm.analysis.compare import compare_lines, compare_runs
-from picollm.analysis.figures import compare_figure, false_increase_figure, noise_figure
-from picollm.analysis.noise import analyze_noise, overall_verdict
-from picollm.analysis.records import RunHistory
-from picollm.fileio import atomic_write_text
+from picollm.fileio import atomic_write_json, atomic_write_text
 
 
-def _figure(path: Path, caption: str, label: str) -> str:
-    return f"```{{figure}} {path.name}\n:name: {label}\n:width: 90%\n\n{caption}\n```\n"
+@dataclass
+class Figure:
+    path: Path  # a PNG next to the report
+    caption: str
 
 
-def _samples(run: RunHistory) -> str | None:
-    if run.run_dir is None or not (run.run_dir / "samples.jsonl").is_file():
-        return None
-    lines = [line for line in (run.run_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
-    if not lines:
-        return None
-    last = json.loads(lines[-1])
-    return f"{last['prompt']}{last['text']}"
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
 
 
-def write_report(name: str, runs: list[RunHistory], out_dir: Path, header: list[str] | None = None) -> Path:
-    """Write ``report.md`` and its figures into ``out_dir``; returns the report path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = [f"# picollm report: {name}\n"]
-    if header:
-        parts.append("## The study\n\n" + "\n".join(f"- {line}" for line in header) + "\n")
-    long_enough = [run for run in runs if len(run.losses) >= 8]
-    results = [analyze_noise(run, simulate=len(runs) <= 4) for run in long_enough]
-    if results:
-        parts.append("## Is an epoch-to-epoch increase real?\n\n" + overall_verdict(results) + "\n")
-        fig = false_increase_figure(results, out_dir / "false_increase.png")
-        parts.append(
-            _figure(
-                fig,
-                "Probability that an epoch's mean training loss rises although the true loss "
-                "falls, by steps per epoch.",
-                "fig-false-increase",
-            )
-        )
-        for r, run in list(zip(results, long_enough, strict=True))[:6]:
-            fig = noise_figure(run, r, out_dir / f"noise_{run.name}.png")
-            parts.append(
-                f"### {run.name}\n\n{r['verdict']}\n\n" + _figure(fig, f"Losses of {run.name}.", f"fig-{run.name}")
-            )
-    if len(runs) >= 2:
-        try:
-            cmp = compare_runs(runs)
-        except ValueError:
-            cmp = None
-        if cmp:
-            fig = compare_figure(cmp["runs"], list(cmp["metrics"]), out_dir / "compare.png")
-            parts.append(
-                "## Which number ranks configurations?\n\n```text\n" + "\n".join(compare_lines(cmp)) + "\n```\n"
-            )
-            parts.append(_figure(fig, "Each training-loss metric against the validation loss.", "fig-compare"))
-    best = min((r for r in runs if r.val_epoch_loss() is not None), key=lambda r: r.val_epoch_loss(), default=None)
-    if best is not None:
-        baseline = best.summary.get("unigram_val_loss")
-        parts.append(
-            f"## Best run\n\n`{best.name}`: validation loss {best.val_epoch_loss():.4f} nats"
-            + (f" against the unigram (counting) baseline {baseline:.4f}" if baseline else "")
-            + ".\n"
-        )
-        sample = _samples(best)
-        if sample:
-            parts.append(f"Sample:\n\n> {sample!r}\n")
-    path = out_dir / "report.md"
-    atomic_write_text(path, "\n".join(parts))
-    atomic_write_text(out_dir / "noise.json", json.dumps({"runs": results}, indent=1, default=_json_default))
-    return path
+@dataclass
+class Section:
+    """One heading and what goes under it, in this order: text, tables, code, figures, subsections."""
+
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    code: str | None = None
+    code_lang: str = "text"
+    copy_button: bool = False  # the HTML report offers to copy the code (the best config)
+    figures: list[Figure] = field(default_factory=list)
+    subsections: list[Section] = field(default_factory=list)
+    warning: str | None = None
+
+    @property
+    def anchor(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.title.lower()).strip("-")
 
 
-def _json_default(value: Any) -> Any:
+@dataclass
+class Report:
+    name: str
+    out_dir: Path
+    sections: list[Section]
+    data: dict[str, Any] = field(default_factory=dict)  # the analysis numbers, saved as report.json
+
+
+def cell(value: Any) -> str:
+    """A table cell: floats to 4 decimals, None as a dash."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}"
     return str(value)
+
+
+def _md_table(table: Table) -> str:
+    lines = ["| " + " | ".join(table.header) + " |", "|" + " --- |" * len(table.header)]
+    lines += ["| " + " | ".join(cell(v).replace("|", "\\|") for v in row) + " |" for row in table.rows]
+    caption = f"{table.caption}\n\n" if table.caption else ""
+    return caption + "\n".join(lines) + "\n"
+
+
+def _md_section(section: Section, level: int, out_dir: Path) -> str:
+    parts = [f"{'#' * level} {section.title}\n"]
+    if section.warning:
+        parts.append(f"> **Warning:** {section.warning}\n")
+    parts += [f"{paragraph}\n" for paragraph in section.text]
+    parts += [_md_table(table) for table in section.tables]
+    if section.code is not None:
+        parts.append(f"```{section.code_lang}\n{section.code.rstrip()}\n```\n")
+    parts += [f"![{fig.caption}]({_link(fig.path, out_dir)})\n\n*{fig.caption}*\n" for fig in section.figures]
+    parts += [_md_section(sub, level + 1, out_dir) for sub in section.subsections]
+    return "\n".join(parts)
+
+
+def _link(path: Path, out_dir: Path) -> str:
+    """A figure's path relative to the report, so the Markdown file shows it from where it lies."""
+    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+
+
+def render_markdown(report: Report) -> str:
+    body = "\n".join(_md_section(section, 2, report.out_dir) for section in report.sections)
+    return f"# picollm report: {report.name}\n\n{body}"
+
+
+def write_report(report: Report, html: bool = False) -> list[Path]:
+    """``report.md`` (+ ``report.html``) and ``report.json`` into the report's folder; returns the paths."""
+    out = report.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.md"]
+    atomic_write_text(paths[0], render_markdown(report))
+    if html:
+        from picollm.analysis.html import render_html
+
+        paths.append(out / "report.html")
+        atomic_write_text(paths[1], render_html(report))
+    atomic_write_json(out / "report.json", report.data)
+    return paths

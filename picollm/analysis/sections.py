@@ -1,0 +1,323 @@
+"""The sections of a report: the study's question, the ranking, the best config, the loss noise,
+the metric rankings, the best run's diagnostics, samples and the exported files.
+
+Each builder takes what it needs (a study, run histories, the report folder for figures) and
+returns a :class:`~picollm.analysis.report.Section`, or None when it has nothing to show.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from picollm.analysis.compare import compare_lines, compare_runs
+from picollm.analysis.figures import bar_figure, compare_figure, false_increase_figure, noise_figure
+from picollm.analysis.noise import analyze_noise, overall_verdict
+from picollm.analysis.records import RunHistory
+from picollm.analysis.report import Figure, Section, Table, cell
+from picollm.errors import PicoError
+
+MIN_STEPS_FOR_NOISE = 8
+MAX_RUN_SECTIONS = 6  # per-run noise sections beyond those the verdict names and the best run
+
+
+def _describe_param(p: dict[str, Any]) -> str:
+    if p.get("type") == "categorical":
+        text = "one of " + ", ".join(map(str, p["choices"]))
+    else:
+        text = f"{p['type']} in [{p['low']:g}, {p['high']:g}]" + (" (log)" if p.get("log") else "")
+        text += f", step {p['step']:g}" if p.get("step") else ""
+    when = p.get("when")
+    return text + (f", when {', '.join(f'{k} in {v}' for k, v in when.items())}" if when else "")
+
+
+def _data_identity(study: Any) -> Table:
+    """What the trials trained and were scored on: the data settings, and a run's measured data."""
+    data = study.user_attrs.get("base", {}).get("data", {})
+    keys = ("tinystories", "max_stories", "input_files", "synthetic", "tokenizer", "compact_vocab", "val_tokens")
+    rows = [[f"data.{k}", data.get(k)] for k in keys if k in data]
+    for t in study.trials:
+        meta_path = Path(str(t.user_attrs.get("run_dir", "")), "meta.json")
+        if meta_path.is_file():
+            seen = json.loads(meta_path.read_text()).get("data", {})
+            rows += [[f"measured: {k}", seen.get(k)] for k in ("tokenizer", "vocab_size", "train_tokens", "val_tokens")]
+            rows.append(["token cache", Path(str(seen.get("cache", ""))).name or None])
+            break
+    return Table(["setting", "value"], rows, "Data identity (trials compare only on the same data):")
+
+
+def study_section(study: Any, counts_lines: list[str]) -> Section:
+    """The question the study asks: space, budget, metric, data."""
+    s = study.user_attrs.get("settings", {})
+    text = [
+        f"Minimise `{s.get('metric', 'best_val_loss')}` (nats per token) over {s.get('n_trials', '?')} trials; "
+        f"sampler `{s.get('sampler', '?')}`, pruner `{s.get('pruner', '?')}`, "
+        f"{cell(s.get('budget_tokens'))} training tokens per trial, {s.get('reports', '?')} reports to the pruner.",
+        *counts_lines,
+    ]
+    space = Table(
+        ["parameter", "searched over"],
+        [[p["key"], _describe_param(p)] for p in study.user_attrs.get("space", [])],
+        "Search space:",
+    )
+    return Section("The study", text=text, tables=[space, _data_identity(study)])
+
+
+def ranking_section(header: list[str], rows: list[dict[str, Any]], params: list[str]) -> Section:
+    """Complete trials ranked; pruned trials apart with their last intermediate value; failures with reasons."""
+    complete = sorted((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: (r["value"], r["number"]))
+    ranked = Table(
+        ["rank", "trial", "value", "± stderr", *params, "tokens"],
+        [
+            [i + 1, r["number"], r["value"], r["value_stderr"], *[r.get(p) for p in params], r["tokens"]]
+            for i, r in enumerate(complete)
+        ],
+        "Completed trials, best first (value = the study's metric on the whole validation split):",
+    )
+    section = Section("Ranking", tables=[ranked])
+    pruned = [r for r in rows if r["state"] == "PRUNED"]
+    if pruned:
+        section.tables.append(
+            Table(
+                ["trial", "state", "last intermediate val/loss", "at tokens", *params],
+                [
+                    [r["number"], "pruned", r["value"], r["pruned_at_tokens"], *[r.get(p) for p in params]]
+                    for r in pruned
+                ],
+                "Pruned trials (not ranked: their value is a periodic val/loss before the budget ran out):",
+            )
+        )
+    failed = [r for r in rows if r["state"] not in ("COMPLETE", "PRUNED")]
+    if failed:
+        section.tables.append(
+            Table(
+                ["trial", "state", "reason"],
+                [[r["number"], r["state"], r["fail_reason"]] for r in failed],
+                "Not finished:",
+            )
+        )
+    return section
+
+
+def best_config_section(best_yaml: str, best: Any) -> Section:
+    return Section(
+        "Best configuration",
+        text=[
+            f"Trial {best.number} (value {best.value:.4f}). Run it as-is: `python -m picollm.train --config best.yaml`."
+        ],
+        code=best_yaml,
+        code_lang="yaml",
+        copy_button=True,
+    )
+
+
+def _noise_table(results: list[dict[str, Any]]) -> Table:
+    rows = []
+    for r in results:
+        val = r["validation"]
+        rows.append(
+            [
+                r["run"],
+                r["steps_per_epoch"],
+                r["step_noise_sigma"],
+                r["lag1_autocorrelation"],
+                r["p_false_increase"],
+                r["share_step_increases"],
+                r["share_epoch_increases"],
+                val["share_val_loss_increases"],
+                val["share_val_epoch_increases"],
+            ]
+        )
+    return Table(
+        [
+            "run",
+            "steps/epoch",
+            "sigma",
+            "lag-1 rho",
+            "P(false increase)",
+            "train step rises",
+            "train epoch rises",
+            "val/loss rises (per eval)",
+            "val/epoch_loss rises",
+        ],
+        rows,
+        "Share of rises, step to step and epoch to epoch, for the training loss and the validation loss "
+        "(val/loss: a fixed subset every evaluation; val/epoch_loss: the whole split each epoch):",
+    )
+
+
+def _named_runs(verdict: str, runs: list[RunHistory], best: RunHistory | None) -> list[RunHistory]:
+    """The runs the verdict names and the best run first, then others up to MAX_RUN_SECTIONS."""
+    named = [r for r in runs if r is best or re.search(rf"(?<![\w.-]){re.escape(r.name)}(?![\w-])", verdict)]
+    rest = [r for r in runs if r not in named]
+    return named + rest[: max(0, MAX_RUN_SECTIONS - len(named))]
+
+
+def noise_section(runs: list[RunHistory], out_dir: Path, best: RunHistory | None) -> tuple[Section | None, list]:
+    """Is an epoch-to-epoch rise real? Every run the verdict names gets its own subsection and figure."""
+    usable = [run for run in runs if len(run.losses) >= MIN_STEPS_FOR_NOISE]
+    results = [analyze_noise(run, simulate=len(usable) <= 4) for run in usable]
+    if not results:
+        return None, []
+    verdict = overall_verdict(results)
+    section = Section("Is an epoch-to-epoch increase real?", text=[verdict], tables=[_noise_table(results)])
+    fig = false_increase_figure(results, out_dir / "false_increase.png")
+    section.figures.append(
+        Figure(
+            fig,
+            "Probability that an epoch's mean training loss rises although the true loss falls, by steps per epoch.",
+        )
+    )
+    by_name = {r["run"]: r for r in results}
+    for run in _named_runs(verdict, usable, best):
+        path = noise_figure(run, by_name[run.name], out_dir / f"noise_{run.name}.png")
+        section.subsections.append(
+            Section(run.name, text=[by_name[run.name]["verdict"]], figures=[Figure(path, f"Losses of {run.name}.")])
+        )
+    return section, results
+
+
+def compare_section(runs: list[RunHistory], out_dir: Path) -> tuple[Section | None, dict[str, Any] | None]:
+    """Ranking agreement: does a noisy training number pick the same configuration as the validation loss?"""
+    try:
+        cmp = compare_runs(runs)
+    except ValueError:
+        return None, None
+    fig = compare_figure(cmp["runs"], list(cmp["metrics"]), out_dir / "compare.png")
+    section = Section(
+        "Which number ranks configurations?",
+        code="\n".join(compare_lines(cmp)),
+        figures=[Figure(fig, "Each training-loss metric against the validation loss; red: the run it would pick.")],
+    )
+    return section, cmp
+
+
+def diagnostics_section(run: RunHistory, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
+    """What the best run predicts: top-k next tokens, the unigram baseline, a collapse warning."""
+    from picollm.analysis.diagnose import inspect_run
+
+    title = f"Diagnostics of the best run ({run.name})"
+    if run.run_dir is None:
+        return Section(title, text=["Its run record is not on this machine."]), None
+    try:
+        result = inspect_run(run.run_dir)
+    except PicoError as exc:
+        return Section(title, text=[f"Not available: {exc}"]), None
+    fig = bar_figure(
+        [t["token"] for t in result["top"]],
+        [t["prob"] for t in result["top"]],
+        f"top-{len(result['top'])} next tokens after position {result['position']}",
+        "probability",
+        out_dir / "top_k.png",
+    )
+    text = [
+        f"Input (validation window {result['batch']}): `{result['context'][-200:]!r}`; next token {result['target']}.",
+        f"Loss on this window {result['window_loss']:.3f} nats; unigram (counting) baseline "
+        f"{result['unigram_val_loss']:.3f}. Its most common top guess is {result['most_common_guess']} at "
+        f"{100 * result['most_common_guess_share']:.0f}% of positions.",
+    ]
+    table = Table(["token", "probability"], [[t["token"], t["prob"]] for t in result["top"]], "Top next tokens:")
+    figure = Figure(fig, "The best run's top next-token probabilities at the window's last position.")
+    return Section(title, text=text, tables=[table], figures=[figure], warning=result["warning"]), result
+
+
+def sample_section(run: RunHistory) -> Section | None:
+    path = run.run_dir / "samples.jsonl" if run.run_dir else None
+    lines = [x for x in path.read_text().splitlines() if x.strip()] if path and path.is_file() else []
+    if not lines:
+        return None
+    last = json.loads(lines[-1])
+    return Section(f"A sample from {run.name}", code=f"{last['prompt']}{last['text']}")
+
+
+def files_section(folders: list[Path], report_files: list[Path]) -> Section:
+    """The study's exports and this report's own files (written right after this list is made)."""
+    rows = [
+        [str(path), f"{path.stat().st_size / 1024:.1f} KiB"]
+        for folder in folders
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(".") and path not in report_files
+    ]
+    rows += [[str(path), "this report"] for path in report_files]
+    return Section("Exported files", tables=[Table(["file", "size"], rows)])
+
+
+def study_folder(study: Any) -> Path:
+    """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``)."""
+    return Path(study.user_attrs.get("settings", {}).get("out_dir", "results/studies"), study.study_name)
+
+
+STUDY_FIGURES = {
+    "optimization_history.png": "Each trial's value and the best so far.",
+    "intermediate_values.png": "Validation loss reported to the pruner against training tokens, per trial.",
+    "param_importances.png": "How much of the value's variation each searched parameter explains (fANOVA).",
+}
+
+
+def figures_section(folder: Path) -> Section | None:
+    """The sweep's own plots, and the confirmation (best configs re-run with other seeds) when present."""
+    figures = [Figure(folder / name, caption) for name, caption in STUDY_FIGURES.items() if (folder / name).is_file()]
+    section = Section("Study figures", figures=figures)
+    confirm = confirm_section(folder)
+    if confirm is not None:
+        section.subsections.append(confirm)
+    return section if figures or confirm else None
+
+
+def confirm_section(folder: Path) -> Section | None:
+    """``confirm.csv``/``confirm.png`` of ``sweep.py confirm``: is the winner still the winner with other seeds?"""
+    import csv
+
+    if not (folder / "confirm.csv").is_file():
+        return None
+    with open(folder / "confirm.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return None
+    section = Section("Confirmation", tables=[Table(rows[0], rows[1:], "The best configurations re-run:")])
+    if (folder / "confirm.png").is_file():
+        section.figures.append(Figure(folder / "confirm.png", "Confirmation runs."))
+    return section
+
+
+def _study_sections(study: Any) -> tuple[list[Section], str | None]:
+    """The study's own sections and the name of its best trial's run (``t<number>``)."""
+    from picollm.analysis.records import study_report_lines
+    from picollm.export import best_trial, best_yaml, trial_rows
+
+    header, rows = trial_rows(study)
+    params = [p["key"] for p in study.user_attrs.get("space", [])]
+    sections = [study_section(study, study_report_lines(study)), ranking_section(header, rows, params)]
+    figures = figures_section(study_folder(study))
+    sections += [figures] if figures is not None else []
+    try:
+        best = best_trial(study)
+    except ValueError:
+        return sections, None
+    sections.append(best_config_section(best_yaml(study), best))
+    return sections, f"t{best.number}"
+
+
+def build_report(name: str, runs: list[RunHistory], out_dir: Path, study: Any = None, html: bool = False) -> Any:
+    """Every section that has something to show, in reading order."""
+    from picollm.analysis.report import Report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections, best_name = _study_sections(study) if study is not None else ([], None)
+    scored = [r for r in runs if r.val_epoch_loss() is not None]
+    best = next((r for r in runs if r.name == best_name), None) or min(
+        scored, key=lambda r: r.val_epoch_loss(), default=None
+    )
+    noise, results = noise_section(runs, out_dir, best)
+    compare, cmp = compare_section(runs, out_dir) if len(runs) >= 2 else (None, None)
+    diagnostics, inspect = diagnostics_section(best, out_dir) if best is not None else (None, None)
+    sample = sample_section(best) if best is not None else None
+    sections += [s for s in (noise, compare, diagnostics, sample) if s is not None]
+    folders = [study_folder(study)] if study is not None else []
+    own = [out_dir / name for name in ("report.md", "report.json", *(("report.html",) if html else ()))]
+    sections.append(files_section([*folders, out_dir], own))
+    data = {"noise": results, "compare": cmp, "inspect": inspect, "best_run": best.name if best else None}
+    return Report(name, out_dir, sections, data)
