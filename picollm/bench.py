@@ -221,7 +221,7 @@ def bench_tokenizer(repeats: int) -> dict[str, Any]:
     texts = sample_texts() * 4
     n_tokens = len(tokenizer.encode_docs(texts))
     threaded = timed(lambda: tokenizer.encode_docs(texts), torch.device("cpu"), 1, repeats)
-    one_thread = timed(lambda: tokenizer._encode_run(texts), torch.device("cpu"), 1, repeats)
+    one_thread = timed(lambda: tokenizer._encode_chunk(texts), torch.device("cpu"), 1, repeats)
     return {
         "tokens": n_tokens,
         "threaded_tokens_per_s": n_tokens / threaded,
