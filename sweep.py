@@ -24,9 +24,12 @@ An experiment file is a trainer config plus two blocks:
   study:   name, metric, sampler (tpe|random|grid|cmaes|qmc), pruner
            (median|hyperband|successive_halving|patient|none), budget_tokens, n_trials, seed
 
+Trials are ranked by study.metric (default final_val_loss) on one fixed validation set.
 --n-trials is the study's total of finished trials: run the same command again to resume an
-interrupted sweep. For several machines, give every machine the same --storage
-postgresql://user@host/db and the same command; --workers N runs N processes on this machine.
+interrupted sweep. A study answers one question: a run whose data, budget or unsearched settings
+differ from the study's (or that --set's a searched key) is refused with one line.
+For several machines, give every machine the same --storage postgresql://user@host/db and the
+same command; --workers N runs N processes on this machine (worker i on cuda:i % GPUs).
 Set the storage in PICOLLM_STORAGE to keep a password out of your shell history.
 """
 
@@ -44,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     add_storage_argument(parser)
     parser.add_argument("--study-name", help="override study.name")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on this machine (default: one per core, up to 8; one per GPU with CUDA)",
+    )
     add_override_argument(parser, "override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")
     return parser
 
@@ -54,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     from picollm.errors import ConfigError
     from picollm.sweeps import best_value, load_experiment, open_study, report_lines, run_sweep, trial_line
+    from picollm.sweeps.layout import choose_layout
 
-    if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
+    if (args.workers is not None and args.workers < 1) or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
     exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
     if args.command == "run":
-        outcome = run_sweep(exp, args.storage, args.workers, args.timeout)
+        workers = args.workers or choose_layout()[0]  # the measured best layout for this machine
+        outcome = run_sweep(exp, args.storage, workers, args.timeout)
         study = open_study(exp, args.storage, create=False)
         for line in [*report_lines(study), *outcome.notes]:
             print(line)

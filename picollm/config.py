@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from picollm.errors import ConfigError
+from picollm.optim import OPTIMIZERS, OptimConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 TOKENIZERS = ("gpt2", "bytes")
@@ -64,24 +65,6 @@ class ModelConfig:
     dropout: float = 0.0
     positions: str = "learned"  # transformer: learned | rotary
     tie_weights: bool = True  # transformer: share the embedding with the output head
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and learning-rate schedule."""
-
-    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # sgd, rmsprop
-    nesterov: bool = False  # sgd (needs momentum > 0)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    schedule: str = "constant"  # constant | cosine (with linear warmup)
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
 
 
 @dataclass
@@ -230,18 +213,28 @@ def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Refuse impossible values before any work starts."""
+    """Refuse impossible values before any work starts (one line naming the key)."""
+    _check_names(cfg)
+    _check_sizes(cfg)
+    _check_model(cfg.model)
+    _check_optim(cfg.optim)
+    _check_data_and_train(cfg.data, cfg.train)
+
+
+def _check_names(cfg: Config) -> None:
     # Imported here so that reading a config does not pay for importing torch.
     from picollm.models import MODELS
-    from picollm.optim import OPTIMIZERS
 
-    d, m, o, t, k = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.tracking
-    _check_choice("model.type", m.type, MODELS)
-    _check_choice("optim.name", o.name, OPTIMIZERS)
-    _check_choice("optim.schedule", o.schedule, SCHEDULES)
-    _check_choice("data.tokenizer", d.tokenizer, TOKENIZERS)
-    _check_choice("model.positions", m.positions, POSITIONS)
-    _check_choice("tracking.wandb", k.wandb, WANDB_MODES)
+    _check_choice("model.type", cfg.model.type, MODELS)
+    _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _check_choice("data.tokenizer", cfg.data.tokenizer, TOKENIZERS)
+    _check_choice("model.positions", cfg.model.positions, POSITIONS)
+    _check_choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
+
+
+def _check_sizes(cfg: Config) -> None:
+    d, m, t = cfg.data, cfg.model, cfg.train
     positive = {
         "model.block_size": m.block_size,
         "model.embed_size": m.embed_size,
@@ -265,6 +258,9 @@ def validate(cfg: Config) -> None:
     }
     for key, value in positive.items():
         _require(value is None or value >= 1, f"{key} must be >= 1, got {value}")
+
+
+def _check_model(m: ModelConfig) -> None:
     _require(m.num_inner_layers >= 0, f"model.num_inner_layers must be >= 0, got {m.num_inner_layers}")
     _require(
         m.embed_size % m.n_heads == 0 or m.type != "transformer",
@@ -274,20 +270,26 @@ def validate(cfg: Config) -> None:
         m.positions != "rotary" or (m.embed_size // m.n_heads) % 2 == 0,
         "model.positions=rotary needs an even head size (embed_size / n_heads)",
     )
+    _require(math.isfinite(m.dropout) and 0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
+
+
+def _check_optim(o: OptimConfig) -> None:
     for key, value in {"optim.lr": o.lr, "optim.eps": o.eps}.items():
         _require(math.isfinite(value) and value > 0, f"{key} must be a positive number, got {value}")
     for key, value in {
         "optim.weight_decay": o.weight_decay,
         "optim.momentum": o.momentum,
         "optim.grad_clip": o.grad_clip,
-        "model.dropout": m.dropout,
     }.items():
         _require(math.isfinite(value) and value >= 0, f"{key} must be >= 0, got {value}")
-    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2, "model.dropout": m.dropout}.items():
-        _require(value < 1, f"{key} must be < 1, got {value}")
+    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
+        _require(math.isfinite(value) and 0 <= value < 1, f"{key} must be in [0, 1), got {value}")
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+
+
+def _check_data_and_train(d: DataConfig, t: TrainConfig) -> None:
     _require(0 <= d.tinystories_weight <= 1, f"data.tinystories_weight must be in [0, 1], got {d.tinystories_weight}")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     for key, value in {"data.synthetic": d.synthetic, "data.builtin_stories": d.builtin_stories}.items():
@@ -366,19 +368,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``raw`` with the dotted ``key`` set to ``value`` as it is (no YAML round trip)."""
+    out = copy.deepcopy(raw)
+    path = key.split(".")
+    node = out
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
     """Apply ``--set`` overrides to a raw config dict (unknown keys are caught when building)."""
-    out = copy.deepcopy(raw)
+    out = raw
     for item in overrides:
         path, value = parse_override(item)
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
-    return out
+        try:
+            out = set_dotted(out, ".".join(path), value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {str(exc).split(': ', 1)[1]}") from None
+    return copy.deepcopy(out) if out is raw else out
 
 
 def split_experiment(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -401,5 +414,7 @@ def add_override_argument(parser: Any, help_text: str) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config; the file is itself a valid config."""
-    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
+    """Write the resolved config atomically (a crash leaves no half file); it is itself a valid config."""
+    from picollm.fileio import atomic_write_text  # imports torch: not needed to read a config
+
+    atomic_write_text(path, cfg.to_yaml())

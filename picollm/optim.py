@@ -1,20 +1,46 @@
-"""Optimisers by name, and the learning-rate schedule.
+"""Optimisers: their settings (:class:`OptimConfig`), the registry by name, and the learning-rate schedule.
 
-Each registry entry takes the parameters and the optim config and returns a torch optimiser,
-so adding one is one line and the config validator knows every name.
+Each registry entry takes the parameter groups and the optim config and returns a torch optimiser,
+so adding one is one line and the config validator (:mod:`picollm.config`, which imports this module)
+knows every name. This module imports nothing from picollm and torch only when an optimiser is built,
+so reading a config stays cheap and there is no import cycle.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-from picollm.config import OptimConfig
 
-Params = Iterable[nn.Parameter] | list[dict]
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (the ``optim:`` section of a config)."""
+
+    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd, rmsprop
+    nesterov: bool = False  # sgd (needs momentum > 0)
+    beta1: float = 0.9  # adam, adamw: in [0, 1)
+    beta2: float = 0.999  # adam, adamw: in [0, 1)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    schedule: str = "constant"  # constant | cosine (with linear warmup)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+
+
+def _optim() -> ModuleType:
+    import torch
+
+    return torch.optim
 
 
 def _fused_ok(params: list[dict]) -> dict[str, bool]:
@@ -24,12 +50,12 @@ def _fused_ok(params: list[dict]) -> dict[str, bool]:
     return {"fused": True} if ok else {}
 
 
-OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, **_fused_ok(p)),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, **_fused_ok(p)),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, **_fused_ok(p)),
-    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, eps=c.eps),
-    "adagrad": lambda p, c: torch.optim.Adagrad(p, lr=c.lr, eps=c.eps, **_fused_ok(p)),
+OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], Any]] = {
+    "sgd": lambda p, c: _optim().SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, **_fused_ok(p)),
+    "adam": lambda p, c: _optim().Adam(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, **_fused_ok(p)),
+    "adamw": lambda p, c: _optim().AdamW(p, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, **_fused_ok(p)),
+    "rmsprop": lambda p, c: _optim().RMSprop(p, lr=c.lr, momentum=c.momentum, eps=c.eps),
+    "adagrad": lambda p, c: _optim().Adagrad(p, lr=c.lr, eps=c.eps, **_fused_ok(p)),
 }
 
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from picollm.config import apply_overrides, config_from_dict
+from picollm.config import config_from_dict, set_dotted
 from picollm.errors import ConfigError
 
 PARAM_TYPES = ("categorical", "float", "int")
@@ -59,9 +59,15 @@ class Param:
         return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
 
     def contains(self, value: Any) -> bool:
+        """Whether Optuna can run ``value`` as given: in the choices, or in range and on the step grid."""
         if self.type == "categorical":
-            return value in self.choices
-        return isinstance(value, int | float) and self.low <= value <= self.high
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return math.isclose(steps, round(steps), abs_tol=1e-8)
 
     def describe(self) -> dict[str, Any]:
         """A plain-dict form, stored with the study to detect a changed space on resume."""
@@ -158,17 +164,12 @@ def _edge_values(param: Param) -> tuple[Any, ...]:
 def _check_value(base: Mapping[str, Any], key: str, value: Any) -> None:
     """The trainer must accept every value the space can produce (checked at the range edges)."""
     try:
-        config_from_dict(apply_overrides(dict(base), [f"{key}={_yaml_scalar(value)}"]))
+        config_from_dict(set_dotted(dict(base), key, value))
     except ConfigError as exc:
-        raise ConfigError(f"search.{key}: value {value!r} is refused by the trainer ({exc})") from None
-
-
-def _yaml_scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
+        hint = ""
+        if value is None or isinstance(value, bool):  # YAML reads yes/no/on/off/true/false/null unquoted
+            hint = "; YAML reads an unquoted yes, no, on, off or null as a boolean or null: quote it ('no')"
+        raise ConfigError(f"search.{key}: value {value!r} is refused by the trainer ({exc}){hint}") from None
 
 
 def sample(trial: Any, space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,7 +187,10 @@ def sample(trial: Any, space: list[Param], base: Mapping[str, Any]) -> dict[str,
 
 def apply_params(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """The raw trainer config with a trial's values set."""
-    return apply_overrides(dict(base), [f"{key}={_yaml_scalar(value)}" for key, value in values.items()])
+    raw = dict(base)
+    for key, value in values.items():
+        raw = set_dotted(raw, key, value)
+    return raw
 
 
 def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,7 +202,7 @@ def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, An
     for param in space:
         if param.key in values and not param.contains(values[param.key]):
             raise ConfigError(
-                f"search.{param.key}: the base config's value {values[param.key]!r} lies outside the search space "
+                f"search.{param.key}: the base config's value {values[param.key]!r} is not in the search space "
                 f"({param.describe()}); the baseline trial runs the base config, so widen the space or change the base"
             )
     return values

@@ -1,15 +1,24 @@
 """Optuna storage from a URL: SQLite (default), any RDB such as PostgreSQL, or a journal file.
 
-RDB storages get Optuna's heartbeat, so a trial whose worker died (SIGKILL, a lost machine) is
-failed after ``grace_period`` seconds and re-run through ``RetryFailedTrialCallback``. Journal
-files have no heartbeat; :mod:`picollm.sweeps.workers` fails such trials itself when their worker process
-is gone. Passwords in URLs are masked in every message.
+Owns three things a sweep needs from its storage:
+
+- opening it (:func:`open_storage`): RDB storages get Optuna's heartbeat and its
+  ``RetryHeartbeatStaleTrialCallback``, so a trial whose worker vanished is failed after ``grace_period``
+  seconds and re-queued at most ``max_retry`` times. A read-only opener (``create=False``, the default)
+  never creates a database file that is not there.
+- a lock that every worker of every machine sharing the storage sees (:func:`claim_lock`): PostgreSQL's
+  advisory lock, MySQL's ``GET_LOCK``, and next to SQLite and journal files Optuna's own journal file lock.
+  Starting a trial under it is what keeps a study's total exact (see :mod:`picollm.sweeps.studies`).
+- masking passwords (:func:`mask_url`) in URLs and in any message that quotes one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +26,9 @@ from picollm.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 SQLITE_TIMEOUT_S = 60  # many workers on one SQLite file wait for the lock instead of failing
-RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+LOCK_GRACE_S = 60  # a file lock older than this was left by a dead process: Optuna's lock breaks it
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
 
 
 def add_storage_argument(parser: Any) -> None:
@@ -32,35 +42,52 @@ def add_storage_argument(parser: Any) -> None:
 
 
 def mask_url(text: str) -> str:
-    """Replace any ``scheme://user:password@host`` password with ``***`` (works on error messages too)."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """Replace passwords with ``***``: ``scheme://user:PASSWORD@host`` and ``?password=PASSWORD``.
+
+    Works on whole messages too, so an error that quotes a URL can be printed as it is.
+    """
+    text = _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
 
 
-def _scheme(url: str) -> str:
+def scheme(url: str) -> str:
     return url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
 
 
-def _journal(path: str) -> Any:
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL ('' for an in-memory database)."""
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return "" if path in ("", ":memory:") else path.split("?", 1)[0]
+
+
+def _local_file(path: str, what: str, create: bool) -> Path:
+    file = Path(path).expanduser()
+    if create:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    elif not file.is_file():
+        raise StorageError(f"no {what} at {file}: check --storage (nothing has been created)")
+    return file
+
+
+def _journal(url: str, create: bool, **_: Any) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    path = url.split(":", 1)[1]
     if not path:
         raise StorageError("journal storage needs a path: journal:results/study.log")
-    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(Path(path).expanduser())))
+    return JournalStorage(JournalFileBackend(str(_local_file(path, "journal file", create))))
 
 
-def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -> Any:
+def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max_retry: int) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    scheme = _scheme(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if scheme == "sqlite":
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if scheme(url) == "sqlite":
+        if sqlite_path(url):
+            _local_file(sqlite_path(url), "SQLite file", create)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
-    elif scheme in ("postgresql", "postgres"):
+    elif scheme(url) == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     return RDBStorage(
         url,
@@ -71,19 +98,90 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -
     )
 
 
-def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2) -> Any:
-    """An Optuna storage for ``url``; malformed or unreachable storage is a one-line :class:`StorageError`."""
-    scheme = _scheme(url)
+OPENERS: dict[str, Callable[..., Any]] = {
+    "journal": _journal,
+    "sqlite": _rdb,
+    "postgresql": _rdb,
+    "mysql": _rdb,
+    "mariadb": _rdb,
+}
+HINTS = {"postgres": "write postgresql:// (SQLAlchemy does not know postgres://)"}
+
+
+def open_storage(
+    url: str, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2, create: bool = False
+) -> Any:
+    """An Optuna storage for ``url``; malformed or unreachable storage is a one-line :class:`StorageError`.
+
+    ``create=False`` (reading a study for analysis, ``status``, ``export``) refuses a SQLite or journal
+    file that does not exist instead of leaving an empty one behind.
+    """
+    kind = scheme(url)
+    if kind in HINTS:
+        raise StorageError(f"storage {mask_url(url)}: {HINTS[kind]}")
+    if kind not in OPENERS:
+        raise StorageError(
+            f"unknown storage {mask_url(url)!r}: use sqlite:///path.db, postgresql://user@host/db or journal:path.log"
+        )
     try:
-        if scheme == "journal":
-            return _journal(url.split(":", 1)[1])
-        if scheme in RDB_SCHEMES:
-            return _rdb(url, heartbeat_interval, grace_period, max_retry)
+        return OPENERS[kind](
+            url, create=create, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
+        )
     except StorageError:
         raise
     except Exception as exc:
         detail = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise StorageError(f"cannot open storage {mask_url(url)}: {type(exc).__name__}: {detail[:200]}") from None
-    raise StorageError(
-        f"unknown storage {mask_url(url)!r}: use sqlite:///path.db, postgresql://user@host/db or journal:path.log"
-    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One lock for every worker sharing a storage.
+# ---------------------------------------------------------------------------------------------
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _sql_lock(url: str, name: str, acquire: str, release: str) -> Iterator[None]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(acquire), {"key": _lock_key(name), "name": name[:64]})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(release), {"key": _lock_key(name), "name": name[:64]})
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    from optuna.storages.journal import JournalFileOpenLock
+
+    lock = JournalFileOpenLock(str(Path(path).expanduser()), grace_period=LOCK_GRACE_S)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+LOCKS: dict[str, Callable[[str, str], contextlib.AbstractContextManager[None]]] = {
+    "postgresql": lambda url, name: _sql_lock(
+        url, name, "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
+    ),
+    "mysql": lambda url, name: _sql_lock(url, name, "SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
+    "mariadb": lambda url, name: _sql_lock(url, name, "SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
+    "sqlite": lambda url, name: _file_lock(f"{sqlite_path(url) or '.picollm-memory'}.{name}"),
+    "journal": lambda url, name: _file_lock(f"{url.split(':', 1)[1]}.{name}"),
+}
+
+
+def claim_lock(url: str, name: str) -> contextlib.AbstractContextManager[None]:
+    """A lock named ``name`` that every process using ``url`` shares, on this machine or any other."""
+    return LOCKS[scheme(url)](url, name)

@@ -336,16 +336,16 @@ def train(
     run_id: str | None = None,
     on_eval: EvalHook | None = None,
     extra: dict[str, Any] | None = None,
-    stopwatch: Stopwatch | None = None,
+    clock: Stopwatch | None = None,
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
     ``on_eval`` sees every periodic validation loss and may raise :class:`StopRun` to end the
     run cleanly (status ``pruned``). Errors still close the record with status ``failed`` and are
-    re-raised; Ctrl-C closes it with ``interrupted``. ``stopwatch`` (a sweep trial's, which also times
+    re-raised; Ctrl-C closes it with ``interrupted``. ``clock`` (a sweep trial's, which also times
     its storage calls) accounts the run's time; the summary's ``time_breakdown`` is its breakdown.
     """
-    sw = stopwatch or Stopwatch()
+    sw = clock or Stopwatch()
     with sw.phase("data"):
         cfg, note = apply_offline_fallback(cfg)
         if note:

@@ -18,6 +18,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if TIKTOKEN_CACHE.is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_service(env: str, what: str) -> str:
+    """The URL of a service a test needs, from ``env``; without it the test skips, or FAILS under ``CI=true``.
+
+    CI must not report full survival for a fault it never injected, so there a missing service is an error.
+    """
+    url = os.environ.get(env)
+    if url:
+        return url
+    message = f"set {env} to run this test against {what} (.ci/run does)"
+    if CI:
+        pytest.fail(f"CI=true but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def postgres_url() -> str:
+    return require_service("PICOLLM_TEST_POSTGRES_URL", "a PostgreSQL server")
+
+
 needs_sample = pytest.mark.skipif(
     not (SAMPLE.is_dir() and TIKTOKEN_CACHE.is_dir()),
     reason="needs ../shared/data/tinystories-sample and ../shared/tiktoken-cache",
@@ -50,31 +71,50 @@ def synthetic(out: list[str]) -> list[str]:
 
 # --- fault-injection bookkeeping: `@pytest.mark.fault("class")` tests are summed up per class ---
 _FAULTS: dict[str, list[bool]] = {}
+_SKIPPED: dict[str, int] = {}
 _FAULT_OF: dict[str, str] = {}  # test id -> fault class
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run @pytest.mark.slow tests (the soak test)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fault(name): a fault-injection test of the named fault class")
+    config.addinivalue_line("markers", "slow: minutes long (the soak test); run with --slow")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     fault = _FAULT_OF.get(report.nodeid)
-    if fault and not report.skipped and (report.when == "call" or (report.when == "setup" and report.failed)):
+    if not fault:
+        return
+    if report.skipped:  # never injected: counted apart, so a skip never reads as survival
+        _SKIPPED[fault] = _SKIPPED.get(fault, 0) + 1
+    elif report.when == "call" or (report.when == "setup" and report.failed):
         _FAULTS.setdefault(fault, []).append(report.passed)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_slow = pytest.mark.skip(reason="slow: run with --slow")
     for item in items:
+        if item.get_closest_marker("slow") and not config.getoption("--slow"):
+            item.add_marker(skip_slow)
         mark = item.get_closest_marker("fault")
         if mark:
             _FAULT_OF[item.nodeid] = mark.args[0]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _FAULTS:
+    if not _FAULTS and not _SKIPPED:
         return
     terminalreporter.section("faults injected")
-    for name, outcomes in sorted(_FAULTS.items()):
-        terminalreporter.write_line(f"{name:28s} injected {len(outcomes):3d}  survived {sum(outcomes):3d}")
+    for name in sorted(set(_FAULTS) | set(_SKIPPED)):
+        outcomes = _FAULTS.get(name, [])
+        terminalreporter.write_line(
+            f"{name:28s} injected {len(outcomes):3d}  survived {sum(outcomes):3d}  not run {_SKIPPED.get(name, 0):3d}"
+        )
     total = [o for outcomes in _FAULTS.values() for o in outcomes]
-    terminalreporter.write_line(f"{'all fault classes':28s} injected {len(total):3d}  survived {sum(total):3d}")
+    terminalreporter.write_line(
+        f"{'all fault classes':28s} injected {len(total):3d}  survived {sum(total):3d}  "
+        f"not run {sum(_SKIPPED.values()):3d}"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,52 @@ def test_resolved_config_is_itself_a_valid_config(tmp_path: Path) -> None:
     assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
+def shipped_experiments() -> list[Path]:
+    """experiments/*.yaml except a user's drafts: names starting with '_' or 'draft' are never shipped."""
+    return [p for p in sorted((ROOT / "experiments").glob("*.yaml")) if not p.name.startswith(("_", "draft"))]
+
+
 def test_shipped_experiments_load() -> None:
-    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+    from picollm.sweeps import load_experiment
+
+    assert {"quick.yaml", "base.yaml", "smoke.yaml"} <= {p.name for p in shipped_experiments()}
+    for path in shipped_experiments():
         assert isinstance(load_config(path), Config), path
+        if "search" in yaml.safe_load(path.read_text()):
+            assert load_experiment(str(path), []).study.n_trials >= 1, path
+
+
+def test_a_users_broken_draft_does_not_break_the_suite() -> None:
+    draft = ROOT / "experiments" / f"_draft-probe-{os.getpid()}.yaml"
+    draft.write_text("search: {optim.lr: [unclosed\n")
+    try:
+        test_shipped_experiments_load()
+    finally:
+        draft.unlink()
+
+
+def test_betas_outside_zero_one_are_refused() -> None:
+    for override, message in [("optim.beta1=-0.5", "optim.beta1 must be in [0, 1)"), ("optim.beta2=1", "beta2")]:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+            load_config(None, [override])
+
+
+def test_a_crash_while_saving_the_config_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.yaml"
+    save_config(Config(), path)
+    before = path.read_text()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        save_config(load_config(None, ["optim.lr=0.5"]), path)
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_config_and_optim_import_without_a_cycle() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, picollm.optim; assert 'picollm.config' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 @pytest.mark.parametrize(

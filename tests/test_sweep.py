@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import uuid
 from pathlib import Path
 
@@ -18,9 +18,8 @@ from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps import studies as study_mod
 from picollm.train import train
 from picollm.wandb_offline import find_run_file, read_run_info
+from tests.conftest import postgres_url
 from tests.sweeps import sweep_cli, write_experiment
-
-POSTGRES_URL = os.environ.get("PICOLLM_TEST_POSTGRES_URL")
 
 
 def states(study: optuna.Study) -> dict[str, int]:
@@ -38,17 +37,19 @@ def test_running_again_resumes_to_the_total(tmp_path: Path, capsys: pytest.Captu
     assert states(study)["COMPLETE"] == 5 and len(study.trials) == 5
     assert study.trials[0].user_attrs["baseline"] is True
     assert study.trials[0].params == {"optim.name": "adam", "optim.lr": 3e-3, "model.block_size": 16, "model.k": 3}
+    for t in study.trials:  # the ranked value is the documented metric, read from the trial's own record
+        summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert t.user_attrs["metric"] == "final_val_loss" and t.user_attrs["value_kind"] == "final"
+        assert t.value == summary["final_val_loss"] and t.user_attrs["tokens"] == summary["tokens"]
 
 
 @pytest.mark.parametrize("storage_kind", ["sqlite", "journal", "postgresql"])
 def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) -> None:
-    if storage_kind == "postgresql" and not POSTGRES_URL:
-        pytest.skip("set PICOLLM_TEST_POSTGRES_URL (.ci/run does) to test against a PostgreSQL server")
     storage = {
-        "sqlite": f"sqlite:///{tmp_path}/s.db",
-        "journal": f"journal:{tmp_path}/s.log",
-        "postgresql": POSTGRES_URL,
-    }[storage_kind]
+        "sqlite": lambda: f"sqlite:///{tmp_path}/s.db",
+        "journal": lambda: f"journal:{tmp_path}/s.log",
+        "postgresql": postgres_url,
+    }[storage_kind]()
     name = f"w{uuid.uuid4().hex[:8]}"
     exp = load_experiment(str(write_experiment(tmp_path, study={"n_trials": 7})), [], study_name=name)
     run_sweep(exp, storage, workers=2)
@@ -72,7 +73,7 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
     def flaky_train(cfg, **kwargs):  # the second trial raises like a bug in user code would
         calls["n"] += 1
         if calls["n"] == 2:
-            raise RuntimeError("injected failure")
+            raise RuntimeError("injected failure talking to postgresql://bob:hunter2@db/sweeps?password=hunter2")
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr(train_mod, "train", flaky_train)
@@ -86,7 +87,8 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
     outcome = run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     reasons = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
-    assert any("injected failure" in r for r in reasons)
+    assert any("injected failure" in r and "bob:***@" in r and "password=***" in r for r in reasons)
+    assert not any("hunter2" in r for r in reasons)
     assert any("NonFiniteLoss" in r for r in reasons)
     assert states(study)["COMPLETE"] == 4 and not outcome.interrupted
 
@@ -105,9 +107,15 @@ def test_pruning_stops_hopeless_trials_early(tmp_path: Path) -> None:
     run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert pruned
-    assert all(t.user_attrs["tokens"] < 8192 for t in pruned)
-    assert all(max(t.intermediate_values) < 8192 for t in pruned)
+    for t in pruned:  # its value is what the pruner saw last, labelled as such, never a final value
+        at = t.user_attrs["pruned_at_tokens"]
+        assert t.user_attrs["value_kind"] == "pruned-intermediate" and at == max(t.intermediate_values)
+        assert t.value == t.intermediate_values[at]
+        earlier = [c.intermediate_values[at] for c in complete if c.number < t.number and at in c.intermediate_values]
+        assert t.value > sorted(earlier)[(len(earlier) - 1) // 2]  # the median rule, at the same token count
+    assert study.best_trial.state == TrialState.COMPLETE
 
 
 def test_best_yaml_reproduces_the_best_trial(tmp_path: Path) -> None:
@@ -118,7 +126,7 @@ def test_best_yaml_reproduces_the_best_trial(tmp_path: Path) -> None:
     folder, _ = export_study(study, tmp_path / "studies")
     assert {"trials.csv", "best.yaml", "optimization_history.png"} <= {p.name for p in folder.iterdir()}
     summary = train(load_config(folder / "best.yaml", ["train.progress=false"]))
-    assert summary["best_val_loss"] == study.best_value
+    assert summary["final_val_loss"] == study.best_value  # the study metric, reproduced bit for bit
     header = (folder / "trials.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["number", "state", "value"] and {"optim.name", "run_dir"} <= set(header)
 
@@ -127,7 +135,10 @@ def test_wandb_groups_trials_and_logs_a_study_run(tmp_path: Path) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 2, "name": "grp"}, tracking={"wandb": "offline"})
     run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
-    info = read_run_info(find_run_file(study.trials[1].user_attrs["run_dir"]))
+    run_dir = study.trials[1].user_attrs["run_dir"]
+    info = read_run_info(find_run_file(run_dir))
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    assert summary["wandb_run_id"] and study.trials[1].user_attrs["wandb_run_id"] == summary["wandb_run_id"]
     assert (info["group"], info["job_type"], info["name"]) == ("grp", "trial", "grp-t1")
     assert info["config"]["trial.number"] == 1
     assert {k: info["config"][k] for k in study.trials[1].params} == study.trials[1].params
@@ -147,6 +158,18 @@ BAD = [
     (["--set", "search.model.k.type=gaussian"], "unknown type 'gaussian'"),
     (["--set", "search.optim.lr.high=1e-5"], "low (0.0001) is greater than high"),
     (["--set", "study.n_trials=0"], "study.n_trials must be >= 1"),
+    (["--set", "study=3"], "study: expected a mapping"),
+    (["--set", "optim.beta1=-0.5"], "optim.beta1 must be in [0, 1)"),
+    (["--set", "optim.lr=0.01"], "optim.lr is searched by this study"),
+    (["--set", "search.optim.name.choices=[sgd, no]"], "quote it ('no')"),
+    (["--set", "search.model.embed_size={type: int, low: 8, high: 40, step: 16}"], "is not in the search space"),
+    (["--storage", "postgres://alice@127.0.0.1:9/db"], "write postgresql://"),
+    (["--storage", "postgresql://alice@127.0.0.1:9/db?sslmode=disable&password=hunter2"], "password=***"),
+    (  # the storage is checked before the data: no "offline: ..." line first
+        ["--set", "data.tinystories=roneneldan/TinyStories", "--set", "data.offline_fallback=true", "--storage", "x:/"],
+        "unknown storage",
+    ),
+    (["status", "--storage", "sqlite:///{tmp}/missing.db"], "no SQLite file at"),
 ]
 
 
@@ -155,6 +178,7 @@ def test_bad_storage_and_spaces_exit_with_one_line(
     tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_experiment(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     argv = ["--config", str(path), "--storage", f"sqlite:///{tmp_path}/s.db", *args]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(sweep_module.main, argv)
@@ -162,7 +186,7 @@ def test_bad_storage_and_spaces_exit_with_one_line(
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
     assert "hunter2" not in err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "missing.db").exists()
 
 
 def test_changed_search_space_on_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,3 +206,57 @@ def test_cli_end_to_end_prints_best_against_baseline(tmp_path: Path) -> None:
     assert "best: trial" in proc.stdout and "baseline (trial 0" in proc.stdout and "results: " in proc.stdout
     status = sweep_cli(write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db", "status")
     assert status.stdout.count("COMPLETE") >= 3
+
+
+def test_an_explicit_empty_search_is_refused_not_inherited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_experiment(tmp_path)
+    (tmp_path / "child.yaml").write_text("base: exp.yaml\nsearch: {}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            sweep_module.main, ["--config", str(tmp_path / "child.yaml"), "--storage", f"sqlite:///{tmp_path}/s.db"]
+        )
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "'search:' is empty" in err and len(err.splitlines()) == 1
+
+
+def test_quoted_yes_and_no_stay_strings_in_a_trial() -> None:
+    from picollm.search import apply_params
+
+    base = load_config(None, ["data.tinystories=null", "data.synthetic=10"]).to_dict()
+    raw = apply_params(base, {"train.prompt": "no", "tracking.name": "null", "optim.lr": 1e-3})
+    assert (raw["train"]["prompt"], raw["tracking"]["name"], raw["optim"]["lr"]) == ("no", "null", 1e-3)
+
+
+def _offline_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine cannot reach the hub: the fallback replaces the data (the config is kept here)."""
+    import picollm.data
+
+    monkeypatch.setattr(picollm.data, "apply_offline_fallback", lambda cfg: (cfg, "offline: simulated"))
+
+
+MIXES = {
+    "offline fallback": ([], _offline_machine, "data_identity.offline_fallback_used"),
+    "another --set data.*": (["--set", "data.synthetic=500"], None, "data_identity.cache_key"),
+    "an edited base YAML": ([], "edit", "config.model.embed_size"),
+}
+
+
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_a_sweep_that_asks_another_question_is_refused(
+    tmp_path: Path, mix: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, change, key = MIXES[mix]
+    path, storage = write_experiment(tmp_path, study={"n_trials": 1}), f"sqlite:///{tmp_path}/s.db"
+    run_sweep(load_experiment(str(path), []), storage)
+    if change == "edit":
+        write_experiment(tmp_path, study={"n_trials": 1}, model={"embed_size": 24})
+    elif change is not None:
+        change(monkeypatch)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(sweep_module.main, ["--config", str(path), "--storage", storage, "--n-trials", "3", *args])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the offline note, when there is one
+    assert exit_info.value.code == 2 and err.startswith("error: "), err
+    assert f"answers another question: {key} is" in err
+    study = open_study(load_experiment(str(path), [*args[1::2]]), storage, create=False)
+    assert len(study.trials) == 1  # nothing added

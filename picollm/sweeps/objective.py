@@ -2,58 +2,62 @@
 
 One trial is one call of the same ``train()`` the CLI uses, with the trial's values set on the
 experiment's base config and a pruning hook that reports every periodic validation loss to Optuna
-(the step is the token count, so trials with other block sizes line up).
+(the step is the token count, so trials with other block sizes line up). The periodic loss and the
+ranked value (``study.metric``, by default ``final_val_loss``) are measured on the same fixed
+validation set (:func:`picollm.sweeps.settings.trial_base`).
+
+Each trial records, as Optuna user attributes, what the exporter and the report read:
+``metric``, ``value_stderr``, ``value_kind`` (``final`` | ``pruned-intermediate`` | ``failed``),
+``pruned_at_tokens``, ``run_dir``, ``run_id``, ``wandb_run_id``, ``tokens``, ``duration_s``,
+``fail_reason``, ``worker`` and ``device``.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import socket
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from picollm.config import config_from_dict
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+
+from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params, sample
+from picollm.storage import mask_url
+from picollm.sweeps.liveness import Lease, has_heartbeat, worker_id
 from picollm.sweeps.settings import Experiment
-from picollm.sweeps.studies import finished
 from picollm.timing import Stopwatch, take_process_start
-
-
-class OverCap(Exception):
-    """Another worker took the last slot between this worker's check and its trial start."""
 
 
 class AbortSweep(PicoError):
     """A trial hit a problem every trial would hit (bad data path, missing files): stop the sweep."""
 
 
-def host() -> str:
-    """This machine's name in trial records; PICOLLM_WORKER_HOST overrides it where hostnames repeat."""
-    return os.environ.get("PICOLLM_WORKER_HOST") or socket.gethostname()
+class TakenOver(Exception):
+    """Another worker marked this live trial failed (its heartbeat looked stale); its result is dropped."""
 
 
-WORKER_ID = f"{host()}:{os.getpid()}"
+def worker_device(rank: int, configured: str) -> str:
+    """``cuda:{rank % device_count}`` for worker ``rank`` when CUDA is there and the config leaves the choice."""
+    import torch
+
+    if configured in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{rank % max(1, torch.cuda.device_count())}"
+    return configured
 
 
-def _claim_slot(study: Any, trial: Any, n_trials: int) -> None:
-    """Run this trial only if it fits under the cap, counting peers' earlier running trials."""
-    from optuna.trial import TrialState
-
-    done = finished(study)
-    running_before = sum(
-        1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number
-    )
-    if done + running_before >= n_trials:
-        raise OverCap(f"the study already has {n_trials} trials finished or running")
-
-
-def _trial_config(exp: Experiment, trial: Any, values: dict[str, Any]) -> Any:
+def trial_config(exp: Experiment, number: int, values: dict[str, Any], device: str, threads: int | None) -> Config:
+    """The trainer config of trial ``number``: the base config, the trial's values, its name and device."""
     cfg = config_from_dict(apply_params(exp.base, values))
-    cfg.tracking.name = f"{exp.study.name}-t{trial.number}"
+    cfg.tracking.name = f"{exp.study.name}-t{number}"
+    cfg.train.device = device
+    if threads and not cfg.train.threads:
+        cfg.train.threads = threads
     return cfg
 
 
@@ -65,64 +69,115 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def make_objective(exp: Experiment, threads: int | None) -> Callable[[Any], float]:
-    import optuna
+def _set(trial: Any, **attrs: Any) -> None:
+    """Record attributes; a trial another worker already finished cannot take them, which is fine here."""
+    try:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+    except UpdateFinishedTrialError:
+        pass
 
-    from picollm.tracking import new_run_id
-    from picollm.train import StopRun, train
 
-    def objective(trial: optuna.Trial) -> float:
+def _wandb_run_id(run_dir: Path) -> str | None:
+    """The W&B run id as the run record has it (``summary.json``), where the tracker writes it last."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("wandb_run_id")
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Objective:
+    """``study.optimize``'s objective for one worker; ``current`` is the trial it is running."""
+
+    exp: Experiment
+    threads: int | None = None
+    rank: int = 0
+    current: Any = None
+    taken_over: set[int] = field(default_factory=set)
+    reported_at: dict[int, int] = field(default_factory=dict)  # trial number -> tokens at its last report
+    clock: Stopwatch = field(default_factory=Stopwatch)  # the current trial's (see picollm.timing)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial
+        self.clock = Stopwatch()
+        self.clock.add_before("worker_start", take_process_start())  # a worker's first trial owns its start-up
         try:
-            return run_trial(trial)
-        except (optuna.TrialPruned, KeyboardInterrupt):
+            return self.run(trial)
+        except (optuna.TrialPruned, TakenOver):
+            raise
+        except KeyboardInterrupt:
+            _set(trial, fail_reason="interrupted", value_kind="failed")
             raise
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
             _release_gpu_memory()
-            if "fail_reason" not in trial.user_attrs:
-                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            reason = mask_url(f"{type(exc).__name__}: {exc}")[:500]
+            _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown())
             raise
 
-    def run_trial(trial: optuna.Trial) -> float:
-        sw = Stopwatch()
-        sw.add_before("worker_start", take_process_start())  # the worker's first trial owns its start-up
-        with sw.phase("storage"):
-            _claim_slot(trial.study, trial, exp.study.n_trials)
-            trial.set_user_attr("worker", WORKER_ID)
-            values = sample(trial, exp.space, exp.base)
-        cfg = _trial_config(exp, trial, values)
-        if threads and not cfg.train.threads:
-            cfg.train.threads = threads
+    def run(self, trial: optuna.Trial) -> float:
+        from picollm.tracking import new_run_id
+        from picollm.train import train
+
+        exp = self.exp
+        values = sample(trial, exp.space, exp.base)
+        device = worker_device(self.rank, exp.base["train"]["device"])
+        cfg = trial_config(exp, trial.number, values, device, self.threads)
         run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")
-        with sw.phase("storage"):
-            trial.set_user_attr("run_id", run_id)
-            trial.set_user_attr("run_dir", str(Path(cfg.tracking.out_dir) / run_id))
+        run_dir = Path(cfg.tracking.out_dir) / run_id
+        with self.clock.phase("storage"):
+            _set(trial, worker=worker_id(), device=cfg.train.device, run_id=run_id, run_dir=str(run_dir))
+            _set(trial, metric=exp.study.metric, fail_reason="", value_kind="running")
+        extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
+        lease = nullcontext() if has_heartbeat(trial.study) else Lease(trial, exp.study.heartbeat_interval)
+        started = time.perf_counter()
+        try:
+            with lease:
+                summary = train(cfg, run_id=run_id, on_eval=self.pruning_hook(trial), extra=extra, clock=self.clock)
+        except PicoError as exc:  # bad data or config: every other trial would fail the same way
+            _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed")
+            raise AbortSweep(str(exc)) from None
+        finally:
+            _set(trial, duration_s=round(time.perf_counter() - started, 2))
+        with self.clock.phase("storage"):
+            _set(trial, tokens=summary.get("tokens"), status=summary.get("status"), wandb_run_id=_wandb_run_id(run_dir))
+        return self.value(trial, summary)
+
+    def pruning_hook(self, trial: optuna.Trial) -> Any:
+        from picollm.train import StopRun
 
         def report(tokens: int, val_loss: float) -> None:
-            with sw.phase("storage"):
-                trial.report(val_loss, step=tokens)
+            try:
+                with self.clock.phase("storage"):
+                    trial.report(val_loss, step=tokens)
+                self.reported_at[trial.number] = tokens
+            except UpdateFinishedTrialError:
+                self.taken_over.add(trial.number)
+                raise StopRun("failed", "marked failed by another worker (stale heartbeat)") from None
+            with self.clock.phase("storage"):
                 prune = trial.should_prune()
             if prune:
                 raise StopRun("pruned", f"pruned at {tokens:,} tokens (val/loss {val_loss:.4f})")
 
-        extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
-        started = time.perf_counter()
-        try:
-            summary = train(cfg, run_id=run_id, on_eval=report, extra=extra, stopwatch=sw)
-        except PicoError as exc:  # bad data or config: every other trial would fail the same way
-            trial.set_user_attr("fail_reason", str(exc))
-            trial.set_user_attr("abort", True)
-            raise AbortSweep(str(exc)) from None
-        finally:
-            trial.set_user_attr("duration_s", round(time.perf_counter() - started, 2))
-        with sw.phase("storage"):
-            for key in ("tokens", "wandb_run_id", "best_val_loss", "final_val_loss", "status"):
-                trial.set_user_attr(key, summary.get(key))
-        trial.set_user_attr("time_breakdown", sw.breakdown())  # the last write, so it counts the others
-        if summary["status"] == "pruned":
-            raise optuna.TrialPruned(summary["reason"])
-        value = summary[exp.study.metric]
-        if value is None or not math.isfinite(value):
-            raise RuntimeError(f"metric {exp.study.metric} is {value}")
-        return float(value)
+        return report
 
-    return objective
+    def value(self, trial: optuna.Trial, summary: dict[str, Any]) -> float:
+        """The ranked value of a finished run, or TrialPruned carrying what the pruner saw last."""
+        if trial.number in self.taken_over:
+            raise TakenOver(f"trial {trial.number} was marked failed by another worker")
+        metric = self.exp.study.metric
+        if summary["status"] == "pruned":
+            _set(
+                trial,
+                value_kind="pruned-intermediate",
+                pruned_at_tokens=self.reported_at.get(trial.number),
+                value_stderr=summary.get("last_val_loss_stderr"),
+                time_breakdown=self.clock.breakdown(),  # the last write: it counts every storage call before it
+            )
+            raise optuna.TrialPruned(summary["reason"])
+        value = summary.get(metric)
+        if value is None or not math.isfinite(value):
+            raise RuntimeError(f"metric {metric} is {value}")
+        breakdown = self.clock.breakdown()  # the last write: it counts every storage call before it
+        _set(trial, value_kind="final", value_stderr=summary.get(f"{metric}_stderr"), time_breakdown=breakdown)
+        return float(value)

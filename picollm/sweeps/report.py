@@ -1,23 +1,43 @@
-"""What a sweep prints: one line per trial, a progress bar, and the best trial against the baseline."""
+"""What a sweep prints: one line per trial, a progress bar, and the best trial against the baseline.
+
+Only COMPLETE trials are ranked: a pruned trial's value is its last intermediate validation loss (shown
+as such), never compared with a finished trial's final value.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+from optuna.trial import TrialState
+
 from picollm.sweeps.studies import counts, finished
 
 
+def _value_text(t: Any) -> str:
+    if t.value is None:
+        return "-"
+    stderr = t.user_attrs.get("value_stderr")
+    return f"{t.value:.4f}" + (f"±{stderr:.4f}" if isinstance(stderr, float) else "")
+
+
+def _tail(t: Any) -> str:
+    if t.state == TrialState.FAIL:
+        reason = t.user_attrs.get("fail_reason") or "worker lost (heartbeat expired)"
+        return f" ({reason})"
+    if t.state == TrialState.PRUNED:
+        at = t.user_attrs.get("pruned_at_tokens")
+        return " (pruned: value is the last intermediate loss" + (f" at {at:,} tokens)" if at else ")")
+    return ""
+
+
 def trial_line(t: Any, best: float | None) -> str:
-    """One line per finished trial: number, state, value, params, budget."""
-    value = f"{t.value:.4f}" if t.value is not None else "-"
+    """One line per finished trial: number, state, value (± stderr), params, budget, and why when not final."""
     params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
-    extra = t.user_attrs.get("fail_reason") if t.state.name == "FAIL" else None
     best_text = f"best {best:.4f}" if best is not None else "best -"
     tokens = t.user_attrs.get("tokens")
     tokens_text = f" {tokens:,} tok" if tokens else ""
-    tail = f" ({extra})" if extra else ""
-    return f"trial {t.number:3d} {t.state.name:8s} {value:>8s} | {best_text} |{tokens_text} {params}{tail}"
+    return f"trial {t.number:3d} {t.state.name:8s} {_value_text(t):>8s} | {best_text} |{tokens_text} {params}{_tail(t)}"
 
 
 def _short(value: Any) -> str:
@@ -25,6 +45,7 @@ def _short(value: Any) -> str:
 
 
 def best_value(study: Any) -> float | None:
+    """The best COMPLETE trial's value (Optuna ranks complete trials only)."""
     try:
         return study.best_value
     except ValueError:
@@ -37,7 +58,7 @@ class Progress:
     def __init__(self, study: Any, n_trials: int) -> None:
         from tqdm.auto import tqdm
 
-        self.tqdm = tqdm
+        self.tqdm, self.study = tqdm, study
         self.seen = {t.number for t in study.trials if t.state.is_finished()}
         self.bar = tqdm(
             total=n_trials,
@@ -68,9 +89,7 @@ class Progress:
 
 
 def report_lines(study: Any) -> list[str]:
-    """The best trial against the baseline (trial 0, the unmodified base config)."""
-    from optuna.trial import TrialState
-
+    """The best COMPLETE trial against the baseline (trial 0, the unmodified base config)."""
     c = counts(study)
     spent = sum(t.user_attrs.get("tokens") or 0 for t in study.trials)
     lines = [
@@ -81,13 +100,15 @@ def report_lines(study: Any) -> list[str]:
     if not complete:
         return [*lines, "no trial has completed yet"]
     best = min(complete, key=lambda t: t.value)
-    baseline = next((t for t in study.trials if t.user_attrs.get("baseline")), None)
+    metric = best.user_attrs.get("metric", "value")
+    baselines = [t for t in study.trials if t.user_attrs.get("baseline")]  # a retried baseline keeps the mark
+    baseline = next((t for t in baselines if t.state == TrialState.COMPLETE), baselines[0] if baselines else None)
     params = " ".join(f"{k}={_short(v)}" for k, v in best.params.items())
-    lines.append(f"best: trial {best.number} with {best.value:.4f} ({params})")
+    lines.append(f"best: trial {best.number} with {metric} {_value_text(best)} ({params})")
     if baseline is not None and baseline.state == TrialState.COMPLETE:
         gain = baseline.value - best.value
         lines.append(
-            f"baseline (trial {baseline.number}, the base config): {baseline.value:.4f} -> improvement {gain:.4f}"
+            f"baseline (trial {baseline.number}, the base config): {_value_text(baseline)} -> improvement {gain:.4f}"
         )
     elif baseline is not None:
         lines.append(f"baseline (trial {baseline.number}) did not complete: {baseline.state.name}")

@@ -2,7 +2,7 @@
 
 Owns parsing and validating the ``study:`` block (:class:`StudySettings`), reading an experiment file with
 its ``--set`` overrides (:func:`load_experiment`), and the sweep's own settings on top of the trainer
-config (:func:`trial_base`: token budget, report cadence, grouping).
+config (:func:`trial_base`: token budget, the one fixed validation set, report cadence, grouping).
 """
 
 from __future__ import annotations
@@ -12,19 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from picollm.config import apply_overrides, config_from_dict, load_raw, parse_override, split_experiment
+from picollm.config import apply_overrides, config_from_dict, load_raw, parse_override, read_yaml, split_experiment
 from picollm.errors import ConfigError
 from picollm.search import Param, baseline_params, parse_space
 from picollm.sweeps.registry import make_pruner, make_sampler
 
-METRICS = ("best_val_loss", "final_val_loss")
+# The value that ranks trials, from the run's summary.json. Both are measured on the study's one fixed
+# validation set (see trial_base), the same tokens the pruner sees every report.
+METRICS = {
+    "final_val_loss": "validation loss at the end of the trial's budget (the default)",
+    "best_val_loss": "lowest validation loss over the trial's epoch ends (a min over noisy values: biased low)",
+}
 EPOCHS_FOR_TOKEN_BUDGET = 1000  # with a token budget, epochs only bound it from above
 
 
 @dataclass
 class StudySettings:
     name: str
-    metric: str = "best_val_loss"
+    metric: str = "final_val_loss"
     sampler: str = "tpe"
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner: str = "median"
@@ -33,10 +38,14 @@ class StudySettings:
     reports: int = 8  # validation losses reported to the pruner per trial
     n_trials: int = 20
     seed: int = 0
-    heartbeat_interval: int = 10
-    grace_period: int = 30
-    max_retry: int = 2
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (leases on journal files)
+    grace_period: int = 30  # a trial silent for this long is failed and retried
+    max_retry: int = 2  # retries of a trial whose worker died, then it stays failed
     out_dir: str = "results/studies"  # exports land in <out_dir>/<name>/
+
+
+INT_KEYS = ("budget_tokens", "reports", "n_trials", "seed", "heartbeat_interval", "grace_period", "max_retry")
+POSITIVE_KEYS = ("reports", "n_trials", "heartbeat_interval", "grace_period", "budget_tokens")
 
 
 def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
@@ -49,37 +58,50 @@ def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
     raise ConfigError(f"study.{key}: expected a name or {{name: ..., option: value}}, got {raw!r}")
 
 
+def _whole(key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != int(value):
+        raise ConfigError(f"study.{key}: expected a whole number, got {value!r}")
+    return int(value)
+
+
 def parse_study(raw: Any, default_name: str) -> StudySettings:
-    raw = dict(raw or {})
+    """The ``study:`` block, checked: unknown keys, wrong types and impossible values are one line."""
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("study: expected a mapping")
+        raise ConfigError(f"study: expected a mapping of settings (name, metric, sampler, ...), got {raw!r}")
+    raw = dict(raw)
     s = StudySettings(name=str(raw.pop("name", default_name)))
     if "sampler" in raw:
         s.sampler, s.sampler_options = _named(raw.pop("sampler"), "sampler")
     if "pruner" in raw:
         s.pruner, s.pruner_options = _named(raw.pop("pruner"), "pruner")
-    ints = ("budget_tokens", "reports", "n_trials", "seed", "heartbeat_interval", "grace_period", "max_retry")
-    for key in list(raw):
+    for key, value in raw.items():
         if key in ("metric", "out_dir"):
-            setattr(s, key, str(raw.pop(key)))
-        elif key in ints:
-            value = raw.pop(key)
-            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-                raise ConfigError(f"study.{key}: expected a whole number, got {value!r}")
-            setattr(s, key, None if value is None else int(value))
+            setattr(s, key, str(value))
+        elif key in INT_KEYS:
+            setattr(s, key, _whole(key, value))
         else:
             raise ConfigError(f"unknown key study.{key}")
+    _check_study(s)
+    return s
+
+
+def _check_study(s: StudySettings) -> None:
     if s.metric not in METRICS:
         raise ConfigError(f"study.metric: unknown value {s.metric!r} (choose from {', '.join(METRICS)})")
     if not s.name or not all(c.isalnum() or c in "-_." for c in s.name):
         raise ConfigError(f"study.name: use letters, digits, '-', '_' and '.', got {s.name!r}")
-    for key in ("reports", "n_trials", "heartbeat_interval", "grace_period", "budget_tokens"):
+    for key in POSITIVE_KEYS:
         value = getattr(s, key)
         if value is not None and value < 1:
             raise ConfigError(f"study.{key} must be >= 1, got {value}")
+    if s.max_retry is None or s.max_retry < 0:
+        raise ConfigError(f"study.max_retry must be >= 0, got {s.max_retry}")
     if s.grace_period <= s.heartbeat_interval:
         raise ConfigError("study.grace_period must be longer than study.heartbeat_interval")
-    return s
 
 
 @dataclass
@@ -91,6 +113,7 @@ class Experiment:
     study: StudySettings
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # recorded with every trial (e.g. an offline note)
+    fingerprint: dict[str, Any] | None = None  # what the study answers (picollm.sweeps.fingerprint)
 
     @property
     def space(self) -> list[Param]:
@@ -98,9 +121,19 @@ class Experiment:
 
 
 def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
-    """The sweep's own settings on top of the trainer config: token budget, report cadence, grouping."""
+    """The sweep's own settings on top of the trainer config.
+
+    - the token budget, so block sizes compete at equal training tokens;
+    - ONE fixed validation set for the objective and the pruner: ``data.val_tokens`` tokens (or, when unset,
+      ``train.eval_tokens``), and the periodic evaluation uses exactly that set, so the values the pruner
+      compares and the value that ranks a finished trial are measured on the same tokens;
+    - the report cadence and the W&B grouping.
+    """
     raw = copy.deepcopy(trainer)
-    train = raw.setdefault("train", {})
+    train, data = raw.setdefault("train", {}), raw.setdefault("data", {})
+    resolved = config_from_dict(raw)
+    objective_tokens = resolved.data.val_tokens or resolved.train.eval_tokens
+    data["val_tokens"] = train["eval_tokens"] = objective_tokens
     if s.budget_tokens:
         train["max_tokens"] = s.budget_tokens
         train["epochs"] = EPOCHS_FOR_TOKEN_BUDGET
@@ -112,21 +145,44 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
 
 
 def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:
-    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry).
+    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry, new or not).
 
     Search keys are dotted config keys themselves, so the longest existing key wins.
     """
     path, value = parse_override(item)
     dotted = ".".join(path[1:])
     out = copy.deepcopy(search)
-    if dotted in out or "." not in dotted:
+    key, _, name = dotted.rpartition(".")
+    if dotted in out or not key or (isinstance(value, dict) and key not in out):  # an entry, changed or new
         out[dotted] = value
         return out
-    key, _, name = dotted.rpartition(".")
     if not isinstance(out.get(key), dict):
         raise ConfigError(f"--set {item}: no search entry {key!r} to change (known: {', '.join(out)})")
     out[key][name] = value
     return out
+
+
+def _search_block(path: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The merged ``search:`` block; an explicit empty one in the file itself is refused, never inherited."""
+    own = read_yaml(path)
+    if "search" in own and not own["search"]:
+        raise ConfigError(
+            f"{path}: 'search:' is empty, so there is nothing to sweep (an empty block does not inherit the "
+            "base file's space: delete the line to inherit it, or train once with python -m picollm.train)"
+        )
+    if "search" not in raw:
+        raise ConfigError(f"{path}: no 'search:' block, nothing to sweep")
+    return raw["search"]
+
+
+def _refuse_searched_overrides(overrides: list[str], search: dict[str, Any]) -> None:
+    for item in overrides:
+        key = ".".join(parse_override(item)[0])
+        if key in search:
+            raise ConfigError(
+                f"--set {item}: {key} is searched by this study; change its range instead "
+                f"(--set search.{key}.low=... / .choices=[...]) or remove it from search:"
+            )
 
 
 def load_experiment(
@@ -137,19 +193,22 @@ def load_experiment(
         raise ConfigError("a sweep needs --config experiments/<name>.yaml")
     raw = load_raw(path)
     search_overrides = [item for item in overrides if item.startswith("search.")]
-    raw = apply_overrides(raw, [item for item in overrides if item not in search_overrides])
+    other = [item for item in overrides if item not in search_overrides]
+    raw = apply_overrides(raw, other)
     for item in search_overrides:
         raw["search"] = override_search(raw.get("search") or {}, item)
+    search = _search_block(path, raw)
+    if isinstance(search, dict):
+        _refuse_searched_overrides(other, search)
     trainer, sweep = split_experiment(raw)
-    if "search" not in sweep:
-        raise ConfigError(f"{path}: no 'search:' block, nothing to sweep")
     settings = parse_study(sweep.get("study"), Path(path).stem)
     if study_name:
         settings.name = study_name
     if n_trials is not None:
         settings.n_trials = n_trials
     base = trial_base(trainer, settings)
-    baseline_params(parse_space(sweep["search"], base), base)  # refuse a bad space now, before any trial
-    make_sampler(settings.sampler, parse_space(sweep["search"], base), settings.seed, settings.sampler_options)
+    space = parse_space(search, base)
+    baseline_params(space, base)  # refuse a bad space now, before any trial
+    make_sampler(settings.sampler, space, settings.seed, settings.sampler_options)
     make_pruner(settings.pruner, settings.pruner_options)
-    return Experiment(base, sweep["search"], settings, str(path))
+    return Experiment(base, search, settings, str(path))

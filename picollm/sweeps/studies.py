@@ -1,7 +1,14 @@
-"""Opening a study: storage, sampler and pruner, the stored search space, the baseline trial, counts.
+"""Opening a study: storage, sampler and pruner, the stored search space and fingerprint, the exact total.
 
-A study is resumable by construction: ``n_trials`` is its total of finished (complete or pruned)
-trials, so opening it again and running continues until that total is reached.
+A study is resumable by construction: ``n_trials`` is its total of finished (complete or pruned) trials,
+so opening it again and running continues until that total is reached.
+
+The total is exact, also with many workers on many machines. Optuna's ``MaxTrialsCallback`` (used by
+:mod:`picollm.sweeps.workers`) stops a worker once it *sees* the total, but two workers can both start
+"the last" trial between their checks. :class:`CappedStudy` closes that gap where trials are born: its
+``ask`` holds a lock every worker of the storage shares (:func:`picollm.storage.claim_lock`) while it
+counts finished and running trials and creates (or dequeues) the next one. A trial beyond the total is
+therefore never created, so it is never recorded as failed either.
 """
 
 from __future__ import annotations
@@ -10,56 +17,83 @@ import warnings
 from dataclasses import asdict
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
 from picollm.errors import PicoError
 from picollm.search import baseline_params
-from picollm.storage import mask_url, open_storage
+from picollm.storage import claim_lock, mask_url, open_storage
+from picollm.sweeps import fingerprint
 from picollm.sweeps.registry import make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment
 
+TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class StudyFull(Exception):
+    """Every trial of the total is finished or running: this worker must not start another."""
+
+
+class CappedStudy(optuna.Study):
+    """An Optuna study whose ``ask`` never starts a trial beyond ``total`` (finished + running)."""
+
+    def configure_cap(self, total: int, storage_url: str) -> None:
+        self.total = total
+        self.storage_url = storage_url
+
+    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        with claim_lock(self.storage_url, f"claim-{self.study_name}"):
+            taken = len(self._storage.get_all_trials(self._study_id, deepcopy=False, states=TAKEN))
+            if taken >= self.total:
+                raise StudyFull(f"{taken} of {self.total} trials are finished or running")
+            return super().ask(fixed_distributions)
+
 
 def quiet_optuna() -> None:
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our one line per trial says what failed and why
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def open_study(exp: Experiment, storage_url: str, create: bool) -> Any:
-    """Create or load the study; refuse a stored study whose search space differs."""
-    import optuna
-
-    quiet_optuna()
+def _load(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
     s = exp.study
-    storage = open_storage(storage_url, s.heartbeat_interval, s.grace_period, s.max_retry)
-    space = exp.space
-    kwargs = dict(
+    storage = open_storage(storage_url, s.heartbeat_interval, s.grace_period, s.max_retry, create=create)
+    if create:
+        optuna.create_study(study_name=s.name, storage=storage, direction="minimize", load_if_exists=True)
+    study = CappedStudy(
         study_name=s.name,
         storage=storage,
-        sampler=make_sampler(s.sampler, space, s.seed, s.sampler_options),
+        sampler=make_sampler(s.sampler, exp.space, s.seed, s.sampler_options),
         pruner=make_pruner(s.pruner, s.pruner_options),
     )
+    study.configure_cap(s.n_trials, storage_url)
+    return study
+
+
+def open_study(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
+    """Create or load the study; refuse one whose search space or fingerprint differs (one line each)."""
+    quiet_optuna()
     try:
-        if create:
-            study = optuna.create_study(direction="minimize", load_if_exists=True, **kwargs)
-        else:
-            study = optuna.load_study(**kwargs)
+        study = _load(exp, storage_url, create)
+    except PicoError:
+        raise
     except KeyError:
-        raise PicoError(f"no study named {s.name!r} in {mask_url(storage_url)}") from None
+        raise PicoError(f"no study named {exp.study.name!r} in {mask_url(storage_url)}") from None
     except Exception as exc:
         raise PicoError(
-            f"cannot open study {s.name!r} in {mask_url(storage_url)}: {mask_url(str(exc))[:200]}"
+            f"cannot open study {exp.study.name!r} in {mask_url(storage_url)}: {mask_url(str(exc))[:200]}"
         ) from None
-    described = [p.describe() | {"key": p.key} for p in space]
+    described = [p.describe() | {"key": p.key} for p in exp.space]
     stored = study.user_attrs.get("space")
     if stored is None:
         study.set_user_attr("space", described)
         study.set_user_attr("base", exp.base)
-        study.set_user_attr("settings", asdict(s))
+        study.set_user_attr("settings", asdict(exp.study))
     elif stored != described:
         raise PicoError(
-            f"study {s.name!r} in {mask_url(storage_url)} was created with another search space; "
+            f"study {exp.study.name!r} in {mask_url(storage_url)} was created with another search space; "
             "use --study-name to start a new study (or restore the old space to resume it)"
         )
+    fingerprint.check(study, exp, storage_url)
     return study
 
 
@@ -70,8 +104,6 @@ def enqueue_baseline(study: Any, exp: Experiment) -> None:
 
 
 def counts(study: Any) -> dict[str, int]:
-    from optuna.trial import TrialState
-
     out = {state.name: 0 for state in TrialState}
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] += 1

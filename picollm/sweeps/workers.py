@@ -1,71 +1,46 @@
-"""Workers and the coordinator: the trial loop, dead-trial recovery, worker processes and signals.
+"""Workers and the coordinator: the trial loop on ``study.optimize``, worker processes, devices and signals.
 
-Several workers, on one machine or many, run the same loop against one storage. :func:`run_sweep`
-starts them, shows progress and exports the study when they stop.
+A worker is one ``study.optimize`` loop with Optuna's ``MaxTrialsCallback`` (stop at ``n_trials`` complete or
+pruned trials) over a :class:`~picollm.sweeps.studies.CappedStudy` (never start a trial beyond the total).
+When every remaining trial is running elsewhere the worker waits, failing trials whose worker is gone
+(:mod:`picollm.sweeps.liveness`), so the wait is bounded by ``grace_period``.
+
+:func:`run_sweep` is the coordinator: it checks the storage first, resolves the offline fallback once,
+fingerprints the study, starts ``--workers`` processes (worker ``rank`` on ``cuda:{rank % device_count}``),
+shows progress, and exports the study when they stop. The first SIGINT or SIGTERM interrupts: the running
+trial is failed with reason ``interrupted`` and its run record closed; the coordinator forwards SIGTERM to
+its workers, gives them ``STOP_GRACE_S`` seconds, kills what is left, then exports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
 
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.storage import mask_url
-from picollm.sweeps.objective import AbortSweep, host, make_objective
+from picollm.sweeps import fingerprint
+from picollm.sweeps.layout import choose_layout
+from picollm.sweeps.liveness import fail_stale
+from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.settings import Experiment
-from picollm.sweeps.studies import counts, enqueue_baseline, finished, open_study
+from picollm.sweeps.studies import StudyFull, enqueue_baseline, finished, open_study
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_dead_local_trials(study: Any) -> list[int]:
-    """Fail and re-queue RUNNING trials whose worker process on this host is gone.
-
-    Journal storage has no heartbeat; on RDB storage this just acts before the grace period ends.
-    """
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    this_host = host()
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(t.user_attrs.get("worker", ""))
-        owner_host, _, pid = worker.rpartition(":")
-        dead = owner_host == this_host and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
-        if not dead:
-            continue
-        try:  # the reason first: a finished trial cannot be written to any more
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker process died")
-            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-                failed.append(t.number)
-        except UpdateFinishedTrialError:
-            continue  # another restarted worker failed it first
-    return failed
-
-
-def _fail_stale(study: Any) -> None:
-    import optuna
-
-    fail_dead_local_trials(study)
-    optuna.storages.fail_stale_trials(study)  # heartbeat-based, RDB only (a no-op elsewhere)
+STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
 
 
 @dataclass
@@ -75,63 +50,130 @@ class WorkerSpec:
     timeout_s: float | None = None
     threads: int | None = None
     verbose: bool = True
+    rank: int = 0  # this worker's index on this machine: picks its GPU
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard() -> Iterator[None]:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored while the run closes."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class StopRules:
+    """Optuna callbacks: show each finished trial; stop on an aborting trial or too many failures in a row."""
+
+    def __init__(self, n_trials: int, show: Callable[[Any, Any], None] | None) -> None:
+        self.limit, self.show = max(3, n_trials), show
+        self.failures_in_a_row = 0
+        self.abort: str | None = None
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if self.show is not None:
+            self.show(study, trial)
+        reason = str(trial.user_attrs.get("fail_reason", ""))
+        self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("abort"):
+            self.abort = reason
+        elif self.failures_in_a_row >= self.limit:
+            self.abort = f"{self.failures_in_a_row} trials failed in a row; last: {reason}"
+        if self.abort:
+            study.stop()
+
+
+def _taken_over(study: Any, objective: Objective) -> bool:
+    """After ``optimize`` raised: was its trial failed by another worker while it ran?"""
+    trial = objective.current
+    return trial is not None and study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
+
+
+def _say_interrupted(study: Any, objective: Objective, show: Callable[[str], None]) -> None:
+    if objective.current is not None:
+        trial = study._storage.get_trial(objective.current._trial_id)
+        show(trial_line(trial, best_value(study)))
+    show("interrupted: the running trial is failed (reason 'interrupted') and its run record closed")
+
+
+def _optimize_once(study: Any, objective: Objective, rules: StopRules, spec: WorkerSpec, deadline: float) -> bool:
+    """One ``study.optimize`` call; False when this worker has nothing left to start right now."""
+    s = spec.exp.study
+    callbacks = [MaxTrialsCallback(s.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), rules]
+    objective.current = None
+    try:
+        timeout = None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
+        study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+    except StudyFull:
+        return False
+    except (ValueError, UpdateFinishedTrialError):
+        if not _taken_over(study, objective):
+            raise
+        print(f"trial {objective.current.number} was failed by another worker; its result is dropped", flush=True)
+    return True
 
 
 def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = None) -> None:
     """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
-    from optuna.trial import TrialState
-
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM acts like Ctrl-C
+    s = spec.exp.study
     study = open_study(spec.exp, spec.storage, create=False)
-    objective = make_objective(spec.exp, spec.threads)
-    n_trials = spec.exp.study.n_trials
+    objective = Objective(spec.exp, spec.threads, spec.rank)
+    show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
+    rules = StopRules(s.n_trials, show)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
-    failures_in_a_row = 0
-    done: list[Any] = []
-
-    def remember(_study: Any, trial: Any) -> None:  # Optuna hands each finished trial to its callbacks
-        done.append(trial)
-
-    _fail_stale(study)
-    while time.monotonic() < deadline and finished(study) < n_trials:
-        c = counts(study)
-        if c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] >= n_trials and not c["WAITING"]:
-            time.sleep(min(2.0, spec.exp.study.heartbeat_interval))  # peers hold the last slots: wait
-            _fail_stale(study)
-            continue
-        done.clear()
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[remember])
-        if not done:
-            continue
-        trial = done[0]
-        if on_trial is not None:
-            on_trial(study, trial)
-        elif spec.verbose:
-            print(trial_line(trial, best_value(study)), flush=True)
-        reason = str(trial.user_attrs.get("fail_reason", ""))
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("abort"):
-            raise AbortSweep(reason)
-        failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
-        if failures_in_a_row >= max(3, n_trials):
-            raise PicoError(f"{failures_in_a_row} trials failed in a row; last: {reason}")
+    try:
+        while time.monotonic() < deadline and finished(study) < s.n_trials and rules.abort is None:
+            fail_stale(study, s.grace_period, s.max_retry)
+            if not _optimize_once(study, objective, rules, spec, deadline):
+                time.sleep(min(2.0, s.heartbeat_interval))  # peers hold the last trials: wait for them
+    except KeyboardInterrupt:
+        _say_interrupted(study, objective, lambda line: print(line, file=sys.stderr, flush=True))
+        raise
+    if rules.abort is not None:
+        raise AbortSweep(rules.abort)
 
 
 def worker_process(spec: WorkerSpec) -> None:
     """Entry point of a spawned worker: errors become one line and an exit code."""
-    try:
-        run_worker(spec)
-    except PicoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    with interrupts_as_keyboard():
+        try:
+            run_worker(spec)
+        except PicoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.exit(130)
 
 
-def _run_processes(spec: WorkerSpec, workers: int, study: Any, progress: Progress) -> None:
+def stop_workers(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to every live worker (a second signal is ignored by one already stopping), then kill."""
+    for proc in procs:
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
-    procs = [ctx.Process(target=worker_process, args=(spec,), daemon=False) for _ in range(workers)]
+    procs = [ctx.Process(target=worker_process, args=(spec,), daemon=False) for spec in specs]
     for proc in procs:
         proc.start()
     try:
@@ -139,8 +181,7 @@ def _run_processes(spec: WorkerSpec, workers: int, study: Any, progress: Progres
             time.sleep(1.0)
             progress.poll(study)
     except KeyboardInterrupt:
-        for proc in procs:
-            proc.join(timeout=60)  # they got the same Ctrl-C and are marking their trials
+        stop_workers(procs)
         raise
     progress.poll(study)
     codes = [proc.exitcode for proc in procs]
@@ -163,36 +204,56 @@ def resolve_offline(exp: Experiment) -> Experiment:
     if note is None:
         return exp
     print(note, file=sys.stderr, flush=True)
-    return Experiment(cfg.to_dict(), exp.search, exp.study, exp.source, {**exp.extra, "offline_fallback": note})
+    return replace(exp, base=cfg.to_dict(), extra={**exp.extra, "offline_fallback": note})
+
+
+def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
+    """Storage first (a bad URL costs nothing), then the data identity, then the study's question."""
+    study = open_study(exp, storage_url, create=True)
+    exp = resolve_offline(exp)
+    exp = replace(exp, fingerprint=fingerprint.fingerprint(exp))
+    fingerprint.check(study, exp, storage_url)
+    enqueue_baseline(study, exp)
+    return exp, study
+
+
+def _work(
+    exp: Experiment, storage_url: str, layout: tuple[int, int], timeout_s: float | None, progress: Progress
+) -> None:
+    workers, threads = layout
+    specs = [WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, rank=rank) for rank in range(workers)]
+    if workers == 1:
+        run_worker(specs[0], on_trial=progress.show)
+    else:
+        _run_processes(specs, progress.study, progress)
 
 
 def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
-    """Run (or resume) the study to ``n_trials`` finished trials, then export it."""
-    exp = resolve_offline(exp)
-    study = open_study(exp, storage_url, create=True)
-    enqueue_baseline(study, exp)
+    """Run (or resume) the study to ``n_trials`` finished trials, then export it.
+
+    ``workers`` processes split this machine's cores (:func:`picollm.sweeps.layout.choose_layout`); the CLI's
+    default is that function's choice of workers.
+    """
+    exp, study = prepare(exp, storage_url)
     s = exp.study
+    layout = choose_layout(workers)
     print(
         f"study {s.name!r} in {mask_url(storage_url)}: {finished(study)}/{s.n_trials} trials finished; "
-        f"sampler {s.sampler}, pruner {s.pruner}, {s.budget_tokens or 'no'} tokens per trial, "
-        f"{workers} worker(s)",
+        f"objective {s.metric}; sampler {s.sampler}, pruner {s.pruner}, {s.budget_tokens or 'no'} tokens per "
+        f"trial, {workers} worker(s) x {layout[1]} thread(s)",
         flush=True,
     )
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    spec = WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False)
     progress = Progress(study, s.n_trials)
     interrupted = False
-    try:
-        if workers == 1:
-            run_worker(spec, on_trial=progress.show)
-        else:
-            _run_processes(spec, workers, study, progress)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        progress.close()
-    from picollm.export import export_study, log_study_run
+    with interrupts_as_keyboard():
+        try:
+            _work(exp, storage_url, layout, timeout_s, progress)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            progress.close()
+        from picollm.export import export_study, log_study_run
 
-    folder, notes = export_study(study, s.out_dir)
-    log_study_run(study, folder)
+        folder, notes = export_study(study, s.out_dir)
+        log_study_run(study, folder)
     return SweepOutcome(folder, interrupted, notes)

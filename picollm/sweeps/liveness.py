@@ -1,0 +1,127 @@
+"""Which running trials are dead, and what happens to them: failed, then retried at most ``max_retry`` times.
+
+Three detectors, one outcome (FAIL, then Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues the same
+parameters unless the trial's retry history already holds ``max_retry`` entries):
+
+- RDB storages (SQLite, PostgreSQL): Optuna's own heartbeat. Each running trial beats every
+  ``heartbeat_interval`` seconds; one silent for ``grace_period`` is failed by ``fail_stale_trials``.
+- Journal files have no heartbeat in Optuna, so a running trial holds a *lease*: its worker writes the time
+  into the trial every ``heartbeat_interval`` seconds (:class:`Lease`), and a lease older than
+  ``grace_period`` is expired by any worker (:func:`fail_expired_leases`). This is what bounds the wait on a
+  trial whose host is gone when several machines share one journal file. The comparison uses wall clocks,
+  so the hosts' clocks must agree to well within ``grace_period`` (NTP does).
+- On any storage, a trial whose worker process on *this* host no longer exists is failed at once
+  (:func:`fail_dead_local_trials`), without waiting for the grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+
+def host() -> str:
+    """This machine's name in trial records; PICOLLM_WORKER_HOST overrides it where hostnames repeat."""
+    return os.environ.get("PICOLLM_WORKER_HOST") or socket.gethostname()
+
+
+def worker_id() -> str:
+    return f"{host()}:{os.getpid()}"
+
+
+def has_heartbeat(study: Any) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool:
+    """Fail a RUNNING trial with ``reason`` and re-queue it (capped); False if another worker was first."""
+    try:  # the reason first: a finished trial cannot be written to any more
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        study._storage.set_trial_user_attr(trial._trial_id, "value_kind", "failed")
+        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, study._storage.get_trial(trial._trial_id))
+    return True
+
+
+def _local_owner_dead(trial: Any) -> bool:
+    owner_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    return owner_host == host() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+
+def fail_dead_local_trials(study: Any, max_retry: int) -> list[int]:
+    """Fail and re-queue RUNNING trials whose worker process on this host is gone."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    dead = [t for t in running if _local_owner_dead(t)]
+    return [t.number for t in dead if _fail_and_retry(study, t, "worker process died", max_retry)]
+
+
+def fail_expired_leases(study: Any, grace_period: float, max_retry: int) -> list[int]:
+    """Journal storage: fail and re-queue RUNNING trials whose lease is older than ``grace_period``."""
+    now, expired = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        renewed = t.user_attrs.get("lease") or (t.datetime_start.timestamp() if t.datetime_start else now)
+        if now - renewed > grace_period:
+            reason = f"worker lost: no lease renewal for {now - renewed:.0f}s (worker {t.user_attrs.get('worker')})"
+            if _fail_and_retry(study, t, reason, max_retry):
+                expired.append(t.number)
+    return expired
+
+
+def fail_stale(study: Any, grace_period: float, max_retry: int) -> None:
+    """Run every detector that applies to this study's storage."""
+    fail_dead_local_trials(study, max_retry)
+    if has_heartbeat(study):
+        optuna.storages.fail_stale_trials(study)
+    else:
+        fail_expired_leases(study, grace_period, max_retry)
+
+
+class Lease:
+    """Renews a trial's lease every ``interval`` seconds on a daemon thread, while the trial trains."""
+
+    def __init__(self, trial: Any, interval: float) -> None:
+        self.trial, self.interval = trial, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True, name="picollm-lease")
+
+    def _renew(self) -> None:
+        while True:
+            try:
+                self.trial.set_user_attr("lease", time.time())
+            except UpdateFinishedTrialError:
+                return  # another worker failed it; the objective finds out at its next report
+            except Exception:  # a transient storage error: try again next interval
+                pass
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Lease:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
