@@ -34,6 +34,8 @@ def save_checkpoint(
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
     """The model and tokenizer of a run record, ready for inference."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run folder not found: {run_dir}")
     path = run_dir / f"{which}.pt"
     if not path.is_file():
         path = run_dir / "final.pt"

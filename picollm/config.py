@@ -77,7 +77,7 @@ class TrainConfig:
     max_tokens: int | None = None  # total training tokens; trials with other block sizes stay comparable
     eval_every: int = 50  # steps between val/loss evaluations on the fixed subset
     eval_every_tokens: int | None = None  # or: evaluate each time this many more tokens are seen
-    eval_tokens: int = 8192  # size of that fixed subset
+    eval_tokens: int | None = 8192  # size of that fixed sample of whole documents (null: the whole capped set)
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (None = torch's default)

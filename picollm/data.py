@@ -6,8 +6,29 @@ milliseconds of data work, and a changed input file can never be served stale. E
 array carries its SHA-256; a truncated or altered file is rebuilt, not trusted.
 
 Validation is the dataset's own split when it has one, else a deterministic held-out share of
-documents. Its tokens do not depend on the model or ``block_size``: every evaluation scores each
-validation token exactly once, so sweep trials are compared on the same tokens.
+documents. Its tokens do not depend on the model or ``block_size``, so sweep trials are compared
+on the same tokens:
+
+* **Which tokens.** A cap (``data.val_tokens``) or the periodic set (``train.eval_tokens``) is a
+  sample of *whole documents* (the split is cut at end-of-text) drawn with the fixed seed
+  :data:`VAL_SEED` across the whole split, never its first N tokens: the start of a split is one
+  stretch of similar stories and reads ~0.45 nats off on TinyStories. The periodic set is a prefix
+  of the same random order as the cap, so it is a subset of it, and the same for every run on the
+  same data. Each set remembers the document of each token, so a loss comes with a standard error
+  over documents (see :mod:`picollm.evaluate`).
+* **How they are scored.** Every token after the first is scored exactly once, with real left
+  context (:func:`scoring_policy`). A model with a finite context (the k-gram: ``k - 1`` tokens
+  before the current one) reads windows of ``block_size + k - 1`` tokens and scores the last
+  ``block_size``: it sees real tokens everywhere except at the very start of the stream, and its
+  loss does not depend on ``block_size``. The LSTM and the transformer read overlapping windows of
+  ``block_size`` tokens, one every ``block_size // 2`` tokens, and score only the last
+  ``block_size // 2`` (the first window scores all): every scored token after the first window has
+  at least half a block of real context. That costs about twice the body's work of
+  non-overlapping windows, but the vocabulary head (the bulk of the cost at 50,257 ids) runs only
+  on scored tokens. The training windows of a finite-context model likewise read its ``k - 1``
+  tokens of context before their start instead of padding.
+* **Document boundaries.** Context crosses end-of-text, as in training: a story's first tokens
+  are predicted after the previous story's end, and a sample's documents sit back to back.
 """
 
 from __future__ import annotations
@@ -33,6 +54,7 @@ from picollm.errors import DataError
 from picollm.tokenizers import Tokenizer, get_tokenizer, tiktoken_available
 
 CACHE_FORMAT = 2
+VAL_SEED = 0  # seed of the validation samples: the same documents for every run on the same data
 STORIES = "tinystories"  # TinyStories and its offline stand-in
 OTHER = "other"  # input files and synthetic sequences
 FALLBACK_STORIES = 2000
@@ -44,10 +66,12 @@ class TokenData:
 
     tokenizer: Tokenizer
     train: np.ndarray  # all training groups back to back (memory-mapped uint16)
-    val: np.ndarray
+    val: np.ndarray  # the validation tokens every epoch-end evaluation scores (capped by data.val_tokens)
     groups: dict[str, tuple[int, int]]  # group -> (offset, length) inside `train`
     weights: dict[str, float]  # group -> share of training windows
     cache_path: Path
+    val_split: np.ndarray | None = None  # the whole validation split (memory-mapped), before any cap
+    val_cap: int | None = None  # data.val_tokens
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -167,14 +191,19 @@ def collect_documents(d: DataConfig) -> tuple[dict[str, list[str]], list[str]]:
     return groups, val
 
 
+def remap_to_vocab(tokens: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Tokenizer ids -> compact ids (the position in ``used``); ids not in ``used`` -> the OOV id."""
+    used = np.asarray(used, dtype=np.int64)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    remap = np.full(int(max(used.max(), tokens.max() if tokens.size else 0)) + 1, len(used), dtype=np.uint16)
+    remap[used] = np.arange(len(used), dtype=np.uint16)
+    return remap[tokens]
+
+
 def _compact(train: np.ndarray, val: np.ndarray, eot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Renumber to the ids seen in training (+ end-of-text); unseen validation ids map to one OOV id."""
     used = np.union1d(np.unique(train), [eot]).astype(np.uint16)
-    remap = np.full(int(max(used.max(), val.max() if val.size else 0)) + 1, len(used), dtype=np.uint16)
-    remap[used] = np.arange(len(used), dtype=np.uint16)
-    val_clipped = np.where(val < len(remap), val, len(remap) - 1)
-    val_new = np.where(val < len(remap), remap[val_clipped], len(used)).astype(np.uint16)
-    return remap[train], val_new, used
+    return remap_to_vocab(train, used), remap_to_vocab(val, used), used
 
 
 def _write_array(folder: Path, name: str, array: np.ndarray) -> str:
@@ -214,7 +243,11 @@ def build_cache(d: DataConfig, tokenizer: Tokenizer, target: Path) -> None:
 
 
 def _read_cache(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """Open a cache folder, or None when it is missing, incomplete or fails its hash check."""
+    """Open a cache folder, or None when it is missing, incomplete or fails its hash check.
+
+    Only those mean "rebuild": any other OSError (a permission problem, an I/O error) is a
+    :class:`DataError`, so a cache that is fine but unreadable right now is never deleted.
+    """
     try:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = {}
@@ -224,8 +257,10 @@ def _read_cache(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | 
                 return None
             arrays[name] = np.memmap(path, dtype=np.uint16, mode="r") if path.stat().st_size else np.zeros(0, np.uint16)
         return meta, arrays
-    except (OSError, ValueError, KeyError):
-        return None
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing, partial or malformed: rebuilt by the caller
+    except OSError as exc:
+        raise DataError(f"token cache {folder}: cannot read it ({exc.strerror or exc}); fix or remove it") from None
 
 
 class CompactTokenizer:
@@ -268,11 +303,13 @@ def load_token_data(d: DataConfig, progress: bool = True) -> TokenData:
     meta, arrays = opened
     if "vocab" in arrays:
         tokenizer = CompactTokenizer(tokenizer, np.asarray(arrays["vocab"]))
-    val = arrays["val"][: d.val_tokens + 1] if d.val_tokens else arrays["val"]
-    if len(val) < 2:
+    if len(arrays["val"]) < 2:
         raise DataError("the validation split has fewer than 2 tokens")
+    val = sample_documents(arrays["val"], tokenizer.eot_id, d.val_tokens).tokens
     groups = {name: (int(o), int(n)) for name, (o, n) in meta["groups"].items()}
-    return TokenData(tokenizer, arrays["train"], val, groups, mix_weights(groups, d), folder)
+    return TokenData(
+        tokenizer, arrays["train"], val, groups, mix_weights(groups, d), folder, arrays["val"], d.val_tokens
+    )
 
 
 def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, float]:
@@ -287,17 +324,22 @@ def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
-def window_starts(data: TokenData, block_size: int) -> dict[str, np.ndarray]:
-    """Start offsets of the non-overlapping (block_size + 1)-token training windows of each group."""
+def window_starts(data: TokenData, block_size: int, context: int = 0) -> dict[str, np.ndarray]:
+    """Start offsets of the non-overlapping ``block_size``-target training windows of each group.
+
+    A window reads ``context`` tokens before its start (the k-gram's k - 1), so the first window
+    of a group starts ``context`` tokens in: every input it sees is a real token, never padding.
+    """
     starts = {}
     for name, (offset, length) in data.groups.items():
-        count = (length - 1) // block_size
+        count = (length - 1 - context) // block_size
         if count > 0 and data.weights[name] > 0:
-            starts[name] = offset + np.arange(count, dtype=np.int64) * block_size
+            starts[name] = offset + context + np.arange(count, dtype=np.int64) * block_size
     if not starts:
         raise DataError(
             f"the training data ({sum(n for _, n in data.groups.values())} tokens) is shorter than one "
-            f"window of model.block_size + 1 = {block_size + 1} tokens"
+            f"window of {block_size + context + 1} tokens (model.block_size + 1"
+            + (f" + {context} tokens of context)" if context else ")")
         )
     return starts
 
@@ -317,39 +359,150 @@ def epoch_order(starts: dict[str, np.ndarray], weights: dict[str, float], rng: n
     return rng.permutation(np.concatenate(picked))
 
 
-def gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets for windows of ``length`` inputs, as int64 tensors."""
-    rows = np.asarray(tokens[starts[:, None] + np.arange(length + 1)], dtype=np.int64)
+def gather(tokens: np.ndarray, starts: np.ndarray, length: int, context: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets of windows as int64 tensors.
+
+    Each window has ``context + length`` inputs (the first ``context`` only as context) and the
+    ``length`` targets after its start: ``x`` is (B, context + length), ``y`` is (B, length).
+    """
+    rows = np.asarray(tokens[starts[:, None] - context + np.arange(context + length + 1)], dtype=np.int64)
     window = torch.from_numpy(rows)
-    return window[:, :-1], window[:, 1:]
+    return window[:, :-1], window[:, context + 1 :]
 
 
 def train_batches(
-    data: TokenData, block_size: int, batch_size: int, rng: np.random.Generator
+    data: TokenData, block_size: int, batch_size: int, rng: np.random.Generator, context: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled full batches (the last partial batch is dropped unless it is the only one)."""
-    order = epoch_order(window_starts(data, block_size), data.weights, rng)
+    order = epoch_order(window_starts(data, block_size, context), data.weights, rng)
     n_full = len(order) // batch_size
     if n_full == 0:
-        yield gather(data.train, order, block_size)
+        yield gather(data.train, order, block_size, context)
         return
     for i in range(n_full):
-        yield gather(data.train, order[i * batch_size : (i + 1) * batch_size], block_size)
+        yield gather(data.train, order[i * batch_size : (i + 1) * batch_size], block_size, context)
 
 
-def eval_batches(tokens: np.ndarray, block_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Windows that score every token after the first exactly once, whatever ``block_size`` is.
+# ---------------------------------------------------------------------------------------------
+# Validation: which documents, and how their tokens are scored.
+# ---------------------------------------------------------------------------------------------
 
-    Full windows come in batches; the last, shorter window comes alone (no padding is ever scored).
+
+@dataclass
+class EvalSet:
+    """Validation documents back to back, and the document of each scored token (for standard errors)."""
+
+    tokens: np.ndarray
+    doc_of_target: np.ndarray  # (len(tokens) - 1,): the document of each target token tokens[1:]
+    documents: int
+    description: dict[str, Any]
+
+
+def document_lengths(tokens: np.ndarray, eot: int) -> np.ndarray:
+    """Lengths of the documents of a stream cut after each end-of-text (a trailing rest is one more)."""
+    ends = np.flatnonzero(np.asarray(tokens) == eot) + 1
+    if len(ends) == 0 or ends[-1] != len(tokens):
+        ends = np.append(ends, len(tokens))
+    return np.diff(ends, prepend=0)
+
+
+def sample_documents(tokens: np.ndarray, eot: int, max_tokens: int | None, seed: int = VAL_SEED) -> EvalSet:
+    """Whole documents drawn at random (fixed seed) across the split until ``max_tokens``; None: all.
+
+    A prefix of one seeded order of the documents, so a smaller sample is part of a larger one.
+    The chosen documents keep their order in the split.
     """
-    n_targets = len(tokens) - 1
-    n_full = n_targets // block_size
-    starts = np.arange(n_full, dtype=np.int64) * block_size
-    for i in range(0, n_full, batch_size):
-        yield gather(tokens, starts[i : i + batch_size], block_size)
-    rest = n_targets - n_full * block_size
-    if rest:
-        yield gather(tokens, np.array([n_full * block_size]), rest)
+    lengths = document_lengths(tokens, eot)
+    chosen = np.ones(len(lengths), dtype=bool)
+    how = "the whole split"
+    if max_tokens is not None and max_tokens < len(tokens):
+        order = np.random.default_rng(seed).permutation(len(lengths))
+        take = int(np.searchsorted(np.cumsum(lengths[order]), max(max_tokens, 2))) + 1
+        chosen[:] = False
+        chosen[order[:take]] = True
+        how = f"whole documents drawn at random across the split (seed {seed}) until >= {max_tokens:,} tokens"
+    kept = tokens if chosen.all() else np.asarray(tokens)[np.repeat(chosen, lengths)]
+    doc_of_token = np.repeat(np.arange(int(chosen.sum()), dtype=np.int32), lengths[chosen])
+    description = {
+        "drawn": how,
+        "seed": seed,
+        "documents": int(chosen.sum()),
+        "tokens": len(kept),
+        "scored_tokens": len(kept) - 1,
+        "split_documents": len(lengths),
+        "split_tokens": len(tokens),
+    }
+    return EvalSet(kept, doc_of_token[1:], int(chosen.sum()), description)
+
+
+def validation_sets(data: TokenData, eval_tokens: int | None) -> tuple[EvalSet, EvalSet]:
+    """The periodic set (``train.eval_tokens``; None: the whole capped set) and the capped set."""
+    split = data.val_split if data.val_split is not None else data.val
+    eot = data.tokenizer.eot_id
+    full = sample_documents(split, eot, data.val_cap)
+    if eval_tokens is None or eval_tokens >= len(full.tokens):
+        return full, full
+    return sample_documents(split, eot, eval_tokens), full
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    """How validation windows are cut: ``window`` inputs each, a new window every ``stride`` tokens.
+
+    A window scores only its last ``stride`` targets (the first window scores all), so every token
+    is scored once and, after the first window, with at least ``window - stride`` tokens of context.
+    """
+
+    window: int
+    stride: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "stride": self.stride,
+            "min_context": self.window - self.stride,
+            "policy": f"windows of {self.window} tokens every {self.stride}, each scoring its last {self.stride} "
+            f"(the first scores all): >= {self.window - self.stride} tokens of real context after the first window",
+        }
+
+
+def scoring_policy(block_size: int, context_size: int | None) -> ScoringPolicy:
+    """Finite context (k-gram: ``context_size`` = k - 1): that much before each block; else half-block strides."""
+    if context_size is not None:
+        return ScoringPolicy(block_size + context_size, block_size)
+    return ScoringPolicy(block_size, max(1, block_size // 2))
+
+
+def scoring_windows(n_tokens: int, policy: ScoringPolicy) -> tuple[int, np.ndarray, np.ndarray]:
+    """Window width, window starts, and the first scored column of each window.
+
+    Windows 1.. sit ``stride`` apart; a last window that would run past the end is moved back to
+    end on the last token and scores only the targets not scored yet.
+    """
+    n_targets = n_tokens - 1
+    width = min(policy.window, n_targets)
+    stride = min(policy.stride, width)
+    middle, rest = divmod(n_targets - width, stride)
+    starts = [np.zeros(1), stride * np.arange(1, middle + 1), np.array([n_targets - width] if rest else [])]
+    first = [np.zeros(1), np.full(middle, width - stride), np.array([width - rest] if rest else [])]
+    return width, np.concatenate(starts).astype(np.int64), np.concatenate(first).astype(np.int64)
+
+
+def eval_batches(
+    tokens: np.ndarray, policy: ScoringPolicy, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]:
+    """Batches of scoring windows: inputs, targets, which targets to score, and their indices.
+
+    The indices (position - 1 in ``tokens``) name each scored target once, in the order of
+    ``y[scored]``; together the batches score every token after the first exactly once.
+    """
+    width, starts, first = scoring_windows(len(tokens), policy)
+    cols = np.arange(width)
+    for i in range(0, len(starts), batch_size):
+        s, f = starts[i : i + batch_size], first[i : i + batch_size]
+        x, y = gather(tokens, s, width)
+        scored = cols[None, :] >= f[:, None]
+        yield x, y, torch.from_numpy(scored), (s[:, None] + cols)[scored]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from picollm.errors import run_cli
+from picollm.errors import ConfigError, run_cli
 
 
 @dataclass
@@ -83,6 +83,19 @@ def generate_text(model: nn.Module, tokenizer, prompt: str, s: Sampling, seed: i
     return tokenizer.decode(generate(model, prompt_ids, s, generator))
 
 
+def check_sampling(s: Sampling, num_samples: int) -> None:
+    """Refuse settings that cannot sample anything (``--top-k 0`` keeps no token) with one line."""
+    checks = (
+        (s.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {s.max_new_tokens}"),
+        (s.top_k is None or s.top_k >= 1, f"--top-k must be >= 1 (leave it out for no limit), got {s.top_k}"),
+        (s.top_p is None or 0 < s.top_p <= 1, f"--top-p must be in (0, 1], got {s.top_p}"),
+        (num_samples >= 1, f"--num-samples must be >= 1, got {num_samples}"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     from picollm.checkpoint import load_run
 
@@ -100,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    model, tokenizer = load_run(args.run_dir, args.weights)
     s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy)
+    check_sampling(s, args.num_samples)
+    model, tokenizer = load_run(args.run_dir, args.weights)
     for i in range(args.num_samples):
         print(f"--- sample {i + 1}\n{args.prompt}{generate_text(model, tokenizer, args.prompt, s, args.seed + i)}")
     return 0

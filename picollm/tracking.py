@@ -35,8 +35,14 @@ from picollm.config import Config, save_config
 from picollm.fileio import atomic_write_json
 from picollm.storage import mask_url
 
-STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss")
-EPOCH_METRICS = ("val/epoch_loss", "train/epoch_loss", "train/epoch_loss_stderr", "train/epoch_steps")
+STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")
+EPOCH_METRICS = (
+    "val/epoch_loss",
+    "val/epoch_loss_stderr",
+    "train/epoch_loss",
+    "train/epoch_loss_stderr",
+    "train/epoch_steps",
+)
 # W&B gets this long to start or finish before the run goes on without it (override for tests).
 WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
 # The Optuna state a trial's run ends in, by the run's status: W&B shows it next to the trial number.

@@ -88,3 +88,23 @@ def test_a_run_record_accounts_for_its_time(synthetic: list[str]) -> None:
     assert phases <= set(b) and all(b[p] > 0 for p in phases)
     assert sum(v for k, v in b.items() if k != "wall") == pytest.approx(b["wall"], abs=1e-3 * len(b))
     assert b["wall"] >= summary["wall_time_s"]  # the trainer's own clock starts later, at its first step
+
+
+def test_a_sweep_trial_scores_its_final_weights_once(synthetic: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last periodic evaluation and the objective score the same weights on the same set: once, not twice."""
+    import picollm.train as train_mod
+    from picollm.config import load_config
+
+    calls = []
+    real_score = train_mod.score
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "score", counting)
+    one_set = ["data.val_tokens=1024", "train.eval_tokens=1024", "train.eval_every_tokens=1024"]
+    run = [*synthetic, "model.type=kgram", "train.max_tokens=4096", "train.epochs=100", *one_set]
+    summary = train_mod.train(load_config(None, run))
+    assert summary["steps"] == 4 and len(calls) == 4  # one per report (every step here), none at an epoch's end
+    assert summary["final_val_loss"] == summary["last_val_loss"]

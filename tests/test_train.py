@@ -13,7 +13,9 @@ import torch
 from picollm import train as train_mod
 from picollm.checkpoint import load_run
 from picollm.config import load_config
-from picollm.errors import run_cli
+from picollm.device import resolve_device
+from picollm.errors import ConfigError, run_cli
+from picollm.generate import main as generate_main
 from picollm.wandb_offline import find_run_file, read_history, read_run_info
 from tests.conftest import ROOT, SAMPLE, needs_sample
 
@@ -168,6 +170,73 @@ def test_bad_input_exits_2_with_one_line(
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing a later run trusts
+
+
+def test_a_run_that_fails_after_its_record_exists_still_ends_with_summary_json(
+    synthetic: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An optimiser torch refuses is one line and exit 2; any failure closes the record as failed."""
+
+    def refuse(model, cfg):
+        raise ValueError("Invalid beta parameter at index 0: -0.5")
+
+    monkeypatch.setattr(train_mod, "build_optimizer", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_mod.main, [x for o in synthetic for x in ("--set", o)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Invalid beta parameter" in err
+    (run_dir,) = Path(synthetic[0].split("=", 1)[1]).iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "Invalid beta parameter" in summary["reason"]
+
+    monkeypatch.undo()
+    monkeypatch.setattr(train_mod, "end_epoch", lambda run, losses: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train_mod.train(load_config(None, [*synthetic, "train.max_steps_per_epoch=2"]))
+    newest = max(Path(synthetic[0].split("=", 1)[1]).iterdir(), key=lambda p: p.stat().st_mtime)
+    summary = json.loads((newest / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith("ZeroDivisionError") and summary["steps"] == 2
+
+
+def test_optimizer_settings_torch_refuses_are_one_line(out: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--config", str(ROOT / "experiments" / "smoke.yaml"), "--set", "optim.beta1=-0.5"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_mod.main, [*argv, *[x for o in out for x in ("--set", o)], "--set", "tracking.wandb=disabled"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error: ") and "beta" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda:7"])
+def test_a_device_this_machine_lacks_is_one_line(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=f"train.device={device} is not available on this machine"):
+        resolve_device(device)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--top-k", "0"], "--top-k must be >= 1"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    ],
+)
+def test_generate_refuses_settings_that_cannot_sample(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate_main, [str(tmp_path), *args])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_generate_names_a_missing_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(generate_main, [str(tmp_path / "no-such-run")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: run folder not found: {tmp_path / 'no-such-run'}"
 
 
 def test_cli_prints_one_line_and_no_traceback(tmp_path: Path) -> None:

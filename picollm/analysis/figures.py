@@ -1,4 +1,8 @@
-"""Figures people would rather look at than read: loss noise, false increases, rankings, predictions."""
+"""Figures people would rather look at than read: loss noise, false increases, rankings, predictions.
+
+Every validation loss is drawn with its 95% sampling interval (1.96 standard errors over documents),
+so a reader sees at a glance which differences the validation set can resolve.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from picollm.analysis.noise import fit_noise
+from picollm.analysis.noise import Z95, fit_noise
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -43,17 +47,7 @@ def noise_figure(run: Any, result: dict[str, Any], path: Path) -> Path:
         capsize=2,
         label="epoch mean of step losses, 95% CI",
     )
-    if len(run.val_losses):
-        ax.plot(run.val_steps, run.val_losses, "s-", color="tab:green", ms=3, lw=1, label="val/loss (fixed subset)")
-    if run.epoch_rows:
-        ax.plot(
-            [r["step"] for r in run.epoch_rows],
-            [r["val/epoch_loss"] for r in run.epoch_rows],
-            "D",
-            color="tab:red",
-            ms=5,
-            label="val/epoch_loss (whole split)",
-        )
+    _validation_with_bands(ax, run)
     lo, hi = np.percentile(run.losses, [1, 99.5])
     ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.set_xlabel("step")
@@ -65,6 +59,29 @@ def noise_figure(run: Any, result: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _validation_with_bands(ax: Any, run: Any) -> None:
+    """val/loss with its 95% sampling band, val/epoch_loss with 95% error bars (when the run logged them)."""
+    if len(run.val_losses):
+        ax.plot(run.val_steps, run.val_losses, "s-", color="tab:green", ms=3, lw=1, label="val/loss (fixed sample)")
+        se = getattr(run, "val_stderrs", np.zeros(0))
+        if len(se) == len(run.val_losses) and np.isfinite(se).any():
+            band = Z95 * np.nan_to_num(se)
+            low, high = run.val_losses - band, run.val_losses + band
+            ax.fill_between(run.val_steps, low, high, color="tab:green", alpha=0.2, label="val/loss 95% band")
+    if run.epoch_rows:
+        errs = [Z95 * (r.get("val/epoch_loss_stderr") or 0.0) for r in run.epoch_rows]
+        ax.errorbar(
+            [r["step"] for r in run.epoch_rows],
+            [r["val/epoch_loss"] for r in run.epoch_rows],
+            yerr=errs,
+            fmt="D",
+            color="tab:red",
+            ms=5,
+            capsize=3,
+            label="val/epoch_loss (whole capped set), 95% interval",
+        )
 
 
 def false_increase_figure(results: list[dict[str, Any]], path: Path) -> Path:

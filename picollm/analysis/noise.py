@@ -12,6 +12,21 @@ weights that moved little, so their losses can be correlated). Then:
 * the epoch average "goes up" although the trend went down with probability
   ``Phi(-s*n / sd(mean_B - mean_A))`` for a per-step improvement s — small n drowns s*n in noise.
   A Monte-Carlo simulation of the same model checks the formula.
+
+The validation losses carry two other noises that the step losses run together
+(:func:`validation_noise`):
+
+* **sampling noise of the validation estimate**: its standard error over documents (logged as
+  ``val/loss_stderr`` and ``val/epoch_loss_stderr``). A fixed set does not jitter between
+  evaluations, but its level is uncertain by this much; it shrinks as 1/sqrt(tokens), so the
+  tokens a wanted precision needs follow from the measured error and size;
+* **training noise**: the weights wander step to step. On a fixed set that is all the periodic
+  ``val/loss`` curve shows besides its trend, so the scatter of that curve around its trend
+  measures it.
+
+An epoch-to-epoch change of ``val/epoch_loss`` is called real only when it exceeds both at 95%.
+The sampling part uses ``sqrt(se_a^2 + se_b^2)``, an upper bound: the same documents are scored
+each epoch, so their errors are positively correlated and the true error of a change is smaller.
 """
 
 from __future__ import annotations
@@ -193,6 +208,68 @@ def per_step_improvement(fit: NoiseFit, epochs: np.ndarray) -> float:
     return float((fit.trend[0] - fit.trend[-1]) / max(1, len(fit.trend) - 1))
 
 
+PRECISIONS = (0.01, 0.02, 0.05)  # wanted 95% half-widths, nats
+
+
+def tokens_for_precision(stderr: float, tokens: int, half_width: float) -> int:
+    """Validation tokens that give a 95% interval of +/- ``half_width``: the error falls as 1/sqrt(tokens)."""
+    return math.ceil(tokens * (Z95 * stderr / half_width) ** 2)
+
+
+def _median_finite(values: Any) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.median(finite)) if finite else None
+
+
+def _set_tokens(run: Any, which: str) -> int | None:
+    described = (run.summary.get("val_set") or {}).get(which) or {}
+    return described.get("scored_tokens")
+
+
+def val_epoch_changes(run: Any, weight_sigma: float | None) -> list[dict[str, Any]]:
+    """Each consecutive pair of val/epoch_loss: the change against sampling and training noise (95%)."""
+    rows = [r for r in run.epoch_rows if r.get("val/epoch_loss_stderr") is not None]
+    out = []
+    for a, b in itertools.pairwise(rows):
+        change = b["val/epoch_loss"] - a["val/epoch_loss"]
+        sampling = Z95 * math.hypot(a["val/epoch_loss_stderr"], b["val/epoch_loss_stderr"])
+        training = None if weight_sigma is None else Z95 * math.sqrt(2) * weight_sigma
+        out.append(
+            {
+                "from_epoch": a["epoch"],
+                "to_epoch": b["epoch"],
+                "change": change,
+                "sampling_noise_95": sampling,
+                "training_noise_95": training,
+                "exceeds_both": abs(change) > sampling and (training is None or abs(change) > training),
+            }
+        )
+    return out
+
+
+def validation_noise(run: Any, step_sigma: float) -> dict[str, Any] | None:
+    """Sampling noise of the validation estimates vs training noise; None for runs without stderrs."""
+    full_se = _median_finite(r.get("val/epoch_loss_stderr") for r in run.epoch_rows)
+    periodic_se = _median_finite(getattr(run, "val_stderrs", []))
+    if full_se is None and periodic_se is None:
+        return None
+    weight_fit = fit_noise(run.val_losses) if len(run.val_losses) >= 8 else None
+    weight_sigma = weight_fit.sigma if weight_fit is not None else None
+    se, tokens = (
+        (full_se, _set_tokens(run, "full")) if full_se is not None else (periodic_se, _set_tokens(run, "periodic"))
+    )
+    return {
+        "val_epoch_loss_stderr": full_se,
+        "val_epoch_tokens": _set_tokens(run, "full"),
+        "val_loss_stderr": periodic_se,
+        "val_loss_tokens": _set_tokens(run, "periodic"),
+        "tokens_for_precision": {str(p): tokens_for_precision(se, tokens, p) for p in PRECISIONS} if tokens else {},
+        "weight_noise_sigma": weight_sigma,
+        "step_noise_sigma": step_sigma,
+        "val_epoch_changes": val_epoch_changes(run, weight_sigma),
+    }
+
+
 def _share_of_increases(values: np.ndarray) -> float | None:
     return float(np.mean(np.diff(values) > 0)) if len(values) > 1 else None
 
@@ -243,6 +320,7 @@ def analyze_noise(run: Any, simulate: bool = True) -> dict[str, Any]:
             "share_val_loss_increases": _share_of_increases(run.val_losses),
             "n_val_evals": len(run.val_losses),
         },
+        "validation_noise": validation_noise(run, fit.sigma),
     }
     result["verdict"] = verdict(result)
     return result
@@ -282,10 +360,35 @@ def verdict(r: dict[str, Any]) -> str:
     val = r["validation"]
     if val["share_val_epoch_increases"] is not None:
         parts.append(
-            f"The full validation loss (same tokens every epoch, no sampling noise) rose in "
+            f"The full validation loss (the same tokens every epoch) rose in "
             f"{_pct(val['share_val_epoch_increases'])} of epochs."
         )
+    parts.append(validation_verdict(r.get("validation_noise")))
     return " ".join(p for p in parts if p)
+
+
+def validation_verdict(v: dict[str, Any] | None) -> str:
+    """The two validation noises and what a wanted precision costs, in words."""
+    if not v:
+        return "This run logged no validation standard errors, so its validation noise is unknown."
+    parts = []
+    for key, what in (("val_epoch", "val/epoch_loss"), ("val", "val/loss")):
+        se, tokens = v[f"{key}_loss_stderr"], v[f"{key}_loss_tokens" if key == "val" else "val_epoch_tokens"]
+        if se is not None:
+            size = f" over {tokens:,} tokens" if tokens else ""
+            parts.append(f"{what} is uncertain by +/-{Z95 * se:.3f} (95%, sampling noise of its documents{size}).")
+    need = v["tokens_for_precision"].get("0.02")
+    if need:
+        parts.append(f"+/-0.02 nats needs about {need:,} validation tokens on this data.")
+    if v["weight_noise_sigma"] is not None:
+        parts.append(
+            f"On the fixed periodic set the weights' own step-to-step noise is sigma={v['weight_noise_sigma']:.4f}."
+        )
+    changes = v["val_epoch_changes"]
+    if changes:
+        real = sum(c["exceeds_both"] for c in changes)
+        parts.append(f"{real} of {len(changes)} epoch-to-epoch changes of val/epoch_loss exceed both noises.")
+    return " ".join(parts)
 
 
 def overall_verdict(results: list[dict[str, Any]]) -> str:

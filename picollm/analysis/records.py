@@ -29,6 +29,7 @@ class RunHistory:
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    val_stderrs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # val/loss_stderr (nan when absent)
 
     @property
     def run_dir(self) -> Path | None:
@@ -57,6 +58,7 @@ def from_rows(
         val_steps=np.array([r["step"] for r in val_rows], dtype=np.int64),
         val_losses=np.array([r["val/loss"] for r in val_rows], dtype=np.float64),
         epoch_rows=[r for r in rows if r.get("val/epoch_loss") is not None],
+        val_stderrs=np.array([r.get("val/loss_stderr") for r in val_rows], dtype=np.float64),
         config=config or {},
         summary=summary or {},
         source=source,

@@ -3,7 +3,9 @@
 Every model maps token ids (B, T) to hidden states (B, T, D) and owns a ``head`` (``nn.Linear``)
 that turns hidden states into vocabulary logits; keeping the head separate lets the loss run
 head and cross-entropy together (see :mod:`picollm.models.loss`). Each model also takes an
-optional ``cache`` dict so generation can continue a sequence without recomputing it.
+optional ``cache`` dict so generation can continue a sequence without recomputing it, and says
+how much left context a prediction uses: ``context_size`` (k - 1 for the k-gram; None for models
+that use the whole window), which decides how evaluation windows are cut (:mod:`picollm.data`).
 Nothing here imports from the training code.
 """
 

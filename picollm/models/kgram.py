@@ -2,7 +2,9 @@
 
 All positions of a batch are computed at once: the k-token contexts are a strided view
 (``unfold``) of the left-padded input, not a Python loop over time or batch. Positions before
-the start of a sequence see a dedicated padding embedding, never a real token.
+the start of a sequence see a dedicated padding embedding. Training and evaluation avoid it:
+their windows start with ``context_size`` = k - 1 real tokens read before the block, and only
+the positions after that prefix are scored (see :mod:`picollm.data`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class KGramMLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.block_size = cfg.block_size
+        self.context_size = cfg.k - 1  # tokens before the current one that a prediction uses
         self.pad_id = cfg.vocab_size  # one extra embedding row for "before the start"
         self.embed = nn.Embedding(cfg.vocab_size + 1, cfg.embed_size)
         layers: list[nn.Module] = []

@@ -24,6 +24,7 @@ class LSTMLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.block_size = cfg.block_size
+        self.context_size = None  # uses the whole window it is given
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         self.lstm = nn.LSTM(
             cfg.embed_size,

@@ -108,6 +108,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.block_size = cfg.block_size
+        self.context_size = None  # uses the whole window it is given
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         self.pos_embed = nn.Embedding(cfg.block_size, cfg.embed_size) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)

@@ -133,7 +133,8 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
     train, data = raw.setdefault("train", {}), raw.setdefault("data", {})
     resolved = config_from_dict(raw)
     objective_tokens = resolved.data.val_tokens or resolved.train.eval_tokens
-    data["val_tokens"] = train["eval_tokens"] = objective_tokens
+    data["val_tokens"] = objective_tokens
+    train["eval_tokens"] = None  # the periodic evaluation scores the whole capped set: the objective's tokens
     if s.budget_tokens:
         train["max_tokens"] = s.budget_tokens
         train["epochs"] = EPOCHS_FOR_TOKEN_BUDGET

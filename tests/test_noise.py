@@ -1,0 +1,70 @@
+"""Validation noise: sampling error of the estimate vs training noise, and what a precision costs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from picollm import train as train_mod
+from picollm.analysis.figures import noise_figure
+from picollm.analysis.noise import Z95, analyze_noise, tokens_for_precision, validation_noise
+from picollm.analysis.records import from_rows, load_run_dir
+from picollm.config import load_config
+
+
+def test_tokens_for_precision_follows_one_over_sqrt_tokens() -> None:
+    need = tokens_for_precision(0.04, 10_000, 0.02)
+    assert need == math.ceil(10_000 * (Z95 * 0.04 / 0.02) ** 2)
+    assert tokens_for_precision(0.04, 10_000, 0.04) == pytest.approx(need / 4, rel=1e-3)
+    assert tokens_for_precision(0.01, 10_000, 0.02) < 10_000  # already precise enough
+
+
+def _history(changes: list[float], stderr: float, wobble: float) -> object:
+    """Step losses, a smooth periodic val/loss with ``wobble`` of noise, and epoch losses that move by ``changes``."""
+    rng = np.random.default_rng(0)
+    rows, val, step = [], 5.0, 0
+    for epoch, change in enumerate([0.0, *changes], start=1):
+        val += change
+        for _ in range(10):
+            step += 1
+            rows.append({"step": step, "epoch": epoch, "train/loss": 6 - 0.001 * step + rng.normal(0, 0.2)})
+            if step % 2 == 0:
+                periodic = 5 - 0.002 * step + rng.normal(0, wobble)
+                rows.append({"step": step, "epoch": epoch, "val/loss": periodic, "val/loss_stderr": 0.05})
+        rows.append({"step": step, "epoch": epoch, "val/epoch_loss": val, "val/epoch_loss_stderr": stderr})
+    summary = {"val_set": {"full": {"scored_tokens": 20_000}, "periodic": {"scored_tokens": 4_000}}}
+    config = {"model": {"block_size": 32}, "train": {"batch_size": 16}}
+    return from_rows("r", rows, config, summary)
+
+
+def test_an_epoch_change_is_real_only_above_both_noises() -> None:
+    run = _history([-0.2, -0.01, 0.02, -0.3], stderr=0.02, wobble=0.01)
+    v = validation_noise(run, step_sigma=0.2)
+    flags = [c["exceeds_both"] for c in v["val_epoch_changes"]]
+    assert flags == [True, False, False, True]
+    assert v["val_epoch_changes"][1]["sampling_noise_95"] == pytest.approx(Z95 * math.hypot(0.02, 0.02))
+    assert v["weight_noise_sigma"] == pytest.approx(0.01, rel=0.6)  # the wobble of val/loss on a fixed set
+    assert v["tokens_for_precision"]["0.02"] == tokens_for_precision(0.02, 20_000, 0.02)
+    noisy = validation_noise(_history([-0.2, -0.01, 0.02, -0.3], stderr=0.02, wobble=0.3), step_sigma=0.2)
+    assert not noisy["val_epoch_changes"][0]["exceeds_both"]  # the weights' own noise swallows -0.2
+
+
+def test_noise_analysis_of_a_real_run_reports_validation_precision(synthetic: list[str], tmp_path: Path) -> None:
+    cfg = load_config(None, [*synthetic, "train.epochs=3", "train.max_steps_per_epoch=6", "train.eval_every=2"])
+    run = load_run_dir(train_mod.train(cfg)["run_dir"])
+    result = analyze_noise(run, simulate=False)
+    v = result["validation_noise"]
+    assert v["val_epoch_loss_stderr"] > 0 and v["val_epoch_tokens"] > 0 and v["val_loss_tokens"] >= 2048
+    assert "+/-0.02 nats needs about" in result["verdict"] and len(v["val_epoch_changes"]) == 2
+    assert noise_figure(run, result, tmp_path / "noise.png").stat().st_size > 10_000
+    old = from_rows("old", _rows_without_stderr(run), {}, {})
+    assert validation_noise(old, 0.1) is None
+
+
+def _rows_without_stderr(run: object) -> list[dict]:
+    steps = zip(run.steps, run.epochs, run.losses, strict=True)
+    rows = [{"step": int(s), "epoch": int(e), "train/loss": float(v)} for s, e, v in steps]
+    return rows + [{k: v for k, v in r.items() if not k.endswith("stderr")} for r in run.epoch_rows]
