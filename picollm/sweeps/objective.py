@@ -9,7 +9,7 @@ validation set (:func:`picollm.sweeps.settings.trial_base`).
 Each trial records, as Optuna user attributes, what the exporter and the report read:
 ``metric``, ``value_stderr``, ``value_kind`` (``final`` | ``pruned-intermediate`` | ``failed``),
 ``pruned_at_tokens``, ``run_dir``, ``run_id``, ``wandb_run_id``, ``tokens``, ``duration_s``,
-``fail_reason``, ``worker`` and ``device``.
+``fail_reason``, ``worker``, ``device`` and ``time_breakdown`` (seconds per phase, :mod:`picollm.timing`).
 """
 
 from __future__ import annotations
