@@ -260,3 +260,16 @@ def test_a_sweep_that_asks_another_question_is_refused(
     assert f"answers another question: {key} is" in err
     study = open_study(load_experiment(str(path), [*args[1::2]]), storage, create=False)
     assert len(study.trials) == 1  # nothing added
+
+
+def test_a_running_trial_prints_progress_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial of tens of seconds must not leave the terminal silent: the worker turns the tracker's line on."""
+    from picollm import tracking
+
+    monkeypatch.setattr(tracking, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(tracking, "progress_line", None)
+    run_sweep(load_experiment(str(write_experiment(tmp_path)), [], n_trials=1), f"sqlite:///{tmp_path}/s.db")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  t-t0: step")]
+    assert lines and "tokens" in lines[-1] and "train/loss" in lines[-1]

@@ -29,6 +29,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from picollm import tracking
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.storage import mask_url
@@ -124,8 +125,13 @@ def _optimize_once(study: Any, objective: Objective, rules: StopRules, spec: Wor
 
 
 def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = None) -> None:
-    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
+    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C.
+
+    A trial takes tens of seconds: the tracker prints a line about it every few seconds, so a terminal is never
+    silent for a whole trial.
+    """
     s = spec.exp.study
+    tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False)
     objective = Objective(spec.exp, spec.threads, spec.rank)
     show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
@@ -141,6 +147,12 @@ def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = N
         raise
     if rules.abort is not None:
         raise AbortSweep(rules.abort)
+
+
+def _progress_line(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def worker_process(spec: WorkerSpec) -> None:
