@@ -108,3 +108,21 @@ def test_a_sweep_trial_scores_its_final_weights_once(synthetic: list[str], monke
     summary = train_mod.train(load_config(None, run))
     assert summary["steps"] == 4 and len(calls) == 4  # one per report (every step here), none at an epoch's end
     assert summary["final_val_loss"] == summary["last_val_loss"]
+
+
+def test_the_wandb_summary_carries_the_breakdown(synthetic: list[str]) -> None:
+    """Read back from the offline .wandb file: W&B shows time_breakdown.<phase> next to the run's losses."""
+    from picollm.config import load_config
+    from picollm.train import train
+    from picollm.wandb_offline import find_run_file, read_run_info
+
+    run = [*synthetic, "model.type=kgram", "train.max_tokens=2048", "tracking.wandb=offline"]
+    import time
+
+    summary = train(load_config(None, run))
+    deadline = time.monotonic() + 60  # W&B's service may still be writing the file's last records
+    while "time_breakdown" not in (info := read_run_info(find_run_file(summary["run_dir"])))["summary"]:
+        assert time.monotonic() < deadline, sorted(info["summary"])
+        time.sleep(0.5)
+    shown = info["summary"]["time_breakdown"]
+    assert shown["train_steps"] == summary["time_breakdown"]["train_steps"] > 0 and "evaluation" in shown
