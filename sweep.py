@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     add_storage_argument(parser)
     parser.add_argument("--study-name", help="override study.name")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (launch: jobs)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on this machine (default: one per core, up to 8; one per GPU with CUDA); launch: jobs",
+    )
     parser.add_argument("--wait", action="store_true", help="launch: follow the jobs to the end, then export")
     parser.add_argument("--dry-run", action="store_true", help="trials skip training (measures the storage)")
     parser.add_argument("--top", type=int, help="confirm: complete configs to re-train (default: confirm.top, 3)")
@@ -76,16 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     from picollm.errors import ConfigError
     from picollm.sweeps import best_value, load_experiment, open_study, report_lines, run_sweep, trial_line
+    from picollm.sweeps.layout import choose_layout
 
-    if args.workers < 1 or (args.n_trials is not None and args.n_trials < 1):
+    if (args.workers is not None and args.workers < 1) or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
     exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
     if args.command == "launch":
         from picollm.sweeps.launch import launch_command
 
+        if args.workers is None:
+            raise ConfigError("sweep.py launch needs --workers N: the number of jobs to submit")
         return launch_command(exp, args)
     if args.command == "run":
-        outcome = run_sweep(exp, args.storage, args.workers, args.timeout, args.dry_run)
+        workers = args.workers or choose_layout()[0]  # the measured best layout for this machine
+        outcome = run_sweep(exp, args.storage, workers, args.timeout, args.dry_run)
         study = open_study(exp, args.storage, create=False)
         for line in [*report_lines(study), *outcome.notes]:
             print(line)

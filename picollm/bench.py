@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from picollm.config import OptimConfig
+from picollm.config import OptimConfig, add_override_argument
 from picollm.errors import ConfigError, run_cli
 from picollm.generate import Sampling, generate
 from picollm.models import build_model, count_parameters
@@ -212,6 +212,7 @@ def sample_texts() -> list[str]:
 
 
 def bench_tokenizer(repeats: int) -> dict[str, Any]:
+    """GPT-2 encoding of the TinyStories sample (x4) as the cache build does it: all cores, and one thread."""
     from picollm.tokenizers import TiktokenTokenizer, tiktoken_available
 
     if not tiktoken_available():
@@ -219,12 +220,12 @@ def bench_tokenizer(repeats: int) -> dict[str, Any]:
     tokenizer = TiktokenTokenizer()
     texts = sample_texts() * 4
     n_tokens = len(tokenizer.encode_docs(texts))
-    chunked = timed(lambda: tokenizer.encode_docs(texts), torch.device("cpu"), 1, repeats)
-    per_story = timed(lambda: [tokenizer._enc.encode_ordinary(t) for t in texts], torch.device("cpu"), 1, repeats)
+    threaded = timed(lambda: tokenizer.encode_docs(texts), torch.device("cpu"), 1, repeats)
+    one_thread = timed(lambda: tokenizer._encode_chunk(texts), torch.device("cpu"), 1, repeats)
     return {
         "tokens": n_tokens,
-        "chunked_tokens_per_s": n_tokens / chunked,
-        "per_story_loop_tokens_per_s": n_tokens / per_story,
+        "threaded_tokens_per_s": n_tokens / threaded,
+        "one_thread_tokens_per_s": n_tokens / one_thread,
     }
 
 
@@ -393,10 +394,10 @@ def table(results: dict[str, Any]) -> str:
         f"{g['without_cache_tokens_per_s']:,.0f} without ({g['kv_cache_speedup']:.1f}x)"
     )
     t = results["tokenizer"]
-    if "chunked_tokens_per_s" in t:
+    if "threaded_tokens_per_s" in t:
         lines.append(
-            f"gpt2 tokenizer: {t['chunked_tokens_per_s'] / 1e6:.2f}M tokens/s chunked, "
-            f"{t['per_story_loop_tokens_per_s'] / 1e6:.2f}M per-story loop"
+            f"gpt2 tokenizer (cache build): {t['threaded_tokens_per_s'] / 1e6:.2f}M tokens/s on "
+            f"{os.cpu_count()} cores, {t['one_thread_tokens_per_s'] / 1e6:.2f}M on one thread"
         )
     c = results["cache"]
     if "sample_load_s" in c:
@@ -416,10 +417,32 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m picollm.bench", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m picollm.bench",
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n"
+        "  python -m picollm.bench                  # kernels, models, tokenizer, cache, start-up (minutes)\n"
+        "  python -m picollm.bench --sweep          # the main job end to end, its time phase by phase\n"
+        "  python -m picollm.bench --sweep --set study.n_trials=4   # a shorter sweep\n"
+        "  python -m picollm.bench --layouts        # workers x threads on this machine's cores\n"
+        "  python -m picollm.bench --processes      # k-gram trainer vs naive course code, whole processes\n"
+        "Figures measured while other work shares the cores are not clean benchmarks: compare ratios to the\n"
+        "yardstick (../shared/bench/quick_reference.py), which --sweep runs before and after.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller corpora (CI)")
+    parser.add_argument("--sweep", action="store_true", help="time the main job (quick.yaml) end to end instead")
+    parser.add_argument("--layouts", action="store_true", help="time workers x threads layouts on this machine")
+    parser.add_argument("--runs", type=int, default=4, help="--layouts: trials per layout (default 4)")
+    parser.add_argument(
+        "--processes", action="store_true", help="trainer k-gram vs the naive course one, as whole processes"
+    )
+    parser.add_argument("--config", default="experiments/quick.yaml", help="the experiment --sweep/--layouts run")
+    parser.add_argument("--workers", type=int, help="--sweep: worker processes (default: the sweep's own choice)")
+    parser.add_argument("--no-yardstick", action="store_true", help="--sweep: skip the yardstick before and after")
+    add_override_argument(parser, "--sweep: override a key of the experiment, e.g. study.n_trials=4 (repeatable)")
     parser.add_argument("--out", default="results/bench.json")
     parser.add_argument(
         "--workers-scale",
@@ -427,15 +450,36 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: storage time per trial with 1-8 workers on $PICOLLM_STORAGE (PostgreSQL), "
         "harness against plain Optuna (picollm/sweeps/scale.py)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.workers_scale:
         from picollm.sweeps.scale import workers_scale
 
         return workers_scale(args.quick, str(Path(args.out).with_name("bench_workers.json")))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is available")
-    results = run_benchmarks(torch.device(args.device), args.quick)
-    print(table(results))
+    if args.sweep:
+        from picollm.bench_sweep import bench_sweep, sweep_table
+
+        results = bench_sweep(args.config, args.overrides, args.workers, not args.no_yardstick)
+        print(sweep_table(results))
+    elif args.layouts:
+        from picollm.bench_sweep import bench_layouts, layouts_table
+        from picollm.sweeps.layout import available_cores
+
+        results = bench_layouts(args.config, args.overrides, args.runs, available_cores())
+        print(layouts_table(results))
+    elif args.processes:
+        from picollm.bench_sweep import bench_processes, processes_table
+
+        results = bench_processes(trainer_tokens=32_768 if args.quick else 262_144, naive_steps=4 if args.quick else 24)
+        print(processes_table(results))
+    else:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("--device cuda but no CUDA device is available")
+        results = run_benchmarks(torch.device(args.device), args.quick)
+        print(table(results))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")

@@ -6,9 +6,9 @@ between documents, which is all the data pipeline needs.
 
 from __future__ import annotations
 
-import array
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -16,8 +16,8 @@ import numpy as np
 from picollm.errors import DataError
 
 EOT_TEXT = "<|endoftext|>"
-# Documents joined per tiktoken call: chunks of ~64 stories encode fastest here (measured: 5.2M tokens/s on
-# 2 cores, against 2.8M for one call per story and 3.9M for two huge chunks that leave a core idle).
+# Documents per tiktoken call: one call per story pays Python's per-call and per-int costs ~1,000 times per
+# thousand stories; chunks of 64 joined stories, returned as numpy buffers, pay them once per chunk.
 _DOCS_PER_CHUNK = 64
 
 
@@ -77,13 +77,26 @@ class TiktokenTokenizer:
         return self._enc.encode_ordinary(text)
 
     def encode_docs(self, docs: Sequence[str]) -> np.ndarray:
-        chunks = [EOT_TEXT.join(docs[i : i + _DOCS_PER_CHUNK]) + EOT_TEXT for i in range(0, len(docs), _DOCS_PER_CHUNK)]
-        threads = max(1, min(len(chunks), os.cpu_count() or 1))
-        encoded = self._enc.encode_batch(chunks, num_threads=threads, allowed_special={EOT_TEXT})
-        if not encoded:
+        """Every document, end-of-text after each, on all cores.
+
+        Chunks of documents joined by end-of-text are encoded on a thread each (tiktoken releases the GIL),
+        straight into numpy buffers (``encode_to_numpy``: no Python list of ints per token). A chunk holding
+        a story that itself contains the text "<|endoftext|>" is encoded story by story as ordinary text,
+        so that text stays text instead of becoming the separator id.
+        """
+        chunks = [docs[i : i + _DOCS_PER_CHUNK] for i in range(0, len(docs), _DOCS_PER_CHUNK)]
+        if not chunks:
             return np.zeros(0, dtype=np.uint16)
-        # array.array converts a list of ints in C; np.asarray on a list is ~3x slower per token.
-        return np.concatenate([np.frombuffer(array.array("H", ids), dtype=np.uint16) for ids in encoded])
+        threads = max(1, min(len(chunks), os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads) as pool:
+            return np.concatenate(list(pool.map(self._encode_chunk, chunks)))
+
+    def _encode_chunk(self, docs: Sequence[str]) -> np.ndarray:
+        if any(EOT_TEXT in doc for doc in docs):  # rare: such a story must stay text
+            ids = [i for doc in docs for i in [*self._enc.encode_ordinary(doc), self.eot_id]]
+            return np.asarray(ids, dtype=np.uint16)
+        joined = EOT_TEXT.join(docs) + EOT_TEXT
+        return self._enc.encode_to_numpy(joined, allowed_special={EOT_TEXT}).astype(np.uint16)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode([int(i) for i in ids if i < self.vocab_size])

@@ -268,7 +268,8 @@ class WandbSink:
 
     def finish(self, summary: dict[str, Any]) -> None:
         def close() -> None:
-            self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+            nested_ok = ("time_breakdown",)  # W&B shows it as time_breakdown.<phase>
+            self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict) or k in nested_ok})
             if self.mode == "online":
                 self.url = self.run.url
             self.run.finish(exit_code=0 if summary.get("status") in ("finished", "pruned") else 1)

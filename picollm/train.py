@@ -46,8 +46,9 @@ from picollm.errors import ConfigError, run_cli
 from picollm.evaluate import Estimate, score
 from picollm.generate import Sampling, generate_text
 from picollm.models import build_model, count_parameters
-from picollm.models.loss import linear_cross_entropy
+from picollm.models.loss import allow_tf32, linear_cross_entropy
 from picollm.optim import build_optimizer, lr_at, set_lr
+from picollm.timing import Stopwatch
 from picollm.tracking import Tracker, new_run_id
 
 EvalHook = Callable[[int, float], None]  # (tokens seen, val/loss) -> None; may raise StopRun
@@ -137,6 +138,8 @@ class Run:
     last_epoch_train: float | None = None
     started: float = field(default_factory=time.perf_counter)
     bar: Any = None
+    clock: Stopwatch = field(default_factory=Stopwatch)  # where the run's time goes (summary: time_breakdown)
+    last_step: int = -1  # the step of the last periodic evaluation
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.cfg.train.seed)
@@ -144,6 +147,7 @@ class Run:
         self.context = self.model.context_size or 0  # tokens each training window reads before its block
         self.policy = scoring_policy(self.cfg.model.block_size, self.model.context_size)
         self.eval_batch = max(1, self.cfg.train.batch_size * 2)
+        self.one_set = self.periodic is self.full or np.array_equal(self.periodic.tokens, self.full.tokens)
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -179,7 +183,8 @@ def one_step(run: Run, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
     lr = lr_at(run.step, run.budget.total_steps, run.cfg.optim)
     set_lr(run.optimizer, lr)
     started = time.perf_counter()
-    loss, grad_norm = train_step(run.step_model, run.optimizer, x, y, run.cfg.optim.grad_clip, run.device)
+    with run.clock.phase("train_steps"):
+        loss, grad_norm = train_step(run.step_model, run.optimizer, x, y, run.cfg.optim.grad_clip, run.device)
     speed = y.numel() / (time.perf_counter() - started)
     run.step += 1
     run.tokens += y.numel()
@@ -209,7 +214,9 @@ def evaluation_due(run: Run) -> int | None:
 
 def evaluate_periodic(run: Run, mark: int) -> None:
     """val/loss on the periodic set, with its standard error; the hook (a pruner) sees the loss."""
-    run.last = score(run.model, run.periodic, run.policy, run.eval_batch, run.device)
+    with run.clock.phase("evaluation"):
+        run.last = score(run.model, run.periodic, run.policy, run.eval_batch, run.device)
+    run.last_step = run.step
     row = {"tokens": run.tokens, "val/loss": run.last.loss, "val/loss_stderr": run.last.stderr}
     run.tracker.log({"step": run.step, "epoch": run.epoch, **row})
     if run.on_eval is not None:
@@ -220,7 +227,11 @@ def end_epoch(run: Run, losses: list[float]) -> None:
     """val/epoch_loss on the whole capped set; the best weights so far are saved."""
     if not losses:
         return
-    val = score(run.model, run.full, run.policy, run.eval_batch, run.device)
+    if run.one_set and run.last_step == run.step and run.last is not None:
+        val = run.last  # the periodic evaluation just scored these very weights on this very set (a sweep's)
+    else:
+        with run.clock.phase("evaluation"):
+            val = score(run.model, run.full, run.policy, run.eval_batch, run.device)
     run.final, run.last_epoch_train = val, float(np.mean(losses))
     row = {
         "tokens": run.tokens,
@@ -244,7 +255,8 @@ def end_epoch(run: Run, losses: list[float]) -> None:
 def sample(run: Run) -> None:
     t = run.cfg.train
     s = Sampling(max_new_tokens=t.sample_tokens, temperature=0.8, top_p=0.95)
-    text = generate_text(run.model, run.data.tokenizer, t.prompt, s, seed=t.seed)
+    with run.clock.phase("sampling"):
+        text = generate_text(run.model, run.data.tokenizer, t.prompt, s, seed=t.seed)
     run.tracker.log_sample(run.step, t.prompt, text)
     say(run, f"[step {run.step}] {t.prompt}{text!r}")
 
@@ -260,7 +272,8 @@ def save(run: Run, which: str) -> None:
     tok = run.data.tokenizer
     vocab_ids = tok.used if isinstance(tok, CompactTokenizer) else None
     settings = dataclasses.asdict(run.cfg.model)
-    save_checkpoint(run.tracker.run_dir / f"{which}.pt", run.model, settings, run.data.vocab_size, vocab_ids)
+    with run.clock.phase("checkpoints"):
+        save_checkpoint(run.tracker.run_dir / f"{which}.pt", run.model, settings, run.data.vocab_size, vocab_ids)
 
 
 # -- start and end of a run -----------------------------------------------------------------------
@@ -272,7 +285,8 @@ def val_set_description(periodic: EvalSet, full: EvalSet, policy: ScoringPolicy)
 def run_to_end(run: Run) -> tuple[str, str]:
     """Build the optimiser, run the loop, keep the final weights and a sample; (status, reason)."""
     try:
-        run.optimizer = build_optimizer(run.model, run.cfg.optim)
+        with run.clock.phase("model_build"):
+            run.optimizer = build_optimizer(run.model, run.cfg.optim)
     except ValueError as exc:  # torch's own range checks, e.g. a beta outside [0, 1)
         raise ConfigError(f"optim.name={run.cfg.optim.name}: {exc}") from None
     run.step_model = torch.compile(run.model) if run.cfg.train.compile else run.model
@@ -311,6 +325,7 @@ def summarize(run: Run, status: str, reason: str, baseline: dict[str, Any]) -> d
         "wall_time_s": wall,
         "tokens_per_s": run.tokens / wall if wall > 0 else None,
         "params": count_parameters(run.model),
+        "time_breakdown": run.clock.breakdown(),
         "val_set": val_set_description(run.periodic, run.full, run.policy),
         **baseline,
         "run_dir": str(run.tracker.run_dir),
@@ -322,28 +337,40 @@ def summarize(run: Run, status: str, reason: str, baseline: dict[str, Any]) -> d
 
 
 def train(
-    cfg: Config, *, run_id: str | None = None, on_eval: EvalHook | None = None, extra: dict[str, Any] | None = None
+    cfg: Config,
+    *,
+    run_id: str | None = None,
+    on_eval: EvalHook | None = None,
+    extra: dict[str, Any] | None = None,
+    clock: Stopwatch | None = None,
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
     ``on_eval`` sees every periodic validation loss and may raise :class:`StopRun` to end the
     run cleanly (status ``pruned``). Any error after the record exists closes it with status
-    ``failed`` and the reason, and is re-raised; Ctrl-C closes it with ``interrupted``.
+    ``failed`` and the reason, and is re-raised; Ctrl-C closes it with ``interrupted``. ``clock`` (a sweep
+    trial's, which also times its storage calls) accounts the run's time: the summary's ``time_breakdown``.
     """
-    cfg, note = apply_offline_fallback(cfg)
-    if note:
-        print(note, file=sys.stderr)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    data = load_token_data(cfg.data, progress=cfg.train.progress)
-    if note:
-        data.notes.append(note)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(dataclasses.asdict(cfg.model), data.vocab_size).to(device)
-    budget = Budget.plan(cfg, data, model.context_size or 0)  # before the record: an impossible budget leaves none
-    periodic, full = validation_sets(data, cfg.train.eval_tokens)
-    baseline = unigram_baseline(data)
+    clock = clock or Stopwatch()
+    with clock.phase("data"):
+        cfg, note = apply_offline_fallback(cfg)
+        if note:
+            print(note, file=sys.stderr)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        device = resolve_device(cfg.train.device)
+        if device.type == "cuda":
+            allow_tf32()
+        data = load_token_data(cfg.data, progress=cfg.train.progress)
+        if note:
+            data.notes.append(note)
+    with clock.phase("model_build"):
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(dataclasses.asdict(cfg.model), data.vocab_size).to(device)
+    with clock.phase("data"):
+        budget = Budget.plan(cfg, data, model.context_size or 0)  # before the record: an impossible budget: none
+        periodic, full = validation_sets(data, cfg.train.eval_tokens)
+        baseline = unigram_baseline(data)
     meta = {
         "device": str(device),
         "data": describe(data),
@@ -351,8 +378,9 @@ def train(
         "baseline": baseline,
         "val_set": val_set_description(periodic, full, scoring_policy(cfg.model.block_size, model.context_size)),
     }
-    tracker = Tracker(cfg, run_id or new_run_id(), extra={**meta, **(extra or {})})
-    run = Run(cfg, data, model, tracker, budget, device, periodic, full, on_eval)
+    with clock.phase("tracking_init"):
+        tracker = Tracker(cfg, run_id or new_run_id(), extra={**meta, **(extra or {})})
+    run = Run(cfg, data, model, tracker, budget, device, periodic, full, on_eval, clock=clock)
     status, reason = "failed", ""
     try:
         status, reason = run_to_end(run)
@@ -364,7 +392,8 @@ def train(
         raise
     finally:
         summary = summarize(run, status, reason, baseline)
-        tracker.finish(summary)
+        with clock.phase("tracking_finish"):
+            tracker.finish(summary)
     return summary
 
 

@@ -55,7 +55,7 @@ def sweep_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``python sweep.py --config PATH --storage STORAGE ARGS...`` as a user would run it."""
     return subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, *args],
+        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--workers", "1", *args],  # args win
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,

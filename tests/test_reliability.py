@@ -60,7 +60,7 @@ def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None, s
     """``python sweep.py ...`` in its own process; ``slow``: each training step sleeps (single worker only)."""
     command = [sys.executable, "-c", SLOW_SWEEP] if slow else [sys.executable, SWEEP]
     return subprocess.Popen(
-        [*command, "--config", str(path), "--storage", storage, *args],
+        [*command, "--config", str(path), "--storage", storage, "--workers", "1", *args],  # a later --workers wins
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""Next-token loss without the full logits tensor.
+"""Next-token loss without the full logits tensor, in the precision autocast asks for.
 
 The output projection to a 50257-token vocabulary dominates a small LM's step: its logits for
 a 16x128 batch are a 412 MB float32 tensor that is written, read by log-softmax, written again
@@ -6,6 +6,14 @@ for the gradient and read back. Here the head and the cross-entropy run together
 rows, and the gradients are formed in the same pass (the loss is a scalar, so d loss / d logits
 is known as soon as the chunk's softmax is): memory holds one chunk's logits, and the result
 equals ``F.cross_entropy(hidden @ W.T + b, targets)`` up to float rounding (tested).
+
+Precision (the GPU path, correct by construction): under autocast the three matmuls take their
+inputs in the autocast dtype (bf16: tensor cores) but accumulate *and return* float32, so the
+logits, the softmax, the loss and the weight gradient never pass through bf16 — a bf16 logit near
+10 would be off by up to 0.03 nats. CUDA does this in one cuBLAS call (``torch.mm(..., out_dtype=
+torch.float32)``); elsewhere the bf16 inputs are widened first, which gives the same sums because
+a product of two bf16 numbers is exact in float32. That is what lets the CPU tests check the bf16
+logic. Float32 matmuls on CUDA use TF32 when :func:`allow_tf32` has been called (the trainer does).
 """
 
 from __future__ import annotations
@@ -22,11 +30,53 @@ def default_chunk_rows(vocab_size: int) -> int:
     return max(256, _CHUNK_ELEMENTS // vocab_size)
 
 
+def allow_tf32() -> None:
+    """Let float32 matmuls on CUDA use TF32 tensor cores (10-bit mantissa inputs, float32 accumulation).
+
+    Training tolerates TF32 (it is PyTorch's recommended setting for training); off CUDA this is a no-op.
+    """
+    torch.set_float32_matmul_precision("high")
+
+
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype the head's matmuls take their inputs in: autocast's when it is on, else ``hidden``'s."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return hidden.dtype
+
+
+def mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` accumulated in float32 and returned as float32, whatever the (equal) input dtype."""
+    if a.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()  # exact products, float32 sums: what the CUDA kernel computes
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out = a @ b`` with float32 accumulation; all-float32 writes in place (no temporary)."""
+    if a.dtype == out.dtype == torch.float32:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(mm_f32(a, b))
+
+
+def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` for a float32 ``acc``; off CUDA in place (a temporary of acc's size costs a pass)."""
+    if a.is_cuda and a.dtype != torch.float32:
+        acc += mm_f32(a, b)
+    else:
+        acc.addmm_(a.float(), b.float())  # .float() is free for float32 inputs
+
+
 def _chunk_nll(
-    h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
+    h: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row loss of one chunk, plus its exponentiated shifted logits and their row sums (for gradients)."""
-    logits = (h @ w.t()).float()
+    """Per-row loss of one chunk (``h`` and ``w_t`` in the compute dtype), its exponentiated shifted logits
+    and their row sums (what the gradients need); everything after the matmul is float32."""
+    logits = mm_f32(h, w_t)
     if bias is not None:
         logits += bias.float()
     target_logit = logits.gather(1, t[:, None]).squeeze(1)
@@ -38,33 +88,9 @@ def _chunk_nll(
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad):  # type: ignore[override]
-        n_rows = hidden.shape[0]
-        w = weight.to(hidden.dtype)
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        if with_grad:
-            grad_hidden = torch.empty_like(hidden)
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
-        for start in range(0, n_rows, chunk_rows):
-            h = hidden[start : start + chunk_rows]
-            t = targets[start : start + chunk_rows]
-            row_loss, exps, row_sum = _chunk_nll(h, w, bias, t)
-            loss_sum += row_loss.sum()
-            if with_grad:
-                probs = exps.div_(row_sum)  # softmax
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                g = probs.to(hidden.dtype)
-                torch.matmul(g, w, out=grad_hidden[start : start + chunk_rows])
-                grad_weight.addmm_(g.t().float(), h.float())
-                if grad_bias is not None:
-                    grad_bias += probs.sum(0)
-        if with_grad:
-            ctx.save_for_backward(
-                grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype) if grad_bias is not None else None
-            )
-        ctx.n_rows = n_rows
-        return loss_sum / n_rows
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype):  # type: ignore[override]
+        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen, not cast
+            return _forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -77,7 +103,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
+
+
+def _forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype):  # type: ignore[no-untyped-def]
+    """Loss sum over chunks of rows; with ``with_grad`` also the gradients, saved for ``backward``."""
+    n_rows = hidden.shape[0]
+    w = weight.to(dtype)
+    w_t = w.t()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    if with_grad:
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+    for start in range(0, n_rows, chunk_rows):
+        h = hidden[start : start + chunk_rows].to(dtype)
+        t = targets[start : start + chunk_rows]
+        row_loss, exps, row_sum = _chunk_nll(h, w_t, bias, t)
+        loss_sum += row_loss.sum()
+        if with_grad:
+            probs = exps.div_(row_sum)  # softmax
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0
+            if grad_bias is not None:
+                grad_bias += probs.sum(0)
+            g = probs.to(dtype)
+            _mm_into(grad_hidden[start : start + chunk_rows], g, w)
+            _addmm_f32(grad_weight, g.t(), h)
+    if with_grad:
+        ctx.save_for_backward(
+            grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype) if grad_bias is not None else None
+        )
+    ctx.n_rows = n_rows
+    return loss_sum / n_rows
 
 
 @torch.no_grad()
@@ -86,25 +144,31 @@ def token_losses(
 ) -> torch.Tensor:
     """The loss of each row of ``head(hidden)`` against ``targets`` (float32, no gradient), chunk by chunk.
 
-    Evaluation needs the loss of every token, not only their mean, to give a standard error.
+    Evaluation needs the loss of every token, not only their mean, to give a standard error. The matmul
+    runs in the autocast dtype with float32 accumulation, like :func:`linear_cross_entropy`'s.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     rows = chunk_rows or default_chunk_rows(head.weight.shape[0])
-    w = head.weight.to(h.dtype)
-    parts = [_chunk_nll(h[i : i + rows], w, head.bias, t[i : i + rows])[0] for i in range(0, len(t), rows)]
+    dtype = compute_dtype(h)
+    with torch.autocast(h.device.type, enabled=False):
+        w_t = head.weight.to(dtype).t()
+        parts = [
+            _chunk_nll(h[i : i + rows].to(dtype), w_t, head.bias, t[i : i + rows])[0] for i in range(0, len(t), rows)
+        ]
     return torch.cat(parts) if parts else torch.zeros(0, device=h.device)
 
 
 def linear_cross_entropy(
     hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy of ``head(hidden)`` against ``targets``, computed chunk by chunk.
+    """Mean cross-entropy (float32) of ``head(hidden)`` against ``targets``, computed chunk by chunk.
 
-    ``hidden`` is (..., D) and ``targets`` the matching (...) int64 ids.
+    ``hidden`` is (..., D) and ``targets`` the matching (...) int64 ids. Under autocast the matmuls run in
+    the autocast dtype with float32 accumulation; the gradients come back in each input's own dtype.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     rows = chunk_rows or default_chunk_rows(head.weight.shape[0])
     with_grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
-    return _LinearCrossEntropy.apply(h, head.weight, head.bias, t, rows, with_grad)
+    return _LinearCrossEntropy.apply(h, head.weight, head.bias, t, rows, with_grad, compute_dtype(h))

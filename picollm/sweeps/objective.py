@@ -9,7 +9,7 @@ validation set (:func:`picollm.sweeps.settings.trial_base`).
 Each trial records, as Optuna user attributes, what the exporter and the report read:
 ``metric``, ``value_stderr``, ``value_kind`` (``final`` | ``pruned-intermediate`` | ``failed``),
 ``pruned_at_tokens``, ``run_dir``, ``run_id``, ``wandb_run_id``, ``tokens``, ``duration_s``,
-``fail_reason``, ``worker`` and ``device``.
+``fail_reason``, ``worker``, ``device`` and ``time_breakdown`` (seconds per phase, :mod:`picollm.timing`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from picollm.search import apply_params, sample
 from picollm.storage import mask_url
 from picollm.sweeps.liveness import Lease, has_heartbeat, worker_id
 from picollm.sweeps.settings import Experiment
+from picollm.timing import Stopwatch, take_process_start
 
 
 class AbortSweep(PicoError):
@@ -96,9 +97,12 @@ class Objective:
     current: Any = None
     taken_over: set[int] = field(default_factory=set)
     reported_at: dict[int, int] = field(default_factory=dict)  # trial number -> tokens at its last report
+    clock: Stopwatch = field(default_factory=Stopwatch)  # the current trial's (see picollm.timing)
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
+        self.clock = Stopwatch()
+        self.clock.add_before("worker_start", take_process_start())  # a worker's first trial owns its start-up
         try:
             return self.run(trial)
         except (optuna.TrialPruned, TakenOver):
@@ -108,7 +112,8 @@ class Objective:
             raise
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
             _release_gpu_memory()
-            _set(trial, fail_reason=mask_url(f"{type(exc).__name__}: {exc}")[:500], value_kind="failed")
+            reason = mask_url(f"{type(exc).__name__}: {exc}")[:500]
+            _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown())
             raise
 
     def run(self, trial: optuna.Trial) -> float:
@@ -123,20 +128,22 @@ class Objective:
         cfg = trial_config(exp, trial.number, values, device, self.threads)
         run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")
         run_dir = Path(cfg.tracking.out_dir) / run_id
-        _set(trial, worker=worker_id(), device=cfg.train.device, run_id=run_id, run_dir=str(run_dir))
-        _set(trial, metric=exp.study.metric, fail_reason="", value_kind="running")
+        with self.clock.phase("storage"):
+            _set(trial, worker=worker_id(), device=cfg.train.device, run_id=run_id, run_dir=str(run_dir))
+            _set(trial, metric=exp.study.metric, fail_reason="", value_kind="running")
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
         lease = nullcontext() if has_heartbeat(trial.study) else Lease(trial, exp.study.heartbeat_interval)
         started = time.perf_counter()
         try:
             with lease:
-                summary = train(cfg, run_id=run_id, on_eval=self.pruning_hook(trial), extra=extra)
+                summary = train(cfg, run_id=run_id, on_eval=self.pruning_hook(trial), extra=extra, clock=self.clock)
         except PicoError as exc:  # bad data or config: every other trial would fail the same way
             _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed")
             raise AbortSweep(str(exc)) from None
         finally:
             _set(trial, duration_s=round(time.perf_counter() - started, 2))
-        _set(trial, tokens=summary.get("tokens"), status=summary.get("status"), wandb_run_id=_wandb_run_id(run_dir))
+        with self.clock.phase("storage"):
+            _set(trial, tokens=summary.get("tokens"), status=summary.get("status"), wandb_run_id=_wandb_run_id(run_dir))
         return self.value(trial, summary)
 
     def pruning_hook(self, trial: optuna.Trial) -> Any:
@@ -144,12 +151,15 @@ class Objective:
 
         def report(tokens: int, val_loss: float) -> None:
             try:
-                trial.report(val_loss, step=tokens)
+                with self.clock.phase("storage"):
+                    trial.report(val_loss, step=tokens)
                 self.reported_at[trial.number] = tokens
             except UpdateFinishedTrialError:
                 self.taken_over.add(trial.number)
                 raise StopRun("failed", "marked failed by another worker (stale heartbeat)") from None
-            if trial.should_prune():
+            with self.clock.phase("storage"):
+                prune = trial.should_prune()
+            if prune:
                 raise StopRun("pruned", f"pruned at {tokens:,} tokens (val/loss {val_loss:.4f})")
 
         return report
@@ -165,10 +175,12 @@ class Objective:
                 value_kind="pruned-intermediate",
                 pruned_at_tokens=self.reported_at.get(trial.number),
                 value_stderr=summary.get("last_val_loss_stderr"),
+                time_breakdown=self.clock.breakdown(),  # the last write: it counts every storage call before it
             )
             raise optuna.TrialPruned(summary["reason"])
         value = summary.get(metric)
         if value is None or not math.isfinite(value):
             raise RuntimeError(f"metric {metric} is {value}")
-        _set(trial, value_kind="final", value_stderr=summary.get(f"{metric}_stderr"))
+        breakdown = self.clock.breakdown()  # the last write: it counts every storage call before it
+        _set(trial, value_kind="final", value_stderr=summary.get(f"{metric}_stderr"), time_breakdown=breakdown)
         return float(value)

@@ -34,6 +34,7 @@ from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.storage import mask_url
 from picollm.sweeps import fingerprint
+from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.liveness import fail_stale
 from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.report import Progress, best_value, trial_line
@@ -230,9 +231,14 @@ def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
 
 
 def _work(
-    exp: Experiment, storage_url: str, workers: int, timeout_s: float | None, progress: Progress, dry_run: bool
+    exp: Experiment,
+    storage_url: str,
+    layout: tuple[int, int],
+    timeout_s: float | None,
+    progress: Progress,
+    dry_run: bool,
 ) -> None:
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    workers, threads = layout
     specs = [
         WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, rank=rank, dry_run=dry_run)
         for rank in range(workers)
@@ -246,20 +252,25 @@ def _work(
 def run_sweep(
     exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None, dry_run: bool = False
 ) -> SweepOutcome:
-    """Run (or resume) the study to ``n_trials`` finished trials, then export it."""
+    """Run (or resume) the study to ``n_trials`` finished trials, then export it.
+
+    ``workers`` processes split this machine's cores (:func:`picollm.sweeps.layout.choose_layout`); the CLI's
+    default is that function's choice of workers.
+    """
     exp, study = prepare(exp, storage_url)
     s = exp.study
+    layout = choose_layout(workers)
     print(
         f"study {s.name!r} in {mask_url(storage_url)}: {finished(study)}/{s.n_trials} trials finished; "
         f"objective {s.metric}; sampler {s.sampler}, pruner {s.pruner}, {s.budget_tokens or 'no'} tokens per "
-        f"trial, {workers} worker(s)",
+        f"trial, {workers} worker(s) x {layout[1]} thread(s)",
         flush=True,
     )
     progress = Progress(study, s.n_trials)
     interrupted = False
     with interrupts_as_keyboard():
         try:
-            _work(exp, storage_url, workers, timeout_s, progress, dry_run)
+            _work(exp, storage_url, layout, timeout_s, progress, dry_run)
         except KeyboardInterrupt:
             interrupted = True
         finally:
