@@ -336,6 +336,22 @@ def summarize(run: Run, status: str, reason: str, baseline: dict[str, Any]) -> d
     }
 
 
+def _prepare_data(cfg: Config) -> tuple[Config, torch.device, TokenData]:
+    """The config that will really run (offline fallback said aloud), its device, and its token data."""
+    cfg, note = apply_offline_fallback(cfg)
+    if note:
+        print(note, file=sys.stderr)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        allow_tf32()
+    data = load_token_data(cfg.data, progress=cfg.train.progress)
+    if note:
+        data.notes.append(note)
+    return cfg, device, data
+
+
 def train(
     cfg: Config,
     *,
@@ -353,17 +369,7 @@ def train(
     """
     clock = clock or Stopwatch()
     with clock.phase("data"):
-        cfg, note = apply_offline_fallback(cfg)
-        if note:
-            print(note, file=sys.stderr)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        device = resolve_device(cfg.train.device)
-        if device.type == "cuda":
-            allow_tf32()
-        data = load_token_data(cfg.data, progress=cfg.train.progress)
-        if note:
-            data.notes.append(note)
+        cfg, device, data = _prepare_data(cfg)
     with clock.phase("model_build"):
         torch.manual_seed(cfg.train.seed)
         model = build_model(dataclasses.asdict(cfg.model), data.vocab_size).to(device)
