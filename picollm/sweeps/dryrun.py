@@ -30,8 +30,19 @@ def _eval_points(cfg: Config) -> list[int]:
     return [min(total, every * i) for i in range(1, -(-total // every) + 1)]
 
 
-def dry_train(cfg: Config, *, run_id: str, on_eval: Any = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Call ``on_eval`` as a run with this budget would and return a run summary; nothing is trained."""
+def dry_train(
+    cfg: Config,
+    *,
+    run_id: str,
+    on_eval: Any = None,
+    extra: dict[str, Any] | None = None,
+    clock: Any = None,
+) -> dict[str, Any]:
+    """Call ``on_eval`` as a run with this budget would and return a run summary; nothing is trained.
+
+    Same signature as :func:`picollm.train.train`; ``clock`` is accepted and left to the objective, which times
+    the storage calls this trial makes.
+    """
     from picollm.train import StopRun
 
     final = _config_loss(cfg)
