@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
 import tempfile
 import time
 import uuid
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from picollm.errors import ConfigError
+from picollm.errors import ConfigError, PicoError
 from picollm.storage import mask_url
 
 WORKERS = (1, 2, 4, 8)
@@ -106,7 +107,16 @@ def _run(target: Any, args_of: Any, workers: int) -> list[float]:
     procs = [ctx.Process(target=target, args=(*args_of, barrier, results)) for _ in range(workers)]
     for proc in procs:
         proc.start()
-    elapsed = [results.get(timeout=900) for _ in procs]
+    elapsed: list[float] = []
+    while len(elapsed) < workers:  # a worker that dies puts nothing: stop instead of waiting for it
+        try:
+            elapsed.append(results.get(timeout=1.0))
+        except queue.Empty:
+            codes = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+            if codes:
+                for proc in procs:
+                    proc.kill()
+                raise PicoError(f"a benchmark worker exited with code {codes[0]} (its error is above)") from None
     for proc in procs:
         proc.join()
     return elapsed
