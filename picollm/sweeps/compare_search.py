@@ -292,13 +292,11 @@ def curve_grid(traces: list[Trace], points: int = 60) -> np.ndarray:
 
 def plot(traces: list[Trace], methods: list[str], summary: dict[str, Any], path: Path) -> None:
     """Median best-so-far against cumulative tokens with the IQR shaded, one colour per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
 
     grid = curve_grid(traces)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
     for m in methods:
         ts = [t for t in traces if t.method == m]
         if not ts:
@@ -319,7 +317,6 @@ def plot(traces: list[Trace], methods: list[str], summary: dict[str, Any], path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,13 +79,11 @@ def _param_keys(conf: Confirmation) -> list[str]:
 
 def plot(conf: Confirmation, path: Path) -> None:
     """One point and 95% interval per config, its seeds as dots; the baseline in another colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
 
     ranked = conf.ranked()
-    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.45 * len(ranked)))
+    fig = Figure(figsize=(6.4, 0.9 + 0.45 * len(ranked)))
+    ax = fig.subplots()
     for y, result in enumerate(ranked):
         iv = result.interval()
         colour = "tab:red" if result.candidate.baseline else "tab:blue"
@@ -98,7 +96,6 @@ def plot(conf: Confirmation, path: Path) -> None:
     ax.set_title(f"confirmation of {conf.study_name!r}: * = confirmed winner, baseline in red", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def best_yaml(study: Any, conf: Confirmation) -> str:
