@@ -295,7 +295,7 @@ def test_dashboard_refuses_a_missing_database_or_study(tmp_path: Path, capsys: p
     missing = tmp_path / "nope.db"
     with pytest.raises(SystemExit) as exit_info:
         run_cli(analyze.main, ["dashboard", "--storage", f"sqlite:///{missing}"])
-    assert exit_info.value.code == 2 and "no study database" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no SQLite file at" in capsys.readouterr().err
     assert not missing.exists()  # the read-only opener never creates an empty database
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     import optuna

@@ -129,16 +129,6 @@ def wandb_api() -> Any:
         raise DataError(f"cannot use the W&B API: {detail} (or set WANDB_API_KEY)") from None
 
 
-def _check_sqlite_exists(storage: str) -> None:
-    """Opening a missing SQLite file would create an empty one: say the path is wrong instead."""
-    from picollm.storage import mask_url
-
-    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        path = Path(storage.removeprefix("sqlite:///")).expanduser()
-        if not path.is_file():
-            raise DataError(f"no study database at {path} (storage {mask_url(storage)})")
-
-
 def load_study(study_name: str, storage: str) -> Any:
     """A finished or running sweep, opened read-only for analysis."""
     import optuna
@@ -147,7 +137,6 @@ def load_study(study_name: str, storage: str) -> Any:
     from picollm.sweeps.studies import quiet_optuna
 
     quiet_optuna()
-    _check_sqlite_exists(storage)
     try:
         return optuna.load_study(study_name=study_name, storage=open_storage(storage))
     except KeyError:
@@ -162,7 +151,6 @@ def open_studies(storage_url: str, study_name: str | None) -> tuple[Any, list[st
     from picollm.sweeps.studies import quiet_optuna
 
     quiet_optuna()
-    _check_sqlite_exists(storage_url)
     storage = open_storage(storage_url)
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
