@@ -27,6 +27,8 @@ from picollm.errors import StorageError
 DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 SQLITE_TIMEOUT_S = 60  # many workers on one SQLite file wait for the lock instead of failing
 LOCK_GRACE_S = 60  # a file lock older than this was left by a dead process: Optuna's lock breaks it
+CONNECT_TIMEOUT_S = 10  # an unreachable server is one clear line after this long, not a hang
+SERVERS = ("postgresql", "mysql", "mariadb")
 _USERINFO = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
 
@@ -88,14 +90,18 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
             _local_file(sqlite_path(url), "SQLite file", create)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     elif scheme(url) == "postgresql":
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    return RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-    )
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    # Optuna creates its tables on first use; machines starting together on a fresh server database would
+    # race to create them (a duplicate-key error from PostgreSQL's catalogue), so one of them does it first.
+    first = claim_lock(url, "optuna-schema") if scheme(url) in SERVERS else contextlib.nullcontext()
+    with first:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
 
 
 OPENERS: dict[str, Callable[..., Any]] = {
@@ -147,7 +153,8 @@ def _lock_key(name: str) -> int:
 def _sql_lock(url: str, name: str, acquire: str, release: str) -> Iterator[None]:
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    timeout = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if scheme(url) == "postgresql" else {}
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **timeout)
     try:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text(acquire), {"key": _lock_key(name), "name": name[:64]})

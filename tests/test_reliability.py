@@ -69,11 +69,17 @@ def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None, s
     )
 
 
-def wait_for_running_trial(path: Path, storage: str, name: str, timeout: float = 300) -> object:
+def wait_for_running_trial(
+    proc: subprocess.Popen, path: Path, storage: str, name: str, timeout: float = 300
+) -> object:
+    """The first running trial of ``proc``'s sweep once it has logged a step; fails at once if ``proc`` ended."""
     exp = load_experiment(str(path), [], study_name=name)
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(0.5)
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the sweep ended (exit {proc.returncode}) before a trial was caught running:\n{out}\n{err}")
         try:
             study = open_study(exp, storage, create=False)
         except Exception:
@@ -83,7 +89,9 @@ def wait_for_running_trial(path: Path, storage: str, name: str, timeout: float =
         if running and metrics[0].is_file() and metrics[0].stat().st_size > 0:
             time.sleep(1.5)  # well inside training, with a heartbeat or two recorded
             return running[0]
-    pytest.fail("no trial started in time")
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"no trial was caught running in {timeout:.0f} s; the sweep's output:\n{out}\n{err}")
 
 
 def slow_experiment(tmp_path: Path, n_trials: int = 3) -> Path:
@@ -109,7 +117,7 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
     storage, name = storage_url(kind, tmp_path), f"k{uuid.uuid4().hex[:8]}"
     path = slow_experiment(tmp_path)
     first = start_sweep(path, storage, "--study-name", name)
-    killed = wait_for_running_trial(path, storage, name)
+    killed = wait_for_running_trial(first, path, storage, name)
     first.send_signal(signal.SIGKILL)
     first.communicate()
     study = resume(path, storage, name)
@@ -129,7 +137,7 @@ def test_a_trial_whose_host_vanished_is_failed_and_retried(tmp_path: Path, kind:
     storage, name = storage_url(kind, tmp_path), "hb"
     path = slow_experiment(tmp_path, n_trials=2)
     first = start_sweep(path, storage, "--study-name", name, env={"PICOLLM_WORKER_HOST": "another-machine"})
-    killed = wait_for_running_trial(path, storage, name)
+    killed = wait_for_running_trial(first, path, storage, name)
     first.send_signal(signal.SIGKILL)
     first.communicate()
     study = resume(path, storage, name)  # bounded: sweep_cli's timeout fails the test if it waited forever
@@ -150,7 +158,7 @@ def test_interrupt_marks_flushes_exports_and_resumes(tmp_path: Path, sig: signal
     storage, name = storage_url("sqlite", tmp_path), "intr"
     path = slow_experiment(tmp_path)
     proc = start_sweep(path, storage, "--study-name", name)
-    victim = wait_for_running_trial(path, storage, name)
+    victim = wait_for_running_trial(proc, path, storage, name)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -537,7 +545,7 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     storage, name = storage_url("postgresql", tmp_path), f"stall{uuid.uuid4().hex[:8]}"
     path = write_experiment(tmp_path, study={"n_trials": 4, "budget_tokens": 400_000, "reports": 10})
     proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)
-    trial = wait_for_running_trial(path, storage, name)
+    trial = wait_for_running_trial(proc, path, storage, name)
     pid = int(trial.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGSTOP)
     try:

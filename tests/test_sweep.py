@@ -43,6 +43,35 @@ def test_running_again_resumes_to_the_total(tmp_path: Path, capsys: pytest.Captu
         assert t.value == summary["final_val_loss"] and t.user_attrs["tokens"] == summary["tokens"]
 
 
+def test_a_reader_never_writes_a_new_study_description(tmp_path: Path) -> None:
+    """Export, status and tests open studies read-only: racing a starting worker's first writes crashed it."""
+    storage, exp = f"sqlite:///{tmp_path}/s.db", load_experiment(str(write_experiment(tmp_path)), [])
+    optuna.create_study(study_name=exp.study.name, storage=storage)
+    assert open_study(exp, storage, create=False).user_attrs == {}
+    assert open_study(exp, storage, create=True).user_attrs["space"]
+
+
+def _prepare_in_process(args: tuple[str, str, str]) -> int:
+    path, storage, name = args
+    from picollm.sweeps.workers import prepare
+
+    prepare(load_experiment(path, [], study_name=name), storage)
+    return 0
+
+
+@pytest.mark.parametrize("storage_kind", ["sqlite", "postgresql"])
+def test_machines_starting_together_record_one_question_and_one_baseline(tmp_path: Path, storage_kind: str) -> None:
+    import multiprocessing
+
+    storage = f"sqlite:///{tmp_path}/s.db" if storage_kind == "sqlite" else postgres_url()
+    name, path = f"p{uuid.uuid4().hex[:8]}", str(write_experiment(tmp_path))
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        assert pool.map(_prepare_in_process, [(path, storage, name)] * 6) == [0] * 6
+    study = open_study(load_experiment(path, [], study_name=name), storage, create=False)
+    assert [t.state for t in study.trials] == [TrialState.WAITING]  # the baseline, enqueued once
+    assert {"space", "base", "settings", "fingerprint"} <= set(study.user_attrs)
+
+
 @pytest.mark.parametrize("storage_kind", ["sqlite", "journal", "postgresql"])
 def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) -> None:
     storage = {

@@ -82,19 +82,28 @@ def open_study(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
         raise PicoError(
             f"cannot open study {exp.study.name!r} in {mask_url(storage_url)}: {mask_url(str(exc))[:200]}"
         ) from None
+    if create:  # peers starting together: one records the question, the others check against it
+        with claim_lock(storage_url, f"setup-{exp.study.name}"):
+            _record_or_check_space(study, exp, storage_url)
+    else:  # a reader (export, analysis, status) never writes
+        _record_or_check_space(study, exp, storage_url, record=False)
+    return study
+
+
+def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str, record: bool = True) -> None:
     described = [p.describe() | {"key": p.key} for p in exp.space]
     stored = study.user_attrs.get("space")
     if stored is None:
-        study.set_user_attr("space", described)
-        study.set_user_attr("base", exp.base)
-        study.set_user_attr("settings", asdict(exp.study))
+        if record:
+            study.set_user_attr("space", described)
+            study.set_user_attr("base", exp.base)
+            study.set_user_attr("settings", asdict(exp.study))
     elif stored != described:
         raise PicoError(
             f"study {exp.study.name!r} in {mask_url(storage_url)} was created with another search space; "
             "use --study-name to start a new study (or restore the old space to resume it)"
         )
     fingerprint.check(study, exp, storage_url)
-    return study
 
 
 def enqueue_baseline(study: Any, exp: Experiment) -> None:

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from picollm import tracking
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
-from picollm.storage import mask_url
+from picollm.storage import claim_lock, mask_url
 from picollm.sweeps import fingerprint
 from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.liveness import fail_stale
@@ -225,8 +225,9 @@ def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
     study = open_study(exp, storage_url, create=True)
     exp = resolve_offline(exp)
     exp = replace(exp, fingerprint=fingerprint.fingerprint(exp))
-    fingerprint.check(study, exp, storage_url)
-    enqueue_baseline(study, exp)
+    with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together agree on one question
+        fingerprint.check(study, exp, storage_url)
+        enqueue_baseline(study, exp)
     return exp, study
 
 
