@@ -15,7 +15,9 @@ Owns three things a sweep needs from its storage:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -91,9 +93,10 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     elif scheme(url) == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    # Optuna creates its tables on first use; machines starting together on a fresh server database would
-    # race to create them (a duplicate-key error from PostgreSQL's catalogue), so one of them does it first.
-    first = claim_lock(url, "optuna-schema") if scheme(url) in SERVERS else contextlib.nullcontext()
+    # Optuna creates its tables on first use; processes starting together on a fresh database would race to
+    # create them (a duplicate key in PostgreSQL's catalogue, in SQLite's alembic_version), so one goes first.
+    shared = scheme(url) in SERVERS or sqlite_path(url)
+    first = claim_lock(url, "optuna-schema") if shared else contextlib.nullcontext()
     with first:
         return RDBStorage(
             url,
@@ -140,6 +143,55 @@ def open_storage(
         raise StorageError(f"cannot open storage {mask_url(url)}: {type(exc).__name__}: {detail[:200]}") from None
 
 
+def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
+    """Record ``attrs`` on an Optuna trial in one statement where the storage is PostgreSQL or SQLite.
+
+    Optuna writes one key per transaction (a read of the trial, an upsert, a commit); a trial records about a
+    dozen keys, which made these writes the harness's largest storage cost per trial (``python -m picollm.bench
+    --workers-scale``). Here the trial is checked once and every key goes in one multi-row upsert, the statement
+    Optuna itself uses for one key. Other storages get Optuna's own one-key calls. A finished trial refuses
+    either way (``UpdateFinishedTrialError``).
+    """
+    from optuna.storages import RDBStorage
+
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
+    dialect = _UPSERTS.get(backend.engine.name) if isinstance(backend, RDBStorage) else None
+    if dialect is None or not attrs:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    table = models.TrialUserAttributeModel
+    rows = [{"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    with _create_scoped_session(backend.scoped_session) as session:
+        state = models.TrialModel.find_or_raise_by_id(trial._trial_id, session).state
+        backend.check_trial_is_updatable(trial._trial_id, state)
+        insert = dialect().insert(table).values(rows)
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[table.trial_id, table.key], set_={"value_json": insert.excluded.value_json}
+            )
+        )
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _postgresql() -> Any:
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql
+
+
+def _sqlite() -> Any:
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite
+
+
+_UPSERTS: dict[str, Callable[[], Any]] = {"postgresql": _postgresql, "sqlite": _sqlite}
+
+
 # ---------------------------------------------------------------------------------------------
 # One lock for every worker sharing a storage.
 # ---------------------------------------------------------------------------------------------
@@ -149,21 +201,27 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+@functools.cache
+def _lock_engine(url: str) -> Any:
+    """One connection per process kept for locks: a fresh connection per trial cost more than the lock."""
+    import sqlalchemy
+
+    timeout = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if scheme(url) == "postgresql" else {}
+    return sqlalchemy.create_engine(url, pool_size=1, max_overflow=4, pool_pre_ping=True, **timeout)
+
+
 @contextlib.contextmanager
 def _sql_lock(url: str, name: str, acquire: str, release: str) -> Iterator[None]:
     import sqlalchemy
 
-    timeout = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if scheme(url) == "postgresql" else {}
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **timeout)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(acquire), {"key": _lock_key(name), "name": name[:64]})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text(release), {"key": _lock_key(name), "name": name[:64]})
-    finally:
-        engine.dispose()
+    params = {"key": _lock_key(name), "name": name[:64]}
+    with _lock_engine(url).connect() as conn:
+        conn.execute(sqlalchemy.text(acquire), params)
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text(release), params)
+            conn.commit()
 
 
 @contextlib.contextmanager

@@ -69,9 +69,7 @@ def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None, s
     )
 
 
-def wait_for_running_trial(
-    proc: subprocess.Popen, path: Path, storage: str, name: str, timeout: float = 300
-) -> object:
+def wait_for_running_trial(proc: subprocess.Popen, path: Path, storage: str, name: str, timeout: float = 300) -> object:
     """The first running trial of ``proc``'s sweep once it has logged a step; fails at once if ``proc`` ended."""
     exp = load_experiment(str(path), [], study_name=name)
     deadline = time.time() + timeout

@@ -126,3 +126,22 @@ def test_the_wandb_summary_carries_the_breakdown(synthetic: list[str]) -> None:
         time.sleep(0.5)
     shown = info["summary"]["time_breakdown"]
     assert shown["train_steps"] == summary["time_breakdown"]["train_steps"] > 0 and "evaluation" in shown
+
+
+def _preloaded(queue: object) -> None:
+    from picollm.sweeps.workers import WORKER_PRELOAD
+
+    queue.put({name: name in sys.modules for name in WORKER_PRELOAD})
+
+
+def test_sweep_workers_start_with_torch_and_dynamo_already_imported() -> None:
+    """Workers fork from a forkserver that imported them once: no worker pays torch's or dynamo's import."""
+    from picollm.sweeps.workers import worker_context
+
+    ctx = worker_context()
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_preloaded, args=(queue,))
+    proc.start()
+    seen = queue.get(timeout=300)
+    proc.join()
+    assert seen and all(seen.values()), seen

@@ -169,9 +169,6 @@ def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
     """Studies in ``parallel`` processes (each sequential inside, one thread), with a progress bar."""
     from tqdm.auto import tqdm
 
-    from picollm.storage import open_storage
-
-    open_storage(todo[0].storage, create=True)  # the schema once: two processes creating it at once collide
     packed = [(job, n_trials, 1 if parallel > 1 else 2) for job in todo]
     with tqdm(total=len(todo), unit="study", file=sys.stdout) as bar:
         for name in in_processes(_run_job_args, packed, parallel):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params, sample
-from picollm.storage import mask_url
+from picollm.storage import mask_url, set_user_attrs
 from picollm.sweeps.liveness import Lease, has_heartbeat, worker_id
 from picollm.sweeps.settings import Experiment
 from picollm.timing import Stopwatch, take_process_start
@@ -70,12 +70,10 @@ def _release_gpu_memory() -> None:
 
 
 def _set(trial: Any, **attrs: Any) -> None:
-    """Record attributes; a trial another worker already finished cannot take them, which is fine here."""
-    try:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-    except UpdateFinishedTrialError:
-        pass
+    """Record attributes in one storage write; a trial another worker already finished cannot take them, which is
+    fine here."""
+    with suppress(UpdateFinishedTrialError):
+        set_user_attrs(trial, attrs)
 
 
 def _wandb_run_id(run_dir: Path) -> str | None:
@@ -129,8 +127,16 @@ class Objective:
         run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")
         run_dir = Path(cfg.tracking.out_dir) / run_id
         with self.clock.phase("storage"):
-            _set(trial, worker=worker_id(), device=cfg.train.device, run_id=run_id, run_dir=str(run_dir))
-            _set(trial, metric=exp.study.metric, fail_reason="", value_kind="running")
+            _set(
+                trial,
+                worker=worker_id(),
+                device=cfg.train.device,
+                run_id=run_id,
+                run_dir=str(run_dir),
+                metric=exp.study.metric,
+                fail_reason="",  # a retried trial starts with its failed original's attributes
+                value_kind="running",
+            )
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
         lease = nullcontext() if has_heartbeat(trial.study) else Lease(trial, exp.study.heartbeat_interval)
         started = time.perf_counter()
@@ -138,13 +144,22 @@ class Objective:
             with lease:
                 summary = train(cfg, run_id=run_id, on_eval=self.pruning_hook(trial), extra=extra, clock=self.clock)
         except PicoError as exc:  # bad data or config: every other trial would fail the same way
-            _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed")
+            _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed", **self.ran(started))
             raise AbortSweep(str(exc)) from None
-        finally:
-            _set(trial, duration_s=round(time.perf_counter() - started, 2))
-        with self.clock.phase("storage"):
-            _set(trial, tokens=summary.get("tokens"), status=summary.get("status"), wandb_run_id=_wandb_run_id(run_dir))
-        return self.value(trial, summary)
+        except BaseException:
+            _set(trial, **self.ran(started))
+            raise
+        outcome = {
+            **self.ran(started),
+            "tokens": summary.get("tokens"),
+            "status": summary.get("status"),
+            "wandb_run_id": _wandb_run_id(run_dir),
+        }
+        return self.value(trial, summary, outcome)
+
+    @staticmethod
+    def ran(started: float) -> dict[str, float]:
+        return {"duration_s": round(time.perf_counter() - started, 2)}
 
     def pruning_hook(self, trial: optuna.Trial) -> Any:
         from picollm.train import StopRun
@@ -164,23 +179,31 @@ class Objective:
 
         return report
 
-    def value(self, trial: optuna.Trial, summary: dict[str, Any]) -> float:
-        """The ranked value of a finished run, or TrialPruned carrying what the pruner saw last."""
+    def value(self, trial: optuna.Trial, summary: dict[str, Any], outcome: dict[str, Any]) -> float:
+        """The ranked value of a finished run, or TrialPruned carrying what the pruner saw last.
+
+        ``outcome`` (duration, tokens, status) is written with the value's own attributes: one storage write.
+        """
         if trial.number in self.taken_over:
             raise TakenOver(f"trial {trial.number} was marked failed by another worker")
         metric = self.exp.study.metric
         if summary["status"] == "pruned":
-            _set(
-                trial,
-                value_kind="pruned-intermediate",
-                pruned_at_tokens=self.reported_at.get(trial.number),
-                value_stderr=summary.get("last_val_loss_stderr"),
-                time_breakdown=self.clock.breakdown(),  # the last write: it counts every storage call before it
-            )
+            with self.clock.phase("storage"):
+                _set(
+                    trial,
+                    **outcome,
+                    value_kind="pruned-intermediate",
+                    pruned_at_tokens=self.reported_at.get(trial.number),
+                    value_stderr=summary.get("last_val_loss_stderr"),
+                    time_breakdown=self.clock.breakdown(),  # every storage call before this last write
+                )
             raise optuna.TrialPruned(summary["reason"])
         value = summary.get(metric)
         if value is None or not math.isfinite(value):
+            _set(trial, **outcome)
             raise RuntimeError(f"metric {metric} is {value}")
-        breakdown = self.clock.breakdown()  # the last write: it counts every storage call before it
-        _set(trial, value_kind="final", value_stderr=summary.get(f"{metric}_stderr"), time_breakdown=breakdown)
+        with self.clock.phase("storage"):
+            breakdown = self.clock.breakdown()  # every storage call before this last write
+            stderr = summary.get(f"{metric}_stderr")
+            _set(trial, **outcome, value_kind="final", value_stderr=stderr, time_breakdown=breakdown)
         return float(value)

@@ -8,6 +8,7 @@ config (:func:`trial_base`: token budget, the one fixed validation set, report c
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,15 @@ class Experiment:
     fingerprint: dict[str, Any] | None = None  # what the study answers (picollm.sweeps.fingerprint)
     confirm: ConfirmSettings | None = None  # a confirm: block: confirm the winner after the sweep
 
-    @property
+    @functools.cached_property
     def space(self) -> list[Param]:
+        """Parsed once per object (every trial reads it; parsing validates each choice as a config); ``replace()``
+        makes a new object, so a changed base or search is parsed anew."""
         return parse_space(self.search, self.base)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled into worker processes without the parsed space, which each process parses itself."""
+        return {key: value for key, value in self.__dict__.items() if key != "space"}
 
 
 def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from picollm.sweeps.settings import Experiment
 from picollm.sweeps.studies import StudyFull, enqueue_baseline, finished, open_study
 
 STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
+IDLE_FIRST_S, IDLE_MAX_S = 0.1, 2.0  # a worker with nothing to start polls the study at these intervals
 
 
 @dataclass
@@ -138,11 +139,15 @@ def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = N
     show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
     rules = StopRules(s.n_trials, show)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
+    idle_s = IDLE_FIRST_S
     try:
         while time.monotonic() < deadline and finished(study) < s.n_trials and rules.abort is None:
             fail_stale(study, s.grace_period, s.max_retry)
-            if not _optimize_once(study, objective, rules, spec, deadline):
-                time.sleep(min(2.0, s.heartbeat_interval))  # peers hold the last trials: wait for them
+            if _optimize_once(study, objective, rules, spec, deadline):
+                idle_s = IDLE_FIRST_S
+            else:  # peers hold the last trials: wait for them, polling less often the longer they take
+                time.sleep(idle_s)
+                idle_s = min(2 * idle_s, IDLE_MAX_S, s.heartbeat_interval)
     except KeyboardInterrupt:
         _say_interrupted(study, objective, lambda line: print(line, file=sys.stderr, flush=True))
         raise
@@ -182,10 +187,27 @@ def stop_workers(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
             proc.join()
 
 
-def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
+# What every worker imports, once for all of them: torch, the trainer, Optuna and the storage drivers, and
+# torch._dynamo, which torch's optimisers import on first use (~1.5 s: picollm.bench --sweep's model_build).
+WORKER_PRELOAD = ["picollm.sweeps.objective", "picollm.train", "picollm.sweeps.dryrun", "torch._dynamo"]
+
+
+def worker_context() -> Any:
+    """Worker processes forked from a forkserver that has imported :data:`WORKER_PRELOAD`.
+
+    The forkserver is a fresh process that only imports, so forking it is safe (no torch thread pool has
+    started, which is why workers are never forked from the sweep's own process); each worker then starts in
+    milliseconds instead of re-importing torch, and the import is paid once per sweep, not once per worker.
+    """
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
+
+
+def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
+    ctx = worker_context()
     procs = [ctx.Process(target=worker_process, args=(spec,), daemon=False) for spec in specs]
     for proc in procs:
         proc.start()

@@ -1,0 +1,60 @@
+"""picollm.storage: one-statement trial attributes and the storage-wide lock, on every storage kind."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.exceptions import UpdateFinishedTrialError
+
+from picollm.storage import claim_lock, open_storage, set_user_attrs
+from tests.conftest import postgres_url
+
+KINDS = ["sqlite", "journal", "postgresql"]
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a bare study.ask, on purpose
+
+
+def url_of(kind: str, tmp_path: Path) -> str:
+    if kind == "postgresql":
+        return postgres_url()
+    return {"sqlite": f"sqlite:///{tmp_path}/s.db", "journal": f"journal:{tmp_path}/s.log"}[kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attributes_written_together_read_back_like_optunas_own(tmp_path: Path, kind: str) -> None:
+    url = url_of(kind, tmp_path)
+    study = optuna.create_study(study_name=f"a{uuid.uuid4().hex[:8]}", storage=open_storage(url, create=True))
+    trial = study.ask()
+    trial.set_user_attr("run_dir", "old")
+    attrs = {"run_dir": "runs/x", "tokens": 123, "breakdown": {"train_steps": 1.5}, "note": None, "ok": True}
+    set_user_attrs(trial, attrs)
+    assert trial.user_attrs == attrs  # the trial object's own view
+    assert study.trials[0].user_attrs == attrs  # what another process reads: overwritten, typed, nested
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):
+        set_user_attrs(trial, {"late": 1})
+    assert "late" not in study.trials[0].user_attrs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_claim_lock_admits_one_holder_at_a_time(tmp_path: Path, kind: str) -> None:
+    url, name, inside, overlaps = url_of(kind, tmp_path), f"l{uuid.uuid4().hex[:8]}", [0], []
+
+    def hold() -> None:
+        for _ in range(5):
+            with claim_lock(url, name):
+                inside[0] += 1
+                overlaps.append(inside[0])
+                time.sleep(0.01)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlaps) == 15 and max(overlaps) == 1
