@@ -43,6 +43,17 @@ def test_running_again_resumes_to_the_total(tmp_path: Path, capsys: pytest.Captu
         assert t.value == summary["final_val_loss"] and t.user_attrs["tokens"] == summary["tokens"]
 
 
+def test_workers_and_resumes_never_draw_the_same_parameters(tmp_path: Path) -> None:
+    """Every worker process builds its own sampler: with one seed, two workers (or a resume) drew in lockstep."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    path = str(write_experiment(tmp_path, study={"n_trials": 4}))
+    run_sweep(load_experiment(path, []), storage, workers=2)
+    run_sweep(load_experiment(path, [], n_trials=7), storage, workers=1)  # a resume to a larger total
+    study = open_study(load_experiment(path, []), storage, create=False)
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials if not t.user_attrs.get("baseline")]
+    assert len(drawn) == 6 and len(set(drawn)) == 6, drawn
+
+
 def test_a_reader_never_writes_a_new_study_description(tmp_path: Path) -> None:
     """Export, status and tests open studies read-only: racing a starting worker's first writes crashed it."""
     storage, exp = f"sqlite:///{tmp_path}/s.db", load_experiment(str(write_experiment(tmp_path)), [])

@@ -19,7 +19,6 @@ exactly ``n_trials`` finished trials.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import signal
@@ -38,6 +37,7 @@ from picollm.config import _build_section, apply_overrides, load_raw
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError
 from picollm.storage import mask_url
 from picollm.sweeps.settings import Experiment
+from picollm.sweeps.studies import with_seed
 from picollm.sweeps.workers import WorkerSpec
 
 STORAGE_ENV = "PICOLLM_STORAGE"
@@ -120,13 +120,6 @@ def no_gpu_here(local_rank: int, gpus_per_node: int) -> bool:
     return True
 
 
-def worker_seed(seed: int) -> int:
-    """A sampler seed of this process alone: with one shared seed every job (and every requeued
-    job) would draw the same parameters in the same order."""
-    digest = hashlib.sha256(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
 def _leave_trial_to_heartbeat(signum: int, _frame: Any) -> None:
     """SIGTERM (scancel, preemption): exit without marking the trial, so the study retries it as is."""
     print(f"launcher: {signal.Signals(signum).name}: exiting; the running trial will be retried", file=sys.stderr)
@@ -162,7 +155,7 @@ class SweepJob(submitit.helpers.Checkpointable):
     def worker_spec(self, storage: str, local_rank: int) -> WorkerSpec:
         """This task's worker: its own sampler seed, and its local rank, which picks ``cuda:<rank>``
         (the worker records the device in every trial and run record)."""
-        exp = replace(self.exp, study=replace(self.exp.study, seed=worker_seed(self.exp.study.seed)))
+        exp = with_seed(self.exp, f"{socket.gethostname()}:{os.getpid()}")  # a requeued job draws anew
         if no_gpu_here(local_rank, self.gpus_per_node):
             exp = replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": "cpu"}})
         return WorkerSpec(exp, storage, self.timeout_s, self.threads, rank=local_rank, dry_run=self.dry_run)

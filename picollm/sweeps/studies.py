@@ -13,8 +13,9 @@ therefore never created, so it is never recorded as failed either.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import optuna
@@ -110,6 +111,23 @@ def enqueue_baseline(study: Any, exp: Experiment) -> None:
     """Trial 0 is the base config itself, so every study shows its gain over the default."""
     if not study.trials:
         study.enqueue_trial(baseline_params(exp.space, exp.base), user_attrs={"baseline": True}, skip_if_exists=True)
+
+
+def sampler_seed(seed: int, salt: str | None) -> int:
+    """The sampler seed of one worker process: the study's own when ``salt`` is None, else one derived from it.
+
+    Every process builds its own sampler; with one shared seed, workers started together, a resumed sweep and a
+    requeued job would all draw the same parameters in the same order (seen: a two-worker main job trained two
+    configurations twice each). So only the first worker of a new study keeps the seed, which keeps a one-worker
+    sweep reproducible; every other gets ``salt`` (its rank, the trials already started, a host and pid).
+    """
+    if salt is None:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big")
+
+
+def with_seed(exp: Experiment, salt: str | None) -> Experiment:
+    return replace(exp, study=replace(exp.study, seed=sampler_seed(exp.study.seed, salt)))
 
 
 def counts(study: Any) -> dict[str, int]:

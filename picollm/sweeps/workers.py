@@ -39,7 +39,7 @@ from picollm.sweeps.liveness import fail_stale
 from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.settings import Experiment
-from picollm.sweeps.studies import StudyFull, enqueue_baseline, finished, open_study
+from picollm.sweeps.studies import StudyFull, enqueue_baseline, finished, open_study, with_seed
 
 STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
 IDLE_FIRST_S, IDLE_MAX_S = 0.1, 2.0  # a worker with nothing to start polls the study at these intervals
@@ -253,6 +253,11 @@ def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
     return exp, study
 
 
+def exp_of(exp: Experiment, rank: int, started: int) -> Experiment:
+    """Worker ``rank``'s experiment: its own sampler seed, except the first worker of a new study."""
+    return with_seed(exp, None if rank == 0 and started == 0 else f"local:{rank}:{started}")
+
+
 def _work(
     exp: Experiment,
     storage_url: str,
@@ -262,8 +267,11 @@ def _work(
     dry_run: bool,
 ) -> None:
     workers, threads = layout
+    started = sum(t.state != TrialState.WAITING for t in progress.study.get_trials(deepcopy=False))
     specs = [
-        WorkerSpec(exp, storage_url, timeout_s, threads, verbose=False, rank=rank, dry_run=dry_run)
+        WorkerSpec(
+            exp_of(exp, rank, started), storage_url, timeout_s, threads, verbose=False, rank=rank, dry_run=dry_run
+        )
         for rank in range(workers)
     ]
     if workers == 1:
