@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=int,
-        help="worker processes on this machine (default: one per core, up to 8; one per GPU with CUDA); launch: jobs",
+        help="worker processes on this machine (default: one per core, up to 8; one per GPU with CUDA), for the trials "
+        "and the confirmation runs; launch: jobs",
     )
     parser.add_argument("--wait", action="store_true", help="launch: follow the jobs to the end, then export")
     parser.add_argument("--dry-run", action="store_true", help="trials skip training (measures the storage)")
@@ -129,7 +130,7 @@ def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]
     s.top = args.top if args.top is not None else s.top
     s.seeds = args.seeds if args.seeds is not None else s.seeds
     check_settings(s)
-    return confirm_and_export(study, s, exp.study.out_dir)
+    return confirm_and_export(study, s, exp.study.out_dir, args.workers)
 
 
 if __name__ == "__main__":

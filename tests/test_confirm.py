@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 from pathlib import Path
@@ -125,3 +126,13 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: confirm.seeds must be >= 2 (an interval needs two runs), got 1"
     ]
+
+    # One more seed, in two worker processes: only the missing runs train, each scored once, at the end.
+    more = ["confirm", "--config", str(path), "--storage", storage, "--seeds", "3", "--workers", "2"]
+    assert sweep_module.main(more) == 0
+    third = [r for r in csv.DictReader((folder / "confirm.csv").open()) if r["seed"] == "1340"]
+    assert {int(r["trial"]) for r in third} == expected
+    assert all(math.isfinite(float(r["final_val_loss"])) for r in third)
+    assert len(_run_dirs(tmp_path)) == len(before) + len(expected)
+    rows = (Path(third[0]["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    assert sum("val/loss" in json.loads(row) for row in rows) == 1

@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,28 +143,11 @@ def _run_job_args(packed: tuple[Job, int, int]) -> str:
         return f"{packed[0].name} FAILED: {exc}"
 
 
-def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> Iterator[Any]:
-    """``fn(item)`` for every item, in ``parallel`` spawned processes (yielded as they finish) or in this one.
-
-    An executor, not a Pool: a Pool terminates its workers with SIGTERM on exit, which a sweep worker
-    takes for Ctrl-C. On Ctrl-C the queued items are cancelled and the running ones stop cleanly.
-    """
-    if parallel <= 1:
-        yield from map(fn, items)
-        return
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
 def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
     """Studies in ``parallel`` processes (each sequential inside, one thread), with a progress bar."""
     from tqdm.auto import tqdm
+
+    from picollm.sweeps.workers import in_processes
 
     packed = [(job, n_trials, 1 if parallel > 1 else 2) for job in todo]
     with tqdm(total=len(todo), unit="study", file=sys.stdout) as bar:
@@ -340,7 +320,7 @@ def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[st
 
     from picollm.sweeps.confirm import params_key, run_config
     from picollm.sweeps.settings import load_experiment
-    from picollm.sweeps.workers import resolve_offline
+    from picollm.sweeps.workers import in_processes, resolve_offline
 
     path = out / "horizon.json"
     exp = resolve_offline(load_experiment(args.config, study_overrides(args, out), f"{args.prefix}-horizon"))

@@ -310,39 +310,55 @@ def plan(study: Any, s: ConfirmSettings) -> Confirmation:
     return Confirmation(study.study_name, seeds, budget, results)
 
 
-def confirm_study(study: Any, s: ConfirmSettings) -> Confirmation:
-    """Train every missing (config, seed) run, recording each in the study as soon as it finishes."""
+def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) -> Confirmation:
+    """Train every missing (config, seed) run, recording each in the study as soon as it finishes.
+
+    The runs are independent, so they go to ``workers`` processes at once (the sweep's own layout by default: one
+    single-threaded worker per core, one per GPU with CUDA). A confirmation run is never pruned, so it is scored
+    once, at the end, on the study's whole validation set: periodic scores would only cost time.
+    """
     from tqdm.auto import tqdm
+
+    from picollm.sweeps.layout import choose_layout
+    from picollm.sweeps.objective import worker_device
+    from picollm.sweeps.workers import in_processes
 
     conf = plan(study, s)
     study.set_user_attr(SETTINGS_ATTR, asdict(s))
     base = _offline_resolved(study.user_attrs["base"])
-    reports = int(_study_settings(study).get("reports") or 1)
     todo = [(r, seed) for seed in conf.seeds for r in conf.results if seed not in r.runs]
-    quiet = not todo or not sys.stderr.isatty()
-    bar = tqdm(todo, unit="run", desc=f"confirm {study.study_name}", disable=quiet, dynamic_ncols=True)
-    for result, seed in bar:
-        cand = result.candidate
-        name = f"{study.study_name}-confirm-t{cand.number}-s{seed}"
+    parallel, threads = choose_layout(workers)
+    jobs = []
+    for i, (result, seed) in enumerate(todo):
+        name = f"{study.study_name}-confirm-t{result.candidate.number}-s{seed}"
         raw = run_config(
             base,
-            cand.params,
+            result.candidate.params,
             seed,
             budget_tokens=conf.budget_tokens,
-            reports=reports,
+            reports=1,
             group=study.study_name,
             job_type="confirm",
             name=name,
         )
-        record = {
-            "trial": cand.number,
-            "seed": seed,
-            "budget_tokens": conf.budget_tokens,
-            **train_record(raw, f"{name}-"),
-        }
-        study.set_user_attr(ATTR_PREFIX + run_key(cand.params, seed, conf.budget_tokens), record)
-        result.runs[seed] = record
+        raw["train"]["device"] = worker_device(i, raw["train"]["device"])
+        raw["train"]["threads"] = raw["train"]["threads"] or threads
+        jobs.append((i, raw, f"{name}-"))
+    quiet = not todo or not sys.stderr.isatty()
+    with tqdm(total=len(todo), unit="run", desc=f"confirm {study.study_name}", disable=quiet) as bar:
+        for i, record in in_processes(_confirm_run, jobs, parallel):
+            result, seed = todo[i]
+            record = {"trial": result.candidate.number, "seed": seed, "budget_tokens": conf.budget_tokens, **record}
+            study.set_user_attr(ATTR_PREFIX + run_key(result.candidate.params, seed, conf.budget_tokens), record)
+            result.runs[seed] = record
+            bar.update()
     return conf
+
+
+def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:
+    """One confirmation run in a worker process: its index in the plan and its record."""
+    i, raw, prefix = job
+    return i, train_record(raw, prefix)
 
 
 def _offline_resolved(base: dict[str, Any]) -> dict[str, Any]:

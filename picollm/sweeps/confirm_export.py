@@ -124,10 +124,11 @@ def export_confirmation(study: Any, conf: Confirmation, root: str | Path) -> Pat
     return folder
 
 
-def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path) -> list[str]:
-    """Train what is missing, write the files, return the summary lines (a note if nothing can be confirmed)."""
+def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers: int | None = None) -> list[str]:
+    """Train what is missing (``workers`` processes: the sweep's layout by default), write the files, return the
+    summary lines (a note if nothing can be confirmed)."""
     try:
-        conf = confirm_study(study, s)
+        conf = confirm_study(study, s, workers)
     except NothingToConfirm as exc:
         return [f"confirmation skipped: {exc}"]
     folder = export_confirmation(study, conf, root)

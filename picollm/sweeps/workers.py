@@ -206,6 +206,27 @@ def worker_context() -> Any:
     return ctx
 
 
+def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> Iterator[Any]:
+    """``fn(item)`` for every item, in ``parallel`` worker processes (yielded as they finish) or in this one.
+
+    An executor, not a Pool: a Pool terminates its workers with SIGTERM on exit, which a sweep worker takes for
+    Ctrl-C. On Ctrl-C the queued items are cancelled and the running ones stop cleanly.
+    """
+    if parallel <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(parallel, len(items)), mp_context=worker_context()) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
 def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
     ctx = worker_context()
     procs = [ctx.Process(target=worker_process, args=(spec,), daemon=False) for spec in specs]
@@ -313,5 +334,5 @@ def run_sweep(
         if exp.confirm is not None and not interrupted:  # the study's confirm: block
             from picollm.sweeps.confirm_export import confirm_and_export
 
-            notes += confirm_and_export(study, exp.confirm, s.out_dir)
+            notes += confirm_and_export(study, exp.confirm, s.out_dir, workers)
     return SweepOutcome(folder, interrupted, notes)
