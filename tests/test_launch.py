@@ -6,6 +6,7 @@ pickled job as real subprocesses, so kills, requeues and the environment are rea
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -147,6 +148,8 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
 ) -> None:
     name, password = f"launch-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
     path = write_experiment(tmp_path, study={"name": name, "n_trials": 4})
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "confirm": {"top": 1, "seeds": 2}}, sort_keys=False))
     proc = start_launch(
         path, with_password(postgres, password), "--workers", "2", "--wait", "--set", "launcher.gpus_per_node=1"
     )
@@ -159,6 +162,11 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
     sampled = [tuple(sorted(t.params.items())) for t in finished(study) if not t.user_attrs.get("baseline")]
     assert len(set(sampled)) == len(sampled)  # each job samples with its own seed
     assert all((tmp_path / "studies" / name / file).is_file() for file in ("trials.csv", "best.yaml"))
+    # the confirm: block ran as one more job of the same launcher, and best.yaml is its confirmed winner
+    assert "confirmation: job " in stdout and "confirmed winner: trial" in stdout
+    assert len(list(csv.DictReader((tmp_path / "studies" / name / "confirm.csv").open()))) == 2 * 2
+    assert "Confirmed winner of study" in (tmp_path / "studies" / name / "best.yaml").read_text()
+    assert len(list((jobs / "confirm").glob("*_log.err"))) == 1
     logs = sorted(jobs.glob("*_log.err"))
     assert len(logs) == 2  # one job array of two jobs, each running the worker of `sweep.py run`
     assert all("no CUDA device on this node, task 0 trains on the CPU" in log.read_text() for log in logs)

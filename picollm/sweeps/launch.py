@@ -166,6 +166,28 @@ class SweepJob(submitit.helpers.Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
+class ConfirmJob:
+    """The confirmation stage (the experiment's ``confirm:`` block) as one job of the same launcher.
+
+    It re-trains the top configurations and the baseline where the trials ran, not on the machine that submitted
+    them (often a login node); inside the job the runs share its cores or GPUs as ``sweep.py confirm`` does. It
+    returns the summary lines; the confirmation files land in the study folder as with ``sweep.py run``.
+    """
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+
+    def __call__(self) -> list[str]:
+        from picollm.sweeps.confirm_export import confirm_and_export
+        from picollm.sweeps.studies import open_study
+
+        storage = os.environ.get(STORAGE_ENV)
+        if not storage:
+            raise PicoError(f"{STORAGE_ENV} is not set in the job's environment (sbatch --export must pass it)")
+        study = open_study(self.exp, storage, create=False)
+        return confirm_and_export(study, self.exp.confirm, self.exp.study.out_dir)
+
+
 # ---------------------------------------------------------------------------------------------
 # Submitting: executors by name, what to print, waiting.
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +331,17 @@ def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list
     return jobs, study
 
 
+def confirm_stage(exp: Experiment, settings: LauncherSettings) -> list[str]:
+    """Submit the confirmation as one job with the workers' resources and wait for its summary lines."""
+    executor = make_executor(settings, jobs_folder(exp) / "confirm", f"{exp.study.name}-confirm", 1)
+    job = executor.submit(ConfirmJob(exp))
+    print(f"confirmation: job {job.job_id} re-trains the top configurations (log: {job.paths.stderr})", flush=True)
+    try:
+        return list(job.result())
+    except submitit.core.utils.UncompletedJobError as exc:
+        return [f"confirmation job {job.job_id} failed: {mask_url(str(exc).strip().splitlines()[-1])[:300]}"]
+
+
 def follow_command(args: Any) -> list[str]:
     """The arguments that reopen this study (``sweep.py status``/``export``), launcher keys left out."""
     command = ["--config", args.config]
@@ -337,6 +370,8 @@ def launch_command(exp: Experiment, args: Any) -> int:
         return EXIT_INTERRUPTED
     folder, notes = export_study(study, exp.study.out_dir)
     log_study_run(study, folder)
+    if exp.confirm is not None and finished(study) >= exp.study.n_trials:
+        notes += confirm_stage(exp, settings)
     errors = job_errors(jobs)
     print("\n".join([*report_lines(study), *notes, *errors, f"results: {folder}/ (trials.csv, best.yaml, figures)"]))
     if finished(study) < exp.study.n_trials:
