@@ -261,8 +261,9 @@ def sweep(
     Why: a sweep from a notebook cell with its trials, report and plots inline. ``n_trials`` is the
     study's total of finished trials, so calling again resumes (after an interrupt too); a study with
     another search space is refused with one line. ``storage`` defaults to ``$PICOLLM_STORAGE`` or
-    ``sqlite:///results/optuna.db``. ``workers > 1`` starts that many spawned processes, which need
-    nothing from the notebook. Interrupting the kernel marks the running trial, exports what finished
+    ``sqlite:///results/optuna.db``. ``workers > 1`` starts that many worker processes (forked from a
+    clean forkserver, given the notebook's current environment), which need nothing from the notebook.
+    Interrupting the kernel marks the running trial, exports what finished
     and raises ``KeyboardInterrupt``; the study stays resumable.
 
         result = picollm.sweep("experiments/quick.yaml", n_trials=6, overrides=["study.budget_tokens=20000"])

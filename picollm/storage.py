@@ -95,7 +95,7 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     # Optuna creates its tables on first use; processes starting together on a fresh database would race to
     # create them (a duplicate key in PostgreSQL's catalogue, in SQLite's alembic_version), so one goes first.
-    shared = scheme(url) in SERVERS or sqlite_path(url)
+    shared = create and (scheme(url) in SERVERS or sqlite_path(url))  # a reader takes no lock: it may be read-only
     first = claim_lock(url, "optuna-schema") if shared else contextlib.nullcontext()
     with first:
         return RDBStorage(
@@ -149,32 +149,47 @@ def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
     Optuna writes one key per transaction (a read of the trial, an upsert, a commit); a trial records about a
     dozen keys, which made these writes the harness's largest storage cost per trial (``python -m picollm.bench
     --workers-scale``). Here the trial is checked once and every key goes in one multi-row upsert, the statement
-    Optuna itself uses for one key. Other storages get Optuna's own one-key calls. A finished trial refuses
-    either way (``UpdateFinishedTrialError``).
+    Optuna itself uses for one key. Other storages, and an Optuna whose internals moved, get Optuna's own one-key
+    calls (``tests/test_storage.py`` says which path each storage takes). A finished trial refuses either way
+    (``UpdateFinishedTrialError``).
     """
-    from optuna.storages import RDBStorage
-
-    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
-    dialect = _UPSERTS.get(backend.engine.name) if isinstance(backend, RDBStorage) else None
-    if dialect is None or not attrs:
+    write = _one_statement_writer(trial) if attrs else None
+    if write is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    table = models.TrialUserAttributeModel
-    rows = [{"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-    with _create_scoped_session(backend.scoped_session) as session:
-        state = models.TrialModel.find_or_raise_by_id(trial._trial_id, session).state
-        backend.check_trial_is_updatable(trial._trial_id, state)
-        insert = dialect().insert(table).values(rows)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=[table.trial_id, table.key], set_={"value_json": insert.excluded.value_json}
-            )
-        )
+    write(attrs)
     trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _one_statement_writer(trial: Any) -> Callable[[dict[str, Any]], None] | None:
+    """A function writing all attributes of ``trial`` in one upsert, or None where that is not possible."""
+    import sqlite3
+
+    from optuna.storages import RDBStorage
+
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
+    name = backend.engine.name if isinstance(backend, RDBStorage) else None
+    if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0)):
+        return None
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        table, find = models.TrialUserAttributeModel, models.TrialModel.find_or_raise_by_id
+        scoped, trial_id, _ = backend.scoped_session, trial._trial_id, trial._cached_frozen_trial
+    except (ImportError, AttributeError):
+        return None
+
+    def write(attrs: dict[str, Any]) -> None:
+        rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+        with _create_scoped_session(scoped) as session:
+            backend.check_trial_is_updatable(trial_id, find(trial_id, session).state)
+            insert = _UPSERTS[name]().insert(table).values(rows)
+            excluded = {"value_json": insert.excluded.value_json}
+            session.execute(insert.on_conflict_do_update(index_elements=[table.trial_id, table.key], set_=excluded))
+
+    return write
 
 
 def _postgresql() -> Any:

@@ -508,7 +508,8 @@ def test_each_worker_gets_its_own_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
     assert cfg.train.device == "cuda:1" and cfg.tracking.name == "t-t5"  # config.yaml of the run records it
     seen: list[int] = []
     monkeypatch.setattr(workers, "_run_processes", lambda specs, study, progress: seen.extend(s.rank for s in specs))
-    workers._work(exp, "sqlite:///unused.db", (3, 1), None, types.SimpleNamespace(study=None), False)
+    new_study = types.SimpleNamespace(get_trials=lambda deepcopy: [])
+    workers._work(exp, "sqlite:///unused.db", (3, 1), None, types.SimpleNamespace(study=new_study), False)
     assert seen == [0, 1, 2]
 
 

@@ -15,6 +15,7 @@ from picollm.storage import claim_lock, open_storage, set_user_attrs
 from tests.conftest import postgres_url
 
 KINDS = ["sqlite", "journal", "postgresql"]
+ONE_STATEMENT = ("sqlite", "postgresql")  # where set_user_attrs writes every attribute in one upsert
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a bare study.ask, on purpose
 
 
@@ -31,7 +32,10 @@ def test_attributes_written_together_read_back_like_optunas_own(tmp_path: Path, 
     trial = study.ask()
     trial.set_user_attr("run_dir", "old")
     attrs = {"run_dir": "runs/x", "tokens": 123, "breakdown": {"train_steps": 1.5}, "note": None, "ok": True}
+    one_by_one = []
+    trial.set_user_attr = lambda key, value: (one_by_one.append(key), type(trial).set_user_attr(trial, key, value))
     set_user_attrs(trial, attrs)
+    assert one_by_one == ([] if kind in ONE_STATEMENT else list(attrs))  # the fast path where there is one
     assert trial.user_attrs == attrs  # the trial object's own view
     assert study.trials[0].user_attrs == attrs  # what another process reads: overwritten, typed, nested
     study.tell(trial, 1.0)

@@ -313,3 +313,36 @@ def test_a_running_trial_prints_progress_lines(
     run_sweep(load_experiment(str(write_experiment(tmp_path)), [], n_trials=1), f"sqlite:///{tmp_path}/s.db")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  t-t0: step")]
     assert lines and "tokens" in lines[-1] and "train/loss" in lines[-1]
+
+
+def _sleep_or_mark(item: tuple[str, float]) -> int:
+    """A pool item: sleep (saying so), or leave a mark when interrupted; the worker's rank otherwise."""
+    import time
+
+    from picollm.sweeps.workers import pool_rank
+
+    folder, seconds = item
+    if seconds:
+        Path(folder, f"started-{pool_rank()}").touch()
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        Path(folder, f"interrupted-{pool_rank()}").touch()
+        raise
+    return pool_rank()
+
+
+def test_a_pool_stopped_early_interrupts_its_running_items_and_skips_the_rest(tmp_path: Path) -> None:
+    """Confirmation and the search comparison run items in a pool: stopping must not wait for every item."""
+    import time
+
+    from picollm.sweeps.workers import in_processes
+
+    items = [(str(tmp_path), 0.0), (str(tmp_path), 0.0), *[(str(tmp_path), 600.0)] * 4]
+    results = in_processes(_sleep_or_mark, items, parallel=2)
+    assert {next(results), next(results)} <= {0, 1}  # each worker knows its rank
+    while len(list(tmp_path.glob("started-*"))) < 2:  # both workers inside a long item
+        time.sleep(0.1)
+    results.close()  # the consumer stops (Ctrl-C, an error): running items get SIGINT, queued ones never start
+    marks = sorted(p.name for p in tmp_path.iterdir())
+    assert marks == ["interrupted-0", "interrupted-1", "started-0", "started-1"]

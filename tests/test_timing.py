@@ -129,9 +129,10 @@ def test_the_wandb_summary_carries_the_breakdown(synthetic: list[str]) -> None:
 
 
 def _preloaded(queue: object) -> None:
+    loaded = set(sys.modules)  # before this function imports anything itself
     from picollm.sweeps.workers import WORKER_PRELOAD
 
-    queue.put({name: name in sys.modules for name in WORKER_PRELOAD})
+    queue.put({name: name in loaded for name in WORKER_PRELOAD})
 
 
 def test_sweep_workers_start_with_torch_and_dynamo_already_imported() -> None:

@@ -320,7 +320,6 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     from tqdm.auto import tqdm
 
     from picollm.sweeps.layout import choose_layout
-    from picollm.sweeps.objective import worker_device
     from picollm.sweeps.workers import in_processes
 
     conf = plan(study, s)
@@ -341,7 +340,6 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
             job_type="confirm",
             name=name,
         )
-        raw["train"]["device"] = worker_device(i, raw["train"]["device"])
         raw["train"]["threads"] = raw["train"]["threads"] or threads
         jobs.append((i, raw, f"{name}-"))
     quiet = not todo or not sys.stderr.isatty()
@@ -356,8 +354,12 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
 
 
 def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:
-    """One confirmation run in a worker process: its index in the plan and its record."""
+    """One confirmation run in a worker process (on that worker's own GPU, with CUDA): its index and record."""
+    from picollm.sweeps.objective import worker_device
+    from picollm.sweeps.workers import pool_rank
+
     i, raw, prefix = job
+    raw["train"]["device"] = worker_device(pool_rank(), raw["train"]["device"])
     return i, train_record(raw, prefix)
 
 

@@ -332,10 +332,24 @@ def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list
 
 
 def confirm_stage(exp: Experiment, settings: LauncherSettings) -> list[str]:
-    """Submit the confirmation as one job with the workers' resources and wait for its summary lines."""
+    """Submit the confirmation as one job (one task) with a worker's resources and wait for its summary lines.
+
+    Its end is seen as the workers' is (``squeue``: no Slurm accounting needed); a job that ended without a result
+    (time limit, ``scancel``, out of memory) is one line, not a wait forever.
+    """
     executor = make_executor(settings, jobs_folder(exp) / "confirm", f"{exp.study.name}-confirm", 1)
+    executor.update_parameters(tasks_per_node=1)  # one process trains the runs; it shares its cores or GPUs out
     job = executor.submit(ConfirmJob(exp))
+    stop = EXECUTORS[settings.name].stop.format(ids=job.job_id, array=str(job.job_id).split("_")[0])
     print(f"confirmation: job {job.job_id} re-trains the top configurations (log: {job.paths.stderr})", flush=True)
+    try:
+        while EXECUTORS[settings.name].alive([job]):
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        print(f"stopped waiting; the confirmation job goes on (stop: {stop})", file=sys.stderr)
+        raise
+    if not job.paths.result_pickle.exists():
+        return [f"confirmation job {job.job_id} ended without a result: see {job.paths.stderr}"]
     try:
         return list(job.result())
     except submitit.core.utils.UncompletedJobError as exc:
@@ -371,7 +385,10 @@ def launch_command(exp: Experiment, args: Any) -> int:
     folder, notes = export_study(study, exp.study.out_dir)
     log_study_run(study, folder)
     if exp.confirm is not None and finished(study) >= exp.study.n_trials:
-        notes += confirm_stage(exp, settings)
+        try:
+            notes += confirm_stage(exp, settings)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
     errors = job_errors(jobs)
     print("\n".join([*report_lines(study), *notes, *errors, f"results: {folder}/ (trials.csv, best.yaml, figures)"]))
     if finished(study) < exp.study.n_trials:

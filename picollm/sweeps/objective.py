@@ -96,22 +96,27 @@ class Objective:
     taken_over: set[int] = field(default_factory=set)
     reported_at: dict[int, int] = field(default_factory=dict)  # trial number -> tokens at its last report
     clock: Stopwatch = field(default_factory=Stopwatch)  # the current trial's (see picollm.timing)
+    started: float | None = None  # perf_counter() when the current trial's training began
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
         self.clock = Stopwatch()
         self.clock.add_before("worker_start", take_process_start())  # a worker's first trial owns its start-up
+        self.started = None
         try:
             return self.run(trial)
         except (optuna.TrialPruned, TakenOver):
             raise
         except KeyboardInterrupt:
-            _set(trial, fail_reason="interrupted", value_kind="failed")
+            _set(trial, fail_reason="interrupted", value_kind="failed", **self.ran())
+            raise
+        except AbortSweep as exc:  # bad data or config: every other trial would fail the same way
+            _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed", **self.ran())
             raise
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
             _release_gpu_memory()
             reason = mask_url(f"{type(exc).__name__}: {exc}")[:500]
-            _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown())
+            _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown(), **self.ran())
             raise
 
     def run(self, trial: optuna.Trial) -> float:
@@ -139,27 +144,23 @@ class Objective:
             )
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
         lease = nullcontext() if has_heartbeat(trial.study) else Lease(trial, exp.study.heartbeat_interval)
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         try:
             with lease:
                 summary = train(cfg, run_id=run_id, on_eval=self.pruning_hook(trial), extra=extra, clock=self.clock)
-        except PicoError as exc:  # bad data or config: every other trial would fail the same way
-            _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed", **self.ran(started))
+        except PicoError as exc:
             raise AbortSweep(str(exc)) from None
-        except BaseException:
-            _set(trial, **self.ran(started))
-            raise
         outcome = {
-            **self.ran(started),
+            **self.ran(),
             "tokens": summary.get("tokens"),
             "status": summary.get("status"),
             "wandb_run_id": _wandb_run_id(run_dir),
         }
         return self.value(trial, summary, outcome)
 
-    @staticmethod
-    def ran(started: float) -> dict[str, float]:
-        return {"duration_s": round(time.perf_counter() - started, 2)}
+    def ran(self) -> dict[str, float]:
+        """The training's duration, once it has started: written with the trial's last attributes."""
+        return {} if self.started is None else {"duration_s": round(time.perf_counter() - self.started, 2)}
 
     def pruning_hook(self, trial: optuna.Trial) -> Any:
         from picollm.train import StopRun
@@ -200,8 +201,7 @@ class Objective:
             raise optuna.TrialPruned(summary["reason"])
         value = summary.get(metric)
         if value is None or not math.isfinite(value):
-            _set(trial, **outcome)
-            raise RuntimeError(f"metric {metric} is {value}")
+            raise RuntimeError(f"metric {metric} is {value}")  # recorded by __call__, with the duration
         with self.clock.phase("storage"):
             breakdown = self.clock.breakdown()  # every storage call before this last write
             stderr = summary.get(f"{metric}_stderr")

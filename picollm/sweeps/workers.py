@@ -161,8 +161,13 @@ def _progress_line(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def worker_process(spec: WorkerSpec) -> None:
-    """Entry point of a spawned worker: errors become one line and an exit code."""
+def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> None:
+    """Entry point of a worker process: errors become one line and an exit code.
+
+    ``environ`` is the sweep's environment at the worker's start: the forkserver it is forked from keeps the one
+    it was started with, which in a notebook may be older (``WANDB_MODE`` set since, say).
+    """
+    _adopt(environ)
     with interrupts_as_keyboard():
         try:
             run_worker(spec)
@@ -206,30 +211,83 @@ def worker_context() -> Any:
     return ctx
 
 
+_POOL_RANK = [0]  # in a worker of `in_processes`: which of the pool's workers this is
+
+
+def _adopt(environ: dict[str, str] | None) -> None:
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _start_pool_worker(ranks: Any, environ: dict[str, str]) -> None:
+    _adopt(environ)
+    _POOL_RANK[0] = ranks.get()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between items; an item takes interrupts (`_interruptible`)
+
+
+def _interruptible(fn: Callable[[Any], Any], item: Any) -> Any:
+    """In a pool worker: the terminal's Ctrl-C and the pool's own SIGINT are one interrupt, not two."""
+    with interrupts_as_keyboard():
+        return fn(item)
+
+
+def pool_rank() -> int:
+    """0 .. parallel-1 in a worker of :func:`in_processes` (0 in this process): which device is its own."""
+    return _POOL_RANK[0]
+
+
 def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> Iterator[Any]:
     """``fn(item)`` for every item, in ``parallel`` worker processes (yielded as they finish) or in this one.
 
     An executor, not a Pool: a Pool terminates its workers with SIGTERM on exit, which a sweep worker takes for
-    Ctrl-C. On Ctrl-C the queued items are cancelled and the running ones stop cleanly.
+    Ctrl-C. Each worker knows its rank (:func:`pool_rank`) and starts with this process's environment. If the
+    consumer stops early (Ctrl-C, SIGTERM, an error), the queued items are cancelled and the running ones get
+    SIGINT, which a run takes as Ctrl-C: it closes its record as interrupted and the pool ends within seconds.
     """
     if parallel <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(min(parallel, len(items)), mp_context=worker_context()) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    ctx, workers = worker_context(), min(parallel, len(items))
+    ranks = ctx.Queue()
+    for rank in range(workers):
+        ranks.put(rank)
+    pool = ProcessPoolExecutor(workers, ctx, _start_pool_worker, (ranks, dict(os.environ)))
+    futures = [pool.submit(_interruptible, fn, item) for item in items]
+    finished = False
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+        finished = True
+    finally:
+        procs = list((pool._processes or {}).values())  # the executor offers no way to stop a running item
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:
+            _interrupt_until_gone(procs)
+
+
+def _interrupt_until_gone(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGINT every second (an item may only just be starting) until the processes end; then kill."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(proc.is_alive() for proc in procs):
+        for proc in procs:
+            if proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGINT)
+        for proc in procs:
+            proc.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
     ctx = worker_context()
-    procs = [ctx.Process(target=worker_process, args=(spec,), daemon=False) for spec in specs]
+    environ = dict(os.environ)  # handed over in memory (a pipe), never written to a file
+    procs = [ctx.Process(target=worker_process, args=(spec, environ), daemon=False) for spec in specs]
     for proc in procs:
         proc.start()
     try:
