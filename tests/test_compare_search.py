@@ -42,6 +42,21 @@ def test_a_search_that_never_reaches_the_target_fails_the_goal() -> None:
     assert out["methods"]["tpe-median"]["reached_in"] == 0
 
 
+def test_either_pruner_can_meet_the_goal_and_the_verdict_says_which() -> None:
+    from picollm.sweeps.compare_search import verdict
+
+    traces = [_trace("random", s, [100, 100], [5.0, 4.0]) for s in range(3)]
+    traces += [_trace("tpe-median", s, [10, 10], [5.0, None]) for s in range(3)]  # never reaches 4.0
+    traces += [_trace("tpe-sha", s, [50, 10, 10], [5.0, None, 3.9]) for s in range(3)]  # 70 of 200 tokens
+    out = summarize(traces, ["tpe-median", "tpe-sha", "random"])
+    assert out["goals"] == {"tpe-median": math.inf, "tpe-sha": 70 / 200}
+    assert out["goal_met"] and out["goal_share"] == 70 / 200
+    lines = verdict(out, None)
+    assert "MET" in lines[0] and "NOT MET" not in lines[0]
+    assert "TPE + median pruning: not reached by the median seed (does not" in lines[1]
+    assert "TPE + successive halving: at 35% of the tokens (meets it" in lines[2]
+
+
 def test_quartiles_with_unreached_seeds() -> None:
     assert quartiles([100.0, 200.0, math.inf]) == (150.0, 200.0, math.inf)  # the median seed did reach it
     assert quartiles([100.0, math.inf, math.inf])[1] == math.inf
