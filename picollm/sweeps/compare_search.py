@@ -413,8 +413,8 @@ def verdict(summary: dict[str, Any], hz: dict[str, Any] | None) -> list[str]:
     for m, share in summary["goals"].items():
         reached = f"at {share:.0%} of the tokens" if math.isfinite(share) else "not reached by the median seed"
         met = "meets it" if share <= GOAL_TOKEN_SHARE else "does not"
-        row = summary["methods"][m]
-        lines.append(f"  {METHODS[m].label}: {reached} ({met}; reached in {row['reached_in']}/{len(row['seeds'])} seeds)")
+        seeds = f"{summary['methods'][m]['reached_in']}/{len(summary['methods'][m]['seeds'])}"
+        lines.append(f"  {METHODS[m].label}: {reached} ({met}; reached in {seeds} seeds)")
     if hz:
         lines.append(
             f"short-horizon bias: Kendall tau {hz['tau']:.2f} (p={hz['p']:.2g}) between the ranking of the top "
