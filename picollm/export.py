@@ -91,7 +91,9 @@ def best_trial(study: Any) -> Any:
 def best_config(study: Any) -> tuple[dict[str, Any], Any]:
     """The best trial's complete trainer config, set up to run on its own (not as a trial)."""
     best = best_trial(study)
-    raw = apply_params(study.user_attrs["base"], best.params)
+    from picollm.sweeps.studies import trained_base
+
+    raw = apply_params(trained_base(study), best.params)
     raw["tracking"].update(group=None, job_type="train", name=None)
     raw["train"]["progress"] = True
     return config_from_dict(raw).to_dict(), best

@@ -346,3 +346,24 @@ def test_a_pool_stopped_early_interrupts_its_running_items_and_skips_the_rest(tm
     results.close()  # the consumer stops (Ctrl-C, an error): running items get SIGINT, queued ones never start
     marks = sorted(p.name for p in tmp_path.iterdir())
     assert marks == ["interrupted-0", "interrupted-1", "started-0", "started-1"]
+
+
+def test_best_yaml_names_the_data_the_trials_used_after_an_offline_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, the trials train on the built-in corpus: best.yaml must say so, or with network it trains on other
+    data than the study measured."""
+    import yaml
+
+    import picollm.corpora
+
+    monkeypatch.setattr(picollm.corpora, "hub_reachable", lambda *a, **k: False)
+    data = {"tinystories": "roneneldan/TinyStories", "offline_fallback": True, "synthetic": 0, "max_stories": 40}
+    path = write_experiment(tmp_path, study={"n_trials": 2}, data=data)
+    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    best = yaml.safe_load((tmp_path / "studies" / "t" / "best.yaml").read_text())["data"]
+    assert best["tinystories"] is None and best["builtin_stories"] == 40 and best["offline_fallback"] is False
+    trial_record = yaml.safe_load(next((tmp_path / "runs").glob("*/config.yaml")).read_text())["data"]
+    assert {k: best[k] for k in ("tinystories", "builtin_stories", "tokenizer")} == {
+        k: trial_record[k] for k in ("tinystories", "builtin_stories", "tokenizer")
+    }

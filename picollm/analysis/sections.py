@@ -74,7 +74,7 @@ def ranking_section(header: list[str], rows: list[dict[str, Any]], params: list[
             [i + 1, r["number"], r["value"], r["value_stderr"], *[r.get(p) for p in params], r["tokens"]]
             for i, r in enumerate(complete)
         ],
-        "Completed trials, best first (value = the study's metric on the whole validation split):",
+        "Completed trials, best first (value = the study's metric on its fixed validation set, data.val_tokens):",
     )
     section = Section("Ranking", tables=[ranked])
     pruned = [r for r in rows if r["state"] == "PRUNED"]

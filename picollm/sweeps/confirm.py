@@ -320,11 +320,12 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     from tqdm.auto import tqdm
 
     from picollm.sweeps.layout import choose_layout
+    from picollm.sweeps.studies import TRAINED_BASE
     from picollm.sweeps.workers import in_processes
 
     conf = plan(study, s)
     study.set_user_attr(SETTINGS_ATTR, asdict(s))
-    base = _offline_resolved(study.user_attrs["base"])
+    base = study.user_attrs.get(TRAINED_BASE) or _offline_resolved(study.user_attrs["base"])
     todo = [(r, seed) for seed in conf.seeds for r in conf.results if seed not in r.runs]
     parallel, threads = choose_layout(workers)
     jobs = []
@@ -364,7 +365,7 @@ def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, A
 
 
 def _offline_resolved(base: dict[str, Any]) -> dict[str, Any]:
-    """The data the trials used: the study stores the config before the offline fallback; say so once, not per run."""
+    """A study made before the trained base was recorded: the data its trials used, probed again here."""
     from picollm.data import apply_offline_fallback
 
     cfg, note = apply_offline_fallback(config_from_dict(base))

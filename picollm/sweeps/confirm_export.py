@@ -25,6 +25,7 @@ from picollm.sweeps.confirm import (
     plan,
     summary_lines,
 )
+from picollm.sweeps.studies import trained_base
 
 CSV_COLUMNS = (
     "trial",
@@ -101,7 +102,7 @@ def plot(conf: Confirmation, path: Path) -> None:
 def best_yaml(study: Any, conf: Confirmation) -> str:
     """The confirmed winner's complete trainer config, headed by the evidence for choosing it."""
     winner = conf.ranked()[0]
-    raw = apply_params(study.user_attrs["base"], winner.candidate.params)
+    raw = apply_params(trained_base(study), winner.candidate.params)
     raw["tracking"].update(group=None, job_type="train", name=None)
     raw["train"]["progress"] = True
     evidence = "\n".join(f"#   {line.strip()}" for line in summary_lines(conf))

@@ -107,6 +107,21 @@ def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str
     fingerprint.check(study, exp, storage_url)
 
 
+TRAINED_BASE = "trained_base"  # study user attribute: the base config as the trials ran it
+
+
+def trained_base(study: Any) -> dict[str, Any]:
+    """The base config the study's trials trained with, the offline fallback applied where it was; ``best.yaml``
+    and the confirmation start from it. A study made before it was recorded has only the base as written."""
+    return study.user_attrs.get(TRAINED_BASE) or study.user_attrs["base"]
+
+
+def record_trained_base(study: Any, exp: Experiment) -> None:
+    """Once per study (the fingerprint makes every later worker's data the same): what the trials really use."""
+    if TRAINED_BASE not in study.user_attrs:
+        study.set_user_attr(TRAINED_BASE, exp.base)
+
+
 def enqueue_baseline(study: Any, exp: Experiment) -> None:
     """Trial 0 is the base config itself, so every study shows its gain over the default."""
     if not study.trials:

@@ -39,7 +39,14 @@ from picollm.sweeps.liveness import fail_stale
 from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.settings import Experiment
-from picollm.sweeps.studies import StudyFull, enqueue_baseline, finished, open_study, with_seed
+from picollm.sweeps.studies import (
+    StudyFull,
+    enqueue_baseline,
+    finished,
+    open_study,
+    record_trained_base,
+    with_seed,
+)
 
 STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
 IDLE_FIRST_S, IDLE_MAX_S = 0.1, 2.0  # a worker with nothing to start polls the study at these intervals
@@ -328,6 +335,7 @@ def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
     exp = replace(exp, fingerprint=fingerprint.fingerprint(exp))
     with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together agree on one question
         fingerprint.check(study, exp, storage_url)
+        record_trained_base(study, exp)
         enqueue_baseline(study, exp)
     return exp, study
 
