@@ -114,6 +114,12 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys
     assert record["tracking"]["job_type"] == "confirm" and record["tracking"]["group"] == "t"
     assert record["train"]["seed"] == int(rows[0]["seed"])
 
+    from picollm.analysis.sections import confirm_section
+
+    summary, per_run = confirm_section(folder).tables  # the report: a row per configuration, then per run
+    assert summary.rows[0][1].split()[0] == winner["trial"] and len(summary.rows) == len(expected)
+    assert any(row[1] == "0 (baseline)" for row in summary.rows) and len(per_run.rows) == len(rows)
+
     before = _run_dirs(tmp_path)
     assert sweep_module.main(["confirm", "--config", str(path), "--storage", storage]) == 0
     assert _run_dirs(tmp_path) == before  # everything was recorded: nothing is trained again

@@ -268,19 +268,69 @@ def figures_section(folder: Path) -> Section | None:
 
 
 def confirm_section(folder: Path) -> Section | None:
-    """``confirm.csv``/``confirm.png`` of ``sweep.py confirm``: is the winner still the winner with other seeds?"""
+    """``confirm.csv``/``confirm.png`` of ``sweep.py confirm``: is the winner still the winner with other seeds?
+
+    One row per configuration (mean and interval over seeds, best first), then one per run; every column of the
+    file stays in ``confirm.csv`` itself.
+    """
     import csv
 
     if not (folder / "confirm.csv").is_file():
         return None
     with open(folder / "confirm.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
+        reader = csv.DictReader(f)
+        runs, fields = list(reader), list(reader.fieldnames or [])
+    if not runs or "rank" not in fields:
         return None
-    section = Section("Confirmation", tables=[Table(rows[0], rows[1:], "The best configurations re-run:")])
+    params = fields[fields.index("rank") + 1 :]
+    first: dict[str, dict[str, str]] = {}
+    for run in runs:
+        first.setdefault(run["trial"], run)
+    configs = sorted(first.values(), key=lambda r: float(r["rank"] or "inf"))
+    summary = Table(
+        ["rank", "trial", "mean final_val_loss", "95% CI over seeds", "runs", *params],
+        [
+            [
+                c["rank"] or "-",
+                c["trial"] + (" (baseline)" if c["baseline"] == "True" else ""),
+                _fmt4(c["config_mean"]),
+                f"[{_fmt4(c['config_ci_low'])}, {_fmt4(c['config_ci_high'])}]",
+                sum(r["trial"] == c["trial"] for r in runs),
+                *(_short(c[p]) for p in params),
+            ]
+            for c in configs
+        ],
+        "Each configuration re-trained with fresh seeds, best mean first (best.yaml is the first row):",
+    )
+    per_run = Table(
+        ["trial", "seed", "final_val_loss", "± stderr", "status"],
+        [
+            [r["trial"], r["seed"], _fmt4(r["final_val_loss"]), _fmt4(r["final_val_loss_stderr"]), r["status"]]
+            for r in runs
+        ],
+        "Every confirmation run (run folders and W&B ids are in confirm.csv):",
+    )
+    section = Section("Confirmation", tables=[summary, per_run])
     if (folder / "confirm.png").is_file():
         section.figures.append(Figure(folder / "confirm.png", "Confirmation runs."))
     return section
+
+
+def _short(text: str) -> str:
+    """A parameter as the trial lines show it: floats to 3 significant digits."""
+    if not text:
+        return "-"
+    try:
+        return text if float(text).is_integer() and "." not in text else f"{float(text):.3g}"
+    except ValueError:
+        return text
+
+
+def _fmt4(text: str) -> str:
+    try:
+        return f"{float(text):.4f}"
+    except ValueError:
+        return text or "-"
 
 
 def _study_sections(study: Any) -> tuple[list[Section], str | None]:
