@@ -69,8 +69,11 @@ def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None, s
     )
 
 
-def wait_for_running_trial(proc: subprocess.Popen, path: Path, storage: str, name: str, timeout: float = 300) -> object:
-    """The first running trial of ``proc``'s sweep once it has logged a step; fails at once if ``proc`` ended."""
+def wait_for_running_trial(
+    proc: subprocess.Popen, path: Path, storage: str, name: str, timeout: float = 300, settle_s: float = 1.5
+) -> object:
+    """The first running trial of ``proc``'s sweep once it has logged a step (and ``settle_s`` more, for a heartbeat
+    or two); fails at once if ``proc`` ended."""
     exp = load_experiment(str(path), [], study_name=name)
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -85,7 +88,7 @@ def wait_for_running_trial(proc: subprocess.Popen, path: Path, storage: str, nam
         running = [t for t in study.trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
         metrics = [Path(t.user_attrs["run_dir"]) / "metrics.jsonl" for t in running]
         if running and metrics[0].is_file() and metrics[0].stat().st_size > 0:
-            time.sleep(1.5)  # well inside training, with a heartbeat or two recorded
+            time.sleep(settle_s)
             return running[0]
     proc.kill()
     out, err = proc.communicate()
@@ -542,9 +545,10 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     import optuna
 
     storage, name = storage_url("postgresql", tmp_path), f"stall{uuid.uuid4().hex[:8]}"
-    path = write_experiment(tmp_path, study={"n_trials": 4, "budget_tokens": 400_000, "reports": 10})
+    # Trials of ~8 s (a few seconds of them must be left when the worker is stopped), caught without settling.
+    path = write_experiment(tmp_path, study={"n_trials": 4, "budget_tokens": 1_200_000, "reports": 10})
     proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)
-    trial = wait_for_running_trial(proc, path, storage, name)
+    trial = wait_for_running_trial(proc, path, storage, name, settle_s=0.0)
     pid = int(trial.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGSTOP)
     try:
