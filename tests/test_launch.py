@@ -179,7 +179,8 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
 def test_a_job_killed_mid_trial_loses_nothing(tmp_path: Path, postgres: str, sig: signal.Signals) -> None:
     """SIGKILL (a lost node), SIGTERM (scancel, preemption), SIGUSR2 (submitit's time-limit/preemption notice)."""
     name, n_trials = f"kill-{uuid.uuid4().hex[:8]}", 3
-    path = write_experiment(tmp_path, study={"name": name, "n_trials": n_trials, "budget_tokens": 100_000})
+    # trials of a few seconds: the kill must land mid-training (the poll sees a report up to 0.5 s late)
+    path = write_experiment(tmp_path, study={"name": name, "n_trials": n_trials, "budget_tokens": 400_000})
     proc = start_launch(path, postgres, "--workers", "2", "--wait")
     victim = wait_for_trial_in_training(postgres, name)
     os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), sig)
