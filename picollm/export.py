@@ -91,12 +91,17 @@ def best_trial(study: Any) -> Any:
 def best_config(study: Any) -> tuple[dict[str, Any], Any]:
     """The best trial's complete trainer config, set up to run on its own (not as a trial)."""
     best = best_trial(study)
+    return standalone_config(study, best.params), best
+
+
+def standalone_config(study: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The complete trainer config of ``params`` in this study, as the trials ran it, to run on its own."""
     from picollm.sweeps.studies import trained_base
 
-    raw = apply_params(trained_base(study), best.params)
+    raw = apply_params(trained_base(study), params)
     raw["tracking"].update(group=None, job_type="train", name=None)
     raw["train"]["progress"] = True
-    return config_from_dict(raw).to_dict(), best
+    return config_from_dict(raw).to_dict()
 
 
 def best_yaml(study: Any) -> str:

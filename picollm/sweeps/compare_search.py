@@ -128,17 +128,10 @@ def run_job(job: Job, n_trials: int, threads: int) -> str:
     return job.name
 
 
-_interrupted = []  # set in a worker process on Ctrl-C, so it does not start the queued studies
-
-
 def _run_job_args(packed: tuple[Job, int, int]) -> str:
-    if _interrupted:
-        return f"{packed[0].name} skipped (interrupted)"
+    """One study; on Ctrl-C ``in_processes`` interrupts the running studies and never starts the queued ones."""
     try:
         return run_job(*packed)
-    except KeyboardInterrupt:
-        _interrupted.append(True)
-        raise
     except PicoError as exc:  # one study's problem; the others go on, the report shows what is missing
         return f"{packed[0].name} FAILED: {exc}"
 

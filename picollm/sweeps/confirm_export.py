@@ -13,9 +13,8 @@ from typing import Any
 
 import yaml
 
-from picollm.config import config_from_dict
+from picollm.export import standalone_config
 from picollm.fileio import atomic_write_text
-from picollm.search import apply_params
 from picollm.sweeps.confirm import (
     SETTINGS_ATTR,
     Confirmation,
@@ -25,7 +24,6 @@ from picollm.sweeps.confirm import (
     plan,
     summary_lines,
 )
-from picollm.sweeps.studies import trained_base
 
 CSV_COLUMNS = (
     "trial",
@@ -102,16 +100,14 @@ def plot(conf: Confirmation, path: Path) -> None:
 def best_yaml(study: Any, conf: Confirmation) -> str:
     """The confirmed winner's complete trainer config, headed by the evidence for choosing it."""
     winner = conf.ranked()[0]
-    raw = apply_params(trained_base(study), winner.candidate.params)
-    raw["tracking"].update(group=None, job_type="train", name=None)
-    raw["train"]["progress"] = True
+    cfg = standalone_config(study, winner.candidate.params)
     evidence = "\n".join(f"#   {line.strip()}" for line in summary_lines(conf))
     header = (
         f"# Confirmed winner of study '{study.study_name}': {winner.candidate.label}\n"
         f"# (best mean final_val_loss over fresh seeds, not the single luckiest trial):\n{evidence}\n"
         f"# Run it as-is: python -m picollm.train --config <this file>  (train.seed is the study's own)\n"
     )
-    return header + yaml.safe_dump(config_from_dict(raw).to_dict(), sort_keys=False)
+    return header + yaml.safe_dump(cfg, sort_keys=False)
 
 
 def export_confirmation(study: Any, conf: Confirmation, root: str | Path) -> Path:

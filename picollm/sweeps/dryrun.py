@@ -20,8 +20,8 @@ DRY_LOSS_BASE = 4.0  # nats: the scale of a real trial's loss, so reports and ex
 
 def _config_loss(cfg: Config) -> float:
     """A loss in [4, 5) that depends only on the config: same parameters, same value."""
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).digest()  # not YAML: ~10x
-    # cheaper, and a dry trial measures the harness, not a serializer
+    # JSON, not YAML: a dry trial measures the harness, not a serializer
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).digest()
     return DRY_LOSS_BASE + int.from_bytes(digest[:4], "big") / 2**32
 
 

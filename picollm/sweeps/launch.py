@@ -120,6 +120,14 @@ def no_gpu_here(local_rank: int, gpus_per_node: int) -> bool:
     return True
 
 
+def job_storage() -> str:
+    """Inside a job: the storage URL, which reaches jobs through the environment only (never their pickles)."""
+    storage = os.environ.get(STORAGE_ENV)
+    if not storage:
+        raise PicoError(f"{STORAGE_ENV} is not set in the job's environment (sbatch --export must pass it)")
+    return storage
+
+
 def _leave_trial_to_heartbeat(signum: int, _frame: Any) -> None:
     """SIGTERM (scancel, preemption): exit without marking the trial, so the study retries it as is."""
     print(f"launcher: {signal.Signals(signum).name}: exiting; the running trial will be retried", file=sys.stderr)
@@ -146,11 +154,8 @@ class SweepJob(submitit.helpers.Checkpointable):
     def __call__(self) -> None:
         from picollm.sweeps.workers import run_worker
 
-        storage = os.environ.get(STORAGE_ENV)
-        if not storage:
-            raise PicoError(f"{STORAGE_ENV} is not set in the job's environment (sbatch --export must pass it)")
         signal.signal(signal.SIGTERM, _leave_trial_to_heartbeat)
-        run_worker(self.worker_spec(storage, submitit.JobEnvironment().local_rank))
+        run_worker(self.worker_spec(job_storage(), submitit.JobEnvironment().local_rank))
 
     def worker_spec(self, storage: str, local_rank: int) -> WorkerSpec:
         """This task's worker: its own sampler seed, and its local rank, which picks ``cuda:<rank>``
@@ -181,10 +186,7 @@ class ConfirmJob:
         from picollm.sweeps.confirm_export import confirm_and_export
         from picollm.sweeps.studies import open_study
 
-        storage = os.environ.get(STORAGE_ENV)
-        if not storage:
-            raise PicoError(f"{STORAGE_ENV} is not set in the job's environment (sbatch --export must pass it)")
-        study = open_study(self.exp, storage, create=False)
+        study = open_study(self.exp, job_storage(), create=False)
         return confirm_and_export(study, self.exp.confirm, self.exp.study.out_dir)
 
 

@@ -185,14 +185,22 @@ def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> N
             sys.exit(130)
 
 
-def stop_workers(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM to every live worker (a second signal is ignored by one already stopping), then kill."""
-    for proc in procs:
-        if proc.is_alive():
-            os.kill(proc.pid, signal.SIGTERM)
+def stop_workers(
+    procs: list[Any], grace_s: float = STOP_GRACE_S, sig: int = signal.SIGTERM, every_s: float | None = None
+) -> None:
+    """``sig`` to every live process, then kill what is left after ``grace_s``.
+
+    Sent once by default (a sweep worker ignores a second signal while it stops); with ``every_s``, sent again at
+    that interval to the processes still alive, for a pool whose worker may only just be starting an item.
+    """
     deadline = time.monotonic() + grace_s
-    for proc in procs:
-        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    while time.monotonic() < deadline and (alive := [proc for proc in procs if proc.is_alive()]):
+        for proc in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+        until = deadline if every_s is None else min(deadline, time.monotonic() + every_s)
+        for proc in alive:
+            proc.join(timeout=max(0.0, until - time.monotonic()))
     for proc in procs:
         if proc.is_alive():
             proc.kill()
@@ -271,24 +279,8 @@ def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> I
     finally:
         procs = list((pool._processes or {}).values())  # the executor offers no way to stop a running item
         pool.shutdown(wait=finished, cancel_futures=True)
-        if not finished:
-            _interrupt_until_gone(procs)
-
-
-def _interrupt_until_gone(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGINT every second (an item may only just be starting) until the processes end; then kill."""
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(proc.is_alive() for proc in procs):
-        for proc in procs:
-            if proc.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGINT)
-        for proc in procs:
-            proc.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        if not finished:  # SIGINT, which an item takes as Ctrl-C, until the workers are gone
+            stop_workers(procs, sig=signal.SIGINT, every_s=1.0)
 
 
 def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
