@@ -95,7 +95,11 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     # Optuna creates its tables on first use; processes starting together on a fresh database would race to
     # create them (a duplicate key in PostgreSQL's catalogue, in SQLite's alembic_version), so one goes first.
-    shared = create and (scheme(url) in SERVERS or sqlite_path(url))  # a reader takes no lock: it may be read-only
+    # Readers too: opening creates the tables wherever they are missing, so a reader polling a study that is being
+    # created races the creator (seen in a full run). Only a SQLite file in a read-only folder, which nobody can be
+    # creating, is opened without the lock (the lock is a file beside it).
+    path = sqlite_path(url)
+    shared = scheme(url) in SERVERS or (path and os.access(Path(path).expanduser().parent, os.W_OK))
     first = claim_lock(url, "optuna-schema") if shared else contextlib.nullcontext()
     with first:
         return RDBStorage(
