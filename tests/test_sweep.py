@@ -91,7 +91,10 @@ def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) 
         "postgresql": postgres_url,
     }[storage_kind]()
     name = f"w{uuid.uuid4().hex[:8]}"
-    exp = load_experiment(str(write_experiment(tmp_path, study={"n_trials": 7})), [], study_name=name)
+    # trials long enough (~1 s) that a worker still starting cannot miss all of them
+    exp = load_experiment(
+        str(write_experiment(tmp_path, study={"n_trials": 7, "budget_tokens": 40_000})), [], study_name=name
+    )
     run_sweep(exp, storage, workers=2)
     study = open_study(exp, storage, create=False)
     c = states(study)
