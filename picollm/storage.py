@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 SQLITE_TIMEOUT_S = 60  # many workers on one SQLite file wait for the lock instead of failing
 LOCK_GRACE_S = 60  # a file lock older than this was left by a dead process: Optuna's lock breaks it
 CONNECT_TIMEOUT_S = 10  # an unreachable server is one clear line after this long, not a hang
+PING_IDLE_S = 5.0  # a pooled server connection idle longer than this is checked before it is used again
 SERVERS = ("postgresql", "mysql", "mariadb")
 _USERINFO = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
@@ -86,7 +88,7 @@ def _journal(url: str, create: bool, **_: Any) -> Any:
 def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max_retry: int) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {}
     if scheme(url) == "sqlite":
         if sqlite_path(url):
             _local_file(sqlite_path(url), "SQLite file", create)
@@ -102,13 +104,63 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
     shared = scheme(url) in SERVERS or (path and os.access(Path(path).expanduser().parent, os.W_OK))
     first = claim_lock(url, "optuna-schema") if shared else contextlib.nullcontext()
     with first:
-        return RDBStorage(
+        storage = RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         )
+    if scheme(url) in SERVERS:
+        ping_when_idle(storage.engine, PING_IDLE_S)
+    return storage
+
+
+def ping_when_idle(engine: Any, idle_s: float) -> None:
+    """SQLAlchemy's pre-ping, for connections that sat idle in the pool longer than ``idle_s`` only.
+
+    A server connection can be gone after a restart, a failover or an idle timeout; SQLAlchemy's ``pool_pre_ping``
+    finds out by sending ``SELECT 1`` at every checkout. Optuna checks a connection out for every storage call, so
+    that was one extra round trip per call, about 60 in a dry-run trial of ~160 (``python -m picollm.bench
+    --workers-scale``). A connection used milliseconds ago is not worth checking; one that waited out a trial's
+    training is, and a failed check makes the pool reconnect, as with ``pool_pre_ping``.
+    """
+    from sqlalchemy import event, exc
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check_after_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as err:  # the pool replaces the connection and tries again
+            raise exc.DisconnectionError(f"idle connection is gone: {type(err).__name__}") from err
+
+
+def count_trials(study: Any, states: Any, connection: Any = None) -> int:
+    """How many of the study's trials are in ``states``.
+
+    On an RDB storage with a ``connection`` (the claim lock's) it is one ``COUNT``; Optuna's own read fetches each
+    unfinished trial with its five related tables, seven statements, to count them. Elsewhere it is Optuna's read.
+    """
+    from optuna.storages import RDBStorage
+
+    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache wrapper
+    if connection is None or not isinstance(backend, RDBStorage):
+        return len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=states))
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    query = sqlalchemy.select(sqlalchemy.func.count()).where(
+        table.c.study_id == study._study_id, table.c.state.in_(list(states))
+    )
+    return int(connection.execute(query).scalar_one())
 
 
 OPENERS: dict[str, Callable[..., Any]] = {
@@ -152,10 +204,10 @@ def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
 
     Optuna writes one key per transaction (a read of the trial, an upsert, a commit); a trial records about a
     dozen keys, which made these writes the harness's largest storage cost per trial (``python -m picollm.bench
-    --workers-scale``). Here the trial is checked once and every key goes in one multi-row upsert, the statement
-    Optuna itself uses for one key. Other storages, and an Optuna whose internals moved, get Optuna's own one-key
-    calls (``tests/test_storage.py`` says which path each storage takes). A finished trial refuses either way
-    (``UpdateFinishedTrialError``).
+    --workers-scale``). Here every key goes in one multi-row upsert, Optuna's own statement for one key, which
+    writes only while the trial is unfinished: one round trip. Other storages, and an Optuna whose internals moved,
+    get Optuna's own one-key calls (``tests/test_storage.py`` says which path each storage takes). A finished trial
+    refuses either way (``UpdateFinishedTrialError``).
     """
     write = _one_statement_writer(trial) if attrs else None
     if write is None:
@@ -170,28 +222,44 @@ def _one_statement_writer(trial: Any) -> Callable[[dict[str, Any]], None] | None
     """A function writing all attributes of ``trial`` in one upsert, or None where that is not possible."""
     import sqlite3
 
+    import sqlalchemy
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
 
     backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
     name = backend.engine.name if isinstance(backend, RDBStorage) else None
-    if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0)):
+    if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0)):  # RETURNING
         return None
     try:
         from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
 
-        table, find = models.TrialUserAttributeModel, models.TrialModel.find_or_raise_by_id
-        scoped, trial_id, _ = backend.scoped_session, trial._trial_id, trial._cached_frozen_trial
+        table, trials = models.TrialUserAttributeModel.__table__, models.TrialModel.__table__
+        trial_id, number = trial._trial_id, trial.number
     except (ImportError, AttributeError):
         return None
 
     def write(attrs: dict[str, Any]) -> None:
-        rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-        with _create_scoped_session(scoped) as session:
-            backend.check_trial_is_updatable(trial_id, find(trial_id, session).state)
-            insert = _UPSERTS[name]().insert(table).values(rows)
-            excluded = {"value_json": insert.excluded.value_json}
-            session.execute(insert.on_conflict_do_update(index_elements=[table.trial_id, table.key], set_=excluded))
+        rows = sqlalchemy.union_all(
+            *(
+                sqlalchemy.select(sqlalchemy.literal(k).label("key"), sqlalchemy.literal(json.dumps(v)).label("value"))
+                for k, v in attrs.items()
+            )
+        ).subquery("new")
+        unfinished = (TrialState.RUNNING, TrialState.WAITING)  # what Optuna's check_trial_is_updatable lets through
+        source = (
+            sqlalchemy.select(trials.c.trial_id, rows.c.key, rows.c.value)
+            .join_from(trials, rows, sqlalchemy.true())
+            .where(trials.c.trial_id == trial_id, trials.c.state.in_(unfinished))
+        )
+        insert = _UPSERTS[name]().insert(table).from_select(["trial_id", "key", "value_json"], source)
+        upsert = insert.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c.key], set_={"value_json": insert.excluded.value_json}
+        ).returning(table.c.key)
+        with backend.engine.connect() as conn:  # autocommit: the one statement is its own transaction
+            written = conn.execution_options(isolation_level="AUTOCOMMIT").execute(upsert).all()
+        if len(written) != len(attrs):
+            raise UpdateFinishedTrialError(f"Trial#{number} has already finished and can not be updated.")
 
     return write
 
@@ -221,30 +289,48 @@ def _lock_key(name: str) -> int:
 
 
 @functools.cache
-def _lock_engine(url: str) -> Any:
-    """One connection per process kept for locks: a fresh connection per trial cost more than the lock."""
+def _side_engine(url: str) -> Any:
+    """A small pool per process for the harness's own statements (locks, counts), kept: a fresh connection per trial
+    cost more than the lock.
+
+    In autocommit, so taking the lock, a count under it and letting it go are one round trip each, and a count sees
+    every trial committed before it.
+    """
     import sqlalchemy
 
     timeout = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if scheme(url) == "postgresql" else {}
-    return sqlalchemy.create_engine(url, pool_size=1, max_overflow=4, pool_pre_ping=True, **timeout)
+    engine = sqlalchemy.create_engine(
+        url, pool_size=1, max_overflow=4, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **timeout
+    )
+    ping_when_idle(engine, PING_IDLE_S)
+    return engine
 
 
 @contextlib.contextmanager
-def _sql_lock(url: str, name: str, acquire: str, release: str) -> Iterator[None]:
+def side_connection(url: str) -> Iterator[Any]:
+    """An autocommit connection to a database server's ``url`` (for :func:`count_trials`); None for files."""
+    if scheme(url) not in SERVERS:
+        yield None
+        return
+    with _side_engine(url).connect() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def _sql_lock(url: str, name: str, acquire: str, release: str) -> Iterator[Any]:
     import sqlalchemy
 
     params = {"key": _lock_key(name), "name": name[:64]}
-    with _lock_engine(url).connect() as conn:
+    with _side_engine(url).connect() as conn:
         conn.execute(sqlalchemy.text(acquire), params)
         try:
-            yield
+            yield conn
         finally:
             conn.execute(sqlalchemy.text(release), params)
-            conn.commit()
 
 
 @contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
+def _file_lock(path: str) -> Iterator[Any]:
     from optuna.storages.journal import JournalFileOpenLock
 
     lock = JournalFileOpenLock(str(Path(path).expanduser()), grace_period=LOCK_GRACE_S)
@@ -255,7 +341,7 @@ def _file_lock(path: str) -> Iterator[None]:
         lock.release()
 
 
-LOCKS: dict[str, Callable[[str, str], contextlib.AbstractContextManager[None]]] = {
+LOCKS: dict[str, Callable[[str, str], contextlib.AbstractContextManager[Any]]] = {
     "postgresql": lambda url, name: _sql_lock(
         url, name, "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
     ),
@@ -266,6 +352,9 @@ LOCKS: dict[str, Callable[[str, str], contextlib.AbstractContextManager[None]]] 
 }
 
 
-def claim_lock(url: str, name: str) -> contextlib.AbstractContextManager[None]:
-    """A lock named ``name`` that every process using ``url`` shares, on this machine or any other."""
+def claim_lock(url: str, name: str) -> contextlib.AbstractContextManager[Any]:
+    """A lock named ``name`` that every process using ``url`` shares, on this machine or any other.
+
+    It yields the lock's database connection on a database server (for :func:`count_trials`), else None.
+    """
     return LOCKS[scheme(url)](url, name)

@@ -62,3 +62,29 @@ def test_the_claim_lock_admits_one_holder_at_a_time(tmp_path: Path, kind: str) -
     for t in threads:
         t.join()
     assert len(overlaps) == 15 and max(overlaps) == 1
+
+
+def test_a_server_connection_dropped_while_idle_is_replaced_before_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy
+
+    import picollm.storage as storage_mod
+
+    url = postgres_url()
+    monkeypatch.setattr(storage_mod, "PING_IDLE_S", 0.05)
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with storage_mod.side_connection(url):  # the lock's own connection predates the drop: later tests use it
+        pass
+    with admin.connect() as conn:
+        since = conn.execute(sqlalchemy.text("SELECT now()")).scalar_one()
+        storage = open_storage(url, create=True)
+        optuna.create_study(study_name=f"d{uuid.uuid4().hex[:8]}", storage=storage)
+        dropped = conn.execute(  # what a server restart or an idle timeout does to the storage's connections
+            sqlalchemy.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_start >= :since"
+            ),
+            {"since": since},
+        ).scalar_one()
+    assert dropped >= 1
+    time.sleep(0.1)
+    assert storage.get_all_studies()  # pinged after its idle time, found gone, replaced: no error

@@ -97,6 +97,8 @@ class Objective:
     reported_at: dict[int, int] = field(default_factory=dict)  # trial number -> tokens at its last report
     clock: Stopwatch = field(default_factory=Stopwatch)  # the current trial's (see picollm.timing)
     started: float | None = None  # perf_counter() when the current trial's training began
+    failures_in_a_row: int = 0
+    abort: str | None = None  # why this worker's sweep must stop, once a trial has said so
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
@@ -104,20 +106,36 @@ class Objective:
         self.clock.add_before("worker_start", take_process_start())  # a worker's first trial owns its start-up
         self.started = None
         try:
-            return self.run(trial)
-        except (optuna.TrialPruned, TakenOver):
+            value = self.run(trial)
+        except optuna.TrialPruned:
+            self.failures_in_a_row = 0
+            raise
+        except TakenOver:
             raise
         except KeyboardInterrupt:
             _set(trial, fail_reason="interrupted", value_kind="failed", **self.ran())
             raise
         except AbortSweep as exc:  # bad data or config: every other trial would fail the same way
             _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed", **self.ran())
+            self.stop(trial, mask_url(str(exc)))
             raise
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
             _release_gpu_memory()
             reason = mask_url(f"{type(exc).__name__}: {exc}")[:500]
             _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown(), **self.ran())
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= max(3, self.exp.study.n_trials):
+                self.stop(trial, f"{self.failures_in_a_row} trials failed in a row; last: {reason}")
             raise
+        self.failures_in_a_row = 0
+        return value
+
+    def stop(self, trial: optuna.Trial, reason: str) -> None:
+        """End this worker's ``study.optimize`` after this trial (Optuna lets an objective call ``study.stop``); the
+        worker loop then raises :class:`AbortSweep` with ``reason``. Decided here rather than in a callback, which
+        would re-read every finished trial from the storage."""
+        self.abort = reason
+        trial.study.stop()
 
     def run(self, trial: optuna.Trial) -> float:
         from picollm.sweeps.dryrun import dry_train

@@ -3,12 +3,12 @@
 A study is resumable by construction: ``n_trials`` is its total of finished (complete or pruned) trials,
 so opening it again and running continues until that total is reached.
 
-The total is exact, also with many workers on many machines. Optuna's ``MaxTrialsCallback`` (used by
-:mod:`picollm.sweeps.workers`) stops a worker once it *sees* the total, but two workers can both start
-"the last" trial between their checks. :class:`CappedStudy` closes that gap where trials are born: its
-``ask`` holds a lock every worker of the storage shares (:func:`picollm.storage.claim_lock`) while it
-counts finished and running trials and creates (or dequeues) the next one. A trial beyond the total is
-therefore never created, so it is never recorded as failed either.
+The total is exact, also with many workers on many machines. A check made after each trial (Optuna's
+``MaxTrialsCallback``) lets two workers both start "the last" trial between their checks, so
+:class:`CappedStudy` counts where trials are born: its ``ask`` holds a lock every worker of the storage
+shares (:func:`picollm.storage.claim_lock`) while it counts finished and running trials and creates (or
+dequeues) the next one. A trial beyond the total is therefore never created, so it is never recorded as
+failed either, and a worker whose ``ask`` finds the total taken stops starting trials.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 
 from picollm.errors import PicoError
 from picollm.search import baseline_params
-from picollm.storage import claim_lock, mask_url, open_storage
+from picollm.storage import claim_lock, count_trials, mask_url, open_storage
 from picollm.sweeps import fingerprint
+from picollm.sweeps.pruning import CountCheckedPruner
 from picollm.sweeps.registry import make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment
 
@@ -43,8 +44,8 @@ class CappedStudy(optuna.Study):
         self.storage_url = storage_url
 
     def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
-        with claim_lock(self.storage_url, f"claim-{self.study_name}"):
-            taken = len(self._storage.get_all_trials(self._study_id, deepcopy=False, states=TAKEN))
+        with claim_lock(self.storage_url, f"claim-{self.study_name}") as connection:
+            taken = count_trials(self, TAKEN, connection)
             if taken >= self.total:
                 raise StudyFull(f"{taken} of {self.total} trials are finished or running")
             return super().ask(fixed_distributions)
@@ -64,7 +65,7 @@ def _load(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
         study_name=s.name,
         storage=storage,
         sampler=make_sampler(s.sampler, exp.space, s.seed, s.sampler_options),
-        pruner=make_pruner(s.pruner, s.pruner_options),
+        pruner=CountCheckedPruner(make_pruner(s.pruner, s.pruner_options), storage_url),
     )
     study.configure_cap(s.n_trials, storage_url)
     return study

@@ -1,7 +1,7 @@
 """Workers and the coordinator: the trial loop on ``study.optimize``, worker processes, devices and signals.
 
-A worker is one ``study.optimize`` loop with Optuna's ``MaxTrialsCallback`` (stop at ``n_trials`` complete or
-pruned trials) over a :class:`~picollm.sweeps.studies.CappedStudy` (never start a trial beyond the total).
+A worker is one ``study.optimize`` loop over a :class:`~picollm.sweeps.studies.CappedStudy`, which never starts a
+trial beyond the total of ``n_trials`` complete or pruned ones; the loop ends when that total is reached.
 When every remaining trial is running elsewhere the worker waits, failing trials whose worker is gone
 (:mod:`picollm.sweeps.liveness`), so the wait is bounded by ``grace_period``.
 
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from picollm import tracking
@@ -50,6 +49,7 @@ from picollm.sweeps.studies import (
 
 STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
 IDLE_FIRST_S, IDLE_MAX_S = 0.1, 2.0  # a worker with nothing to start polls the study at these intervals
+ShowTrial = Callable[[Any, Any], None]  # an Optuna callback showing a finished trial
 
 
 @dataclass
@@ -82,27 +82,6 @@ def interrupts_as_keyboard() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-class StopRules:
-    """Optuna callbacks: show each finished trial; stop on an aborting trial or too many failures in a row."""
-
-    def __init__(self, n_trials: int, show: Callable[[Any, Any], None] | None) -> None:
-        self.limit, self.show = max(3, n_trials), show
-        self.failures_in_a_row = 0
-        self.abort: str | None = None
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        if self.show is not None:
-            self.show(study, trial)
-        reason = str(trial.user_attrs.get("fail_reason", ""))
-        self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("abort"):
-            self.abort = reason
-        elif self.failures_in_a_row >= self.limit:
-            self.abort = f"{self.failures_in_a_row} trials failed in a row; last: {reason}"
-        if self.abort:
-            study.stop()
-
-
 def _taken_over(study: Any, objective: Objective) -> bool:
     """After ``optimize`` raised: was its trial failed by another worker while it ran?"""
     trial = objective.current
@@ -116,10 +95,13 @@ def _say_interrupted(study: Any, objective: Objective, show: Callable[[str], Non
     show("interrupted: the running trial is failed (reason 'interrupted') and its run record closed")
 
 
-def _optimize_once(study: Any, objective: Objective, rules: StopRules, spec: WorkerSpec, deadline: float) -> bool:
-    """One ``study.optimize`` call; False when this worker has nothing left to start right now."""
-    s = spec.exp.study
-    callbacks = [MaxTrialsCallback(s.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), rules]
+def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, deadline: float) -> bool:
+    """One ``study.optimize`` call; False when this worker has nothing left to start right now.
+
+    No callback runs unless trials are shown: Optuna re-reads each finished trial for its callbacks, and the stop
+    rules live in the objective (the study's cap stops the loop at the total).
+    """
+    callbacks = None if show is None else [show]
     objective.current = None
     try:
         timeout = None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
@@ -144,22 +126,21 @@ def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = N
     study = open_study(spec.exp, spec.storage, create=False)
     objective = Objective(spec.exp, spec.threads, spec.rank, dry_run=spec.dry_run)
     show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
-    rules = StopRules(s.n_trials, show)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
     idle_s = IDLE_FIRST_S
     try:
-        while time.monotonic() < deadline and finished(study) < s.n_trials and rules.abort is None:
+        while time.monotonic() < deadline and finished(study) < s.n_trials and objective.abort is None:
             fail_stale(study, s.grace_period, s.max_retry)
-            if _optimize_once(study, objective, rules, spec, deadline):
+            if _optimize_once(study, objective, show, deadline):
                 idle_s = IDLE_FIRST_S
-            else:  # peers hold the last trials: wait for them, polling less often the longer they take
+            elif finished(study) < s.n_trials:  # peers hold the last trials: wait, polling less often as they take
                 time.sleep(idle_s)
                 idle_s = min(2 * idle_s, IDLE_MAX_S, s.heartbeat_interval)
     except KeyboardInterrupt:
         _say_interrupted(study, objective, lambda line: print(line, file=sys.stderr, flush=True))
         raise
-    if rules.abort is not None:
-        raise AbortSweep(rules.abort)
+    if objective.abort is not None:
+        raise AbortSweep(objective.abort)
 
 
 def _progress_line(line: str) -> None:
