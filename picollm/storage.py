@@ -204,64 +204,111 @@ def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
 
     Optuna writes one key per transaction (a read of the trial, an upsert, a commit); a trial records about a
     dozen keys, which made these writes the harness's largest storage cost per trial (``python -m picollm.bench
-    --workers-scale``). Here every key goes in one multi-row upsert, Optuna's own statement for one key, which
-    writes only while the trial is unfinished: one round trip. Other storages, and an Optuna whose internals moved,
-    get Optuna's own one-key calls (``tests/test_storage.py`` says which path each storage takes). A finished trial
-    refuses either way (``UpdateFinishedTrialError``).
+    --workers-scale``). Here every key goes in one multi-row upsert that writes only while the trial is unfinished
+    (:func:`_unfinished_trial_writer`). Other storages, and an Optuna whose internals moved, get Optuna's own
+    one-key calls (``tests/test_storage.py`` says which path each storage takes). A finished trial refuses either
+    way (``UpdateFinishedTrialError``).
     """
-    write = _one_statement_writer(trial) if attrs else None
+    write = _unfinished_trial_writer(trial) if attrs else None
     if write is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    write(attrs)
+    write("TrialUserAttributeModel", [{"key": k, "value_json": json.dumps(v)} for k, v in attrs.items()], "key")
     trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
-def _one_statement_writer(trial: Any) -> Callable[[dict[str, Any]], None] | None:
-    """A function writing all attributes of ``trial`` in one upsert, or None where that is not possible."""
+def report_intermediate(trial: Any, value: float, step: int) -> None:
+    """``trial.report(value, step)``, in one statement where the storage is PostgreSQL or SQLite.
+
+    Optuna's report reads the trial, looks the step up, inserts and commits: five round trips at every periodic
+    validation loss, the largest part of what pruning costs per trial. Here it is one insert that writes only while
+    the trial is unfinished (:func:`_unfinished_trial_writer`), stored as Optuna stores it. A step reported before,
+    a negative step, other storages and an Optuna whose internals moved get Optuna's own ``report`` (its warning,
+    its error, its write).
+    """
+    value, step = float(value), int(step)
+    write = _unfinished_trial_writer(trial)
+    if write is None or step < 0 or step in trial._cached_frozen_trial.intermediate_values:
+        trial.report(value, step)
+        return
+    from optuna.storages._rdb import models
+
+    stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+    row = {"step": step, "intermediate_value": stored, "intermediate_value_type": kind}
+    write("TrialIntermediateValueModel", [row], "step")
+    trial._cached_frozen_trial.intermediate_values[step] = value
+
+
+def _unfinished_trial_writer(trial: Any) -> Callable[[str, list[dict[str, Any]], str], None] | None:
+    """``write(model, rows, key)``: upsert ``rows`` into the table of Optuna's ``model`` for ``trial`` (unique on
+    trial and ``key``) in one autocommitted statement, or None where that is not possible.
+
+    The rows are selected together with the trial, filtered on an unfinished state, so a trial another worker has
+    finished takes nothing: the same check Optuna makes with a read of its own before each write.
+    """
     import sqlite3
 
-    import sqlalchemy
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import RDBStorage
-    from optuna.trial import TrialState
 
     backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
     name = backend.engine.name if isinstance(backend, RDBStorage) else None
     if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0)):  # RETURNING
         return None
-    try:
+    try:  # the internals this path relies on
         from optuna.storages._rdb import models
 
-        table, trials = models.TrialUserAttributeModel.__table__, models.TrialModel.__table__
+        for model in ("TrialModel", "TrialUserAttributeModel", "TrialIntermediateValueModel"):
+            getattr(models, model).__table__  # noqa: B018
         trial_id, number = trial._trial_id, trial.number
     except (ImportError, AttributeError):
         return None
 
-    def write(attrs: dict[str, Any]) -> None:
-        rows = sqlalchemy.union_all(
-            *(
-                sqlalchemy.select(sqlalchemy.literal(k).label("key"), sqlalchemy.literal(json.dumps(v)).label("value"))
-                for k, v in attrs.items()
-            )
-        ).subquery("new")
-        unfinished = (TrialState.RUNNING, TrialState.WAITING)  # what Optuna's check_trial_is_updatable lets through
-        source = (
-            sqlalchemy.select(trials.c.trial_id, rows.c.key, rows.c.value)
-            .join_from(trials, rows, sqlalchemy.true())
-            .where(trials.c.trial_id == trial_id, trials.c.state.in_(unfinished))
-        )
-        insert = _UPSERTS[name]().insert(table).from_select(["trial_id", "key", "value_json"], source)
-        upsert = insert.on_conflict_do_update(
-            index_elements=[table.c.trial_id, table.c.key], set_={"value_json": insert.excluded.value_json}
-        ).returning(table.c.key)
+    def write(model: str, rows: list[dict[str, Any]], key: str) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        columns = tuple(rows[0])
+        upsert = _upsert_statement(name, model, columns, len(rows), key)
+        params = {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in columns}
         with backend.engine.connect() as conn:  # autocommit: the one statement is its own transaction
-            written = conn.execution_options(isolation_level="AUTOCOMMIT").execute(upsert).all()
-        if len(written) != len(attrs):
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            written = conn.execute(upsert, params | {"id": trial_id}).all()
+        if len(written) != len(rows):
             raise UpdateFinishedTrialError(f"Trial#{number} has already finished and can not be updated.")
 
     return write
+
+
+@functools.cache
+def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows: int, key: str) -> Any:
+    """The statement of :func:`_unfinished_trial_writer` for rows of this shape, built once: building it cost more
+    than sending it. Its parameters are ``id`` and ``<column>_<row>``."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    table, trials = getattr(models, model).__table__, models.TrialModel.__table__
+    selects = [
+        sqlalchemy.select(
+            *(
+                sqlalchemy.cast(sqlalchemy.bindparam(f"{c}_{i}", type_=table.c[c].type), table.c[c].type).label(c)
+                for c in columns
+            )
+        )
+        for i in range(n_rows)
+    ]
+    new = (sqlalchemy.union_all(*selects) if n_rows > 1 else selects[0]).subquery("new")
+    unfinished = (TrialState.RUNNING, TrialState.WAITING)  # what Optuna's check_trial_is_updatable lets through
+    source = (
+        sqlalchemy.select(trials.c.trial_id, *(new.c[c] for c in columns))
+        .join_from(trials, new, sqlalchemy.true())
+        .where(trials.c.trial_id == sqlalchemy.bindparam("id"), trials.c.state.in_(unfinished))
+    )
+    insert = _UPSERTS[dialect]().insert(table).from_select(["trial_id", *columns], source)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.trial_id, table.c[key]],
+        set_={c: insert.excluded[c] for c in columns if c != key},
+    ).returning(table.c.trial_id)
 
 
 def _postgresql() -> Any:

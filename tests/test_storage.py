@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 
-from picollm.storage import claim_lock, open_storage, set_user_attrs
+from picollm.storage import claim_lock, open_storage, report_intermediate, set_user_attrs
 from tests.conftest import postgres_url
 
 KINDS = ["sqlite", "journal", "postgresql"]
@@ -42,6 +42,27 @@ def test_attributes_written_together_read_back_like_optunas_own(tmp_path: Path, 
     with pytest.raises(UpdateFinishedTrialError):
         set_user_attrs(trial, {"late": 1})
     assert "late" not in study.trials[0].user_attrs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_intermediate_values_read_back_like_optunas_own(tmp_path: Path, kind: str) -> None:
+    url = url_of(kind, tmp_path)
+    study = optuna.create_study(study_name=f"i{uuid.uuid4().hex[:8]}", storage=open_storage(url, create=True))
+    trial = study.ask()
+    optunas = []
+    trial.report = lambda value, step: (optunas.append(step), type(trial).report(trial, value, step))
+    for step, value in [(0, 4.5), (512, float("inf")), (1024, float("nan")), (2048, -1e-300)]:
+        report_intermediate(trial, value, step)
+    assert optunas == ([] if kind in ONE_STATEMENT else [0, 512, 1024, 2048])
+    with pytest.warns(UserWarning, match="already reported"):
+        report_intermediate(trial, 9.0, 512)  # as Optuna: a step is reported once
+    stored = study.trials[0].intermediate_values  # what another process reads
+    assert stored[0] == 4.5 and stored[512] == float("inf") and stored[1024] != stored[1024] and stored[2048] == -1e-300
+    assert trial._cached_frozen_trial.intermediate_values.keys() == stored.keys()
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):
+        report_intermediate(trial, 3.0, 4096)
+    assert 4096 not in study.trials[0].intermediate_values
 
 
 @pytest.mark.parametrize("kind", KINDS)

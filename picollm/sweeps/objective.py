@@ -28,7 +28,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params, sample
-from picollm.storage import mask_url, set_user_attrs
+from picollm.storage import mask_url, report_intermediate, set_user_attrs
 from picollm.sweeps.liveness import Lease, has_heartbeat, worker_id
 from picollm.sweeps.settings import Experiment
 from picollm.timing import Stopwatch, take_process_start
@@ -186,7 +186,7 @@ class Objective:
         def report(tokens: int, val_loss: float) -> None:
             try:
                 with self.clock.phase("storage"):
-                    trial.report(val_loss, step=tokens)
+                    report_intermediate(trial, val_loss, step=tokens)
                 self.reported_at[trial.number] = tokens
             except UpdateFinishedTrialError:
                 self.taken_over.add(trial.number)
