@@ -107,6 +107,22 @@ def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) 
     assert len(workers) == 2  # both processes did work
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a bare study.ask, on purpose
+def test_a_full_study_starts_no_trial(tmp_path: Path) -> None:
+    path = write_experiment(tmp_path, study={"n_trials": 2})
+    study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=True)
+    study.enqueue_trial({"optim.lr": 1e-3})
+    first, second = study.ask(), study.ask()  # the queued trial, then a new one: two of two running
+    assert study.trials[0].system_attrs["fixed_params"] == {"optim.lr": 1e-3}  # dequeued, not a new trial
+    assert (first.number, second.number) == (0, 1)
+    with pytest.raises(study_mod.StudyFull, match="2 of 2 trials are finished or running"):
+        study.ask()
+    study.tell(first, 1.0)
+    with pytest.raises(study_mod.StudyFull):  # finished counts too
+        study.ask()
+    assert len(study.trials) == 2
+
+
 def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import picollm.train as train_mod
 

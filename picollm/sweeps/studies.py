@@ -37,18 +37,28 @@ class StudyFull(Exception):
 
 
 class CappedStudy(optuna.Study):
-    """An Optuna study whose ``ask`` never starts a trial beyond ``total`` (finished + running)."""
+    """An Optuna study whose ``ask`` never starts a trial beyond ``total`` (finished + running).
+
+    ``tests/test_sweep.py::test_a_full_study_starts_no_trial`` fails if Optuna's ``ask`` stops calling the hook.
+    """
 
     def configure_cap(self, total: int, storage_url: str) -> None:
         self.total = total
         self.storage_url = storage_url
 
-    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+    def _pop_waiting_trial_id(self) -> int:
+        """Where Optuna's ``ask`` gets its trial: under the lock, count, then dequeue a waiting trial or create one.
+
+        Only the trial's birth is under the lock; the rest of ``ask`` (reading the new trial back, the sampler's
+        relative sampling) runs outside it, so workers wait for each other less. Optuna's ``ask`` creates a trial
+        itself only when this returns None, which it never does.
+        """
         with claim_lock(self.storage_url, f"claim-{self.study_name}") as connection:
             taken = count_trials(self, TAKEN, connection)
             if taken >= self.total:
                 raise StudyFull(f"{taken} of {self.total} trials are finished or running")
-            return super().ask(fixed_distributions)
+            waiting = super()._pop_waiting_trial_id()
+            return self._storage.create_new_trial(self._study_id) if waiting is None else waiting
 
 
 def quiet_optuna() -> None:
