@@ -31,7 +31,7 @@ DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 SQLITE_TIMEOUT_S = 60  # many workers on one SQLite file wait for the lock instead of failing
 LOCK_GRACE_S = 60  # a file lock older than this was left by a dead process: Optuna's lock breaks it
 CONNECT_TIMEOUT_S = 10  # an unreachable server is one clear line after this long, not a hang
-PING_IDLE_S = 5.0  # a pooled server connection idle longer than this is checked before it is used again
+PING_IDLE_S = 1.0  # a pooled server connection idle longer than this is checked before it is used again
 SERVERS = ("postgresql", "mysql", "mariadb")
 _USERINFO = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
@@ -123,7 +123,9 @@ def ping_when_idle(engine: Any, idle_s: float) -> None:
     finds out by sending ``SELECT 1`` at every checkout. Optuna checks a connection out for every storage call, so
     that was one extra round trip per call, about 60 in a dry-run trial of ~160 (``python -m picollm.bench
     --workers-scale``). A connection used milliseconds ago is not worth checking; one that waited out a trial's
-    training is, and a failed check makes the pool reconnect, as with ``pool_pre_ping``.
+    training is, and a failed check makes the pool reconnect, as with ``pool_pre_ping``. A server restart or failover
+    is down for longer than ``idle_s``, so connections it dropped have been idle that long when it is back; only a
+    call in flight while the server goes down fails, as it would with ``pool_pre_ping``.
     """
     from sqlalchemy import event, exc
 

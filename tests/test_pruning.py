@@ -61,3 +61,14 @@ def test_while_no_trial_finishes_a_read_is_one_count(tmp_path: Path) -> None:
     finish(optuna.load_study(study_name=name, storage=url), [3.0, 3.0])
     assert running.should_prune()
     assert any("FROM trials" in s for s in statements)  # one more finished: read again
+
+
+def test_hyperband_is_left_as_it_is_for_the_samplers_that_look_for_it(tmp_path: Path) -> None:
+    from picollm.sweeps.settings import load_experiment
+    from picollm.sweeps.studies import open_study
+    from tests.sweeps import write_experiment
+
+    for pruner, kind in [("hyperband", optuna.pruners.HyperbandPruner), ("median", CountCheckedPruner)]:
+        path = write_experiment(tmp_path, study={"pruner": pruner, "name": pruner})
+        study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=True)
+        assert type(study.pruner) is kind  # optuna.pruners._filter_study: isinstance(study.pruner, HyperbandPruner)

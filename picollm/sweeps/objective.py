@@ -116,16 +116,16 @@ class Objective:
             _set(trial, fail_reason="interrupted", value_kind="failed", **self.ran())
             raise
         except AbortSweep as exc:  # bad data or config: every other trial would fail the same way
+            self.stop(trial, mask_url(str(exc)))  # first: the writes below may fail too
             _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed", **self.ran())
-            self.stop(trial, mask_url(str(exc)))
             raise
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
-            _release_gpu_memory()
             reason = mask_url(f"{type(exc).__name__}: {exc}")[:500]
-            _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown(), **self.ran())
-            self.failures_in_a_row += 1
+            self.failures_in_a_row += 1  # first: a sticky CUDA error can make the clean-up below raise too
             if self.failures_in_a_row >= max(3, self.exp.study.n_trials):
                 self.stop(trial, f"{self.failures_in_a_row} trials failed in a row; last: {reason}")
+            _release_gpu_memory()
+            _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown(), **self.ran())
             raise
         self.failures_in_a_row = 0
         return value

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
-from optuna.pruners import BasePruner
+from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.trial import FrozenTrial, TrialState
 
 from picollm.storage import count_trials, side_connection
@@ -53,6 +53,12 @@ class _PrunerView:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
+
+
+def count_checked(pruner: BasePruner, storage_url: str) -> BasePruner:
+    """``pruner`` with its reads of finished trials checked by a count; Hyperband as it is, because Optuna's samplers
+    find it by its type (``isinstance(study.pruner, HyperbandPruner)``) to sample within each bracket."""
+    return pruner if isinstance(pruner, HyperbandPruner) else CountCheckedPruner(pruner, storage_url)
 
 
 class CountCheckedPruner(BasePruner):

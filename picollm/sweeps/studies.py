@@ -25,7 +25,7 @@ from picollm.errors import PicoError
 from picollm.search import baseline_params
 from picollm.storage import claim_lock, count_trials, mask_url, open_storage
 from picollm.sweeps import fingerprint
-from picollm.sweeps.pruning import CountCheckedPruner
+from picollm.sweeps.pruning import count_checked
 from picollm.sweeps.registry import make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment
 
@@ -75,7 +75,7 @@ def _load(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
         study_name=s.name,
         storage=storage,
         sampler=make_sampler(s.sampler, exp.space, s.seed, s.sampler_options),
-        pruner=CountCheckedPruner(make_pruner(s.pruner, s.pruner_options), storage_url),
+        pruner=count_checked(make_pruner(s.pruner, s.pruner_options), storage_url),
     )
     study.configure_cap(s.n_trials, storage_url)
     return study
