@@ -152,39 +152,31 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
     assert states(study)["COMPLETE"] == 4 and not outcome.interrupted
 
 
-def test_a_fault_every_trial_would_hit_stops_the_sweep_after_one_trial(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("fault", "message", "failed"),
+    [  # a fault every trial would hit stops at once; a bug in trials stops after max(3, n_trials) in a row
+        ("missing data", "no data at /nowhere/train.parquet", 1),
+        ("bug", "4 trials failed in a row; last: ZeroDivisionError: a bug in user code", 4),
+    ],
+)
+def test_a_sweep_stops_on_a_fault_every_trial_hits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, message: str, failed: int
 ) -> None:
     import picollm.train as train_mod
     from picollm.errors import PicoError
 
-    def missing_data(cfg, **kwargs):
-        raise PicoError("no data at /nowhere/train.parquet")
-
-    monkeypatch.setattr(train_mod, "train", missing_data)
-    path = write_experiment(tmp_path, study={"n_trials": 5})
-    with pytest.raises(PicoError, match="no data at /nowhere"):
-        run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
-    study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
-    assert states(study)["FAIL"] == 1 and states(study)["COMPLETE"] == 0
-    assert study.trials[0].user_attrs["abort"] is True
-
-
-def test_a_sweep_whose_trials_all_fail_stops_after_that_many_in_a_row(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import picollm.train as train_mod
-    from picollm.errors import PicoError
-
-    def buggy(cfg, **kwargs):
+    def failing(cfg, **kwargs):
+        if fault == "missing data":
+            raise PicoError("no data at /nowhere/train.parquet")
         raise ZeroDivisionError("a bug in user code")
 
-    monkeypatch.setattr(train_mod, "train", buggy)
+    monkeypatch.setattr(train_mod, "train", failing)
     path = write_experiment(tmp_path, study={"n_trials": 4})
-    with pytest.raises(PicoError, match="4 trials failed in a row; last: ZeroDivisionError: a bug in user code"):
+    with pytest.raises(PicoError, match=message):
         run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
-    assert states(study)["FAIL"] == 4 and states(study)["RUNNING"] == 0
+    assert states(study)["FAIL"] == failed and states(study)["COMPLETE"] == states(study)["RUNNING"] == 0
+    assert study.trials[0].user_attrs.get("abort", False) is (fault == "missing data")
 
 
 def test_pruning_stops_hopeless_trials_early(tmp_path: Path) -> None:
