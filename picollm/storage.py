@@ -121,7 +121,7 @@ def ping_when_idle(engine: Any, idle_s: float) -> None:
 
     A server connection can be gone after a restart, a failover or an idle timeout; SQLAlchemy's ``pool_pre_ping``
     finds out by sending ``SELECT 1`` at every checkout. Optuna checks a connection out for every storage call, so
-    that was one extra round trip per call, about 60 in a dry-run trial of ~160 (``python -m picollm.bench
+    that was one extra round trip per call, about 30 of the 145 a dry-run trial made (``python -m picollm.bench
     --workers-scale``). A connection used milliseconds ago is not worth checking; one that waited out a trial's
     training is, and a failed check makes the pool reconnect, as with ``pool_pre_ping``. A server restart or failover
     is down for longer than ``idle_s``, so connections it dropped have been idle that long when it is back; only a

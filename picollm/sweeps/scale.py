@@ -4,7 +4,8 @@ For W = 1, 2, 4, 8 worker processes on one PostgreSQL study it runs near-empty t
 (``--dry-run``: no training, but every storage call a real trial makes) through the harness's own
 worker loop, then plain Optuna's ``study.optimize`` with a trivial objective over the same search
 space on the same database. Each process is started and imports everything before a shared
-barrier, so start-up is not counted. It prints the storage time per trial (worker-seconds per
+barrier, so imports are not counted; opening the study (the harness's ``open_study``, Optuna's
+``load_study``) is, for both. It prints the storage time per trial (worker-seconds per
 finished trial) and trials/s for both, and their ratio: what the harness adds per trial. Each figure is the best of
 ``ROUNDS`` rounds, the three kinds one after another in each: on a shared machine a slower minute otherwise decides the
 ratio (``timeit`` takes the best for the same reason).

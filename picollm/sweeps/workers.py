@@ -115,7 +115,7 @@ def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, dea
     return True
 
 
-def run_worker(spec: WorkerSpec, on_trial: Callable[[Any, Any], None] | None = None) -> None:
+def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None) -> None:
     """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C.
 
     A trial takes tens of seconds: the tracker prints a line about it every few seconds, so a terminal is never
