@@ -355,11 +355,11 @@ def run_benchmarks(device: torch.device, quick: bool) -> dict[str, Any]:
             "mfu_vs_h100_bf16_peak": 6 * gpt2["params"] * gpt2["tokens_per_s"] / H100_BF16_PEAK,
             "mfu_vs_measured_peak": 6 * gpt2["params"] * gpt2["tokens_per_s"] / peak,
         }
-    results["generation"] = bench_generation(device, repeats=2 if quick else 3)
+    results["generation"] = bench_generation(device, repeats=2 if quick else 3, new_tokens=64 if quick else 256)
     with tempfile.TemporaryDirectory() as tmp:
         results["tokenizer"] = bench_tokenizer(repeats)
         results["cache"] = bench_cache(Path(tmp), quick)
-        results["startup"] = bench_startup(Path(tmp), repeats=2 if quick else 3)
+        results["startup"] = bench_startup(Path(tmp), repeats=1 if quick else 3)
     return results
 
 
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller corpora (CI)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller corpora, shorter generations (CI)")
     parser.add_argument("--sweep", action="store_true", help="time the main job (quick.yaml) end to end instead")
     parser.add_argument("--layouts", action="store_true", help="time workers x threads layouts on this machine")
     parser.add_argument("--runs", type=int, default=4, help="--layouts: trials per layout (default 4)")

@@ -45,6 +45,17 @@ needs_sample = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session")
+def shared_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One finished 5-trial study (its storage URL and folder) for every test that only reads it: the sweep is the
+    slow part of such a test, and reading never changes the study."""
+    from tests.studies import finished_study
+
+    tmp = tmp_path_factory.mktemp("shared-study")
+    storage, _ = finished_study(tmp)
+    return storage, tmp
+
+
 @pytest.fixture
 def out(tmp_path: Path) -> list[str]:
     """Overrides that keep run records and the token cache inside the test's tmp folder."""

@@ -21,7 +21,6 @@ import analyze
 from picollm.analysis import records
 from picollm.analysis.dashboard import make_server, serve_in_thread
 from picollm.errors import run_cli
-from tests.studies import finished_study
 
 
 def missing(message: str) -> None:
@@ -48,11 +47,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def study(shared_study: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A finished 5-trial study (complete and pruned trials) and its HTML report."""
-    tmp = tmp_path_factory.mktemp("browser-study")
-    storage, _ = finished_study(tmp)
-    reports = tmp / "reports"
+    storage, tmp = shared_study
+    reports = tmp_path_factory.mktemp("browser-reports")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(analyze.main, ["report", "--study", "t", "--storage", storage, "--html", "--out", str(reports / "t")])
     assert exit_info.value.code == 0

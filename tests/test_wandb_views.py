@@ -20,14 +20,11 @@ from picollm.config import load_config
 from picollm.export import best_trial, trial_rows, trials_csv, write_figures
 from picollm.train import train
 from picollm.wandb_offline import find_run_file, read_run_info
-from tests.studies import finished_study
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("wandb-study")
-    finished_study(tmp)
-    return tmp
+def study_dir(shared_study: tuple[str, Path]) -> Path:
+    return shared_study[1]
 
 
 def _trials(study_dir: Path) -> list[dict[str, str]]:
