@@ -211,16 +211,16 @@ def test_out_of_memory_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, m
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
 def test_four_workers_complete_exactly_n_unique_trials(tmp_path: Path, kind: str) -> None:
     storage, name = storage_url(kind, tmp_path), f"c{uuid.uuid4().hex[:8]}"
-    path = write_experiment(tmp_path, study={"n_trials": 10})
+    path = write_experiment(tmp_path, study={"n_trials": 8})
     proc = sweep_cli(path, storage, "--study-name", name, "--workers", "4", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "database is locked" not in proc.stdout + proc.stderr
     study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
     c = counts(study)
-    assert c["COMPLETE"] + c["PRUNED"] == 10 and c["RUNNING"] == 0
+    assert c["COMPLETE"] + c["PRUNED"] == 8 and c["RUNNING"] == 0
     assert not any("locked" in str(t.user_attrs.get("fail_reason", "")) for t in study.trials)
     run_ids = [t.user_attrs["run_id"] for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(set(run_ids)) == 10
+    assert len(set(run_ids)) == 8
 
 
 # ------------------------------------------------------------------------------------------------

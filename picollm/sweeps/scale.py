@@ -137,8 +137,10 @@ def _figures(elapsed: list[float], trials: int) -> dict[str, float]:
     return {"ms_per_trial": 1000 * sum(elapsed) / trials, "trials_per_s": trials / max(elapsed), "trials": trials}
 
 
-def measure_once(storage: str, workers: int, trials_per_worker: int, folder: Path) -> dict[str, Any]:
-    """One round: the harness, plain Optuna, and plain Optuna with pruning reports, on fresh studies."""
+def measure_once(storage: str, workers: int, trials_per_worker: int, folder: Path, first: int = 0) -> dict[str, Any]:
+    """One round: the harness, plain Optuna, and plain Optuna with pruning reports, on fresh studies, starting with
+    kind number ``first``. Each kind leaves dead rows behind (deleted studies), which slow the kinds after it until
+    the server vacuums, so :func:`measure` starts each round with the next kind."""
     import optuna
 
     from picollm.sweeps.settings import load_experiment
@@ -154,9 +156,10 @@ def measure_once(storage: str, workers: int, trials_per_worker: int, folder: Pat
         "optuna": (_optuna_worker, (names["optuna"], storage, trials_per_worker, 0)),
         "optuna_reports": (_optuna_worker, (names["optuna_reports"], storage, trials_per_worker, REPORTS)),
     }
-    row: dict[str, Any] = {"workers": workers, "tag": tag}
+    row: dict[str, Any] = {"workers": workers, "tag": tag, "order": [*runs][first:] + [*runs][:first]}
     try:
-        for kind, (target, args) in runs.items():
+        for kind in row["order"]:
+            target, args = runs[kind]
             if kind != "harness":
                 optuna.create_study(study_name=names[kind], storage=storage)
             row[kind] = _figures(_run(target, args, workers), _finished(names[kind], storage))
@@ -170,8 +173,8 @@ def measure_once(storage: str, workers: int, trials_per_worker: int, folder: Pat
 def measure(storage: str, workers: int, trials_per_worker: int, folder: Path, rounds: int = 1) -> dict[str, Any]:
     """One row: each kind's best round (the fewest ms per trial), and the ratios of those."""
     row: dict[str, Any] = {"workers": workers, "rounds": []}
-    for _ in range(rounds):
-        row["rounds"].append(measure_once(storage, workers, trials_per_worker, folder))
+    for i in range(rounds):
+        row["rounds"].append(measure_once(storage, workers, trials_per_worker, folder, first=i % len(KINDS)))
     for kind in KINDS:
         row[kind] = min((r[kind] for r in row["rounds"]), key=lambda figures: figures["ms_per_trial"])
     row["ratio"] = row["harness"]["ms_per_trial"] / row["optuna"]["ms_per_trial"]
@@ -197,6 +200,18 @@ def row_line(r: dict[str, Any]) -> str:
     return f"{r['workers']:7d} {r['harness']['trials']:6d} | {cells} | {r['ratio']:5.2f}x {r['ratio_reports']:5.2f}x"
 
 
+def autovacuum_on(storage: str) -> bool:
+    """Whether the server vacuums by itself (PostgreSQL's default; a benchmark on a server that does not drifts)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage)
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SHOW autovacuum").scalar() == "on"
+    finally:
+        engine.dispose()
+
+
 def workers_scale(quick: bool, out: str) -> int:
     """The ``--workers-scale`` benchmark: rows for W = 1, 2, 4, 8 (1, 2 with --quick), printed and saved."""
     storage = os.environ.get("PICOLLM_STORAGE", "")
@@ -204,6 +219,8 @@ def workers_scale(quick: bool, out: str) -> int:
         raise ConfigError("--workers-scale needs a PostgreSQL study database: set PICOLLM_STORAGE=postgresql://...")
     per_worker, rounds = (QUICK_TRIALS_PER_WORKER, 1) if quick else (TRIALS_PER_WORKER, ROUNDS)
     print(header(storage, rounds), flush=True)
+    if not autovacuum_on(storage):
+        print("note: autovacuum is off on this server: dead rows pile up as the rounds go and every figure drifts up")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for workers in QUICK_WORKERS if quick else WORKERS:  # a row as soon as it is measured: W=8 takes a while
