@@ -145,24 +145,35 @@ def ping_when_idle(engine: Any, idle_s: float) -> None:
 
 
 def count_trials(study: Any, states: Any, connection: Any = None) -> int:
-    """How many of the study's trials are in ``states``.
+    """How many of the study's trials are in ``states`` (see :func:`count_by_state`)."""
+    return sum(count_by_state(study, states, connection).values())
 
-    On an RDB storage with a ``connection`` (the claim lock's) it is one ``COUNT``; Optuna's own read fetches each
-    unfinished trial with its five related tables, seven statements, to count them. Elsewhere it is Optuna's read.
+
+def count_by_state(study: Any, states: Any, connection: Any = None) -> dict[Any, int]:
+    """How many of the study's trials are in each of ``states`` (every one of them a key, 0 included).
+
+    On an RDB storage with a ``connection`` (the claim lock's) it is one grouped ``COUNT``; Optuna's own read fetches
+    each unfinished trial with its five related tables, seven statements, to count them. Elsewhere it is Optuna's read.
     """
     from optuna.storages import RDBStorage
 
+    counts = dict.fromkeys(states, 0)
     backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache wrapper
     if connection is None or not isinstance(backend, RDBStorage):
-        return len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=states))
+        for trial in study._storage.get_all_trials(study._study_id, deepcopy=False, states=tuple(counts)):
+            counts[trial.state] += 1
+        return counts
     import sqlalchemy
     from optuna.storages._rdb import models
 
     table = models.TrialModel.__table__
-    query = sqlalchemy.select(sqlalchemy.func.count()).where(
-        table.c.study_id == study._study_id, table.c.state.in_(list(states))
+    query = (
+        sqlalchemy.select(table.c.state, sqlalchemy.func.count())
+        .where(table.c.study_id == study._study_id, table.c.state.in_(list(counts)))
+        .group_by(table.c.state)
     )
-    return int(connection.execute(query).scalar_one())
+    counts.update({state: int(n) for state, n in connection.execute(query)})
+    return counts
 
 
 OPENERS: dict[str, Callable[..., Any]] = {

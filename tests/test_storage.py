@@ -10,8 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
-from picollm.storage import claim_lock, open_storage, report_intermediate, set_user_attrs
+from picollm.storage import claim_lock, count_by_state, open_storage, report_intermediate, set_user_attrs
 from tests.conftest import postgres_url
 
 KINDS = ["sqlite", "journal", "postgresql"]
@@ -63,6 +64,28 @@ def test_intermediate_values_read_back_like_optunas_own(tmp_path: Path, kind: st
     with pytest.raises(UpdateFinishedTrialError):
         report_intermediate(trial, 3.0, 4096)
     assert 4096 not in study.trials[0].intermediate_values
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_counts_by_state_agree_with_optunas_read(tmp_path: Path, kind: str) -> None:
+    url = url_of(kind, tmp_path)
+    study = optuna.create_study(study_name=f"c{uuid.uuid4().hex[:8]}", storage=open_storage(url, create=True))
+    for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        study.tell(study.ask(), 1.0 if state == TrialState.COMPLETE else None, state=state)
+    study.ask()  # running
+    study.enqueue_trial({})  # waiting
+    asked = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+    with claim_lock(url, f"count-{study.study_name}") as connection:  # one grouped COUNT on a server
+        counts = count_by_state(study, asked, connection)
+    assert counts == {state: sum(t.state == state for t in study.trials) for state in asked}
+    assert counts[TrialState.COMPLETE] == 2 and counts[TrialState.WAITING] == 1
+    with claim_lock(url, f"count-{study.study_name}") as connection:
+        assert count_by_state(study, (TrialState.FAIL, TrialState.WAITING), connection) == {
+            TrialState.FAIL: 1,
+            TrialState.WAITING: 1,
+        }
+        study.tell(study.trials[4].number, 2.0)
+        assert count_by_state(study, (TrialState.RUNNING,), connection) == {TrialState.RUNNING: 0}  # 0, not absent
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -108,19 +108,27 @@ def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) 
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a bare study.ask, on purpose
-def test_a_full_study_starts_no_trial(tmp_path: Path) -> None:
-    path = write_experiment(tmp_path, study={"n_trials": 2})
-    study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=True)
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_full_study_starts_no_trial(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else postgres_url()
+    path = write_experiment(tmp_path, study={"n_trials": 3, "name": f"cap{uuid.uuid4().hex[:8]}"})
+    study = open_study(load_experiment(str(path), []), storage, create=True)
+    dequeues = []
+    real_dequeue = optuna.Study._pop_waiting_trial_id
+    monkeypatch.setattr(optuna.Study, "_pop_waiting_trial_id", lambda s: dequeues.append(1) or real_dequeue(s))
     study.enqueue_trial({"optim.lr": 1e-3})
-    first, second = study.ask(), study.ask()  # the queued trial, then a new one: two of two running
+    first, second = study.ask(), study.ask()  # the queued trial, then a new one
     assert study.trials[0].system_attrs["fixed_params"] == {"optim.lr": 1e-3}  # dequeued, not a new trial
     assert (first.number, second.number) == (0, 1)
-    with pytest.raises(study_mod.StudyFull, match="2 of 2 trials are finished or running"):
+    assert len(dequeues) == 1  # Optuna's dequeue (a read of every unfinished trial) only while one waits
+    third = study.ask()
+    with pytest.raises(study_mod.StudyFull, match="3 of 3 trials are finished or running"):
         study.ask()
     study.tell(first, 1.0)
+    study.tell(third, state=TrialState.PRUNED)
     with pytest.raises(study_mod.StudyFull):  # finished counts too
         study.ask()
-    assert len(study.trials) == 2
+    assert len(study.trials) == 3 and len(dequeues) == 1
 
 
 def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

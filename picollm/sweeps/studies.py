@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from picollm.errors import PicoError
 from picollm.search import baseline_params
-from picollm.storage import claim_lock, count_trials, mask_url, open_storage
+from picollm.storage import claim_lock, count_by_state, mask_url, open_storage
 from picollm.sweeps import fingerprint
 from picollm.sweeps.pruning import count_checked
 from picollm.sweeps.registry import make_pruner, make_sampler
@@ -54,10 +54,12 @@ class CappedStudy(optuna.Study):
         itself only when this returns None, which it never does.
         """
         with claim_lock(self.storage_url, f"claim-{self.study_name}") as connection:
-            taken = count_trials(self, TAKEN, connection)
+            counts = count_by_state(self, (*TAKEN, TrialState.WAITING), connection)
+            taken = sum(counts[state] for state in TAKEN)
             if taken >= self.total:
                 raise StudyFull(f"{taken} of {self.total} trials are finished or running")
-            waiting = super()._pop_waiting_trial_id()
+            # Optuna's dequeue reads every unfinished trial: only worth it when the count says one is waiting
+            waiting = super()._pop_waiting_trial_id() if counts[TrialState.WAITING] else None
             return self._storage.create_new_trial(self._study_id) if waiting is None else waiting
 
 
