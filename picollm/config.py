@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -167,13 +168,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A section's field types, resolved once: every trial of a sweep builds a config, and resolving the string
+    annotations was most of that."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 def _build_section(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{section}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    known = hints.keys()
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown key {section}.{unknown[0]} (known keys in {section}: {', '.join(sorted(known))})")
@@ -370,15 +379,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A copy of ``raw`` with the dotted ``key`` set to ``value`` as it is (no YAML round trip)."""
+    return set_dotted_all(raw, {key: value})
+
+
+def set_dotted_all(raw: dict[str, Any], values: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with every dotted key of ``values`` set (one copy, however many keys)."""
     out = copy.deepcopy(raw)
-    path = key.split(".")
-    node = out
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{key}: '{part}' is not a section")
-        node = child
-    node[path[-1]] = value
+    for key, value in values.items():
+        path = key.split(".")
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
     return out
 
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from picollm.config import config_from_dict, set_dotted
+from picollm.config import config_from_dict, set_dotted, set_dotted_all
 from picollm.errors import ConfigError
 
 PARAM_TYPES = ("categorical", "float", "int")
@@ -187,10 +187,7 @@ def sample(trial: Any, space: list[Param], base: Mapping[str, Any]) -> dict[str,
 
 def apply_params(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """The raw trainer config with a trial's values set."""
-    raw = dict(base)
-    for key, value in values.items():
-        raw = set_dotted(raw, key, value)
-    return raw
+    return set_dotted_all(dict(base), values)
 
 
 def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:

@@ -235,5 +235,7 @@ def test_workers_scale_measures_the_harness_beside_plain_optuna(tmp_path: Path, 
     row = measure(postgres, workers=2, trials_per_worker=3, folder=tmp_path)
     assert row["harness"]["trials"] == row["optuna"]["trials"] == row["optuna_reports"]["trials"] == 6
     assert row["harness"]["ms_per_trial"] > 0 and row["optuna"]["trials_per_s"] > 0 and row["ratio_reports"] > 0
+    for kind in ("harness", "optuna", "optuna_reports"):  # each worker's CPU and its exchanges with the server
+        assert row[kind]["cpu_ms_per_trial"] > 0 and row[kind]["round_trips_per_trial"] >= 10, kind
     (tag,) = [r["tag"] for r in row["rounds"]]
     assert not [name for name in optuna.get_all_study_names(postgres) if name.endswith(tag)]  # all deleted

@@ -64,6 +64,33 @@ def _experiment_file(folder: Path, name: str, n_trials: int) -> Path:
     return path
 
 
+def _count_round_trips() -> list[int]:
+    """Count this process's exchanges with PostgreSQL from now on, on every connection (the heartbeat thread's and
+    the lock's included): each call of psycopg's ``Connection.wait`` whose operation waits for the socket at least
+    once. Switching autocommit or a rollback outside a transaction finish without it: they never reach the server."""
+    import psycopg
+
+    count, real_wait = [0], psycopg.Connection.wait
+
+    def counted(gen: Any) -> Any:
+        try:
+            wanted = next(gen)
+        except StopIteration as done:
+            return done.value
+        count[0] += 1
+        while True:
+            try:
+                wanted = gen.send((yield wanted))
+            except StopIteration as done:
+                return done.value
+
+    def wait(self: Any, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        return real_wait(self, counted(gen), *args, **kwargs)
+
+    psycopg.Connection.wait = wait
+    return count
+
+
 def _harness_worker(path: str, storage: str, barrier: Any, results: Any) -> None:
     """One harness worker (the loop ``sweep.py run`` runs), timed from the barrier to its exit."""
     from picollm.sweeps.settings import load_experiment
@@ -72,10 +99,11 @@ def _harness_worker(path: str, storage: str, barrier: Any, results: Any) -> None
     spec = WorkerSpec(load_experiment(path, []), storage, threads=1, verbose=False, dry_run=True)
     import picollm.train  # noqa: F401  (the objective imports it; not part of the storage's cost)
 
+    trips = _count_round_trips()
     barrier.wait()
     start, cpu = time.perf_counter(), time.process_time()
     run_worker(spec)
-    results.put((time.perf_counter() - start, time.process_time() - cpu))
+    results.put((time.perf_counter() - start, time.process_time() - cpu, trips[0]))
 
 
 def _optuna_worker(name: str, storage: str, n_trials: int, reports: int, barrier: Any, results: Any) -> None:
@@ -96,22 +124,24 @@ def _optuna_worker(name: str, storage: str, n_trials: int, reports: int, barrier
                 raise optuna.TrialPruned()
         return value
 
+    trips = _count_round_trips()
     barrier.wait()
     start, cpu = time.perf_counter(), time.process_time()
     sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.MedianPruner()
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     study.optimize(objective, n_trials=n_trials)
-    results.put((time.perf_counter() - start, time.process_time() - cpu))
+    results.put((time.perf_counter() - start, time.process_time() - cpu, trips[0]))
 
 
-def _run(target: Any, args_of: Any, workers: int) -> list[tuple[float, float]]:
-    """Start ``workers`` processes, release them together, return each one's elapsed and CPU seconds."""
+def _run(target: Any, args_of: Any, workers: int) -> list[tuple[float, float, int]]:
+    """Start ``workers`` processes, release them together, return each one's elapsed and CPU seconds and round
+    trips."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args_of, barrier, results)) for _ in range(workers)]
     for proc in procs:
         proc.start()
-    elapsed: list[tuple[float, float]] = []
+    elapsed: list[tuple[float, float, int]] = []
     while len(elapsed) < workers:  # a worker that dies puts nothing: stop instead of waiting for it
         try:
             elapsed.append(results.get(timeout=1.0))
@@ -133,14 +163,15 @@ def _finished(name: str, storage: str) -> int:
     return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
 
 
-def _figures(timings: list[tuple[float, float]], trials: int) -> dict[str, float]:
-    """Per finished trial: worker-seconds, and the workers' own CPU time (their processes', heartbeat threads
-    included): on a machine with as many workers as cores, CPU rather than round trips sets the pace."""
+def _figures(timings: list[tuple[float, float, int]], trials: int) -> dict[str, float]:
+    """Per finished trial: worker-seconds, the workers' own CPU time (their processes', heartbeat threads included:
+    with as many workers as cores, CPU rather than waiting on the server sets the pace) and round trips."""
     elapsed, cpu = [t[0] for t in timings], [t[1] for t in timings]
     return {
         "ms_per_trial": 1000 * sum(elapsed) / trials,
         "trials_per_s": trials / max(elapsed),
         "cpu_ms_per_trial": 1000 * sum(cpu) / trials,
+        "round_trips_per_trial": sum(t[2] for t in timings) / trials,
         "trials": trials,
     }
 
@@ -199,7 +230,7 @@ def header(storage: str, rounds: int) -> str:
     return (
         f"workers scale on {mask_url(storage)}: near-empty trials (--dry-run), {REPORTS} reports each; "
         f"{os.cpu_count()} CPU(s) here; best of {rounds} round(s)\n{'':14} | {titles} | harness over\n"
-        f"{'workers':>7} {'trials':>6} | {columns} |  plain  +reps | client CPU ms/trial"
+        f"{'workers':>7} {'trials':>6} | {columns} |  plain  +reps | CPU ms/trial h/o/o+r | trips h/o/o+r"
     )
 
 
@@ -207,7 +238,8 @@ def row_line(r: dict[str, Any]) -> str:
     cells = " | ".join(f"{r[k]['ms_per_trial']:8.1f} {r[k]['trials_per_s']:8.1f}" for k in KINDS)
     ratios = f"{r['ratio']:5.2f}x {r['ratio_reports']:5.2f}x"
     cpu = " ".join(f"{r[k]['cpu_ms_per_trial']:5.1f}" for k in KINDS)
-    return f"{r['workers']:7d} {r['harness']['trials']:6d} | {cells} | {ratios} | {cpu}"
+    trips = " ".join(f"{r[k]['round_trips_per_trial']:4.0f}" for k in KINDS)
+    return f"{r['workers']:7d} {r['harness']['trials']:6d} | {cells} | {ratios} | {cpu:20} | {trips}"
 
 
 def autovacuum_on(storage: str) -> bool:
@@ -238,7 +270,8 @@ def workers_scale(quick: bool, out: str) -> int:
             print(row_line(rows[-1]), flush=True)
     print("ms/trial: worker-seconds per finished trial (all workers' time / trials), each kind's best round; last")
     print(f"columns: harness ms/trial over plain Optuna's, and over plain Optuna's with the same {REPORTS} reports;")
-    print("client CPU: the workers' own CPU time per trial in those rounds, harness / plain / +reports")
+    print("CPU: the workers' own CPU time per trial, harness / plain / +reports, in those rounds; trips: their round")
+    print("trips to PostgreSQL per trial (statements, commits and rollbacks, counted in psycopg)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"storage": mask_url(storage), "rows": rows}, indent=1))
     print(f"wrote {out}")
