@@ -318,7 +318,7 @@ def bench_startup(tmp: Path, repeats: int) -> dict[str, Any]:
 
 
 def run_benchmarks(device: torch.device, quick: bool) -> dict[str, Any]:
-    repeats = 3 if quick else 7
+    repeats = 2 if quick else 7
     batch, block = REFERENCE["batch"], REFERENCE["block"]
     results: dict[str, Any] = {
         "device": str(device),

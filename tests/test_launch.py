@@ -148,7 +148,7 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
     tmp_path: Path, postgres: str
 ) -> None:
     name, password = f"launch-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
-    path = write_experiment(tmp_path, study={"name": name, "n_trials": 4})
+    path = write_experiment(tmp_path, study={"name": name, "n_trials": 3})
     raw = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**raw, "confirm": {"top": 1, "seeds": 2}}, sort_keys=False))
     proc = start_launch(
@@ -159,7 +159,7 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
     jobs = tmp_path / "studies" / name / "jobs"
     assert "submitted 2 job(s)" in stdout and f"logs: {jobs}/" in stdout and "stop: kill " in stdout
     study = load(postgres, name)
-    assert len(finished(study)) == 4 and len({t.number for t in finished(study)}) == 4
+    assert len(finished(study)) == 3 and len({t.number for t in finished(study)}) == 3
     sampled = [tuple(sorted(t.params.items())) for t in finished(study) if not t.user_attrs.get("baseline")]
     assert len(set(sampled)) == len(sampled)  # each job samples with its own seed
     assert all((tmp_path / "studies" / name / file).is_file() for file in ("trials.csv", "best.yaml"))
