@@ -63,7 +63,11 @@ def _best(trials: list[dict[str, str]]) -> dict[str, str]:
     return min((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: float(t["value"]))
 
 
-def _images_loaded(page: Any) -> list[bool]:
+def _images_loaded(page: Any, expected: int) -> list[bool]:
+    """Each image's state once ``expected`` images are on the page and every one has finished, loaded or broken:
+    under load the page can render its figures after the network went quiet (seen in CI); a broken one still fails."""
+    ready = "n => document.images.length >= n && Array.from(document.images).every(i => i.complete)"
+    page.wait_for_function(ready, arg=expected, timeout=30000)
     return page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
 
 
@@ -90,7 +94,8 @@ def test_html_report_shows_ranking_best_value_and_every_figure_offline(
     assert page.get_by_text(f"value {float(best['value']):.4f}").first.is_visible()
     figures = list((study["reports"] / "t").glob("*.png")) + list((study["tmp"] / "studies" / "t").glob("*.png"))
     assert page.locator("figure img").count() == len(figures)
-    assert all(_images_loaded(page)) and len(_images_loaded(page)) == len(figures)
+    loaded = _images_loaded(page, len(figures))
+    assert all(loaded) and len(loaded) == len(figures)
     assert page.locator("#best-configuration button", has_text="copy").is_visible()
     assert all(url.startswith(("file:", "data:")) for url in requests), requests  # no CDN, no network
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
@@ -126,7 +131,7 @@ def test_dashboard_shows_trials_best_value_figures_and_run_links(
     page.get_by_text("t: the figures").wait_for(timeout=30000)
     page.wait_for_load_state("networkidle")
     published = len(list((tmp_path / "artifacts").glob("*-*-*-*-*")))
-    loaded = _images_loaded(page)
+    loaded = _images_loaded(page, published)
     assert published >= 8 and len(loaded) == published and all(loaded)
     page.screenshot(path=str(tmp_path / "dashboard-note.png"), full_page=True)
     page.close()
