@@ -141,10 +141,10 @@ def _run(target: Any, args_of: Any, workers: int) -> list[tuple[float, float, in
     procs = [ctx.Process(target=target, args=(*args_of, barrier, results)) for _ in range(workers)]
     for proc in procs:
         proc.start()
-    elapsed: list[tuple[float, float, int]] = []
-    while len(elapsed) < workers:  # a worker that dies puts nothing: stop instead of waiting for it
+    timings: list[tuple[float, float, int]] = []
+    while len(timings) < workers:  # a worker that dies puts nothing: stop instead of waiting for it
         try:
-            elapsed.append(results.get(timeout=1.0))
+            timings.append(results.get(timeout=1.0))
         except queue.Empty:
             codes = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
             if codes:
@@ -153,7 +153,7 @@ def _run(target: Any, args_of: Any, workers: int) -> list[tuple[float, float, in
                 raise PicoError(f"a benchmark worker exited with code {codes[0]} (its error is above)") from None
     for proc in procs:
         proc.join()
-    return elapsed
+    return timings
 
 
 def _finished(name: str, storage: str) -> int:
@@ -166,12 +166,12 @@ def _finished(name: str, storage: str) -> int:
 def _figures(timings: list[tuple[float, float, int]], trials: int) -> dict[str, float]:
     """Per finished trial: worker-seconds, the workers' own CPU time (their processes', heartbeat threads included:
     with as many workers as cores, CPU rather than waiting on the server sets the pace) and round trips."""
-    elapsed, cpu = [t[0] for t in timings], [t[1] for t in timings]
+    elapsed, cpu, trips = zip(*timings, strict=True)
     return {
         "ms_per_trial": 1000 * sum(elapsed) / trials,
         "trials_per_s": trials / max(elapsed),
         "cpu_ms_per_trial": 1000 * sum(cpu) / trials,
-        "round_trips_per_trial": sum(t[2] for t in timings) / trials,
+        "round_trips_per_trial": sum(trips) / trials,
         "trials": trials,
     }
 
