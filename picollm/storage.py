@@ -4,12 +4,16 @@ Owns three things a sweep needs from its storage:
 
 - opening it (:func:`open_storage`): RDB storages get Optuna's heartbeat and its
   ``RetryHeartbeatStaleTrialCallback``, so a trial whose worker vanished is failed after ``grace_period``
-  seconds and re-queued at most ``max_retry`` times. A read-only opener (``create=False``, the default)
-  never creates a database file that is not there.
+  seconds and re-queued at most ``max_retry`` times (with the beat and the stale check written in one statement
+  each: :mod:`picollm.trial_writes`). A read-only opener (``create=False``, the default) never creates a database
+  file that is not there.
 - a lock that every worker of every machine sharing the storage sees (:func:`claim_lock`): PostgreSQL's
   advisory lock, MySQL's ``GET_LOCK``, and next to SQLite and journal files Optuna's own journal file lock.
   Starting a trial under it is what keeps a study's total exact (see :mod:`picollm.sweeps.studies`).
 - masking passwords (:func:`mask_url`) in URLs and in any message that quotes one.
+
+It also counts trials by state in one statement (:func:`count_by_state`) on a small autocommit pool of its own
+(:func:`side_connection`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
+import importlib
 import os
 import re
 import time
@@ -85,8 +89,29 @@ def _journal(url: str, create: bool, **_: Any) -> Any:
     return JournalStorage(JournalFileBackend(str(_local_file(path, "journal file", create))))
 
 
+# What Optuna's RDBStorage imports on first use (its lazy imports): about 0.3 s, the most of a cold open.
+RDB_MODULES = (
+    "sqlalchemy.orm",
+    "alembic.command",
+    "alembic.config",
+    "alembic.migration",
+    "alembic.script",
+    "optuna.storages._rdb.models",
+)
+
+
+def import_rdb_modules() -> None:
+    """Import :data:`RDB_MODULES` now: before the schema lock rather than under it, where workers starting together
+    waited for each other's imports one after another."""
+    for name in RDB_MODULES:
+        importlib.import_module(name)
+
+
 def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max_retry: int) -> Any:
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    import_rdb_modules()
+    from picollm.trial_writes import OneStatementRDBStorage
 
     engine_kwargs: dict[str, Any] = {}
     if scheme(url) == "sqlite":
@@ -99,21 +124,36 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
     # create them (a duplicate key in PostgreSQL's catalogue, in SQLite's alembic_version), so one goes first.
     # Readers too: opening creates the tables wherever they are missing, so a reader polling a study that is being
     # created races the creator (seen in a full run). Only a SQLite file in a read-only folder, which nobody can be
-    # creating, is opened without the lock (the lock is a file beside it).
+    # creating, is opened without the lock (the lock is a file beside it), and a server whose tables are all there
+    # is opened without it and without Optuna's check of each table: workers starting together opened one by one.
     path = sqlite_path(url)
-    shared = scheme(url) in SERVERS or (path and os.access(Path(path).expanduser().parent, os.W_OK))
+    ready = scheme(url) in SERVERS and _schema_ready(url)
+    shared = not ready and (scheme(url) in SERVERS or (path and os.access(Path(path).expanduser().parent, os.W_OK)))
     first = claim_lock(url, "optuna-schema") if shared else contextlib.nullcontext()
     with first:
-        storage = RDBStorage(
+        storage = OneStatementRDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            skip_table_creation=ready,
         )
     if scheme(url) in SERVERS:
         ping_when_idle(storage.engine, PING_IDLE_S)
     return storage
+
+
+def _schema_ready(url: str) -> bool:
+    """Whether Optuna has finished creating its tables on this server: the Alembic stamp, which it writes after the
+    tables and the version row, is there. A server that cannot be reached raises, as opening it would."""
+    import sqlalchemy
+
+    try:
+        with side_connection(url) as conn:
+            return conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first() is not None
+    except sqlalchemy.exc.ProgrammingError:  # no such table: a new database
+        return False
 
 
 def ping_when_idle(engine: Any, idle_s: float) -> None:
@@ -210,146 +250,6 @@ def open_storage(
     except Exception as exc:
         detail = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise StorageError(f"cannot open storage {mask_url(url)}: {type(exc).__name__}: {detail[:200]}") from None
-
-
-def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
-    """Record ``attrs`` on an Optuna trial in one statement where the storage is PostgreSQL or SQLite.
-
-    Optuna writes one key per transaction (a read of the trial, an upsert, a commit); a trial records about a
-    dozen keys, which made these writes the harness's largest storage cost per trial (``python -m picollm.bench
-    --workers-scale``). Here every key goes in one multi-row upsert that writes only while the trial is unfinished
-    (:func:`_unfinished_trial_writer`). Other storages, and an Optuna whose internals moved, get Optuna's own
-    one-key calls (``tests/test_storage.py`` says which path each storage takes). A finished trial refuses either
-    way (``UpdateFinishedTrialError``).
-    """
-    write = _unfinished_trial_writer(trial) if attrs else None
-    if write is None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    write("TrialUserAttributeModel", [{"key": k, "value_json": json.dumps(v)} for k, v in attrs.items()], "key")
-    trial._cached_frozen_trial.user_attrs.update(attrs)
-
-
-def report_intermediate(trial: Any, value: float, step: int) -> None:
-    """``trial.report(value, step)``, in one statement where the storage is PostgreSQL or SQLite.
-
-    Optuna's report reads the trial, looks the step up, inserts and commits: five round trips at every periodic
-    validation loss, the largest part of what pruning costs per trial. Here it is one insert that writes only while
-    the trial is unfinished (:func:`_unfinished_trial_writer`), stored as Optuna stores it. A step reported before,
-    a negative step, other storages and an Optuna whose internals moved get Optuna's own ``report`` (its warning,
-    its error, its write).
-    """
-    value, step = float(value), int(step)
-    write = _unfinished_trial_writer(trial)
-    if write is None or step < 0 or step in trial._cached_frozen_trial.intermediate_values:
-        trial.report(value, step)
-        return
-    from optuna.storages._rdb import models
-
-    stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-    row = {"step": step, "intermediate_value": stored, "intermediate_value_type": kind}
-    write("TrialIntermediateValueModel", [row], "step")
-    trial._cached_frozen_trial.intermediate_values[step] = value
-
-
-def _unfinished_trial_writer(trial: Any) -> Callable[[str, list[dict[str, Any]], str], None] | None:
-    """``write(model, rows, key)``: upsert ``rows`` into the table of Optuna's ``model`` for ``trial`` (unique on
-    trial and ``key``) in one autocommitted statement, or None where that is not possible.
-
-    The rows are selected together with the trial, filtered on an unfinished state, so a trial another worker has
-    finished takes nothing: the same check Optuna makes with a read of its own before each write.
-    """
-    import sqlite3
-
-    from optuna.storages import RDBStorage
-
-    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
-    name = backend.engine.name if isinstance(backend, RDBStorage) else None
-    if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0)):  # RETURNING
-        return None
-    try:  # the internals this path relies on
-        from optuna.storages._rdb import models
-
-        for model in ("TrialModel", "TrialUserAttributeModel", "TrialIntermediateValueModel"):
-            getattr(models, model).__table__  # noqa: B018
-        trial_id, number = trial._trial_id, trial.number
-    except (ImportError, AttributeError):
-        return None
-
-    def write(model: str, rows: list[dict[str, Any]], key: str) -> None:
-        from optuna.exceptions import UpdateFinishedTrialError
-
-        columns = tuple(rows[0])
-        upsert = _upsert_statement(name, model, columns, len(rows), key)
-        params = {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in columns}
-        with _autocommit_connection(backend) as conn:  # the one statement is its own transaction
-            written = conn.execute(upsert, params | {"id": trial_id}).all()
-        if len(written) != len(rows):
-            raise UpdateFinishedTrialError(f"Trial#{number} has already finished and can not be updated.")
-
-    return write
-
-
-@contextlib.contextmanager
-def _autocommit_connection(backend: Any) -> Iterator[Any]:
-    """On a server, a connection of the side pool, which is in autocommit already: switching one of Optuna's pooled
-    connections to autocommit and back costs five more driver calls for each write. On a file, one of Optuna's,
-    switched (a second pool would hold a second lock on the file)."""
-    if scheme(backend.url) in SERVERS:
-        with side_connection(backend.url) as conn:
-            yield conn
-        return
-    with backend.engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        yield conn
-
-
-@functools.cache
-def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows: int, key: str) -> Any:
-    """The statement of :func:`_unfinished_trial_writer` for rows of this shape, built once: building it cost more
-    than sending it. Its parameters are ``id`` and ``<column>_<row>``."""
-    import sqlalchemy
-    from optuna.storages._rdb import models
-    from optuna.trial import TrialState
-
-    table, trials = getattr(models, model).__table__, models.TrialModel.__table__
-    selects = [
-        sqlalchemy.select(
-            *(
-                sqlalchemy.cast(sqlalchemy.bindparam(f"{c}_{i}", type_=table.c[c].type), table.c[c].type).label(c)
-                for c in columns
-            )
-        )
-        for i in range(n_rows)
-    ]
-    new = (sqlalchemy.union_all(*selects) if n_rows > 1 else selects[0]).subquery("new")
-    unfinished = (TrialState.RUNNING, TrialState.WAITING)  # what Optuna's check_trial_is_updatable lets through
-    source = (
-        sqlalchemy.select(trials.c.trial_id, *(new.c[c] for c in columns))
-        .join_from(trials, new, sqlalchemy.true())
-        .where(trials.c.trial_id == sqlalchemy.bindparam("id"), trials.c.state.in_(unfinished))
-    )
-    insert = _UPSERTS[dialect]().insert(table).from_select(["trial_id", *columns], source)
-    return insert.on_conflict_do_update(
-        index_elements=[table.c.trial_id, table.c[key]],
-        set_={c: insert.excluded[c] for c in columns if c != key},
-    ).returning(table.c.trial_id)
-
-
-def _postgresql() -> Any:
-    from sqlalchemy.dialects import postgresql
-
-    return postgresql
-
-
-def _sqlite() -> Any:
-    from sqlalchemy.dialects import sqlite
-
-    return sqlite
-
-
-_UPSERTS: dict[str, Callable[[], Any]] = {"postgresql": _postgresql, "sqlite": _sqlite}
 
 
 # ---------------------------------------------------------------------------------------------

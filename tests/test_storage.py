@@ -5,14 +5,19 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from picollm.storage import claim_lock, count_by_state, open_storage, report_intermediate, set_user_attrs
+from picollm.storage import claim_lock, count_by_state, open_storage
+from picollm.trial_writes import report_intermediate, set_user_attrs
 from tests.conftest import postgres_url
 
 KINDS = ["sqlite", "journal", "postgresql"]
@@ -64,6 +69,34 @@ def test_intermediate_values_read_back_like_optunas_own(tmp_path: Path, kind: st
     with pytest.raises(UpdateFinishedTrialError):
         report_intermediate(trial, 3.0, 4096)
     assert 4096 not in study.trials[0].intermediate_values
+
+
+@pytest.mark.parametrize("kind", ONE_STATEMENT)
+def test_heartbeats_and_stale_trials_agree_with_optunas_own(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage(url_of(kind, tmp_path), heartbeat_interval=1, grace_period=30, create=True)
+    study = optuna.create_study(study_name=f"h{uuid.uuid4().hex[:8]}", storage=storage)
+    stale, fresh, done, silent = (study.ask() for _ in range(4))
+    optunas = []
+    for name in ("record_heartbeat", "_get_stale_trial_ids"):  # Optuna's own, to see that ours replaced it
+        own = getattr(RDBStorage, name)
+        monkeypatch.setattr(
+            RDBStorage, name, lambda self, i, own=own, name=name: (optunas.append(name), own(self, i))[1]
+        )
+    for trial in (stale, fresh, done, stale, fresh):  # a second beat moves the first one
+        storage.record_heartbeat(trial._trial_id)
+    study.tell(done, 1.0)
+    beats = models.TrialHeartbeatModel.__table__
+    with storage.engine.begin() as conn:  # the stale trial's worker went quiet a minute ago
+        last = conn.execute(sqlalchemy.select(beats.c.heartbeat).where(beats.c.trial_id == stale._trial_id)).scalar()
+        conn.execute(beats.update().where(beats.c.trial_id == stale._trial_id).values(heartbeat=last - timedelta(60)))
+        rows = conn.execute(sqlalchemy.select(beats.c.trial_id)).scalars().all()
+    ours = storage._get_stale_trial_ids(study._study_id)
+    assert optunas == []
+    assert sorted(rows) == sorted({stale._trial_id, fresh._trial_id, done._trial_id})  # one row per trial
+    assert ours == [stale._trial_id] == RDBStorage._get_stale_trial_ids(storage, study._study_id)
+    assert silent._trial_id not in ours  # never beat: Optuna leaves it alone too
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -28,10 +28,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params, sample
-from picollm.storage import mask_url, report_intermediate, set_user_attrs
+from picollm.storage import mask_url
 from picollm.sweeps.liveness import Lease, has_heartbeat, worker_id
 from picollm.sweeps.settings import Experiment
 from picollm.timing import Stopwatch, take_process_start
+from picollm.trial_writes import report_intermediate, set_user_attrs
 
 
 class AbortSweep(PicoError):

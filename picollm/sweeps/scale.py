@@ -4,7 +4,8 @@ For W = 1, 2, 4, 8 worker processes on one PostgreSQL study it runs near-empty t
 (``--dry-run``: no training, but every storage call a real trial makes) through the harness's own
 worker loop, then plain Optuna's ``study.optimize`` with a trivial objective over the same search
 space on the same database. Each process is started and imports everything before a shared
-barrier, so imports are not counted; opening the study (the harness's ``open_study``, Optuna's
+barrier (Optuna's storage imports what it needs on first use: :func:`~picollm.storage.import_rdb_modules`), so
+imports are not counted; opening the study (the harness's ``open_study``, Optuna's
 ``load_study``) is, for both. It prints the storage time per trial (worker-seconds per
 finished trial) and trials/s for both, and their ratio: what the harness adds per trial. Each figure is the best of
 ``ROUNDS`` rounds, the three kinds one after another in each: on a shared machine a slower minute otherwise decides the
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from picollm.errors import ConfigError, PicoError
-from picollm.storage import mask_url
+from picollm.storage import import_rdb_modules, mask_url
 
 WORKERS = (1, 2, 4, 8)
 QUICK_WORKERS = (1, 2)
@@ -99,6 +100,8 @@ def _harness_worker(path: str, storage: str, barrier: Any, results: Any) -> None
     spec = WorkerSpec(load_experiment(path, []), storage, threads=1, verbose=False, dry_run=True)
     import picollm.train  # noqa: F401  (the objective imports it; not part of the storage's cost)
 
+    import_rdb_modules()
+
     trips = _count_round_trips()
     barrier.wait()
     start, cpu = time.perf_counter(), time.process_time()
@@ -112,6 +115,7 @@ def _optuna_worker(name: str, storage: str, n_trials: int, reports: int, barrier
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    import_rdb_modules()
 
     def objective(trial: optuna.Trial) -> float:
         trial.suggest_categorical("optim.name", SEARCH["optim.name"]["choices"])

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from picollm import tracking
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
-from picollm.storage import claim_lock, mask_url
+from picollm.storage import RDB_MODULES, claim_lock, mask_url
 from picollm.sweeps import fingerprint
 from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.liveness import fail_stale
@@ -48,7 +48,7 @@ from picollm.sweeps.studies import (
 )
 
 STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
-IDLE_FIRST_S, IDLE_MAX_S = 0.1, 2.0  # a worker with nothing to start polls the study at these intervals
+IDLE_FIRST_S, IDLE_MAX_S = 0.02, 2.0  # a worker with nothing to start polls the study at these intervals (a COUNT)
 ShowTrial = Callable[[Any, Any], None]  # an Optuna callback showing a finished trial
 
 
@@ -188,9 +188,10 @@ def stop_workers(
             proc.join()
 
 
-# What every worker imports, once for all of them: torch, the trainer, Optuna and the storage drivers, and
-# torch._dynamo, which torch's optimisers import on first use (~1.5 s: picollm.bench --sweep's model_build).
-WORKER_PRELOAD = ["picollm.sweeps.objective", "picollm.train", "picollm.sweeps.dryrun", "torch._dynamo"]
+# What every worker imports, once for all of them: torch, the trainer, Optuna and what its database storage imports
+# on first use, and torch._dynamo, which torch's optimisers import on first use (~1.5 s: picollm.bench --sweep's
+# model_build).
+WORKER_PRELOAD = ["picollm.sweeps.objective", "picollm.train", "picollm.sweeps.dryrun", "torch._dynamo", *RDB_MODULES]
 
 
 def worker_context() -> Any:

@@ -1,0 +1,226 @@
+"""Writes to Optuna's own tables in one statement each, where Optuna makes several round trips.
+
+A dry-run trial (``python -m picollm.bench --workers-scale``) showed where the harness's storage time went beyond plain
+Optuna: a trial's attributes (Optuna writes one key per transaction), its periodic validation losses (Optuna's
+``report`` reads the trial, looks the step up, inserts and commits), its heartbeat (a read, an insert or update and a
+commit, on a thread Optuna starts for every trial) and the check for stale trials that Optuna's ``optimize`` runs before
+every trial (the running trials, then their heartbeats). Here each is one statement on PostgreSQL and SQLite, written
+as Optuna would write it to the same tables, so Optuna, its dashboard and every reader see nothing different.
+Other storages, and an Optuna whose internals moved, get Optuna's own calls; ``tests/test_storage.py`` compares the two
+paths on every storage kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+from optuna.storages import RDBStorage
+
+from picollm.storage import SERVERS, scheme, side_connection
+
+
+def set_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
+    """Record ``attrs`` on an Optuna trial in one statement where the storage is PostgreSQL or SQLite.
+
+    Optuna writes one key per transaction (a read of the trial, an upsert, a commit); a trial records about a
+    dozen keys, which made these writes the harness's largest storage cost per trial (``python -m picollm.bench
+    --workers-scale``). Here every key goes in one multi-row upsert that writes only while the trial is unfinished
+    (:func:`_unfinished_trial_writer`). Other storages, and an Optuna whose internals moved, get Optuna's own
+    one-key calls (``tests/test_storage.py`` says which path each storage takes). A finished trial refuses either
+    way (``UpdateFinishedTrialError``).
+    """
+    write = _unfinished_trial_writer(trial) if attrs else None
+    if write is None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    write("TrialUserAttributeModel", [{"key": k, "value_json": json.dumps(v)} for k, v in attrs.items()], "key")
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def report_intermediate(trial: Any, value: float, step: int) -> None:
+    """``trial.report(value, step)``, in one statement where the storage is PostgreSQL or SQLite.
+
+    Optuna's report reads the trial, looks the step up, inserts and commits: five round trips at every periodic
+    validation loss, the largest part of what pruning costs per trial. Here it is one insert that writes only while
+    the trial is unfinished (:func:`_unfinished_trial_writer`), stored as Optuna stores it. A step reported before,
+    a negative step, other storages and an Optuna whose internals moved get Optuna's own ``report`` (its warning,
+    its error, its write).
+    """
+    value, step = float(value), int(step)
+    write = _unfinished_trial_writer(trial)
+    if write is None or step < 0 or step in trial._cached_frozen_trial.intermediate_values:
+        trial.report(value, step)
+        return
+    from optuna.storages._rdb import models
+
+    stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+    row = {"step": step, "intermediate_value": stored, "intermediate_value_type": kind}
+    write("TrialIntermediateValueModel", [row], "step")
+    trial._cached_frozen_trial.intermediate_values[step] = value
+
+
+def _unfinished_trial_writer(trial: Any) -> Callable[[str, list[dict[str, Any]], str], None] | None:
+    """``write(model, rows, key)``: upsert ``rows`` into the table of Optuna's ``model`` for ``trial`` (unique on
+    trial and ``key``) in one autocommitted statement, or None where that is not possible.
+
+    The rows are selected together with the trial, filtered on an unfinished state, so a trial another worker has
+    finished takes nothing: the same check Optuna makes with a read of its own before each write.
+    """
+    import sqlite3
+
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
+    name = backend.engine.name if isinstance(backend, RDBStorage) else None
+    if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0)):  # RETURNING
+        return None
+    try:  # the internals this path relies on
+        from optuna.storages._rdb import models
+
+        for model in ("TrialModel", "TrialUserAttributeModel", "TrialIntermediateValueModel"):
+            getattr(models, model).__table__  # noqa: B018
+        trial_id, number = trial._trial_id, trial.number
+    except (ImportError, AttributeError):
+        return None
+
+    def write(model: str, rows: list[dict[str, Any]], key: str) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        columns = tuple(rows[0])
+        upsert = _upsert_statement(name, model, columns, len(rows), key)
+        params = {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in columns}
+        with _autocommit_connection(backend) as conn:  # the one statement is its own transaction
+            written = conn.execute(upsert, params | {"id": trial_id}).all()
+        if len(written) != len(rows):
+            raise UpdateFinishedTrialError(f"Trial#{number} has already finished and can not be updated.")
+
+    return write
+
+
+@contextlib.contextmanager
+def _autocommit_connection(backend: Any) -> Iterator[Any]:
+    """On a server, a connection of the side pool, which is in autocommit already: switching one of Optuna's pooled
+    connections to autocommit and back costs five more driver calls for each write. On a file, one of Optuna's,
+    switched (a second pool would hold a second lock on the file)."""
+    if scheme(backend.url) in SERVERS:
+        with side_connection(backend.url) as conn:
+            yield conn
+        return
+    with backend.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@functools.cache
+def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows: int, key: str) -> Any:
+    """The statement of :func:`_unfinished_trial_writer` for rows of this shape, built once: building it cost more
+    than sending it. Its parameters are ``id`` and ``<column>_<row>``."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    table, trials = getattr(models, model).__table__, models.TrialModel.__table__
+    selects = [
+        sqlalchemy.select(
+            *(
+                sqlalchemy.cast(sqlalchemy.bindparam(f"{c}_{i}", type_=table.c[c].type), table.c[c].type).label(c)
+                for c in columns
+            )
+        )
+        for i in range(n_rows)
+    ]
+    new = (sqlalchemy.union_all(*selects) if n_rows > 1 else selects[0]).subquery("new")
+    unfinished = (TrialState.RUNNING, TrialState.WAITING)  # what Optuna's check_trial_is_updatable lets through
+    source = (
+        sqlalchemy.select(trials.c.trial_id, *(new.c[c] for c in columns))
+        .join_from(trials, new, sqlalchemy.true())
+        .where(trials.c.trial_id == sqlalchemy.bindparam("id"), trials.c.state.in_(unfinished))
+    )
+    insert = _UPSERTS[dialect]().insert(table).from_select(["trial_id", *columns], source)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.trial_id, table.c[key]],
+        set_={c: insert.excluded[c] for c in columns if c != key},
+    ).returning(table.c.trial_id)
+
+
+def _postgresql() -> Any:
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql
+
+
+def _sqlite() -> Any:
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite
+
+
+_UPSERTS: dict[str, Callable[[], Any]] = {"postgresql": _postgresql, "sqlite": _sqlite}
+
+
+class OneStatementRDBStorage(RDBStorage):
+    """Optuna's RDB storage, with a trial's heartbeat and the search for stale trials one statement each.
+
+    Optuna beats with an ORM read, an insert (or a second read and an update) and a commit, and finds stale trials with
+    a read of the running trials, one of their heartbeats and a commit. Both are in every trial of a sweep, on the
+    heartbeat thread and in ``optimize`` before the trial. Here the beat is one upsert and the search one join; what is
+    stale is decided as Optuna decides it (the server's clock against ``grace_period``).
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        if not _heartbeats_in_one_statement(self):
+            super().record_heartbeat(trial_id)
+            return
+        with _autocommit_connection(self) as conn:
+            conn.execute(_heartbeat_upsert(self.engine.name), {"id": trial_id})
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if not _heartbeats_in_one_statement(self):
+            return super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
+        with _autocommit_connection(self) as conn:
+            rows = conn.execute(_running_heartbeats_query(), {"study_id": study_id}).all()
+        # the server's clock, without its zone, as Optuna compares it with the stored (zoneless) beats
+        return [trial_id for trial_id, beat, now in rows if now.replace(tzinfo=None) - beat > grace]
+
+
+def _heartbeats_in_one_statement(storage: RDBStorage) -> bool:
+    try:  # the internals this path relies on
+        from optuna.storages._rdb import models
+
+        models.TrialHeartbeatModel.__table__  # noqa: B018
+    except (ImportError, AttributeError):
+        return False
+    return storage.engine.name in _UPSERTS
+
+
+@functools.cache
+def _heartbeat_upsert(dialect: str) -> Any:
+    """Optuna's beat: a row per trial (unique on ``trial_id``) holding the server's time of the last beat."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    beats = models.TrialHeartbeatModel.__table__
+    insert = (
+        _UPSERTS[dialect]().insert(beats).values(trial_id=sqlalchemy.bindparam("id"), heartbeat=sqlalchemy.func.now())
+    )
+    return insert.on_conflict_do_update(index_elements=[beats.c.trial_id], set_={"heartbeat": sqlalchemy.func.now()})
+
+
+@functools.cache
+def _running_heartbeats_query() -> Any:
+    """Each running trial of a study that has beaten, its last beat and the server's time now."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    return (
+        sqlalchemy.select(trials.c.trial_id, beats.c.heartbeat, sqlalchemy.func.now())
+        .join_from(trials, beats, beats.c.trial_id == trials.c.trial_id)
+        .where(trials.c.study_id == sqlalchemy.bindparam("study_id"), trials.c.state == TrialState.RUNNING)
+    )
