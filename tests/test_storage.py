@@ -91,7 +91,8 @@ def test_heartbeats_and_stale_trials_agree_with_optunas_own(
     with storage.engine.begin() as conn:  # the stale trial's worker went quiet a minute ago
         last = conn.execute(sqlalchemy.select(beats.c.heartbeat).where(beats.c.trial_id == stale._trial_id)).scalar()
         conn.execute(beats.update().where(beats.c.trial_id == stale._trial_id).values(heartbeat=last - timedelta(60)))
-        rows = conn.execute(sqlalchemy.select(beats.c.trial_id)).scalars().all()
+        ids = [t._trial_id for t in (stale, fresh, done, silent)]
+        rows = conn.execute(sqlalchemy.select(beats.c.trial_id).where(beats.c.trial_id.in_(ids))).scalars().all()
     ours = storage._get_stale_trial_ids(study._study_id)
     assert optunas == []
     assert sorted(rows) == sorted({stale._trial_id, fresh._trial_id, done._trial_id})  # one row per trial
