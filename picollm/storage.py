@@ -184,11 +184,6 @@ def ping_when_idle(engine: Any, idle_s: float) -> None:
             raise exc.DisconnectionError(f"idle connection is gone: {type(err).__name__}") from err
 
 
-def count_trials(study: Any, states: Any, connection: Any = None) -> int:
-    """How many of the study's trials are in ``states`` (see :func:`count_by_state`)."""
-    return sum(count_by_state(study, states, connection).values())
-
-
 def count_by_state(study: Any, states: Any, connection: Any = None) -> dict[Any, int]:
     """How many of the study's trials are in each of ``states`` (every one of them a key, 0 included).
 
@@ -214,6 +209,18 @@ def count_by_state(study: Any, states: Any, connection: Any = None) -> dict[Any,
     )
     counts.update({state: int(n) for state, n in connection.execute(query)})
     return counts
+
+
+def trial_ids(study: Any, states: Any, connection: Any) -> list[int]:
+    """The ids of the study's trials in ``states``, in one statement on ``connection`` (an RDB storage's)."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    query = sqlalchemy.select(table.c.trial_id).where(
+        table.c.study_id == study._study_id, table.c.state.in_(list(states))
+    )
+    return list(connection.execute(query).scalars())
 
 
 OPENERS: dict[str, Callable[..., Any]] = {
@@ -281,7 +288,7 @@ def _side_engine(url: str) -> Any:
 
 @contextlib.contextmanager
 def side_connection(url: str) -> Iterator[Any]:
-    """An autocommit connection to a database server's ``url`` (for :func:`count_trials`); None for files."""
+    """An autocommit connection to a database server's ``url`` (for :func:`count_by_state`); None for files."""
     if scheme(url) not in SERVERS:
         yield None
         return
@@ -328,6 +335,6 @@ LOCKS: dict[str, Callable[[str, str], contextlib.AbstractContextManager[Any]]] =
 def claim_lock(url: str, name: str) -> contextlib.AbstractContextManager[Any]:
     """A lock named ``name`` that every process using ``url`` shares, on this machine or any other.
 
-    It yields the lock's database connection on a database server (for :func:`count_trials`), else None.
+    It yields the lock's database connection on a database server (for :func:`count_by_state`), else None.
     """
     return LOCKS[scheme(url)](url, name)

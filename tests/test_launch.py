@@ -237,5 +237,8 @@ def test_workers_scale_measures_the_harness_beside_plain_optuna(tmp_path: Path, 
     assert row["harness"]["ms_per_trial"] > 0 and row["optuna"]["trials_per_s"] > 0 and row["ratio_reports"] > 0
     for kind in ("harness", "optuna", "optuna_reports"):  # each worker's CPU and its exchanges with the server
         assert row[kind]["cpu_ms_per_trial"] > 0 and row[kind]["round_trips_per_trial"] >= 10, kind
+        assert row[kind]["open_ms"] > 0, kind  # opening the study, timed apart from the trials
+    low, high = row["ratio_range"]
+    assert low == high == row["ratio"]  # one round: its own ratio
     (tag,) = [r["tag"] for r in row["rounds"]]
     assert not [name for name in optuna.get_all_study_names(postgres) if name.endswith(tag)]  # all deleted

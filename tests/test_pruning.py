@@ -1,4 +1,4 @@
-"""picollm.sweeps.pruning: a pruner's reads of finished trials, checked by a count instead of repeated."""
+"""picollm.sweeps.pruning: a pruner reads each finished trial once, and sees every trial that finishes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy
 
 from picollm.storage import open_storage
-from picollm.sweeps.pruning import CountCheckedPruner
+from picollm.sweeps.pruning import ReadOncePruner
 from tests.conftest import postgres_url
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a bare study.ask, on purpose
@@ -32,7 +32,7 @@ def test_it_prunes_as_its_pruner_does_and_sees_trials_other_workers_finish(tmp_p
     url, name = url_of(kind, tmp_path), f"p{uuid.uuid4().hex[:8]}"
     median = optuna.pruners.MedianPruner(n_startup_trials=2)
     here = optuna.create_study(study_name=name, storage=open_storage(url, create=True))
-    here.pruner = CountCheckedPruner(median, url)
+    here.pruner = ReadOncePruner(median, url)
     elsewhere = optuna.load_study(study_name=name, storage=url)  # another worker, another storage object
     finish(elsewhere, [1.0, 1.0])
     running = here.ask()
@@ -44,11 +44,13 @@ def test_it_prunes_as_its_pruner_does_and_sees_trials_other_workers_finish(tmp_p
     assert median.prune(plain, plain.trials[running.number])  # what the pruner itself decides
 
 
-def test_while_no_trial_finishes_a_read_is_one_count(tmp_path: Path) -> None:
+def test_while_no_trial_finishes_a_read_is_one_statement_and_a_new_one_is_the_only_one_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, name = postgres_url(), f"p{uuid.uuid4().hex[:8]}"
     storage = open_storage(url, create=True)
     study = optuna.create_study(study_name=name, storage=storage)
-    study.pruner = CountCheckedPruner(optuna.pruners.MedianPruner(n_startup_trials=1), url)
+    study.pruner = ReadOncePruner(optuna.pruners.MedianPruner(n_startup_trials=1), url)
     for _ in range(3):
         finish(study, [1.0, 1.0])
     running = study.ask()
@@ -56,11 +58,18 @@ def test_while_no_trial_finishes_a_read_is_one_count(tmp_path: Path) -> None:
     assert running.should_prune()  # the first read fetches the trials
     statements: list[str] = []
     sqlalchemy.event.listen(storage.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    built: list[int] = []
+    build = type(storage)._build_frozen_trial_from_trial_model
+    monkeypatch.setattr(
+        type(storage),
+        "_build_frozen_trial_from_trial_model",
+        lambda self, m: (built.append(m.number), build(self, m))[1],
+    )
     assert running.should_prune()
     assert statements == []  # Optuna's own read would fetch the running trial and its tables again
     finish(optuna.load_study(study_name=name, storage=url), [3.0, 3.0])
     assert running.should_prune()
-    assert any("FROM trials" in s for s in statements)  # one more finished: read again
+    assert built == [running.number + 1]  # the one finished since; not the running trial, not the three before
 
 
 def test_hyperband_is_left_as_it_is_for_the_samplers_that_look_for_it(tmp_path: Path) -> None:
@@ -68,7 +77,7 @@ def test_hyperband_is_left_as_it_is_for_the_samplers_that_look_for_it(tmp_path: 
     from picollm.sweeps.studies import open_study
     from tests.sweeps import write_experiment
 
-    for pruner, kind in [("hyperband", optuna.pruners.HyperbandPruner), ("median", CountCheckedPruner)]:
+    for pruner, kind in [("hyperband", optuna.pruners.HyperbandPruner), ("median", ReadOncePruner)]:
         path = write_experiment(tmp_path, study={"pruner": pruner, "name": pruner})
         study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=True)
         assert type(study.pruner) is kind  # optuna.pruners._filter_study: isinstance(study.pruner, HyperbandPruner)

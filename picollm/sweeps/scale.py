@@ -1,15 +1,18 @@
 """How the sweep's storage traffic scales with workers: ``python -m picollm.bench --workers-scale``.
 
-For W = 1, 2, 4, 8 worker processes on one PostgreSQL study it runs near-empty trials
-(``--dry-run``: no training, but every storage call a real trial makes) through the harness's own
-worker loop, then plain Optuna's ``study.optimize`` with a trivial objective over the same search
-space on the same database. Each process is started and imports everything before a shared
-barrier (Optuna's storage imports what it needs on first use: :func:`~picollm.storage.import_rdb_modules`), so
-imports are not counted; opening the study (the harness's ``open_study``, Optuna's
-``load_study``) is, for both. It prints the storage time per trial (worker-seconds per
-finished trial) and trials/s for both, and their ratio: what the harness adds per trial. Each figure is the best of
-``ROUNDS`` rounds, the three kinds one after another in each: on a shared machine a slower minute otherwise decides the
-ratio (``timeit`` takes the best for the same reason).
+For W = 1, 2, 4, 8 worker processes on one PostgreSQL study it runs near-empty trials (``--dry-run``: no training,
+but every storage call a real trial makes) through the harness's own worker loop, then plain Optuna's
+``study.optimize`` with a trivial objective over the same search space on the same database, with and without the
+same pruning reports. Each process is started and imports everything before a shared barrier (Optuna's storage
+imports what it needs on first use: :func:`~picollm.storage.import_rdb_modules`), so imports are not counted.
+Opening the study (the harness's ``open_study``, Optuna's ``load_study``) is timed apart: it is paid once per
+worker, not per trial. Per trial it prints the worker-seconds (all workers' time from their opening to their exit
+over the finished trials), trials/s, the workers' CPU time and their round trips to the server.
+
+A round runs the three kinds one after another; the ratio of the harness over plain Optuna is taken within each
+round, where both met the same machine, and the summary is the median of ``ROUNDS`` rounds with their range: on a
+shared machine a slower minute moves both kinds of a round, and a best-of per kind could pair one kind's lucky round
+with the other's ordinary one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import multiprocessing
 import os
 import queue
+import statistics
 import tempfile
 import time
 import uuid
@@ -40,7 +44,7 @@ SEARCH = {  # the shape of experiments/quick.yaml's space
     "model.k": {"type": "int", "low": 1, "high": 5},
 }
 REPORTS = 6  # validation losses per trial, as in quick.yaml
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _experiment_file(folder: Path, name: str, n_trials: int) -> Path:
@@ -92,21 +96,34 @@ def _count_round_trips() -> list[int]:
     return count
 
 
+def _timed(open_study: Any, work: Any, barrier: Any, results: Any) -> None:
+    """From the barrier: open the study, then work on it; put (open seconds, then the work's elapsed and CPU seconds
+    and round trips)."""
+    trips = _count_round_trips()
+    barrier.wait()
+    start = time.perf_counter()
+    study = open_study()
+    opened, cpu, trips_before = time.perf_counter(), time.process_time(), trips[0]
+    work(study)
+    results.put((opened - start, time.perf_counter() - opened, time.process_time() - cpu, trips[0] - trips_before))
+
+
 def _harness_worker(path: str, storage: str, barrier: Any, results: Any) -> None:
-    """One harness worker (the loop ``sweep.py run`` runs), timed from the barrier to its exit."""
+    """One harness worker (the loop ``sweep.py run`` runs)."""
     from picollm.sweeps.settings import load_experiment
+    from picollm.sweeps.studies import open_study
     from picollm.sweeps.workers import WorkerSpec, run_worker
 
     spec = WorkerSpec(load_experiment(path, []), storage, threads=1, verbose=False, dry_run=True)
     import picollm.train  # noqa: F401  (the objective imports it; not part of the storage's cost)
 
     import_rdb_modules()
-
-    trips = _count_round_trips()
-    barrier.wait()
-    start, cpu = time.perf_counter(), time.process_time()
-    run_worker(spec)
-    results.put((time.perf_counter() - start, time.process_time() - cpu, trips[0]))
+    _timed(
+        lambda: open_study(spec.exp, storage, create=False),
+        lambda study: run_worker(spec, study=study),
+        barrier,
+        results,
+    )
 
 
 def _optuna_worker(name: str, storage: str, n_trials: int, reports: int, barrier: Any, results: Any) -> None:
@@ -128,24 +145,21 @@ def _optuna_worker(name: str, storage: str, n_trials: int, reports: int, barrier
                 raise optuna.TrialPruned()
         return value
 
-    trips = _count_round_trips()
-    barrier.wait()
-    start, cpu = time.perf_counter(), time.process_time()
-    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.MedianPruner()
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    study.optimize(objective, n_trials=n_trials)
-    results.put((time.perf_counter() - start, time.process_time() - cpu, trips[0]))
+    def load() -> optuna.Study:
+        sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.MedianPruner()
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+    _timed(load, lambda study: study.optimize(objective, n_trials=n_trials), barrier, results)
 
 
-def _run(target: Any, args_of: Any, workers: int) -> list[tuple[float, float, int]]:
-    """Start ``workers`` processes, release them together, return each one's elapsed and CPU seconds and round
-    trips."""
+def _run(target: Any, args_of: Any, workers: int) -> list[tuple[float, float, float, int]]:
+    """Start ``workers`` processes, release them together, return each one's :func:`_timed` figures."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args_of, barrier, results)) for _ in range(workers)]
     for proc in procs:
         proc.start()
-    timings: list[tuple[float, float, int]] = []
+    timings: list[tuple[float, float, float, int]] = []
     while len(timings) < workers:  # a worker that dies puts nothing: stop instead of waiting for it
         try:
             timings.append(results.get(timeout=1.0))
@@ -167,15 +181,17 @@ def _finished(name: str, storage: str) -> int:
     return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
 
 
-def _figures(timings: list[tuple[float, float, int]], trials: int) -> dict[str, float]:
-    """Per finished trial: worker-seconds, the workers' own CPU time (their processes', heartbeat threads included:
-    with as many workers as cores, CPU rather than waiting on the server sets the pace) and round trips."""
-    elapsed, cpu, trips = zip(*timings, strict=True)
+def _figures(timings: list[tuple[float, float, float, int]], trials: int) -> dict[str, float]:
+    """Per finished trial: worker-seconds after opening, the workers' own CPU time (their processes', heartbeat threads
+    included: with as many workers as cores, CPU rather than waiting on the server sets the pace) and round trips; and
+    the opening, per worker."""
+    opening, elapsed, cpu, trips = zip(*timings, strict=True)
     return {
         "ms_per_trial": 1000 * sum(elapsed) / trials,
         "trials_per_s": trials / max(elapsed),
         "cpu_ms_per_trial": 1000 * sum(cpu) / trials,
         "round_trips_per_trial": sum(trips) / trials,
+        "open_ms": 1000 * statistics.median(opening),
         "trials": trials,
     }
 
@@ -214,14 +230,16 @@ def measure_once(storage: str, workers: int, trials_per_worker: int, folder: Pat
 
 
 def measure(storage: str, workers: int, trials_per_worker: int, folder: Path, rounds: int = 1) -> dict[str, Any]:
-    """One row: each kind's best round (the fewest ms per trial), and the ratios of those."""
+    """One row: each kind's figures as the median over rounds, and the harness's ratios taken within each round
+    (median, lowest, highest)."""
     row: dict[str, Any] = {"workers": workers, "rounds": []}
     for i in range(rounds):
         row["rounds"].append(measure_once(storage, workers, trials_per_worker, folder, first=i % len(KINDS)))
     for kind in KINDS:
-        row[kind] = min((r[kind] for r in row["rounds"]), key=lambda figures: figures["ms_per_trial"])
-    row["ratio"] = row["harness"]["ms_per_trial"] / row["optuna"]["ms_per_trial"]
-    row["ratio_reports"] = row["harness"]["ms_per_trial"] / row["optuna_reports"]["ms_per_trial"]
+        row[kind] = {key: statistics.median(r[kind][key] for r in row["rounds"]) for key in row["rounds"][0][kind]}
+    for name, over in (("ratio", "optuna"), ("ratio_reports", "optuna_reports")):
+        ratios = [r["harness"]["ms_per_trial"] / r[over]["ms_per_trial"] for r in row["rounds"]]
+        row[name], row[f"{name}_range"] = statistics.median(ratios), (min(ratios), max(ratios))
     return row
 
 
@@ -233,17 +251,20 @@ def header(storage: str, rounds: int) -> str:
     columns = " | ".join([f"{'ms/trial':>8} {'trials/s':>8}"] * len(KINDS))
     return (
         f"workers scale on {mask_url(storage)}: near-empty trials (--dry-run), {REPORTS} reports each; "
-        f"{os.cpu_count()} CPU(s) here; best of {rounds} round(s)\n{'':14} | {titles} | harness over\n"
-        f"{'workers':>7} {'trials':>6} | {columns} |  plain  +reps | CPU ms/trial h/o/o+r | trips h/o/o+r"
+        f"{os.cpu_count()} CPU(s) here; median of {rounds} round(s)\n{'':14} | {titles} | harness over plain\n"
+        f"{'workers':>7} {'trials':>6} | {columns} | median (range)    | +reps | CPU ms/trial h/o/o+r | "
+        "trips h/o/o+r | open ms h/o"
     )
 
 
 def row_line(r: dict[str, Any]) -> str:
     cells = " | ".join(f"{r[k]['ms_per_trial']:8.1f} {r[k]['trials_per_s']:8.1f}" for k in KINDS)
-    ratios = f"{r['ratio']:5.2f}x {r['ratio_reports']:5.2f}x"
+    low, high = r["ratio_range"]
+    ratios = f"{r['ratio']:4.2f}x ({low:4.2f}-{high:4.2f}) | {r['ratio_reports']:4.2f}x"
     cpu = " ".join(f"{r[k]['cpu_ms_per_trial']:5.1f}" for k in KINDS)
-    trips = " ".join(f"{r[k]['round_trips_per_trial']:4.0f}" for k in KINDS)
-    return f"{r['workers']:7d} {r['harness']['trials']:6d} | {cells} | {ratios} | {cpu:20} | {trips}"
+    trips = " ".join(f"{r[k]['round_trips_per_trial']:3.0f}" for k in KINDS)
+    opening = f"{r['harness']['open_ms']:4.0f} {r['optuna']['open_ms']:4.0f}"
+    return f"{r['workers']:7d} {r['harness']['trials']:6d} | {cells} | {ratios} | {cpu:20} | {trips:13} | {opening}"
 
 
 def autovacuum_on(storage: str) -> bool:
@@ -272,10 +293,15 @@ def workers_scale(quick: bool, out: str) -> int:
         for workers in QUICK_WORKERS if quick else WORKERS:  # a row as soon as it is measured: W=8 takes a while
             rows.append(measure(storage, workers, per_worker, Path(tmp), rounds))
             print(row_line(rows[-1]), flush=True)
-    print("ms/trial: worker-seconds per finished trial (all workers' time / trials), each kind's best round; last")
-    print(f"columns: harness ms/trial over plain Optuna's, and over plain Optuna's with the same {REPORTS} reports;")
-    print("CPU: the workers' own CPU time per trial, harness / plain / +reports, in those rounds; trips: their round")
-    print("trips to PostgreSQL per trial (statements, commits and rollbacks, counted in psycopg)")
+    print("ms/trial: worker-seconds per finished trial (all workers' time from opening the study to their exit, over")
+    print("the trials), each kind's median over the rounds; harness over plain: the ratio within each round, median")
+    print(
+        f"and range; +reps: the same over plain Optuna with the same {REPORTS} reports; CPU: the workers' own CPU time"
+    )
+    print(
+        "per trial, harness / plain / +reports; trips: their round trips to PostgreSQL per trial (statements, commits"
+    )
+    print("and rollbacks, counted in psycopg); open: opening the study, per worker (open_study / load_study)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"storage": mask_url(storage), "rows": rows}, indent=1))
     print(f"wrote {out}")

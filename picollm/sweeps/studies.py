@@ -25,7 +25,7 @@ from picollm.errors import PicoError
 from picollm.search import baseline_params
 from picollm.storage import claim_lock, count_by_state, mask_url, open_storage, side_connection
 from picollm.sweeps import fingerprint
-from picollm.sweeps.pruning import count_checked
+from picollm.sweeps.pruning import read_once
 from picollm.sweeps.registry import make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment
 
@@ -77,7 +77,7 @@ def _load(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
         study_name=s.name,
         storage=storage,
         sampler=make_sampler(s.sampler, exp.space, s.seed, s.sampler_options),
-        pruner=count_checked(make_pruner(s.pruner, s.pruner_options), storage_url),
+        pruner=read_once(make_pruner(s.pruner, s.pruner_options), storage_url),
     )
     study.configure_cap(s.n_trials, storage_url)
     return study

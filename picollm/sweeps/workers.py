@@ -115,15 +115,16 @@ def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, dea
     return True
 
 
-def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None) -> None:
+def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any = None) -> None:
     """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C.
 
     A trial takes tens of seconds: the tracker prints a line about it every few seconds, so a terminal is never
-    silent for a whole trial.
+    silent for a whole trial. ``study`` is the spec's study opened already (the workers-scale bench times the
+    opening apart); by default it is opened here.
     """
     s = spec.exp.study
     tracking.progress_line = _progress_line
-    study = open_study(spec.exp, spec.storage, create=False)
+    study = open_study(spec.exp, spec.storage, create=False) if study is None else study
     objective = Objective(spec.exp, spec.threads, spec.rank, dry_run=spec.dry_run)
     show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
