@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+from optuna.distributions import BaseDistribution, check_distribution_compatibility, distribution_to_json
 from optuna.storages import RDBStorage
 
 from picollm.storage import SERVERS, scheme, side_connection
@@ -65,29 +66,38 @@ def report_intermediate(trial: Any, value: float, step: int) -> None:
     trial._cached_frozen_trial.intermediate_values[step] = value
 
 
-def _unfinished_trial_writer(trial: Any) -> Callable[[str, list[dict[str, Any]], str], None] | None:
-    """``write(model, rows, key)``: upsert ``rows`` into the table of Optuna's ``model`` for ``trial`` (unique on
-    trial and ``key``) in one autocommitted statement, or None where that is not possible.
+def _unfinished_trial_writer(trial: Any) -> Callable[[str, list[dict[str, Any]], str | None], None] | None:
+    """:func:`_writer` for an Optuna trial."""
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
+    try:
+        trial_id, number = trial._trial_id, trial.number
+    except AttributeError:
+        return None
+    return _writer(backend, trial_id, f"Trial#{number}")
+
+
+def _writer(backend: Any, trial_id: int, label: str) -> Callable[[str, list[dict[str, Any]], str | None], None] | None:
+    """``write(model, rows, key)``: insert ``rows`` into the table of Optuna's ``model`` for trial ``trial_id`` in one
+    autocommitted statement (an upsert on trial and ``key`` unless ``key`` is None), or None where that is not
+    possible.
 
     The rows are selected together with the trial, filtered on an unfinished state, so a trial another worker has
     finished takes nothing: the same check Optuna makes with a read of its own before each write.
     """
     import sqlite3
 
-    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
     name = backend.engine.name if isinstance(backend, RDBStorage) else None
     if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0)):  # RETURNING
         return None
     try:  # the internals this path relies on
         from optuna.storages._rdb import models
 
-        for model in ("TrialModel", "TrialUserAttributeModel", "TrialIntermediateValueModel"):
+        for model in ("TrialModel", "TrialUserAttributeModel", "TrialIntermediateValueModel", "TrialParamModel"):
             getattr(models, model).__table__  # noqa: B018
-        trial_id, number = trial._trial_id, trial.number
     except (ImportError, AttributeError):
         return None
 
-    def write(model: str, rows: list[dict[str, Any]], key: str) -> None:
+    def write(model: str, rows: list[dict[str, Any]], key: str | None) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
         columns = tuple(rows[0])
@@ -96,7 +106,7 @@ def _unfinished_trial_writer(trial: Any) -> Callable[[str, list[dict[str, Any]],
         with _autocommit_connection(backend) as conn:  # the one statement is its own transaction
             written = conn.execute(upsert, params | {"id": trial_id}).all()
         if len(written) != len(rows):
-            raise UpdateFinishedTrialError(f"Trial#{number} has already finished and can not be updated.")
+            raise UpdateFinishedTrialError(f"{label} has already finished and can not be updated.")
 
     return write
 
@@ -116,7 +126,7 @@ def _autocommit_connection(backend: Any) -> Iterator[Any]:
 
 
 @functools.cache
-def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows: int, key: str) -> Any:
+def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows: int, key: str | None) -> Any:
     """The statement of :func:`_unfinished_trial_writer` for rows of this shape, built once: building it cost more
     than sending it. Its parameters are ``id`` and ``<column>_<row>``."""
     import sqlalchemy
@@ -141,6 +151,8 @@ def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows
         .where(trials.c.trial_id == sqlalchemy.bindparam("id"), trials.c.state.in_(unfinished))
     )
     insert = _UPSERTS[dialect]().insert(table).from_select(["trial_id", *columns], source)
+    if key is None:  # a plain insert: a second row for the same key is refused, as Optuna's insert refuses it
+        return insert.returning(table.c.trial_id)
     return insert.on_conflict_do_update(
         index_elements=[table.c.trial_id, table.c[key]],
         set_={c: insert.excluded[c] for c in columns if c != key},
@@ -163,12 +175,15 @@ _UPSERTS: dict[str, Callable[[], Any]] = {"postgresql": _postgresql, "sqlite": _
 
 
 class OneStatementRDBStorage(RDBStorage):
-    """Optuna's RDB storage, with a trial's heartbeat and the search for stale trials one statement each.
+    """Optuna's RDB storage, with a trial's parameters, its heartbeat and the search for stale trials one statement
+    each.
 
-    Optuna beats with an ORM read, an insert (or a second read and an update) and a commit, and finds stale trials with
-    a read of the running trials, one of their heartbeats and a commit. Both are in every trial of a sweep, on the
-    heartbeat thread and in ``optimize`` before the trial. Here the beat is one upsert and the search one join; what is
-    stale is decided as Optuna decides it (the server's clock against ``grace_period``).
+    Optuna writes a parameter with a read of the trial, an insert and a commit; it beats with an ORM read, an insert
+    (or a second read and an update) and a commit; and it finds stale trials with a read of the running trials, one of
+    their heartbeats and a commit. All three are in every trial of a sweep (the heartbeat on its own thread, the stale
+    check in ``optimize`` before the trial). Here a parameter is one insert that only an unfinished trial takes, after
+    Optuna's own check of its distribution; the beat is one upsert and the search one join, and what is stale is
+    decided as Optuna decides it (the server's clock against ``grace_period``).
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -177,6 +192,24 @@ class OneStatementRDBStorage(RDBStorage):
             return
         with _autocommit_connection(self) as conn:
             conn.execute(_heartbeat_upsert(self.engine.name), {"id": trial_id})
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+        previous_distribution: BaseDistribution | None,
+    ) -> None:
+        """Optuna's checks and row, in one statement once this process knows the parameter's distribution in the
+        study (Optuna's cache passes it from the second trial on); until then Optuna looks it up itself."""
+        write = None if previous_distribution is None else _writer(self, trial_id, f"Trial with id {trial_id}")
+        if write is None:
+            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
+            return
+        check_distribution_compatibility(previous_distribution, distribution)
+        row = {"param_name": param_name, "param_value": param_value_internal}
+        write("TrialParamModel", [row | {"distribution_json": distribution_to_json(distribution)}], None)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         if not _heartbeats_in_one_statement(self):

@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
@@ -69,6 +70,31 @@ def test_intermediate_values_read_back_like_optunas_own(tmp_path: Path, kind: st
     with pytest.raises(UpdateFinishedTrialError):
         report_intermediate(trial, 3.0, 4096)
     assert 4096 not in study.trials[0].intermediate_values
+
+
+@pytest.mark.parametrize("kind", ONE_STATEMENT)
+def test_parameters_written_in_one_statement_read_back_like_optunas_own(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage(url_of(kind, tmp_path), create=True)
+    study = optuna.create_study(study_name=f"q{uuid.uuid4().hex[:8]}", storage=storage)
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "opt": CategoricalDistribution(["sgd", "adam"])}
+    first = study.ask(space)  # Optuna's own write: this process does not know the distributions yet
+    optunas: list[str] = []
+    own = RDBStorage._set_trial_param
+    monkeypatch.setattr(RDBStorage, "_set_trial_param", lambda self, *a: (optunas.append(a[1]), own(self, *a))[1])
+    second = study.ask(space)
+    assert optunas == []  # the second trial's parameters took the one-statement path
+    for trial in (first, second):
+        stored = study.trials[trial.number]  # what another process reads
+        assert stored.params == trial.params and stored.distributions == space
+    with pytest.raises(ValueError, match="Cannot set different distribution kind"):  # Optuna's check, still made
+        study.ask({"lr": CategoricalDistribution([0.1, 0.2])})
+    study.tell(second, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):  # the distribution known: the one-statement path refuses it
+        storage._set_trial_param(second._trial_id, "late", 0.5, FloatDistribution(0, 1), FloatDistribution(0, 1))
+    assert optunas == []
+    assert "late" not in study.trials[second.number].params
 
 
 @pytest.mark.parametrize("kind", ONE_STATEMENT)
