@@ -242,3 +242,26 @@ def test_workers_scale_measures_the_harness_beside_plain_optuna(tmp_path: Path, 
     assert low == high == row["ratio"]  # one round: its own ratio
     (tag,) = [r["tag"] for r in row["rounds"]]
     assert not [name for name in optuna.get_all_study_names(postgres) if name.endswith(tag)]  # all deleted
+
+
+def test_a_worker_keeps_its_server_connections_from_trial_to_trial(tmp_path: Path, postgres: str) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    from picollm.sweeps.scale import _experiment_file
+    from picollm.sweeps.studies import enqueue_baseline, open_study
+    from picollm.sweeps.workers import WorkerSpec, run_worker
+
+    exp = load_experiment(str(_experiment_file(tmp_path, f"conn-{uuid.uuid4().hex[:8]}", 12)), [])
+    enqueue_baseline(open_study(exp, postgres, create=True), exp)
+    opened: list[object] = []
+    count = lambda dbapi_connection, record: opened.append(record)  # noqa: E731
+    event.listen(Pool, "connect", count)
+    try:
+        run_worker(WorkerSpec(exp, postgres, threads=1, verbose=False, dry_run=True))
+    finally:
+        event.remove(Pool, "connect", count)
+        optuna.delete_study(study_name=exp.study.name, storage=postgres)
+    # opened once (its trials, its own statements, the heartbeat thread), not again for every trial: each new
+    # connection is a new server process
+    assert len(opened) <= 4, len(opened)
