@@ -12,8 +12,9 @@ Owns three things a sweep needs from its storage:
   Starting a trial under it is what keeps a study's total exact (see :mod:`picollm.sweeps.studies`).
 - masking passwords (:func:`mask_url`) in URLs and in any message that quotes one.
 
-It also counts trials by state in one statement (:func:`count_by_state`) on a small autocommit pool of its own
-(:func:`side_connection`).
+It also counts trials by state (:func:`count_by_state`) and lists their ids (:func:`trial_ids`) in one statement each,
+on a small autocommit pool of its own (:func:`side_connection`), which also checks whether a server's tables are
+there before opening it.
 """
 
 from __future__ import annotations
@@ -290,7 +291,8 @@ def _side_engine(url: str) -> Any:
 
 @contextlib.contextmanager
 def side_connection(url: str) -> Iterator[Any]:
-    """An autocommit connection to a database server's ``url`` (for :func:`count_by_state`); None for files."""
+    """An autocommit connection to a database server's ``url`` (counts, trial ids, the schema check, the one-statement
+    writes of :mod:`picollm.trial_writes`); None for files."""
     if scheme(url) not in SERVERS:
         yield None
         return

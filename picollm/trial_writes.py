@@ -70,19 +70,20 @@ def _unfinished_trial_writer(trial: Any) -> Callable[[str, list[dict[str, Any]],
     """:func:`_writer` for an Optuna trial."""
     backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
     try:
-        trial_id, number = trial._trial_id, trial.number
+        trial_id = trial._trial_id
     except AttributeError:
         return None
-    return _writer(backend, trial_id, f"Trial#{number}")
+    return _writer(backend, trial_id)
 
 
-def _writer(backend: Any, trial_id: int, label: str) -> Callable[[str, list[dict[str, Any]], str | None], None] | None:
+def _writer(backend: Any, trial_id: int) -> Callable[[str, list[dict[str, Any]], str | None], None] | None:
     """``write(model, rows, key)``: insert ``rows`` into the table of Optuna's ``model`` for trial ``trial_id`` in one
     autocommitted statement (an upsert on trial and ``key`` unless ``key`` is None), or None where that is not
     possible.
 
     The rows are selected together with the trial, filtered on an unfinished state, so a trial another worker has
-    finished takes nothing: the same check Optuna makes with a read of its own before each write.
+    finished takes nothing: the same check Optuna makes with a read of its own before each write, and the same error
+    (:func:`_refuse`).
     """
     import sqlite3
 
@@ -98,17 +99,26 @@ def _writer(backend: Any, trial_id: int, label: str) -> Callable[[str, list[dict
         return None
 
     def write(model: str, rows: list[dict[str, Any]], key: str | None) -> None:
-        from optuna.exceptions import UpdateFinishedTrialError
-
         columns = tuple(rows[0])
-        upsert = _upsert_statement(name, model, columns, len(rows), key)
+        statement = _insert_statement(name, model, columns, len(rows), key)
         params = {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in columns}
         with _autocommit_connection(backend) as conn:  # the one statement is its own transaction
-            written = conn.execute(upsert, params | {"id": trial_id}).all()
+            written = conn.execute(statement, params | {"id": trial_id}).all()
         if len(written) != len(rows):
-            raise UpdateFinishedTrialError(f"{label} has already finished and can not be updated.")
+            _refuse(backend, trial_id)
+            raise RuntimeError(f"trial id {trial_id} took {len(written)} of {len(rows)} rows")  # only a finished one
 
     return write
+
+
+def _refuse(backend: Any, trial_id: int) -> None:
+    """Optuna's error for a write the trial did not take: ``KeyError`` if there is no such trial, else
+    ``UpdateFinishedTrialError`` naming it (a read only when a write was refused)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    trial = backend.get_trial(trial_id)  # KeyError, as Optuna's find_or_raise_by_id
+    if trial.state.is_finished():
+        raise UpdateFinishedTrialError(f"Trial#{trial.number} has already finished and can not be updated.")
 
 
 @contextlib.contextmanager
@@ -126,9 +136,10 @@ def _autocommit_connection(backend: Any) -> Iterator[Any]:
 
 
 @functools.cache
-def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows: int, key: str | None) -> Any:
-    """The statement of :func:`_unfinished_trial_writer` for rows of this shape, built once: building it cost more
-    than sending it. Its parameters are ``id`` and ``<column>_<row>``."""
+def _insert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows: int, key: str | None) -> Any:
+    """The statement of :func:`_writer` for rows of this shape (an upsert on trial and ``key``, or with ``key`` None a
+    plain insert), built once: building it cost more than sending it. Its parameters are ``id`` and
+    ``<column>_<row>``."""
     import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.trial import TrialState
@@ -137,7 +148,9 @@ def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows
     selects = [
         sqlalchemy.select(
             *(
-                sqlalchemy.cast(sqlalchemy.bindparam(f"{c}_{i}", type_=table.c[c].type), table.c[c].type).label(c)
+                sqlalchemy.cast(
+                    sqlalchemy.bindparam(f"{c}_{i}", type_=table.c[c].type), _unbounded(table.c[c].type)
+                ).label(c)
                 for c in columns
             )
         )
@@ -157,6 +170,15 @@ def _upsert_statement(dialect: str, model: str, columns: tuple[str, ...], n_rows
         index_elements=[table.c.trial_id, table.c[key]],
         set_={c: insert.excluded[c] for c in columns if c != key},
     ).returning(table.c.trial_id)
+
+
+def _unbounded(column_type: Any) -> Any:
+    """The type a value is cast to on its way in: a string column's without its length, because PostgreSQL's cast to
+    ``VARCHAR(512)`` cuts a longer value silently, where the insert refuses it as Optuna's own insert does."""
+    import sqlalchemy
+
+    bounded = isinstance(column_type, sqlalchemy.String) and not isinstance(column_type, sqlalchemy.Enum)
+    return sqlalchemy.String() if bounded and column_type.length is not None else column_type
 
 
 def _postgresql() -> Any:
@@ -203,18 +225,23 @@ class OneStatementRDBStorage(RDBStorage):
     ) -> None:
         """Optuna's checks and row, in one statement once this process knows the parameter's distribution in the
         study (Optuna's cache passes it from the second trial on); until then Optuna looks it up itself."""
-        write = None if previous_distribution is None else _writer(self, trial_id, f"Trial with id {trial_id}")
+        write = None if previous_distribution is None else _writer(self, trial_id)
         if write is None:
             super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
             return
-        check_distribution_compatibility(previous_distribution, distribution)
+        try:
+            check_distribution_compatibility(previous_distribution, distribution)
+        except ValueError:
+            _refuse(self, trial_id)  # Optuna checks the trial first: a finished one is refused as finished
+            raise
         row = {"param_name": param_name, "param_value": param_value_internal}
         write("TrialParamModel", [row | {"distribution_json": distribution_to_json(distribution)}], None)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         if not _heartbeats_in_one_statement(self):
             return super()._get_stale_trial_ids(study_id)
-        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
+        assert self.heartbeat_interval is not None  # as Optuna: only a storage with heartbeats looks for stale trials
+        grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
         with _autocommit_connection(self) as conn:
             rows = conn.execute(_running_heartbeats_query(), {"study_id": study_id}).all()
         # the server's clock, without its zone, as Optuna compares it with the stored (zoneless) beats
@@ -222,6 +249,10 @@ class OneStatementRDBStorage(RDBStorage):
 
 
 def _heartbeats_in_one_statement(storage: RDBStorage) -> bool:
+    import sqlite3
+
+    if storage.engine.name == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0):  # ON CONFLICT
+        return False
     try:  # the internals this path relies on
         from optuna.storages._rdb import models
 

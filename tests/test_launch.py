@@ -262,6 +262,6 @@ def test_a_worker_keeps_its_server_connections_from_trial_to_trial(tmp_path: Pat
     finally:
         event.remove(Pool, "connect", count)
         optuna.delete_study(study_name=exp.study.name, storage=postgres)
-    # opened once (its trials, its own statements, the heartbeat thread), not again for every trial: each new
-    # connection is a new server process
+    # the worker's own storage opens its connections once (this process's side pool was opened above, by the
+    # study's creation), not again for every trial: each new connection is a new server process
     assert len(opened) <= 4, len(opened)

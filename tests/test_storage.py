@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -91,17 +92,25 @@ def test_parameters_written_in_one_statement_read_back_like_optunas_own(
     with pytest.raises(ValueError, match="Cannot set different distribution kind"):  # Optuna's check, still made
         study.ask({"lr": CategoricalDistribution([0.1, 0.2])})
     study.tell(second, 1.0)
-    with pytest.raises(UpdateFinishedTrialError):  # the distribution known: the one-statement path refuses it
-        storage._set_trial_param(second._trial_id, "late", 0.5, FloatDistribution(0, 1), FloatDistribution(0, 1))
+    for write in (storage._set_trial_param, functools.partial(own, storage)):  # ours, then Optuna's: the same errors
+        with pytest.raises(UpdateFinishedTrialError, match=f"Trial#{second.number} has already finished"):
+            write(second._trial_id, "late", 0.5, FloatDistribution(0, 1), FloatDistribution(0, 1))
+        with pytest.raises(UpdateFinishedTrialError):  # a finished trial is refused before its distribution
+            write(second._trial_id, "lr", 0.5, CategoricalDistribution([0.5]), space["lr"])
+        with pytest.raises(KeyError):
+            write(10**9, "lr", 0.5, space["lr"], space["lr"])
     assert optunas == []
     assert "late" not in study.trials[second.number].params
 
 
-@pytest.mark.parametrize("kind", ONE_STATEMENT)
+@pytest.mark.parametrize("kind", [*ONE_STATEMENT, "postgresql in Tokyo"])
 def test_heartbeats_and_stale_trials_agree_with_optunas_own(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = open_storage(url_of(kind, tmp_path), heartbeat_interval=1, grace_period=30, create=True)
+    url = url_of(kind.split()[0], tmp_path)
+    if kind.endswith("Tokyo"):  # beats are stored without their zone: the session's zone must not shift them
+        url += ("&" if "?" in url else "?") + "options=-c%20timezone%3DAsia/Tokyo"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=30, create=True)
     study = optuna.create_study(study_name=f"h{uuid.uuid4().hex[:8]}", storage=storage)
     stale, fresh, done, silent = (study.ask() for _ in range(4))
     optunas = []
@@ -116,7 +125,9 @@ def test_heartbeats_and_stale_trials_agree_with_optunas_own(
     beats = models.TrialHeartbeatModel.__table__
     with storage.engine.begin() as conn:  # the stale trial's worker went quiet a minute ago
         last = conn.execute(sqlalchemy.select(beats.c.heartbeat).where(beats.c.trial_id == stale._trial_id)).scalar()
-        conn.execute(beats.update().where(beats.c.trial_id == stale._trial_id).values(heartbeat=last - timedelta(60)))
+        conn.execute(
+            beats.update().where(beats.c.trial_id == stale._trial_id).values(heartbeat=last - timedelta(seconds=60))
+        )
         ids = [t._trial_id for t in (stale, fresh, done, silent)]
         rows = conn.execute(sqlalchemy.select(beats.c.trial_id).where(beats.c.trial_id.in_(ids))).scalars().all()
     ours = storage._get_stale_trial_ids(study._study_id)
@@ -124,6 +135,31 @@ def test_heartbeats_and_stale_trials_agree_with_optunas_own(
     assert sorted(rows) == sorted({stale._trial_id, fresh._trial_id, done._trial_id})  # one row per trial
     assert ours == [stale._trial_id] == RDBStorage._get_stale_trial_ids(storage, study._study_id)
     assert silent._trial_id not in ours  # never beat: Optuna leaves it alone too
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut() -> None:
+    study = optuna.create_study(study_name=f"l{uuid.uuid4().hex[:8]}", storage=open_storage(postgres_url()))
+    trial = study.ask()
+    with pytest.raises(sqlalchemy.exc.DataError, match="too long"):  # Optuna's own insert refuses it too
+        set_user_attrs(trial, {"k" * 600: 1})
+    assert study.trials[0].user_attrs == {}  # not stored under its first 512 characters
+
+
+def test_a_new_database_is_opened_under_the_schema_lock_and_a_ready_one_without() -> None:
+    from picollm.storage import _schema_ready, side_connection
+
+    name = f"picollm_new_{uuid.uuid4().hex[:8]}"
+    new = postgres_url().rsplit("/", 1)[0] + f"/{name}"
+    with side_connection(postgres_url()) as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        assert not _schema_ready(new)  # no tables: the opener takes the lock and Optuna creates them
+        optuna.create_study(study_name="s", storage=open_storage(new, create=True))
+        assert _schema_ready(new)  # Alembic's stamp, written last, is there
+        assert optuna.load_study(study_name="s", storage=open_storage(new)).study_name == "s"
+    finally:
+        with side_connection(postgres_url()) as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -6,8 +6,8 @@ but every storage call a real trial makes) through the harness's own worker loop
 same pruning reports. Each process is started and imports everything before a shared barrier (Optuna's storage
 imports what it needs on first use: :func:`~picollm.storage.import_rdb_modules`), so imports are not counted.
 Opening the study (the harness's ``open_study``, Optuna's ``load_study``) is timed apart: it is paid once per
-worker, not per trial. Per trial it prints the worker-seconds (all workers' time from their opening to their exit
-over the finished trials), trials/s, the workers' CPU time and their round trips to the server.
+worker, not per trial. Per trial it prints the worker-seconds (all workers' time after opening the study, to their
+exit, over the finished trials), trials/s, the workers' CPU time and their round trips to the server.
 
 A round runs the three kinds one after another; the ratio of the harness over plain Optuna is taken within each
 round, where both met the same machine, and the summary is the median of ``ROUNDS`` rounds with their range: on a
@@ -293,7 +293,7 @@ def workers_scale(quick: bool, out: str) -> int:
         for workers in QUICK_WORKERS if quick else WORKERS:  # a row as soon as it is measured: W=8 takes a while
             rows.append(measure(storage, workers, per_worker, Path(tmp), rounds))
             print(row_line(rows[-1]), flush=True)
-    print("ms/trial: worker-seconds per finished trial (all workers' time from opening the study to their exit, over")
+    print("ms/trial: worker-seconds per finished trial (all workers' time after opening the study, to their exit, over")
     print("the trials), each kind's median over the rounds; harness over plain: the ratio within each round, median")
     print(
         f"and range; +reps: the same over plain Optuna with the same {REPORTS} reports; CPU: the workers' own CPU time"
