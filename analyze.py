@@ -201,7 +201,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("dashboard stopped")
+        print("dashboard stopped", flush=True)
     finally:
         server.server_close()
     return 0
