@@ -199,29 +199,32 @@ def count_by_state(study: Any, states: Any, connection: Any = None) -> dict[Any,
         for trial in study._storage.get_all_trials(study._study_id, deepcopy=False, states=tuple(counts)):
             counts[trial.state] += 1
         return counts
-    import sqlalchemy
-    from optuna.storages._rdb import models
-
-    table = models.TrialModel.__table__
-    query = (
-        sqlalchemy.select(table.c.state, sqlalchemy.func.count())
-        .where(table.c.study_id == study._study_id, table.c.state.in_(list(counts)))
-        .group_by(table.c.state)
-    )
-    counts.update({state: int(n) for state, n in connection.execute(query)})
+    rows = connection.execute(_trials_query("count"), {"study_id": study._study_id, "states": list(counts)})
+    counts.update({state: int(n) for state, n in rows})
     return counts
 
 
 def trial_ids(study: Any, states: Any, connection: Any) -> list[int]:
     """The ids of the study's trials in ``states``, in one statement on ``connection`` (an RDB storage's)."""
+    query = _trials_query("ids")
+    return list(connection.execute(query, {"study_id": study._study_id, "states": list(states)}).scalars())
+
+
+@functools.cache
+def _trials_query(kind: str) -> Any:
+    """The statement of :func:`count_by_state` (``count``) or :func:`trial_ids` (``ids``), built once: a worker sends
+    several per trial, and building one cost more than sending it. Its parameters are ``study_id`` and ``states``."""
     import sqlalchemy
     from optuna.storages._rdb import models
 
     table = models.TrialModel.__table__
-    query = sqlalchemy.select(table.c.trial_id).where(
-        table.c.study_id == study._study_id, table.c.state.in_(list(states))
+    where = (
+        table.c.study_id == sqlalchemy.bindparam("study_id"),
+        table.c.state.in_(sqlalchemy.bindparam("states", expanding=True)),
     )
-    return list(connection.execute(query).scalars())
+    if kind == "ids":
+        return sqlalchemy.select(table.c.trial_id).where(*where)
+    return sqlalchemy.select(table.c.state, sqlalchemy.func.count()).where(*where).group_by(table.c.state)
 
 
 OPENERS: dict[str, Callable[..., Any]] = {
