@@ -1,13 +1,13 @@
 """Writes to Optuna's own tables in one statement each, where Optuna makes several round trips.
 
-A dry-run trial (``python -m picollm.bench --workers-scale``) showed where the harness's storage time went beyond plain
-Optuna: a trial's attributes (Optuna writes one key per transaction), its periodic validation losses (Optuna's
-``report`` reads the trial, looks the step up, inserts and commits), its heartbeat (a read, an insert or update and a
-commit, on a thread Optuna starts for every trial) and the check for stale trials that Optuna's ``optimize`` runs before
-every trial (the running trials, then their heartbeats). Here each is one statement on PostgreSQL and SQLite, written
-as Optuna would write it to the same tables, so Optuna, its dashboard and every reader see nothing different.
-Other storages, and an Optuna whose internals moved, get Optuna's own calls; ``tests/test_storage.py`` compares the two
-paths on every storage kind.
+A dry-run trial (``python -m picollm.bench --workers-scale``) showed where the harness's storage time went beyond
+plain Optuna: a trial's attributes (Optuna writes one key per transaction), its periodic validation losses (Optuna's
+``report`` reads the trial, looks the step up, inserts and commits), its parameters (a read, an insert and a commit
+each), its heartbeat (a read, an insert or update and a commit, on a thread Optuna starts for every trial) and the
+check for stale trials that Optuna's ``optimize`` runs before every trial (the running trials, then their
+heartbeats). Here each is one statement on PostgreSQL and SQLite, written as Optuna would write it to the same
+tables, so Optuna, its dashboard and every reader see nothing different. Other storages, and an Optuna whose
+internals moved, get Optuna's own calls; ``tests/test_storage.py`` compares the two paths on every storage kind.
 """
 
 from __future__ import annotations
@@ -85,17 +85,8 @@ def _writer(backend: Any, trial_id: int) -> Callable[[str, list[dict[str, Any]],
     finished takes nothing: the same check Optuna makes with a read of its own before each write, and the same error
     (:func:`_refuse`).
     """
-    import sqlite3
-
     name = backend.engine.name if isinstance(backend, RDBStorage) else None
-    if name not in _UPSERTS or (name == "sqlite" and sqlite3.sqlite_version_info < (3, 35, 0)):  # RETURNING
-        return None
-    try:  # the internals this path relies on
-        from optuna.storages._rdb import models
-
-        for model in ("TrialModel", "TrialUserAttributeModel", "TrialIntermediateValueModel", "TrialParamModel"):
-            getattr(models, model).__table__  # noqa: B018
-    except (ImportError, AttributeError):
+    if not _in_one_statement(name, returning=True):
         return None
 
     def write(model: str, rows: list[dict[str, Any]], key: str | None) -> None:
@@ -109,6 +100,35 @@ def _writer(backend: Any, trial_id: int) -> Callable[[str, list[dict[str, Any]],
             raise RuntimeError(f"trial id {trial_id} took {len(written)} of {len(rows)} rows")  # only a finished one
 
     return write
+
+
+@functools.cache
+def _in_one_statement(dialect: str | None, returning: bool) -> bool:
+    """Whether writes to this dialect go in one statement: it has an upsert (SQLite from 3.24), ``RETURNING`` where the
+    write counts the rows it took (SQLite from 3.35), and Optuna's tables are where this module expects them."""
+    import sqlite3
+
+    if dialect not in _UPSERTS:
+        return False
+    if dialect == "sqlite" and sqlite3.sqlite_version_info < ((3, 35, 0) if returning else (3, 24, 0)):
+        return False
+    try:  # the internals this path relies on
+        from optuna.storages._rdb import models
+
+        for model in _MODELS:
+            getattr(models, model).__table__  # noqa: B018
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+_MODELS = (
+    "TrialModel",
+    "TrialUserAttributeModel",
+    "TrialIntermediateValueModel",
+    "TrialParamModel",
+    "TrialHeartbeatModel",
+)
 
 
 def _refuse(backend: Any, trial_id: int) -> None:
@@ -209,7 +229,7 @@ class OneStatementRDBStorage(RDBStorage):
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
-        if not _heartbeats_in_one_statement(self):
+        if not _in_one_statement(self.engine.name, returning=False):
             super().record_heartbeat(trial_id)
             return
         with _autocommit_connection(self) as conn:
@@ -238,7 +258,7 @@ class OneStatementRDBStorage(RDBStorage):
         write("TrialParamModel", [row | {"distribution_json": distribution_to_json(distribution)}], None)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        if not _heartbeats_in_one_statement(self):
+        if not _in_one_statement(self.engine.name, returning=False):
             return super()._get_stale_trial_ids(study_id)
         assert self.heartbeat_interval is not None  # as Optuna: only a storage with heartbeats looks for stale trials
         grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
@@ -246,20 +266,6 @@ class OneStatementRDBStorage(RDBStorage):
             rows = conn.execute(_running_heartbeats_query(), {"study_id": study_id}).all()
         # the server's clock, without its zone, as Optuna compares it with the stored (zoneless) beats
         return [trial_id for trial_id, beat, now in rows if now.replace(tzinfo=None) - beat > grace]
-
-
-def _heartbeats_in_one_statement(storage: RDBStorage) -> bool:
-    import sqlite3
-
-    if storage.engine.name == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0):  # ON CONFLICT
-        return False
-    try:  # the internals this path relies on
-        from optuna.storages._rdb import models
-
-        models.TrialHeartbeatModel.__table__  # noqa: B018
-    except (ImportError, AttributeError):
-        return False
-    return storage.engine.name in _UPSERTS
 
 
 @functools.cache

@@ -145,20 +145,27 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut() -> None:
     assert study.trials[0].user_attrs == {}  # not stored under its first 512 characters
 
 
-def test_a_new_database_is_opened_under_the_schema_lock_and_a_ready_one_without() -> None:
-    from picollm.storage import _schema_ready, side_connection
+def test_a_new_database_is_opened_under_the_schema_lock_and_a_ready_one_without(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import picollm.storage as storage_mod
 
+    locks: list[str] = []
+    claim = storage_mod.claim_lock
+    monkeypatch.setattr(storage_mod, "claim_lock", lambda url, name: (locks.append(name), claim(url, name))[1])
     name = f"picollm_new_{uuid.uuid4().hex[:8]}"
     new = postgres_url().rsplit("/", 1)[0] + f"/{name}"
-    with side_connection(postgres_url()) as conn:
+    with storage_mod.side_connection(postgres_url()) as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     try:
-        assert not _schema_ready(new)  # no tables: the opener takes the lock and Optuna creates them
+        assert not storage_mod._schema_ready(new)  # no tables yet
         optuna.create_study(study_name="s", storage=open_storage(new, create=True))
-        assert _schema_ready(new)  # Alembic's stamp, written last, is there
+        assert locks == ["optuna-schema"]  # the opener of a new database took the lock while Optuna made the tables
+        assert storage_mod._schema_ready(new)  # Alembic's stamp, written last, is there
         assert optuna.load_study(study_name="s", storage=open_storage(new)).study_name == "s"
+        assert locks == ["optuna-schema"]  # a ready one is opened without it
     finally:
-        with side_connection(postgres_url()) as conn:
+        with storage_mod.side_connection(postgres_url()) as conn:
             conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
