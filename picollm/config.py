@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from picollm.errors import ConfigError
+from picollm.models import MODELS
+from picollm.models.config import ModelConfig
 from picollm.optim import OPTIMIZERS, OptimConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -48,24 +50,6 @@ class DataConfig:
     val_tokens: int | None = None  # cap on the validation tokens scored by val/epoch_loss
     cache_dir: str = "results/cache"
     offline_fallback: bool = False  # hub/tokenizer unreachable -> built-in corpus + bytes tokenizer
-
-
-@dataclass
-class ModelConfig:
-    """Architecture. One flat section; each model reads the fields it declares (see models/)."""
-
-    type: str = "transformer"  # kgram | lstm | transformer
-    block_size: int = 128
-    embed_size: int = 128
-    k: int = 3  # kgram: tokens of context
-    hidden_size: int = 256  # kgram: MLP width; lstm: hidden state size
-    num_inner_layers: int = 1  # kgram: hidden layers of the MLP
-    num_layers: int = 2  # lstm and transformer depth
-    n_heads: int = 4  # transformer
-    mlp_ratio: int = 4  # transformer
-    dropout: float = 0.0
-    positions: str = "learned"  # transformer: learned | rotary
-    tie_weights: bool = True  # transformer: share the embedding with the output head
 
 
 @dataclass
@@ -231,9 +215,6 @@ def validate(cfg: Config) -> None:
 
 
 def _check_names(cfg: Config) -> None:
-    # Imported here so that reading a config does not pay for importing torch.
-    from picollm.models import MODELS
-
     _check_choice("model.type", cfg.model.type, MODELS)
     _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)

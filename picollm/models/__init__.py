@@ -1,4 +1,4 @@
-"""Model registry: ``model.type`` -> (its config dataclass, its class).
+"""Model registry: ``model.type`` -> its class, each built from a :class:`ModelConfig` and a vocabulary size.
 
 Every model maps token ids (B, T) to hidden states (B, T, D) and owns a ``head`` (``nn.Linear``)
 that turns hidden states into vocabulary logits; keeping the head separate lets the loss run
@@ -6,33 +6,40 @@ head and cross-entropy together (see :mod:`picollm.models.loss`). Each model als
 optional ``cache`` dict so generation can continue a sequence without recomputing it, and says
 how much left context a prediction uses: ``context_size`` (k - 1 for the k-gram; None for models
 that use the whole window), which decides how evaluation windows are cut (:mod:`picollm.data`).
-Nothing here imports from the training code.
+Nothing here imports from the training code, and the registry imports a model's module (and torch) only
+when that model is built, so a config can name and check ``model.type`` without torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from picollm.models.config import ModelConfig
 
-from picollm.models.kgram import KGramConfig, KGramMLP
-from picollm.models.lstm import LSTMLM, LSTMConfig
-from picollm.models.transformer import Transformer, TransformerConfig
+if TYPE_CHECKING:
+    from torch import nn
 
-MODELS: dict[str, tuple[type, type[nn.Module]]] = {
-    "kgram": (KGramConfig, KGramMLP),
-    "lstm": (LSTMConfig, LSTMLM),
-    "transformer": (TransformerConfig, Transformer),
+MODELS: dict[str, str] = {
+    "kgram": "picollm.models.kgram:KGramMLP",
+    "lstm": "picollm.models.lstm:LSTMLM",
+    "transformer": "picollm.models.transformer:Transformer",
 }
+FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
-def build_model(settings: Mapping[str, Any], vocab_size: int) -> nn.Module:
-    """Build ``settings["type"]`` from the settings it declares; the others are ignored."""
-    cfg_cls, model_cls = MODELS[settings["type"]]
-    names = {f.name for f in dataclasses.fields(cfg_cls)} - {"vocab_size"}
-    return model_cls(cfg_cls(vocab_size=vocab_size, **{k: v for k, v in settings.items() if k in names}))
+def model_class(model_type: str) -> type[nn.Module]:
+    module, _, name = MODELS[model_type].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_model(settings: ModelConfig | Mapping[str, Any], vocab_size: int) -> nn.Module:
+    """Build ``settings.type`` (a :class:`ModelConfig`, or its fields as saved in a checkpoint)."""
+    if not isinstance(settings, ModelConfig):
+        settings = ModelConfig(**{k: v for k, v in settings.items() if k in FIELDS})
+    return model_class(settings.type)(settings, vocab_size)
 
 
 def count_parameters(model: nn.Module) -> int:

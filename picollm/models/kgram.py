@@ -9,39 +9,29 @@ the positions after that prefix are scored (see :mod:`picollm.data`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-
-@dataclass
-class KGramConfig:
-    vocab_size: int
-    k: int = 3
-    embed_size: int = 128
-    hidden_size: int = 256
-    num_inner_layers: int = 1
-    dropout: float = 0.0
-    block_size: int = 128
+from picollm.models.config import ModelConfig
 
 
 class KGramMLP(nn.Module):
-    def __init__(self, cfg: KGramConfig) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.block_size = cfg.block_size
         self.context_size = cfg.k - 1  # tokens before the current one that a prediction uses
-        self.pad_id = cfg.vocab_size  # one extra embedding row for "before the start"
-        self.embed = nn.Embedding(cfg.vocab_size + 1, cfg.embed_size)
+        self.pad_id = vocab_size  # one extra embedding row for "before the start"
+        self.embed = nn.Embedding(vocab_size + 1, cfg.embed_size)
         layers: list[nn.Module] = []
         width = cfg.k * cfg.embed_size
         for _ in range(cfg.num_inner_layers):
             layers += [nn.Linear(width, cfg.hidden_size), nn.SiLU(), nn.Dropout(cfg.dropout)]
             width = cfg.hidden_size
         self.mlp = nn.Sequential(*layers)
-        self.head = nn.Linear(width, cfg.vocab_size)
+        self.head = nn.Linear(width, vocab_size)
 
     def new_cache(self) -> dict[str, Any]:
         return {}

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-
-@dataclass
-class LSTMConfig:
-    vocab_size: int
-    embed_size: int = 128
-    hidden_size: int = 256
-    num_layers: int = 1
-    dropout: float = 0.0
-    block_size: int = 128
+from picollm.models.config import ModelConfig
 
 
 class LSTMLM(nn.Module):
-    def __init__(self, cfg: LSTMConfig) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.block_size = cfg.block_size
         self.context_size = None  # uses the whole window it is given
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+        self.embed = nn.Embedding(vocab_size, cfg.embed_size)
         self.lstm = nn.LSTM(
             cfg.embed_size,
             cfg.hidden_size,
@@ -33,7 +24,7 @@ class LSTMLM(nn.Module):
             batch_first=True,
             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
         )
-        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        self.head = nn.Linear(cfg.hidden_size, vocab_size)
 
     def new_cache(self) -> dict[str, Any]:
         return {}

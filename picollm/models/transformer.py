@@ -7,25 +7,13 @@ makes generation cost one token's work per new token instead of the whole contex
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class TransformerConfig:
-    vocab_size: int
-    block_size: int = 128
-    embed_size: int = 128
-    num_layers: int = 2
-    n_heads: int = 4
-    mlp_ratio: int = 4
-    dropout: float = 0.0
-    positions: str = "learned"  # learned | rotary
-    tie_weights: bool = True
+from picollm.models.config import ModelConfig
 
 
 def rotary_tables(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +31,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.qkv = nn.Linear(cfg.embed_size, 3 * cfg.embed_size, bias=False)
@@ -81,7 +69,7 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm1 = nn.RMSNorm(cfg.embed_size)
         self.attn = Attention(cfg)
@@ -104,17 +92,17 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.block_size = cfg.block_size
         self.context_size = None  # uses the whole window it is given
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+        self.embed = nn.Embedding(vocab_size, cfg.embed_size)
         self.pos_embed = nn.Embedding(cfg.block_size, cfg.embed_size) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.embed_size)
-        self.head = nn.Linear(cfg.embed_size, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.embed_size, vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
         self.apply(self._init_weights)

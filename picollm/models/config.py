@@ -1,0 +1,28 @@
+"""The ``model:`` section of a config: every model's settings, declared once.
+
+One flat section, as the course's ``pico.py`` has it: a sweep can search ``model.type`` and keep the other keys,
+and each model reads only the fields it uses (the comment says which). This module imports nothing, so reading a
+config never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; the models in :mod:`picollm.models` are built from it and a vocabulary size."""
+
+    type: str = "transformer"  # kgram | lstm | transformer
+    block_size: int = 128  # every model: the training window (the transformer's longest context)
+    embed_size: int = 128  # every model: the token embedding's width
+    k: int = 3  # kgram: tokens of context
+    hidden_size: int = 256  # kgram: MLP width; lstm: hidden state size
+    num_inner_layers: int = 1  # kgram: hidden layers of the MLP
+    num_layers: int = 2  # lstm and transformer: depth
+    n_heads: int = 4  # transformer
+    mlp_ratio: int = 4  # transformer: MLP width over embed_size
+    dropout: float = 0.0  # every model
+    positions: str = "learned"  # transformer: learned | rotary
+    tie_weights: bool = True  # transformer: share the embedding with the output head
