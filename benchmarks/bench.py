@@ -1,4 +1,4 @@
-"""Benchmark: ``python -m picollm.bench [--device cpu|cuda] [--quick] [--out results/bench.json]``.
+"""Benchmark: ``python -m benchmarks.bench [--device cpu|cuda] [--quick] [--out results/bench.json]``.
 
 Measures in one process, side by side, with warm-up and the median of several repeats:
 
@@ -34,10 +34,10 @@ from torch import nn
 
 from picollm.config import OptimConfig, add_override_argument
 from picollm.errors import ConfigError, run_cli
-from picollm.generate import Sampling, generate
 from picollm.models import build_model, count_parameters
 from picollm.models.loss import linear_cross_entropy
 from picollm.optim import build_optimizer
+from picollm.sampling import Sampling, generate
 
 VOCAB = 50257
 REFERENCE = {"batch": 16, "block": 128, "embed": 128}
@@ -264,7 +264,7 @@ def bench_cache(tmp: Path, quick: bool) -> dict[str, Any]:
 STARTUP_PROBE = """
 import sys, time
 from picollm.config import load_config
-from picollm.train import StopRun, train
+from picollm.trainer import StopRun, train
 cfg = load_config(None, sys.argv[1:])
 def first(tokens, loss):
     print("FIRST_STEP", time.perf_counter() - started, flush=True)
@@ -419,14 +419,14 @@ def table(results: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m picollm.bench",
+        prog="python -m benchmarks.bench",
         description=__doc__.split("\n\n")[0],
         epilog="examples:\n"
-        "  python -m picollm.bench                  # kernels, models, tokenizer, cache, start-up (minutes)\n"
-        "  python -m picollm.bench --sweep          # the main job end to end, its time phase by phase\n"
-        "  python -m picollm.bench --sweep --set study.n_trials=4   # a shorter sweep\n"
-        "  python -m picollm.bench --layouts        # workers x threads on this machine's cores\n"
-        "  python -m picollm.bench --processes      # k-gram trainer vs naive course code, whole processes\n"
+        "  python -m benchmarks.bench                  # kernels, models, tokenizer, cache, start-up (minutes)\n"
+        "  python -m benchmarks.bench --sweep          # the main job end to end, its time phase by phase\n"
+        "  python -m benchmarks.bench --sweep --set study.n_trials=4   # a shorter sweep\n"
+        "  python -m benchmarks.bench --layouts        # workers x threads on this machine's cores\n"
+        "  python -m benchmarks.bench --processes      # k-gram trainer vs naive course code, whole processes\n"
         "Figures measured while other work shares the cores are not clean benchmarks: compare ratios to the\n"
         "yardstick (../shared/bench/quick_reference.py), which --sweep runs before and after.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -444,34 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-yardstick", action="store_true", help="--sweep: skip the yardstick before and after")
     add_override_argument(parser, "--sweep: override a key of the experiment, e.g. study.n_trials=4 (repeatable)")
     parser.add_argument("--out", default="results/bench.json")
-    parser.add_argument(
-        "--workers-scale",
-        action="store_true",
-        help="instead: storage time per trial with 1-8 workers on $PICOLLM_STORAGE (PostgreSQL), "
-        "harness against plain Optuna (picollm/sweeps/scale.py)",
-    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers_scale:
-        from picollm.sweeps.scale import workers_scale
-
-        return workers_scale(args.quick, str(Path(args.out).with_name("bench_workers.json")))
     if args.sweep:
-        from picollm.bench_sweep import bench_sweep, sweep_table
+        from benchmarks.main_job import bench_sweep, sweep_table
 
         results = bench_sweep(args.config, args.overrides, args.workers, not args.no_yardstick)
         print(sweep_table(results))
     elif args.layouts:
-        from picollm.bench_sweep import bench_layouts, layouts_table
+        from benchmarks.main_job import bench_layouts, layouts_table
         from picollm.sweeps.layout import available_cores
 
         results = bench_layouts(args.config, args.overrides, args.runs, available_cores())
         print(layouts_table(results))
     elif args.processes:
-        from picollm.bench_sweep import bench_processes, processes_table
+        from benchmarks.main_job import bench_processes, processes_table
 
         results = bench_processes(trainer_tokens=32_768 if args.quick else 262_144, naive_steps=4 if args.quick else 24)
         print(processes_table(results))

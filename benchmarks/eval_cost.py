@@ -1,6 +1,6 @@
-"""What scoring with real context costs: ``python -m picollm.evalbench [--tokens N] [--trial]``.
+"""What scoring with real context costs: ``python -m benchmarks.eval_cost [--tokens N] [--trial]``.
 
-Times :func:`picollm.evaluate.score` on the same validation tokens with the overlapping windows
+Times :func:`picollm.scoring.score` on the same validation tokens with the overlapping windows
 the trainer uses and with plain non-overlapping windows (the old way), per model, at the
 benchmark's sizes (GPT-2 vocabulary, block 128, embed 128). ``--trial`` also runs one
 ``experiments/quick.yaml`` trial on the shared TinyStories sample and reports the share of its
@@ -20,8 +20,8 @@ import torch
 
 from picollm.data import EvalSet, ScoringPolicy, scoring_policy, scoring_windows
 from picollm.errors import run_cli
-from picollm.evaluate import EVAL_BATCH, score
 from picollm.models import build_model
+from picollm.scoring import EVAL_BATCH, score
 
 CPU = torch.device("cpu")
 SIZES = {"block_size": 128, "embed_size": 128, "hidden_size": 128, "num_layers": 2, "n_heads": 4, "k": 3}
@@ -65,7 +65,7 @@ def scoring_cost(n_tokens: int, vocab: int, repeats: int) -> list[dict[str, floa
 
 def trial_share(sample: str) -> dict[str, float]:
     """One quick.yaml trial on the shared sample: its wall time and the part spent scoring."""
-    from picollm import train as train_mod
+    from picollm import trainer as train_mod
     from picollm.config import load_config
 
     spent = [0.0]
@@ -97,7 +97,7 @@ def trial_share(sample: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m picollm.evalbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=8192, help="validation tokens to score (default 8192)")
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--repeats", type=int, default=3)

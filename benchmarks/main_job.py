@@ -1,4 +1,4 @@
-"""End-to-end benchmarks, measured as whole processes the way a user runs them (``python -m picollm.bench``).
+"""End-to-end benchmarks, measured as whole processes the way a user runs them (``python -m benchmarks.bench``).
 
 * ``--sweep``: the main job (``experiments/quick.yaml``) on the shared TinyStories sample with the GPT-2
   tokenizer, in a fresh folder (so its token cache is built, as on a first run), timed from the command's
@@ -169,7 +169,7 @@ def sweep_table(r: dict[str, Any]) -> str:
 LAYOUT_PROBE = """
 import sys
 from picollm.config import load_config
-from picollm.train import train
+from picollm.trainer import train
 runs, overrides = int(sys.argv[1]), sys.argv[2:]
 for i in range(runs):
     train(load_config(overrides[0], [*overrides[1:], f"train.seed={i}"]))
@@ -223,7 +223,7 @@ def layouts_table(r: dict[str, Any]) -> str:
 NAIVE_PROBE = """
 import sys
 import torch
-from picollm.bench import NaiveKGram, VOCAB
+from benchmarks.bench import NaiveKGram, VOCAB
 steps = int(sys.argv[1])
 torch.manual_seed(0)
 model = NaiveKGram(VOCAB, 3, 128)

@@ -1,6 +1,6 @@
 """Is the search better than chance? TPE + pruning against random search over several study seeds.
 
-python -m picollm.sweeps.compare_search --config experiments/quick.yaml --seeds 5 --n-trials 8 \\
+python -m benchmarks.search_vs_random --config experiments/quick.yaml --seeds 5 --n-trials 8 \\
     --budget-tokens 30000 --horizon-top 4 --parallel 2 --set data.tinystories=../shared/data/tinystories-sample \\
     --set data.offline_fallback=false --set data.compact_vocab=true
 
@@ -119,8 +119,9 @@ def jobs(args: argparse.Namespace, out: Path) -> list[Job]:
 
 def run_job(job: Job, n_trials: int, threads: int) -> str:
     """Run (or resume) one study to ``n_trials`` finished trials, one trial at a time."""
+    from picollm.sweeps.processes import interrupts_as_keyboard
     from picollm.sweeps.settings import load_experiment
-    from picollm.sweeps.workers import WorkerSpec, interrupts_as_keyboard, prepare, run_worker
+    from picollm.sweeps.workers import WorkerSpec, prepare, run_worker
 
     exp, _ = prepare(load_experiment(job.config, list(job.overrides), job.name, n_trials), job.storage)
     with interrupts_as_keyboard():
@@ -140,7 +141,7 @@ def run_all(todo: list[Job], n_trials: int, parallel: int) -> None:
     """Studies in ``parallel`` processes (each sequential inside, one thread), with a progress bar."""
     from tqdm.auto import tqdm
 
-    from picollm.sweeps.workers import in_processes
+    from picollm.sweeps.processes import in_processes
 
     packed = [(job, n_trials, 1 if parallel > 1 else 2) for job in todo]
     with tqdm(total=len(todo), unit="study", file=sys.stdout) as bar:
@@ -319,8 +320,9 @@ def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[st
     from tqdm.auto import tqdm
 
     from picollm.sweeps.confirm import params_key, run_config
+    from picollm.sweeps.processes import in_processes
     from picollm.sweeps.settings import load_experiment
-    from picollm.sweeps.workers import in_processes, resolve_offline
+    from picollm.sweeps.workers import resolve_offline
 
     path = out / "horizon.json"
     exp = resolve_offline(load_experiment(args.config, study_overrides(args, out), f"{args.prefix}-horizon"))
@@ -433,7 +435,7 @@ def report(args: argparse.Namespace, out: Path, todo: list[Job]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m picollm.sweeps.compare_search",
+        prog="python -m benchmarks.search_vs_random",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -2,8 +2,8 @@
 
 Why a Python API: the people this harness is for train on Colab from notebooks and want the loss
 curves, the top-10 next tokens and the study's report inline, not in files. Each function calls the
-same code as its command line (:func:`picollm.train.train`, :func:`picollm.sweeps.run_sweep`,
-:mod:`picollm.analysis`, :mod:`picollm.generate`, :mod:`picollm.evaluate`), so a notebook and a shell
+same code as its command line (:func:`picollm.trainer.train`, :func:`picollm.sweeps.run_sweep`,
+:mod:`picollm.analysis`, :mod:`picollm.sampling`, :mod:`picollm.scoring`), so a notebook and a shell
 make the same run records, studies and numbers. Bad input raises :class:`picollm.errors.PicoError`
 (``ConfigError``, ``DataError``, ``StorageError``) with the one line the CLIs print before exiting
 with status 2; nothing here calls ``sys.exit``. Tables are pandas DataFrames, figures matplotlib
@@ -151,7 +151,7 @@ def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) 
         run.history.tail()   # DataFrame of metrics.jsonl
         run.plot()           # Figure: train/loss, val/loss, val/epoch_loss, unigram baseline
     """
-    from picollm.train import train as run
+    from picollm.trainer import train as run
 
     summary = run(_as_config(cfg, overrides))
     return TrainResult.from_run_dir(summary["run_dir"])
@@ -192,7 +192,7 @@ class SweepResult:
         """One row per trial: number, state, value, every searched parameter, tokens, run record."""
         import pandas as pd
 
-        from picollm.export import trial_rows
+        from picollm.sweeps.export import trial_rows
 
         header, rows = trial_rows(self.study)
         return pd.DataFrame(rows, columns=header)
@@ -200,7 +200,7 @@ class SweepResult:
     @property
     def best_config(self) -> dict[str, Any] | None:
         """The best trial's complete trainer config (what ``best.yaml`` holds); None before any completes."""
-        from picollm.export import best_config
+        from picollm.sweeps.export import best_config
 
         try:
             return best_config(self.study)[0]
@@ -220,7 +220,7 @@ class SweepResult:
 
     def plots(self) -> dict[str, Figure]:
         """Optuna's optimisation history, parameter importances and intermediate values as Figures."""
-        from picollm.export import study_figures
+        from picollm.sweeps.export import study_figures
 
         return study_figures(self.study)[0]
 
@@ -308,7 +308,7 @@ def _fail_left_running(study: Any) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         if not worker or worker.endswith(f":{os.getpid()}"):
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
+            study.storage.set_trial_user_attr(study.trial_id(trial.number), "fail_reason", "interrupted")
             study.tell(trial.number, state=TrialState.FAIL)
 
 
@@ -328,7 +328,7 @@ def evaluate(
 
         picollm.evaluate(run)["loss"]
     """
-    from picollm.evaluate import evaluate_run
+    from picollm.scoring import evaluate_run
 
     return evaluate_run(_run_dir(run), _overrides(overrides), block_size)
 
@@ -482,7 +482,7 @@ def generate(
         print(picollm.generate(run, "Once upon a time", max_new_tokens=60, top_p=0.9))
     """
     from picollm.checkpoint import load_run
-    from picollm.generate import Sampling, generate_text
+    from picollm.sampling import Sampling, generate_text
 
     model, tokenizer = load_run(_run_dir(run), _weights(weights))
     return generate_text(model, tokenizer, prompt, Sampling(max_new_tokens, temperature, top_k, top_p, greedy), seed)

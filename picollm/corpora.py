@@ -169,7 +169,7 @@ def load_tinystories(spec: str, max_train: int | None, max_val: int | None) -> t
         raise DataError(
             f"could not load TinyStories from the {where} ({spec}): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}; offline, point data.tinystories at a local "
-            "copy (e.g. ../shared/data/tinystories-sample)"
+            "copy (e.g. path/to/tinystories)"
         ) from None
     if not train:
         raise DataError(f"data.tinystories: {spec} has no stories in its 'train' split")

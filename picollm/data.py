@@ -15,7 +15,7 @@ on the same tokens:
   stretch of similar stories and reads ~0.45 nats off on TinyStories. The periodic set is a prefix
   of the same random order as the cap, so it is a subset of it, and the same for every run on the
   same data. Each set remembers the document of each token, so a loss comes with a standard error
-  over documents (see :mod:`picollm.evaluate`).
+  over documents (see :mod:`picollm.scoring`).
 * **How they are scored.** Every token after the first is scored exactly once, with real left
   context (:func:`scoring_policy`). A model with a finite context (the k-gram: ``k - 1`` tokens
   before the current one) reads windows of ``block_size + k - 1`` tokens and scores the last

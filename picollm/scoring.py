@@ -10,7 +10,7 @@ whole split has an error too. :func:`score` runs the windows of :mod:`picollm.da
 the head and the loss run only on scored tokens, and no Python loop touches single tokens.
 
     python -m picollm.evaluate results/runs/<run_id>                        # its own validation split
-    python -m picollm.evaluate results/runs/<run_id> --set data.tinystories=../shared/data/tinystories-sample
+    python -m picollm.evaluate results/runs/<run_id> --set data.tinystories=path/to/tinystories
     python -m picollm.evaluate results/runs/<run_id> --block-size 64 --out score.json
 
 :func:`evaluate_run` is the same from Python (a notebook): it returns the dict ``--out`` writes.
@@ -18,7 +18,6 @@ the head and the loss run only on scored tokens, and no Python loop touches sing
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from picollm.config import Config, add_override_argument, load_config
+from picollm.config import Config, load_config
 from picollm.data import (
     CompactTokenizer,
     EvalSet,
@@ -41,8 +40,7 @@ from picollm.data import (
     scoring_policy,
 )
 from picollm.device import autocast_for, resolve_device, to_device
-from picollm.errors import ConfigError, DataError, run_cli
-from picollm.fileio import atomic_write_json
+from picollm.errors import ConfigError, DataError
 from picollm.models.loss import token_losses
 
 EVAL_BATCH = 32  # windows per forward pass when scoring outside training
@@ -157,41 +155,3 @@ def evaluate_run(
         "val_set": eval_set.description,
         "data": {"tinystories": cfg.data.tinystories, "tokenizer": tokenizer.name, "val_tokens": cfg.data.val_tokens},
     }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m picollm.evaluate",
-        description="Score a saved run's weights on validation tokens: loss in nats/token with its standard "
-        "error over documents, every token scored once with real left context.",
-        epilog="examples:\n"
-        "  python -m picollm.evaluate results/runs/<run_id>\n"
-        "  python -m picollm.evaluate results/runs/<run_id> --set data.tinystories=../shared/data/tinystories-sample\n"
-        "  python -m picollm.evaluate results/runs/<run_id> --set data.val_tokens=null --out score.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dir", help="a run record folder with saved weights, e.g. results/runs/<run_id>")
-    add_override_argument(parser, "score on other data: a data.* key, e.g. data.tinystories=PATH (repeatable)")
-    parser.add_argument("--block-size", type=int, default=None, help="scoring window (default: the model's)")
-    parser.add_argument("--weights", choices=("best", "final"), default="best", help="which saved weights")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
-    parser.add_argument("--out", default=None, help="also write the result as JSON to this file")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result = evaluate_run(args.run_dir, args.overrides, args.block_size, args.weights, args.device)
-    stderr = "?" if result["stderr"] is None else f"{result['stderr']:.4f}"
-    print(
-        f"{result['run_dir']} ({result['weights']}): loss {result['loss']:.4f} ± {stderr} nats/token "
-        f"(1 s.e. over {result['documents']:,} documents), {result['tokens']:,} tokens; "
-        f"context: {result['context']['policy']}"
-    )
-    if args.out:
-        atomic_write_json(args.out, result)
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

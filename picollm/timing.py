@@ -7,7 +7,7 @@ so the phases of a run add up to its wall time, and whatever no phase claimed is
 
 The trainer and the sweep objective share one :class:`Stopwatch` per run; its :meth:`Stopwatch.breakdown`
 lands in the run record's ``summary.json`` (``time_breakdown``), in the W&B summary and in the trial's
-user attributes, where ``python -m picollm.bench --sweep`` sums it over a study.
+user attributes, where ``python -m benchmarks.bench --sweep`` sums it over a study.
 """
 
 from __future__ import annotations

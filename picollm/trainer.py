@@ -1,7 +1,7 @@
 """Train one run: ``python -m picollm.train --config experiments/base.yaml [--set key=value ...]``.
 
 :func:`run_loop` is the whole training loop on one screen; the pieces it calls are short
-functions — :func:`train_step`, the periodic and epoch-end evaluations (:mod:`picollm.evaluate`
+functions — :func:`train_step`, the periodic and epoch-end evaluations (:mod:`picollm.scoring`
 scores), sampling and checkpoints — that share one :class:`Run` holding the run's parts and
 running numbers. :func:`train` is the one entry point: the CLI and every sweep trial call it, so
 a sweep trial is exactly a trainer run, and once its record exists, whatever fails, the record
@@ -10,7 +10,6 @@ ends with ``summary.json`` (status ``failed`` and the reason).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -25,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from picollm.checkpoint import save_checkpoint
-from picollm.config import Config, add_override_argument, load_config
+from picollm.config import Config
 from picollm.console import show_progress
 from picollm.data import (
     CompactTokenizer,
@@ -42,12 +41,12 @@ from picollm.data import (
     window_starts,
 )
 from picollm.device import autocast_for, resolve_device, to_device
-from picollm.errors import ConfigError, run_cli
-from picollm.evaluate import Estimate, score
-from picollm.generate import Sampling, generate_text
+from picollm.errors import ConfigError
 from picollm.models import build_model, count_parameters
 from picollm.models.loss import allow_tf32, linear_cross_entropy
 from picollm.optim import build_optimizer, lr_at, set_lr
+from picollm.sampling import Sampling, generate_text
+from picollm.scoring import Estimate, score
 from picollm.timing import Stopwatch
 from picollm.tracking import Tracker, new_run_id
 
@@ -401,44 +400,3 @@ def train(
         with clock.phase("tracking_finish"):
             tracker.finish(summary)
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m picollm.train",
-        description="Train one small language model and record its per-step, periodic and per-epoch "
-        "losses locally (results/runs/<run_id>/) and in W&B.",
-        epilog="examples:\n"
-        "  python -m picollm.train --config experiments/smoke.yaml\n"
-        "  python -m picollm.train --config experiments/base.yaml --set model.type=lstm --set optim.lr=3e-3\n"
-        "  python -m picollm.train --config experiments/base.yaml "
-        "--set data.tinystories=../shared/data/tinystories-sample\n"
-        "values after '=' are read as YAML: 3e-4, true, null, [a.txt, b.txt]. The command line always "
-        "wins over the file.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML experiment file (may start with 'base: other.yaml')")
-    add_override_argument(parser, "override one config key with a dotted name, e.g. optim.lr=3e-4 (repeatable)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(cfg.to_yaml(), end="")
-        return 0
-    summary = train(cfg)
-    best, err = summary["best_val_loss"], summary["best_val_loss_stderr"]
-    best_text = "-" if best is None else f"{best:.4f}" + ("" if err is None else f" ± {err:.4f}")
-    print(f"run record: {summary['run_dir']}")
-    print(
-        f"best val loss {best_text} nats (unigram baseline {summary['unigram_val_loss']:.4f}); "
-        f"{summary['tokens']:,} tokens in {summary['wall_time_s']:.1f}s"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

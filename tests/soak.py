@@ -1,6 +1,6 @@
 """Soak test: several workers on one storage, many short trials, repeated; nothing lost, duplicated or over.
 
-    python -m picollm.sweeps.soak --storage postgresql://postgres@127.0.0.1/sweeps --workers 4 --trials 40 --rounds 5
+    python -m tests.soak --storage postgresql://postgres@127.0.0.1/sweeps --workers 4 --trials 40 --rounds 5
 
 Each round runs a fresh study of tiny k-gram trials on synthetic data (seconds each) through the real
 coordinator and worker processes, then counts: finished trials must equal the total (0 lost, 0 over),
@@ -111,7 +111,7 @@ def soak(storage: str, workers: int = 4, n_trials: int = 40, rounds: int = 5) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m picollm.sweeps.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", required=True, help="postgresql://user@host/db (or sqlite:///, journal:)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--trials", type=int, default=40)

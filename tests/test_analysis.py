@@ -17,16 +17,17 @@ import pytest
 import torch
 from scipy import signal
 
-import analyze
+import picollm.cli.analyze as analyze
 from picollm.analysis import noise, records
 from picollm.analysis.compare import compare_runs
 from picollm.analysis.diagnose import inspect_run
 from picollm.analysis.records import RunHistory
-from picollm.analysis.report import write_report
+from picollm.analysis.render import write_report
 from picollm.analysis.sections import build_report
 from picollm.config import load_config
 from picollm.errors import DataError, run_cli
-from picollm.train import train
+from picollm.trainer import train
+from tests.conftest import ROOT
 
 
 def synthetic_losses(n: int, sigma: float, rho: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +316,7 @@ def test_dashboard_serves_until_ctrl_c_and_exits_cleanly(tmp_path: Path) -> None
     study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
     cmd = [
         sys.executable,
-        str(Path(analyze.__file__)),
+        str(ROOT / "analyze.py"),
         "dashboard",
         "--storage",
         storage,

@@ -84,14 +84,30 @@ def test_every_exported_function_says_why_and_shows_an_example() -> None:
         assert "Why" in doc and f"picollm.{name}(" in doc, name
 
 
-def test_train_generate_evaluate_stay_modules_and_are_callable() -> None:
-    """``picollm.train`` is both the module of ``python -m picollm.train`` and the API function."""
-    import picollm.train as by_import
-    from picollm import train as by_from
+def test_train_generate_evaluate_are_ordinary_functions_after_the_library_is_imported() -> None:
+    """``picollm.train`` is the API's function, whatever the library has imported (the trainer, the CLIs' modules
+    behind ``python -m picollm.train``)."""
+    import types
 
-    assert by_import is by_from is sys.modules["picollm.train"] is picollm.train
-    assert callable(picollm.train) and callable(picollm.generate)
-    assert picollm.train.train.__module__ == "picollm.train"  # the module's own train() is still there
+    import picollm.cli.train
+    import picollm.scoring
+    import picollm.sweeps.workers
+    import picollm.trainer
+
+    for name in ("train", "generate", "evaluate", "sweep"):
+        assert isinstance(getattr(picollm, name), types.FunctionType), name
+        assert getattr(picollm, name) is getattr(api, name)
+
+
+def test_the_library_never_imports_the_command_lines() -> None:
+    """Importing ``picollm.train`` (the module behind ``python -m``) would rebind ``picollm.train``: only the
+    command lines themselves may import them."""
+    from tests.test_layout_of_the_package import import_graph
+
+    shims = {"picollm.train", "picollm.evaluate", "picollm.generate"}
+    for module, deps in import_graph().items():
+        if module not in shims and not module.startswith("picollm.cli"):
+            assert not any(d in shims or d.startswith("picollm.cli") for d in deps), module
 
 
 # --- training and reading a run -----------------------------------------------------------------
@@ -142,7 +158,6 @@ def test_generate_is_repeatable_with_a_seed(trained: api.TrainResult) -> None:
 
 
 def test_evaluate_scores_the_saved_weights(trained: api.TrainResult) -> None:
-    pytest.importorskip("picollm.evaluate", reason="picollm.evaluate (helper eval) is not merged yet")
     scores = picollm.evaluate(trained)
     assert {"loss", "stderr", "tokens", "context"} <= set(scores)
     assert 0 < scores["loss"] < trained.summary["unigram_val_loss"] and scores["stderr"] > 0
@@ -240,7 +255,7 @@ def test_sweep_twice_leaks_nothing_and_returns_a_study(tmp_path: Path) -> None:
 
 def test_interrupted_sweep_raises_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel interrupt in trial 1 stops the sweep, keeps trial 0 and lets the next call finish."""
-    train_module = importlib.import_module("picollm.train")
+    train_module = importlib.import_module("picollm.trainer")
     real_train = train_module.train
     calls = {"n": 0}
 

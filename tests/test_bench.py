@@ -15,7 +15,7 @@ from tests.conftest import ROOT, SAMPLE, needs_sample
 def _bench(tmp_path: Path, *args: str) -> tuple[dict, str]:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "picollm.bench", *args, "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.bench", *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -54,7 +54,7 @@ def test_tokenizer_benchmark_counts_the_tokens_it_times(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
     import tiktoken
 
-    from picollm.bench import bench_tokenizer
+    from benchmarks.bench import bench_tokenizer
 
     enc = tiktoken.get_encoding("gpt2")
     stories = [t for f in sorted(SAMPLE.glob("data/train-*.parquet")) for t in pq.read_table(f)["text"].to_pylist()]

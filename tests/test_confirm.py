@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import sweep as sweep_module
+import picollm.cli.sweep as sweep_module
 from picollm.errors import ConfigError, run_cli
-from picollm.sweeps.confirm import compare_words, paired_test, parse_confirm, t_interval
+from picollm.sweeps.confirm import compare_words, paired_test, t_interval
+from picollm.sweeps.settings import parse_confirm
 
 
 def test_t_interval_matches_the_textbook_value() -> None:

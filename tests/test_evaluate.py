@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from picollm import evaluate as evaluate_mod
-from picollm import train as train_mod
+from picollm import scoring
+from picollm import trainer as train_mod
+from picollm.cli import evaluate as evaluate_cli
 from picollm.config import load_config
 from picollm.errors import run_cli
 
@@ -24,7 +25,7 @@ def test_scores_a_saved_run_like_its_own_final_evaluation(
 ) -> None:
     out = tmp_path / "score.json"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(evaluate_mod.main, [compact_run["run_dir"], "--weights", "final", "--out", str(out)])
+        run_cli(evaluate_cli.main, [compact_run["run_dir"], "--weights", "final", "--out", str(out)])
     assert exit_info.value.code == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out.read_text())
@@ -37,10 +38,10 @@ def test_scores_a_saved_run_like_its_own_final_evaluation(
 
 
 def test_scores_a_compact_vocabulary_model_on_another_dataset(compact_run: dict) -> None:
-    other = evaluate_mod.evaluate_run(
+    other = scoring.evaluate_run(
         compact_run["run_dir"], ["data.synthetic=0", "data.builtin_stories=200", "data.val_tokens=2000"]
     )
-    own = evaluate_mod.evaluate_run(compact_run["run_dir"], ["data.val_tokens=2000"])
+    own = scoring.evaluate_run(compact_run["run_dir"], ["data.val_tokens=2000"])
     assert 2000 <= other["tokens"] + 1 < 3000 and other["stderr"] > 0
     assert other["loss"] > own["loss"] + 1.0  # stories are not counting sequences: far worse, but scored
 
@@ -57,7 +58,7 @@ def test_bad_input_is_one_line_and_exit_2(
     compact_run: dict, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(evaluate_mod.main, [compact_run["run_dir"], *args])
+        run_cli(evaluate_cli.main, [compact_run["run_dir"], *args])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
 
@@ -66,10 +67,10 @@ def test_missing_folder_or_weights_are_one_line(
     synthetic: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        run_cli(evaluate_mod.main, [str(tmp_path / "no-such-run")])
+        run_cli(evaluate_cli.main, [str(tmp_path / "no-such-run")])
     assert capsys.readouterr().err.strip() == f"error: run folder not found: {tmp_path / 'no-such-run'}"
     no_weights = ["train.max_steps_per_epoch=2", "tracking.save_weights=false"]
     summary = train_mod.train(load_config(None, [*synthetic, *no_weights]))
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(evaluate_mod.main, [summary["run_dir"]])
+        run_cli(evaluate_cli.main, [summary["run_dir"]])
     assert exit_info.value.code == 2 and "no saved weights" in capsys.readouterr().err

@@ -25,7 +25,6 @@ from picollm.errors import ConfigError
 from picollm.sweeps.confirm import candidates
 from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher
 from picollm.sweeps.objective import worker_device
-from picollm.sweeps.scale import measure
 from picollm.sweeps.settings import load_experiment
 from tests.conftest import ROOT
 from tests.sweeps import SWEEP, sweep_cli, write_experiment
@@ -213,55 +212,3 @@ def wait_for_trial_in_training(storage: str, name: str, timeout: float = 180) ->
         if started:
             return started[0]
     pytest.fail("no trial reached its first validation loss in time")
-
-
-# ------------------------------------------------------------------------------------------------
-# Dry-run trials and the scale benchmark.
-# ------------------------------------------------------------------------------------------------
-
-
-def test_dry_run_trials_make_the_storage_calls_but_train_nothing(tmp_path: Path) -> None:
-    path = write_experiment(tmp_path, study={"n_trials": 5, "reports": 4})
-    proc = sweep_cli(path, f"sqlite:///{tmp_path}/s.db", "--dry-run")
-    assert proc.returncode == 0, proc.stderr
-    study = load(f"sqlite:///{tmp_path}/s.db", "t")
-    assert len(finished(study)) == 5 and not (tmp_path / "runs").exists()
-    assert all(len(t.intermediate_values) == 4 and t.user_attrs["tokens"] == 4096 for t in finished(study))
-    values = {tuple(sorted(t.params.items())): t.value for t in finished(study)}
-    assert len(set(values.values())) == len(values)  # the value follows the parameters
-
-
-def test_workers_scale_measures_the_harness_beside_plain_optuna(tmp_path: Path, postgres: str) -> None:
-    row = measure(postgres, workers=2, trials_per_worker=3, folder=tmp_path)
-    assert row["harness"]["trials"] == row["optuna"]["trials"] == row["optuna_reports"]["trials"] == 6
-    assert row["harness"]["ms_per_trial"] > 0 and row["optuna"]["trials_per_s"] > 0 and row["ratio_reports"] > 0
-    for kind in ("harness", "optuna", "optuna_reports"):  # each worker's CPU and its exchanges with the server
-        assert row[kind]["cpu_ms_per_trial"] > 0 and row[kind]["round_trips_per_trial"] >= 10, kind
-        assert row[kind]["open_ms"] > 0, kind  # opening the study, timed apart from the trials
-    low, high = row["ratio_range"]
-    assert low == high == row["ratio"]  # one round: its own ratio
-    (tag,) = [r["tag"] for r in row["rounds"]]
-    assert not [name for name in optuna.get_all_study_names(postgres) if name.endswith(tag)]  # all deleted
-
-
-def test_a_worker_keeps_its_server_connections_from_trial_to_trial(tmp_path: Path, postgres: str) -> None:
-    from sqlalchemy import event
-    from sqlalchemy.pool import Pool
-
-    from picollm.sweeps.scale import _experiment_file
-    from picollm.sweeps.studies import enqueue_baseline, open_study
-    from picollm.sweeps.workers import WorkerSpec, run_worker
-
-    exp = load_experiment(str(_experiment_file(tmp_path, f"conn-{uuid.uuid4().hex[:8]}", 12)), [])
-    enqueue_baseline(open_study(exp, postgres, create=True), exp)
-    opened: list[object] = []
-    count = lambda dbapi_connection, record: opened.append(record)  # noqa: E731
-    event.listen(Pool, "connect", count)
-    try:
-        run_worker(WorkerSpec(exp, postgres, threads=1, verbose=False, dry_run=True))
-    finally:
-        event.remove(Pool, "connect", count)
-        optuna.delete_study(study_name=exp.study.name, storage=postgres)
-    # the worker's own storage opens its connections once (this process's side pool was opened above, by the
-    # study's creation), not again for every trial: each new connection is a new server process
-    assert len(opened) <= 4, len(opened)

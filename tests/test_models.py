@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picollm.generate import Sampling, filter_logits, generate
 from picollm.models import build_model
 from picollm.models.loss import linear_cross_entropy
+from picollm.sampling import Sampling, filter_logits, generate
 
 SMALL = {"block_size": 16, "embed_size": 32, "hidden_size": 32, "n_heads": 4, "num_layers": 2, "k": 3}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from picollm import train as train_mod
+from picollm import trainer as train_mod
 from picollm.analysis.figures import noise_figure
 from picollm.analysis.noise import Z95, analyze_noise, tokens_for_precision, validation_noise
 from picollm.analysis.records import from_rows, load_run_dir

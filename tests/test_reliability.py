@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from picollm import fileio, tracking
-from picollm import train as train_mod
+from picollm import trainer as train_mod
 from picollm.checkpoint import load_run
+from picollm.cli import train as train_cli
 from picollm.config import load_config
 from picollm.data import load_token_data
 from picollm.errors import ConfigError, PicoError, run_cli
@@ -48,7 +49,7 @@ def storage_url(kind: str, tmp_path: Path) -> str:
 STEP_DELAY_S = 0.5
 SLOW_SWEEP = f"""
 import runpy, sys, time
-import picollm.train as t
+import picollm.trainer as t
 step = t.train_step
 t.train_step = lambda *a, **k: (time.sleep({STEP_DELAY_S}), step(*a, **k))[1]
 sys.argv = [{SWEEP!r}, *sys.argv[1:]]
@@ -270,7 +271,7 @@ def test_malformed_best_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     best = tmp_path / "best.yaml"
     best.write_text("data:\n  tinystories: null\n  synthetic: [1, 2\nmodel: {type: kgram")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(train_mod.main, ["--config", str(best)])
+        run_cli(train_cli.main, ["--config", str(best)])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.startswith(f"error: {best}: malformed YAML") and "\n" not in err
 
@@ -469,7 +470,7 @@ def test_a_falsely_failed_live_trial_does_not_crash_its_worker(tmp_path: Path, m
         def hook(tokens: int, loss: float) -> None:
             if extra["trial"]["number"] == 1:  # as another worker would, with its own storage connection
                 other = optuna.load_study(study_name="t", storage=storage)
-                other._storage.set_trial_state_values(other.trials[1]._trial_id, TrialState.FAIL)
+                other.tell(1, state=TrialState.FAIL)
             on_eval(tokens, loss)
 
         return real_train(cfg, on_eval=hook, extra=extra, **kw)
@@ -493,7 +494,7 @@ def test_retries_of_a_dead_workers_trial_stop_at_the_cap(tmp_path: Path, history
     trial = study.ask()
     trial.set_user_attr("worker", f"{host()}:{int(dead.stdout)}")
     if history:  # as Optuna's retry callback records it: this trial is already the second retry
-        study._storage.set_trial_system_attr(trial._trial_id, "retry_history", history)
+        study.storage.set_trial_system_attr(study.trial_id(trial.number), "retry_history", history)
     assert fail_dead_local_trials(study, max_retry=2) == [trial.number]
     assert study.trials[trial.number].state == TrialState.FAIL
     assert counts(study)["WAITING"] == (1 if retried else 0)
@@ -512,7 +513,7 @@ def test_each_worker_gets_its_own_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
     seen: list[int] = []
     monkeypatch.setattr(workers, "_run_processes", lambda specs, study, progress: seen.extend(s.rank for s in specs))
     new_study = types.SimpleNamespace(get_trials=lambda deepcopy: [])
-    workers._work(exp, "sqlite:///unused.db", (3, 1), None, types.SimpleNamespace(study=new_study), False)
+    workers._work(exp, "sqlite:///unused.db", (3, 1), None, types.SimpleNamespace(study=new_study))
     assert seen == [0, 1, 2]
 
 
@@ -529,7 +530,7 @@ def test_reading_a_study_from_a_wrong_path_creates_nothing(tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.fault("concurrency (4 workers)")
 def test_soak_four_workers_forty_trials_five_rounds() -> None:
-    from picollm.sweeps.soak import soak
+    from tests.soak import soak
 
     rounds = soak(postgres_url(), workers=4, n_trials=40, rounds=5)
     assert all(r.ok for r in rounds), rounds

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from picollm.sweeps.compare_search import Trace, quartiles, summarize, top_configs
+from benchmarks.search_vs_random import Trace, quartiles, summarize, top_configs
 
 
 def _trace(method: str, seed: int, tokens: list[int], values: list[float | None]) -> Trace:
@@ -43,7 +43,7 @@ def test_a_search_that_never_reaches_the_target_fails_the_goal() -> None:
 
 
 def test_either_pruner_can_meet_the_goal_and_the_verdict_says_which() -> None:
-    from picollm.sweeps.compare_search import verdict
+    from benchmarks.search_vs_random import verdict
 
     traces = [_trace("random", s, [100, 100], [5.0, 4.0]) for s in range(3)]
     traces += [_trace("tpe-median", s, [10, 10], [5.0, None]) for s in range(3)]  # never reaches 4.0

@@ -10,13 +10,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import sweep as sweep_module
+import picollm.cli.sweep as sweep_module
 from picollm.config import load_config
 from picollm.errors import run_cli
-from picollm.export import export_study
 from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps import studies as study_mod
-from picollm.train import train
+from picollm.sweeps.export import export_study
+from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
 from tests.conftest import postgres_url
 from tests.sweeps import sweep_cli, write_experiment
@@ -109,18 +109,14 @@ def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a bare study.ask, on purpose
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_full_study_starts_no_trial(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_study_starts_no_trial(tmp_path: Path, kind: str) -> None:
     storage = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else postgres_url()
     path = write_experiment(tmp_path, study={"n_trials": 3, "name": f"cap{uuid.uuid4().hex[:8]}"})
     study = open_study(load_experiment(str(path), []), storage, create=True)
-    dequeues = []
-    real_dequeue = optuna.Study._pop_waiting_trial_id
-    monkeypatch.setattr(optuna.Study, "_pop_waiting_trial_id", lambda s: dequeues.append(1) or real_dequeue(s))
     study.enqueue_trial({"optim.lr": 1e-3})
     first, second = study.ask(), study.ask()  # the queued trial, then a new one
     assert study.trials[0].system_attrs["fixed_params"] == {"optim.lr": 1e-3}  # dequeued, not a new trial
     assert (first.number, second.number) == (0, 1)
-    assert len(dequeues) == 1  # Optuna's dequeue (a read of every unfinished trial) only while one waits
     third = study.ask()
     with pytest.raises(study_mod.StudyFull, match="3 of 3 trials are finished or running"):
         study.ask()
@@ -128,11 +124,31 @@ def test_a_full_study_starts_no_trial(tmp_path: Path, kind: str, monkeypatch: py
     study.tell(third, state=TrialState.PRUNED)
     with pytest.raises(study_mod.StudyFull):  # finished counts too
         study.ask()
-    assert len(study.trials) == 3 and len(dequeues) == 1
+    assert len(study.trials) == 3
+
+    # The hook holds only while Optuna's optimize starts its trials through Study.ask: a full study's optimize
+    # must end without creating a trial (an Optuna that bypassed ask would create a fourth here).
+    study.tell(second, 2.0)
+    with pytest.raises(study_mod.StudyFull):
+        study.optimize(lambda trial: 0.0, n_trials=1)
+    assert len(study.trials) == 3
+
+
+def test_a_trial_not_started_by_the_capped_ask_stops_the_sweep_with_one_line(tmp_path: Path) -> None:
+    """What an Optuna whose optimize no longer calls Study.ask would do: the objective refuses its trial."""
+    import optuna as optuna_mod
+
+    from picollm.errors import PicoError
+
+    path = write_experiment(tmp_path, study={"n_trials": 3})
+    study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=True)
+    trial = optuna_mod.Study.ask(study)  # Optuna's own ask, around the hook
+    with pytest.raises(PicoError, match=r"without Study\.ask"):
+        study.started_here(trial)
 
 
 def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import picollm.train as train_mod
+    import picollm.trainer as train_mod
 
     calls = {"n": 0}
     real_train = train_mod.train
@@ -170,7 +186,7 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
 def test_a_sweep_stops_on_a_fault_every_trial_hits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, message: str, failed: int
 ) -> None:
-    import picollm.train as train_mod
+    import picollm.trainer as train_mod
     from picollm.errors import PicoError
 
     def failing(cfg, **kwargs):
@@ -373,7 +389,7 @@ def _sleep_or_mark(item: tuple[str, float]) -> int:
     """A pool item: sleep (saying so), or leave a mark when interrupted; the worker's rank otherwise."""
     import time
 
-    from picollm.sweeps.workers import pool_rank
+    from picollm.sweeps.processes import pool_rank
 
     folder, seconds = item
     if seconds:
@@ -390,7 +406,7 @@ def test_a_pool_stopped_early_interrupts_its_running_items_and_skips_the_rest(tm
     """Confirmation and the search comparison run items in a pool: stopping must not wait for every item."""
     import time
 
-    from picollm.sweeps.workers import in_processes
+    from picollm.sweeps.processes import in_processes
 
     items = [(str(tmp_path), 0.0), (str(tmp_path), 0.0), *[(str(tmp_path), 600.0)] * 4]
     results = in_processes(_sleep_or_mark, items, parallel=2)

@@ -80,7 +80,7 @@ def test_a_run_record_accounts_for_its_time(synthetic: list[str]) -> None:
     from pathlib import Path
 
     from picollm.config import load_config
-    from picollm.train import train
+    from picollm.trainer import train
 
     summary = train(load_config(None, [*synthetic, "model.type=kgram", "train.max_tokens=4096"]))
     b = json.loads((Path(summary["run_dir"]) / "summary.json").read_text())["time_breakdown"]
@@ -92,7 +92,7 @@ def test_a_run_record_accounts_for_its_time(synthetic: list[str]) -> None:
 
 def test_a_sweep_trial_scores_its_final_weights_once(synthetic: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The last periodic evaluation and the objective score the same weights on the same set: once, not twice."""
-    import picollm.train as train_mod
+    import picollm.trainer as train_mod
     from picollm.config import load_config
 
     calls = []
@@ -113,7 +113,7 @@ def test_a_sweep_trial_scores_its_final_weights_once(synthetic: list[str], monke
 def test_the_wandb_summary_carries_the_breakdown(synthetic: list[str]) -> None:
     """Read back from the offline .wandb file: W&B shows time_breakdown.<phase> next to the run's losses."""
     from picollm.config import load_config
-    from picollm.train import train
+    from picollm.trainer import train
     from picollm.wandb_offline import find_run_file, read_run_info
 
     run = [*synthetic, "model.type=kgram", "train.max_tokens=2048", "tracking.wandb=offline"]
@@ -130,14 +130,14 @@ def test_the_wandb_summary_carries_the_breakdown(synthetic: list[str]) -> None:
 
 def _preloaded(queue: object) -> None:
     loaded = set(sys.modules)  # before this function imports anything itself
-    from picollm.sweeps.workers import WORKER_PRELOAD
+    from picollm.sweeps.processes import WORKER_PRELOAD
 
     queue.put({name: name in loaded for name in WORKER_PRELOAD})
 
 
 def test_sweep_workers_start_with_torch_and_dynamo_already_imported() -> None:
     """Workers fork from a forkserver that imported them once: no worker pays torch's or dynamo's import."""
-    from picollm.sweeps.workers import worker_context
+    from picollm.sweeps.processes import worker_context
 
     ctx = worker_context()
     queue = ctx.Queue()

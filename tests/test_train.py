@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from picollm import train as train_mod
+from picollm import trainer as train_mod
 from picollm.checkpoint import load_run
+from picollm.cli import train as train_cli
+from picollm.cli.generate import main as generate_main
 from picollm.config import load_config
 from picollm.device import resolve_device
 from picollm.errors import ConfigError, run_cli
-from picollm.generate import main as generate_main
 from picollm.wandb_offline import find_run_file, read_history, read_run_info
 from tests.conftest import ROOT, SAMPLE, needs_sample
 
@@ -165,7 +166,7 @@ def test_bad_input_exits_2_with_one_line(
         "tracking.wandb=disabled",
     ]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(train_mod.main, argv)
+        run_cli(train_cli.main, argv)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
@@ -182,7 +183,7 @@ def test_a_run_that_fails_after_its_record_exists_still_ends_with_summary_json(
 
     monkeypatch.setattr(train_mod, "build_optimizer", refuse)
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(train_mod.main, [x for o in synthetic for x in ("--set", o)])
+        run_cli(train_cli.main, [x for o in synthetic for x in ("--set", o)])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Invalid beta parameter" in err
     (run_dir,) = Path(synthetic[0].split("=", 1)[1]).iterdir()
@@ -201,7 +202,7 @@ def test_a_run_that_fails_after_its_record_exists_still_ends_with_summary_json(
 def test_optimizer_settings_torch_refuses_are_one_line(out: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--config", str(ROOT / "experiments" / "smoke.yaml"), "--set", "optim.beta1=-0.5"]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(train_mod.main, [*argv, *[x for o in out for x in ("--set", o)], "--set", "tracking.wandb=disabled"])
+        run_cli(train_cli.main, [*argv, *[x for o in out for x in ("--set", o)], "--set", "tracking.wandb=disabled"])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.startswith("error: ") and "beta" in err and len(err.splitlines()) == 1
 

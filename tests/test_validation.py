@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from picollm import train as train_mod
+from picollm import trainer as train_mod
 from picollm.config import load_config
 from picollm.data import ScoringPolicy, load_token_data, scoring_policy, validation_sets
-from picollm.evaluate import evaluate_run, ratio_estimate, score
 from picollm.models import build_model
+from picollm.scoring import evaluate_run, ratio_estimate, score
 from tests.conftest import ROOT, SAMPLE, needs_sample
 
 

@@ -17,8 +17,8 @@ from optuna.trial import TrialState, create_trial
 
 from picollm import tracking
 from picollm.config import load_config
-from picollm.export import best_trial, trial_rows, trials_csv, write_figures
-from picollm.train import train
+from picollm.sweeps.export import best_trial, trial_rows, trials_csv, write_figures
+from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
 
 

@@ -44,7 +44,9 @@ def figures_to_publish(study: Any, reports_root: Path) -> list[tuple[Path, str]]
     return [(path, caption) for path, caption in found if path.is_file()]
 
 
-def publish_figures(study: Any, figures: list[tuple[Path, str]], store: Any, index_path: Path) -> list[str]:
+def publish_figures(
+    study: Any, study_id: int, figures: list[tuple[Path, str]], store: Any, index_path: Path
+) -> list[str]:
     """Upload each figure once per content (``index.json``: sha256 -> artifact id); returns the ids in order."""
     from optuna.artifacts import get_all_artifact_meta, upload_artifact
 
@@ -52,7 +54,7 @@ def publish_figures(study: Any, figures: list[tuple[Path, str]], store: Any, ind
     existing = {meta.artifact_id for meta in get_all_artifact_meta(study)}
     ids = []
     for path, _ in figures:
-        digest = f"{study._study_id}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+        digest = f"{study_id}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
         if index.get(digest) not in existing:
             index[digest] = upload_artifact(
                 artifact_store=store, file_path=str(path), study_or_trial=study, mimetype="image/png"
@@ -62,7 +64,7 @@ def publish_figures(study: Any, figures: list[tuple[Path, str]], store: Any, ind
     return ids
 
 
-def study_note(study: Any, figures: list[tuple[Path, str]], ids: list[str], has_report: bool) -> str:
+def study_note(study: Any, study_id: int, figures: list[tuple[Path, str]], ids: list[str], has_report: bool) -> str:
     lines = [f"## {study.study_name}: the figures", ""]
     if has_report:
         lines += [
@@ -77,7 +79,7 @@ def study_note(study: Any, figures: list[tuple[Path, str]], ids: list[str], has_
             "",
         ]
     for (_, caption), artifact_id in zip(figures, ids, strict=True):
-        lines += [f"**{caption}**", "", f"![{caption}](/artifacts/{study._study_id}/{artifact_id})", ""]
+        lines += [f"**{caption}**", "", f"![{caption}](/artifacts/{study_id}/{artifact_id})", ""]
     return "\n".join(lines)
 
 
@@ -107,7 +109,7 @@ def trial_note(study_name: str, trial: Any) -> str:
     return "\n".join(lines)
 
 
-def write_notes(study: Any, body: str) -> None:
+def write_notes(study: Any, storage: Any, study_id: int, body: str) -> None:
     """The study note and one note per finished trial; a note is saved only when its text changed."""
     import optuna
     from optuna_dashboard import get_note, save_note
@@ -117,7 +119,7 @@ def write_notes(study: Any, body: str) -> None:
     for frozen in study.get_trials(deepcopy=False):
         if not frozen.state.is_finished():
             continue
-        trial = optuna.Trial(study, frozen._trial_id)
+        trial = optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
         note = trial_note(study.study_name, frozen)
         if get_note(trial) != note:
             save_note(trial, note)
@@ -171,10 +173,11 @@ def prepare(storage: Any, study_names: list[str], artifacts: Path, reports_root:
     studies = {}
     for name in study_names:
         study = optuna.load_study(study_name=name, storage=storage)
+        study_id = storage.get_study_id_from_name(name)
         figures = figures_to_publish(study, reports_root)
-        ids = publish_figures(study, figures, store, artifacts / "index.json")
+        ids = publish_figures(study, study_id, figures, store, artifacts / "index.json")
         has_report = (reports_root / name / "report.html").is_file()
-        write_notes(study, study_note(study, figures, ids, has_report))
+        write_notes(study, storage, study_id, study_note(study, study_id, figures, ids, has_report))
         studies[name] = study
     return store, studies
 

@@ -1,18 +1,19 @@
-"""The report as one self-contained HTML file: figures inlined as data URIs, styles and the copy
-button's few lines of script inline, nothing fetched from a network or a CDN.
-
-One file is the point: it can be mailed, attached to a ticket or opened on a laptop offline, and it
-still shows every figure.
+"""The report written out: ``report.md`` (plain image links any viewer shows), ``report.json`` (the numbers) and,
+optionally, ``report.html``: one self-contained file, figures inlined as data URIs, styles and the copy button's few
+lines of script inline, nothing fetched from a network or a CDN, so it can be mailed, attached to a ticket or opened
+offline and still shows every figure.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 from html import escape
 from pathlib import Path
 
 from picollm.analysis.report import Report, Section, Table, cell
+from picollm.fileio import atomic_write_json, atomic_write_text
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
@@ -90,3 +91,46 @@ def render_html(report: Report) -> str:
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style>'
         f"<script>{COPY_SCRIPT}</script></head>\n<body><h1>{title}</h1><nav>{nav}</nav>\n{body}\n</body></html>\n"
     )
+
+
+def _md_table(table: Table) -> str:
+    lines = ["| " + " | ".join(table.header) + " |", "|" + " --- |" * len(table.header)]
+    lines += ["| " + " | ".join(cell(v).replace("|", "\\|") for v in row) + " |" for row in table.rows]
+    caption = f"{table.caption}\n\n" if table.caption else ""
+    return caption + "\n".join(lines) + "\n"
+
+
+def _md_section(section: Section, level: int, out_dir: Path) -> str:
+    parts = [f"{'#' * level} {section.title}\n"]
+    if section.warning:
+        parts.append(f"> **Warning:** {section.warning}\n")
+    parts += [f"{paragraph}\n" for paragraph in section.text]
+    parts += [_md_table(table) for table in section.tables]
+    if section.code is not None:
+        parts.append(f"```{section.code_lang}\n{section.code.rstrip()}\n```\n")
+    parts += [f"![{fig.caption}]({_link(fig.path, out_dir)})\n\n*{fig.caption}*\n" for fig in section.figures]
+    parts += [_md_section(sub, level + 1, out_dir) for sub in section.subsections]
+    return "\n".join(parts)
+
+
+def _link(path: Path, out_dir: Path) -> str:
+    """A figure's path relative to the report, so the Markdown file shows it from where it lies."""
+    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+
+
+def render_markdown(report: Report) -> str:
+    body = "\n".join(_md_section(section, 2, report.out_dir) for section in report.sections)
+    return f"# picollm report: {report.name}\n\n{body}"
+
+
+def write_report(report: Report, html: bool = False) -> list[Path]:
+    """``report.md`` (+ ``report.html``) and ``report.json`` into the report's folder; returns the paths."""
+    out = report.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.md"]
+    atomic_write_text(paths[0], render_markdown(report))
+    if html:
+        paths.append(out / "report.html")
+        atomic_write_text(paths[1], render_html(report))
+    atomic_write_json(out / "report.json", report.data)
+    return paths

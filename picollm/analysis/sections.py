@@ -336,7 +336,7 @@ def _fmt4(text: str) -> str:
 def _study_sections(study: Any) -> tuple[list[Section], str | None]:
     """The study's own sections and the name of its best trial's run (``t<number>``)."""
     from picollm.analysis.records import study_report_lines
-    from picollm.export import best_trial, best_yaml, trial_rows
+    from picollm.sweeps.export import best_trial, best_yaml, trial_rows
 
     header, rows = trial_rows(study)
     params = [p["key"] for p in study.user_attrs.get("space", [])]

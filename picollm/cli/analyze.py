@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from picollm.errors import ConfigError, DataError, run_cli
+from picollm.errors import ConfigError, DataError
 from picollm.fileio import atomic_write_json
 from picollm.storage import add_storage_argument, mask_url
 
@@ -175,7 +175,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from picollm.analysis import records
-    from picollm.analysis.report import write_report
+    from picollm.analysis.render import write_report
     from picollm.analysis.sections import build_report
 
     study = records.load_study(args.study, args.storage) if args.study else None
@@ -220,7 +220,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     return COMMANDS[args.command](args)
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

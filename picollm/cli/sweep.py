@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from picollm.config import add_override_argument
-from picollm.errors import EXIT_INTERRUPTED, run_cli
+from picollm.errors import EXIT_INTERRUPTED
 from picollm.storage import add_storage_argument, mask_url
 
 COMMANDS = ("run", "status", "export", "launch", "confirm")
@@ -69,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
         "and the confirmation runs; launch: jobs",
     )
     parser.add_argument("--wait", action="store_true", help="launch: follow the jobs to the end, then export")
-    parser.add_argument("--dry-run", action="store_true", help="trials skip training (measures the storage)")
     parser.add_argument("--top", type=int, help="confirm: complete configs to re-train (default: confirm.top, 3)")
     parser.add_argument("--seeds", type=int, help="confirm: fresh seeds per config (default: confirm.seeds, 3)")
     add_override_argument(parser, "override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return launch_command(exp, args)
     if args.command == "run":
         workers = args.workers or choose_layout()[0]  # the measured best layout for this machine
-        outcome = run_sweep(exp, args.storage, workers, args.timeout, args.dry_run)
+        outcome = run_sweep(exp, args.storage, workers, args.timeout)
         study = open_study(exp, args.storage, create=False)
         for line in [*report_lines(study), *outcome.notes]:
             print(line)
@@ -112,26 +111,20 @@ def main(argv: list[str] | None = None) -> int:
             print(trial_line(trial, best_value(study)))
         print("\n".join(report_lines(study)))
         return 0
-    from picollm.export import export_study
-    from picollm.sweeps.confirm_export import export_recorded
+    from picollm.sweeps.export import export_study
 
-    folder, notes = export_study(study, exp.study.out_dir)
-    notes += export_recorded(study, exp.study.out_dir)  # keeps best.yaml the confirmed winner
+    folder, notes = export_study(study, exp.study.out_dir)  # best.yaml stays the confirmed winner, if there is one
     print("\n".join([*notes, f"exported to {folder}/"]))
     return 0
 
 
 def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]:
     """`sweep.py confirm`: the experiment's confirm: block (or the defaults), with --top/--seeds on top."""
-    from picollm.sweeps.confirm import ConfirmSettings, check_settings
-    from picollm.sweeps.confirm_export import confirm_and_export
+    from picollm.sweeps.export import confirm_and_export
+    from picollm.sweeps.settings import ConfirmSettings, check_confirm
 
     s = dataclasses.replace(exp.confirm or ConfirmSettings())
     s.top = args.top if args.top is not None else s.top
     s.seeds = args.seeds if args.seeds is not None else s.seeds
-    check_settings(s)
+    check_confirm(s)
     return confirm_and_export(study, s, exp.study.out_dir, args.workers)
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

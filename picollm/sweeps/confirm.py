@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from picollm.config import config_from_dict
-from picollm.errors import ConfigError, PicoError
+from picollm.errors import PicoError
 from picollm.search import apply_params
+from picollm.sweeps.settings import ConfirmSettings, check_confirm
 
 LEVEL = 0.95  # confidence level of every interval and the threshold (1 - LEVEL) of every test
 ATTR_PREFIX = "confirm:"  # study user attributes holding one finished confirmation run each
@@ -33,45 +34,6 @@ SETTINGS_ATTR = "confirm_settings"  # the latest confirmation's settings, so `sw
 
 class NothingToConfirm(PicoError):
     """The study has no complete trial yet."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings: the `confirm:` block of a study YAML, or --top/--seeds on the command line.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ConfirmSettings:
-    top: int = 3  # complete configs to re-train, best first (the baseline comes on top of these)
-    seeds: int = 3  # fresh seeds per config: an interval needs at least two
-    first_seed: int | None = None  # None: the base config's train.seed + 1, ...
-    budget_tokens: int | None = None  # None: the study's own budget per trial
-
-
-def parse_confirm(raw: Any) -> ConfirmSettings:
-    """Read a ``confirm:`` block (``{}`` or ``null`` for the defaults); one line per mistake."""
-    if raw is None:
-        return ConfirmSettings()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"confirm: expected a mapping such as {{top: 3, seeds: 3}}, got {raw!r}")
-    settings = ConfirmSettings()
-    for key, value in raw.items():
-        if key not in settings.__dataclass_fields__:
-            raise ConfigError(f"unknown key confirm.{key} (known: {', '.join(settings.__dataclass_fields__)})")
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError(f"confirm.{key}: expected a whole number, got {value!r}")
-        setattr(settings, key, value)
-    check_settings(settings)
-    return settings
-
-
-def check_settings(s: ConfirmSettings) -> None:
-    if s.top < 1:
-        raise ConfigError(f"confirm.top must be >= 1, got {s.top}")
-    if s.seeds < 2:
-        raise ConfigError(f"confirm.seeds must be >= 2 (an interval needs two runs), got {s.seeds}")
-    if s.budget_tokens is not None and s.budget_tokens < 1:
-        raise ConfigError(f"confirm.budget_tokens must be >= 1, got {s.budget_tokens}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +212,7 @@ def run_config(
 def train_record(raw: dict[str, Any], run_prefix: str) -> dict[str, Any]:
     """Train one confirmation run (no pruning) and keep what the statistics and exports need."""
     from picollm.tracking import new_run_id
-    from picollm.train import train
+    from picollm.trainer import train
 
     cfg, run_id = config_from_dict(raw), new_run_id(run_prefix)
     try:
@@ -292,7 +254,7 @@ def _study_settings(study: Any) -> dict[str, Any]:
 
 def plan(study: Any, s: ConfirmSettings) -> Confirmation:
     """The candidates and seeds, with every finished run already recorded in the study attached."""
-    check_settings(s)
+    check_confirm(s)
     base = study.user_attrs.get("base")
     if not base:
         raise PicoError(f"study {study.study_name!r} has no stored base config: it was not made by sweep.py")
@@ -320,8 +282,8 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     from tqdm.auto import tqdm
 
     from picollm.sweeps.layout import choose_layout
+    from picollm.sweeps.processes import in_processes
     from picollm.sweeps.studies import TRAINED_BASE
-    from picollm.sweeps.workers import in_processes
 
     conf = plan(study, s)
     study.set_user_attr(SETTINGS_ATTR, asdict(s))
@@ -357,7 +319,7 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
 def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:
     """One confirmation run in a worker process (on that worker's own GPU, with CUDA): its index and record."""
     from picollm.sweeps.objective import worker_device
-    from picollm.sweeps.workers import pool_rank
+    from picollm.sweeps.processes import pool_rank
 
     i, raw, prefix = job
     raw["train"]["device"] = worker_device(pool_rank(), raw["train"]["device"])
@@ -390,8 +352,14 @@ def summary_lines(conf: Confirmation) -> list[str]:
             f"  {r.candidate.label:22s} mean {iv.mean:.4f}  95% CI [{iv.low:.4f}, {iv.high:.4f}]  "
             f"sd {iv.sd:.4f}  n={iv.n}  (study value {_fmt(r.candidate.study_value)})"
         )
+    return lines + verdict_lines(conf)
+
+
+def verdict_lines(conf: Confirmation) -> list[str]:
+    """The answer in words: the confirmed winner, then how it compares with the runner-up and the baseline."""
+    ranked = conf.ranked()
     winner = ranked[0]
-    lines.append(f"confirmed winner: {winner.candidate.label} {_params_text(winner.candidate.params)}")
+    lines = [f"confirmed winner: {winner.candidate.label} {_params_text(winner.candidate.params)}"]
     if len(ranked) > 1:
         lines.append(
             compare_words(

@@ -1,12 +1,14 @@
-"""Export a study to ``results/studies/<study>/``: trials table, best config, figures, W&B summary run.
+"""The one owner of ``results/studies/<study>/``: trials table, best config, figures, the confirmation's files and
+the study's W&B summary run.
 
-Everything is rebuilt from the study storage alone (the base config and search space are kept in
-the study's user attributes), so ``sweep.py export`` works without the experiment file.
+Everything is rebuilt from the study storage alone (the base config, the search space and every confirmation run
+are kept in the study's user attributes), so ``sweep.py export`` works without the experiment file and rewrites
+the same files ``sweep.py run`` wrote. ``best.yaml`` has one writer, :func:`best_yaml`: the confirmed winner once a
+confirmation has runs, else the best complete trial.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -17,8 +19,12 @@ from typing import Any
 import yaml
 
 from picollm.config import config_from_dict
+from picollm.errors import PicoError
 from picollm.fileio import atomic_write_text
 from picollm.search import apply_params
+from picollm.sweeps.confirm import SETTINGS_ATTR, Confirmation, NothingToConfirm, plan, summary_lines, verdict_lines
+from picollm.sweeps.settings import ConfirmSettings
+from picollm.sweeps.studies import trained_base
 from picollm.tracking import flatten, resolve_wandb_mode
 
 # Before the searched parameters: what the value is and how precise; after them: where it came from.
@@ -96,19 +102,40 @@ def best_config(study: Any) -> tuple[dict[str, Any], Any]:
 
 def standalone_config(study: Any, params: dict[str, Any]) -> dict[str, Any]:
     """The complete trainer config of ``params`` in this study, as the trials ran it, to run on its own."""
-    from picollm.sweeps.studies import trained_base
-
     raw = apply_params(trained_base(study), params)
     raw["tracking"].update(group=None, job_type="train", name=None)
     raw["train"]["progress"] = True
     return config_from_dict(raw).to_dict()
 
 
-def best_yaml(study: Any) -> str:
-    cfg, best = best_config(study)
+def recorded_confirmation(study: Any) -> Confirmation | None:
+    """The study's latest confirmation as recorded (no training), or None when it has none with a finished run."""
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if not stored:
+        return None
+    try:
+        conf = plan(study, ConfirmSettings(**stored))
+    except NothingToConfirm:
+        return None
+    return conf if conf.ranked() else None
+
+
+def best_yaml(study: Any, conf: Confirmation | None = None) -> str:
+    """``best.yaml``: the confirmed winner's complete trainer config headed by the evidence for choosing it, or the
+    best complete trial's before any confirmation (``conf`` defaults to the recorded one)."""
+    conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
+    run_it = "# Run it as-is: python -m picollm.train --config <this file>"
+    if conf is None:
+        cfg, best = best_config(study)
+        header = f"# Best trial of study '{study.study_name}': trial {best.number}, value {best.value:.6f}\n{run_it}\n"
+        return header + yaml.safe_dump(cfg, sort_keys=False)
+    winner = conf.ranked()[0]
+    cfg = standalone_config(study, winner.candidate.params)
+    evidence = "\n".join(f"#   {line.strip()}" for line in summary_lines(conf))
     header = (
-        f"# Best trial of study '{study.study_name}': trial {best.number}, value {best.value:.6f}\n"
-        f"# Run it as-is: python -m picollm.train --config <this file>\n"
+        f"# Confirmed winner of study '{study.study_name}': {winner.candidate.label}\n"
+        f"# (best mean final_val_loss over fresh seeds, not the single luckiest trial):\n{evidence}\n"
+        f"{run_it}  (train.seed is the study's own)\n"
     )
     return header + yaml.safe_dump(cfg, sort_keys=False)
 
@@ -160,23 +187,119 @@ def write_figures(study: Any, folder: Path) -> tuple[list[Path], list[str]]:
     return [folder / name for name in figures], skipped
 
 
-def export_study(study: Any, root: str | Path) -> tuple[Path, list[str]]:
-    """Write trials.csv, best.yaml and figures; returns the folder and notes on what was skipped."""
+CONFIRM_COLUMNS = (
+    "trial",
+    "baseline",
+    "seed",
+    "final_val_loss",
+    "final_val_loss_stderr",
+    "tokens",
+    "budget_tokens",
+    "status",
+    "reason",
+    "run_id",
+    "run_dir",
+    "wandb_run_id",
+    "config_mean",
+    "config_ci_low",
+    "config_ci_high",
+    "rank",
+)
+
+
+def confirm_csv(conf: Confirmation) -> str:
+    """One row per (config, seed) run, with its config's mean, interval and rank (1 = confirmed winner)."""
+    ranks = {id(r): i + 1 for i, r in enumerate(conf.ranked())}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*CONFIRM_COLUMNS, *_param_keys(conf)], extrasaction="ignore")
+    writer.writeheader()
+    for result in conf.results:
+        iv = result.interval()
+        for seed in sorted(result.runs):
+            writer.writerow(
+                {
+                    **result.runs[seed],
+                    **result.candidate.params,
+                    "baseline": result.candidate.baseline,
+                    "seed": seed,
+                    "config_mean": iv.mean,
+                    "config_ci_low": iv.low,
+                    "config_ci_high": iv.high,
+                    "rank": ranks.get(id(result)),
+                }
+            )
+    return buffer.getvalue()
+
+
+def _param_keys(conf: Confirmation) -> list[str]:
+    keys: dict[str, None] = {}
+    for result in conf.results:
+        keys.update(dict.fromkeys(result.candidate.params))
+    return list(keys)
+
+
+def plot_confirmation(conf: Confirmation, path: Path) -> None:
+    """One point and 95% interval per config, its seeds as dots; the baseline in another colour."""
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+
+    ranked = conf.ranked()
+    fig = Figure(figsize=(6.4, 0.9 + 0.45 * len(ranked)))
+    ax = fig.subplots()
+    for y, result in enumerate(ranked):
+        iv = result.interval()
+        colour = "tab:red" if result.candidate.baseline else "tab:blue"
+        ax.errorbar(iv.mean, y, xerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="o", color=colour, capsize=4)
+        seeds = result.losses(sorted(result.runs))
+        ax.scatter(seeds, [y] * len(seeds), s=10, color="grey", alpha=0.6, zorder=3)
+    ax.set_yticks(range(len(ranked)), [r.candidate.label + (" *" if i == 0 else "") for i, r in enumerate(ranked)])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"final_val_loss (nats): mean, 95% CI and each of {len(conf.seeds)} seeds")
+    ax.set_title(f"confirmation of {conf.study_name!r}: * = confirmed winner, baseline in red", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def export_study(study: Any, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
+    """Write trials.csv, best.yaml, the figures and, with a confirmation (``conf``, else the recorded one),
+    confirm.csv and confirm.png; returns the folder and notes on what was skipped."""
     folder = Path(root) / study.study_name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
+    conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
     atomic_write_text(folder / "trials.csv", trials_csv(study))
     notes: list[str] = []
     try:
-        atomic_write_text(folder / "best.yaml", best_yaml(study))
+        atomic_write_text(folder / "best.yaml", best_yaml(study, conf))
     except ValueError:
         notes.append("best.yaml: no completed trial yet")
     _, skipped = write_figures(study, folder)
+    if conf is not None:
+        atomic_write_text(folder / "confirm.csv", confirm_csv(conf))
+        plot_confirmation(conf, folder / "confirm.png")
     return folder, notes + skipped
 
 
-def log_study_run(study: Any, folder: Path) -> str | None:
-    """One W&B run of job_type 'summary' in the study's group: the value of each trial against its
-    number (summary: the minimum), the trials table, the best parameters and the figures; None if W&B is off."""
+def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers: int | None = None) -> list[str]:
+    """Train what is missing of the confirmation (``workers`` processes: the sweep's layout by default), rewrite the
+    study's files and its W&B summary run with the confirmed winner, and return the summary lines."""
+    from picollm.sweeps.confirm import confirm_study
+
+    try:
+        conf = confirm_study(study, s, workers)
+    except NothingToConfirm as exc:
+        return [f"confirmation skipped: {exc}"]
+    folder, _ = export_study(study, root, conf)
+    log_study_run(study, folder, conf)
+    return [*summary_lines(conf), f"confirmation: {folder}/confirm.csv, confirm.png; best.yaml is the confirmed winner"]
+
+
+def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) -> str | None:
+    """One W&B run of job_type 'summary' in the study's group: the value of each trial against its number (summary:
+    the minimum), the trials table, the figures, and the answer: the confirmed winner with its interval and the
+    verdict in words when there is a confirmation (``conf``, else the recorded one), the best trial before that.
+    Returns the run id; None if W&B is off."""
     tracking = study.user_attrs.get("base", {}).get("tracking", {})
     mode = resolve_wandb_mode(tracking.get("wandb", "auto"))
     if mode == "disabled":
@@ -197,6 +320,7 @@ def log_study_run(study: Any, folder: Path) -> str | None:
             reinit="create_new",
         )
         _log_study(run, study, folder)
+        run.summary.update(answer_summary(study, conf if conf is not None else recorded_confirmation(study)))
         run_id = run.id
         run.finish()
         return run_id
@@ -222,9 +346,31 @@ def _log_study(run: Any, study: Any, folder: Path) -> None:
     for png in sorted(folder.glob("*.png")):
         payload[f"plots/{png.stem}"] = wandb.Image(str(png))
     run.log(payload)
-    with contextlib.suppress(ValueError):  # no completed trial: no best to show
-        best = best_trial(study)
-        run.summary.update({"best_trial": best.number, **{f"best/{k}": v for k, v in best.params.items()}})
+
+
+def answer_summary(study: Any, conf: Confirmation | None) -> dict[str, Any]:
+    """The study's answer as summary keys: ``best/<param>`` and ``best_trial`` name the confirmed winner once there
+    is one (``answer`` says which), with its mean, interval and the verdict's sentences."""
+    if conf is None:
+        try:
+            best = best_trial(study)
+        except ValueError:  # no completed trial: no answer yet
+            return {"answer": "none yet"}
+        return {"answer": "best trial", "best_trial": best.number} | {
+            f"best/{k}": v for k, v in best.params.items()
+        }
+    winner = conf.ranked()[0]
+    iv = winner.interval()
+    return {
+        "answer": "confirmed winner",
+        "best_trial": winner.candidate.number,
+        "confirmed/mean": iv.mean,
+        "confirmed/ci_low": iv.low,
+        "confirmed/ci_high": iv.high,
+        "confirmed/seeds": iv.n,
+        "confirmed/budget_tokens": conf.budget_tokens,
+        "verdict": "\n".join(verdict_lines(conf)),
+    } | {f"best/{k}": v for k, v in winner.candidate.params.items()}
 
 
 def _cell(value: Any) -> Any:

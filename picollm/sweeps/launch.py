@@ -145,11 +145,10 @@ class SweepJob(submitit.helpers.Checkpointable):
         exp: Experiment,
         threads: int | None,
         gpus_per_node: int,
-        dry_run: bool = False,
         timeout_s: float | None = None,
     ) -> None:
         self.exp, self.threads, self.gpus_per_node = exp, threads, gpus_per_node
-        self.dry_run, self.timeout_s = dry_run, timeout_s
+        self.timeout_s = timeout_s
 
     def __call__(self) -> None:
         from picollm.sweeps.workers import run_worker
@@ -163,7 +162,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         exp = with_seed(self.exp, f"{socket.gethostname()}:{os.getpid()}")  # a requeued job draws anew
         if no_gpu_here(local_rank, self.gpus_per_node):
             exp = replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": "cpu"}})
-        return WorkerSpec(exp, storage, self.timeout_s, self.threads, rank=local_rank, dry_run=self.dry_run)
+        return WorkerSpec(exp, storage, self.timeout_s, self.threads, rank=local_rank)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Slurm's time limit or preemption is near: requeue this job; the study keeps all its state."""
@@ -183,7 +182,7 @@ class ConfirmJob:
         self.exp = exp
 
     def __call__(self) -> list[str]:
-        from picollm.sweeps.confirm_export import confirm_and_export
+        from picollm.sweeps.export import confirm_and_export
         from picollm.sweeps.studies import open_study
 
         study = open_study(self.exp, job_storage(), create=False)
@@ -260,7 +259,7 @@ def submit(executor: Any, exp: Experiment, settings: LauncherSettings, args: Any
     """Submit ``--workers`` array jobs; the URL reaches them through the environment only."""
     os.environ[STORAGE_ENV] = args.storage  # sbatch exports the submitting environment; local jobs inherit it
     threads = _threads(settings, args.workers)
-    job = SweepJob(exp, threads, settings.gpus_per_node, dry_run=args.dry_run, timeout_s=args.timeout)
+    job = SweepJob(exp, threads, settings.gpus_per_node, timeout_s=args.timeout)
     try:
         return executor.submit_array([job] * args.workers)
     except subprocess.CalledProcessError as exc:
@@ -371,7 +370,7 @@ def follow_command(args: Any) -> list[str]:
 
 def launch_command(exp: Experiment, args: Any) -> int:
     """``sweep.py launch``: submit, print how to follow; with ``--wait`` follow to the end and export."""
-    from picollm.export import export_study, log_study_run
+    from picollm.sweeps.export import export_study, log_study_run
     from picollm.sweeps.report import report_lines
     from picollm.sweeps.studies import finished
 
@@ -385,12 +384,14 @@ def launch_command(exp: Experiment, args: Any) -> int:
         print("stopped waiting; the jobs go on (see 'stop:' above)", file=sys.stderr)
         return EXIT_INTERRUPTED
     folder, notes = export_study(study, exp.study.out_dir)
-    log_study_run(study, folder)
-    if exp.confirm is not None and finished(study) >= exp.study.n_trials:
+    if exp.confirm is not None and finished(study) >= exp.study.n_trials:  # the job logs the W&B summary run
         try:
             notes += confirm_stage(exp, settings)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        folder, _ = export_study(study, exp.study.out_dir)  # the confirmed winner, written by the job, as best.yaml
+    else:
+        log_study_run(study, folder)
     errors = job_errors(jobs)
     print("\n".join([*report_lines(study), *notes, *errors, f"results: {folder}/ (trials.csv, best.yaml, figures)"]))
     if finished(study) < exp.study.n_trials:

@@ -3,7 +3,7 @@
 A small model's step is a few small ops, and every thread of a process meets at every op: a second
 thread adds little, and when anything else wants the cores (another worker, another user) a thread that
 is switched out stalls its partner at each barrier. Independent trials in separate processes never wait
-for each other. Measured with ``python -m picollm.bench --layouts`` on this project's 2-core machine
+for each other. Measured with ``python -m benchmarks.bench --layouts`` on this project's 2-core machine
 (quick.yaml's base trial, compact vocabulary, while other jobs shared the cores): 2 workers x 1 thread
 finished the same two trials in 78 s, 1 worker x 2 threads in 192 s. So CPU sweeps get one worker per
 core (up to ``MAX_AUTO_WORKERS``, each a process with its own memory); with CUDA, one worker per GPU, so

@@ -27,6 +27,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from picollm.storage import has_heartbeat
+
 
 def host() -> str:
     """This machine's name in trial records; PICOLLM_WORKER_HOST overrides it where hostnames repeat."""
@@ -35,12 +37,6 @@ def host() -> str:
 
 def worker_id() -> str:
     return f"{host()}:{os.getpid()}"
-
-
-def has_heartbeat(study: Any) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(study._storage)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -55,15 +51,22 @@ def _pid_alive(pid: int) -> bool:
 
 def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool:
     """Fail a RUNNING trial with ``reason`` and re-queue it (capped); False if another worker was first."""
+    storage, trial_id = study.storage, study.trial_id(trial.number)
     try:  # the reason first: a finished trial cannot be written to any more
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        study._storage.set_trial_user_attr(trial._trial_id, "value_kind", "failed")
-        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(trial_id, "value_kind", "failed")
+        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
         return False
-    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, study._storage.get_trial(trial._trial_id))
+    retry(study, storage.get_trial(trial_id), max_retry)
     return True
+
+
+def retry(study: Any, trial: Any, max_retry: int) -> None:
+    """Queue a failed trial again with its parameters, as Optuna's stale-trial callback does (capped by
+    ``max_retry``): the same path for a dead worker's trial, an interrupted one and a failed baseline."""
+    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)
 
 
 def _local_owner_dead(trial: Any) -> bool:
@@ -93,7 +96,7 @@ def fail_expired_leases(study: Any, grace_period: float, max_retry: int) -> list
 def fail_stale(study: Any, grace_period: float, max_retry: int) -> None:
     """Run every detector that applies to this study's storage."""
     fail_dead_local_trials(study, max_retry)
-    if has_heartbeat(study):
+    if has_heartbeat(study.storage):
         optuna.storages.fail_stale_trials(study)
     else:
         fail_expired_leases(study, grace_period, max_retry)

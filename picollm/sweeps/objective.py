@@ -1,4 +1,4 @@
-"""One trial: the config for a trial -> :func:`picollm.train.train` -> the value Optuna ranks.
+"""One trial: the config for a trial -> :func:`picollm.trainer.train` -> the value Optuna ranks.
 
 One trial is one call of the same ``train()`` the CLI uses, with the trial's values set on the
 experiment's base config and a pruning hook that reports every periodic validation loss to Optuna
@@ -28,11 +28,10 @@ from optuna.exceptions import UpdateFinishedTrialError
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params, sample
-from picollm.storage import mask_url
-from picollm.sweeps.liveness import Lease, has_heartbeat, worker_id
+from picollm.storage import has_heartbeat, mask_url
+from picollm.sweeps.liveness import Lease, worker_id
 from picollm.sweeps.settings import Experiment
 from picollm.timing import Stopwatch, take_process_start
-from picollm.trial_writes import report_intermediate, set_user_attrs
 
 
 class AbortSweep(PicoError):
@@ -71,10 +70,10 @@ def _release_gpu_memory() -> None:
 
 
 def _set(trial: Any, **attrs: Any) -> None:
-    """Record attributes in one storage write; a trial another worker already finished cannot take them, which is
-    fine here."""
+    """Record attributes; a trial another worker already finished cannot take them, which is fine here."""
     with suppress(UpdateFinishedTrialError):
-        set_user_attrs(trial, attrs)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
 
 
 def _wandb_run_id(run_dir: Path) -> str | None:
@@ -92,7 +91,6 @@ class Objective:
     exp: Experiment
     threads: int | None = None
     rank: int = 0
-    dry_run: bool = False  # trials skip training but make every storage call (picollm/sweeps/dryrun.py)
     current: Any = None
     taken_over: set[int] = field(default_factory=set)
     reported_at: dict[int, int] = field(default_factory=dict)  # trial number -> tokens at its last report
@@ -139,11 +137,10 @@ class Objective:
         trial.study.stop()
 
     def run(self, trial: optuna.Trial) -> float:
-        from picollm.sweeps.dryrun import dry_train
         from picollm.tracking import new_run_id
-        from picollm.train import train as real_train
+        from picollm.trainer import train
 
-        train = dry_train if self.dry_run else real_train
+        trial.study.started_here(trial)
         exp = self.exp
         values = sample(trial, exp.space, exp.base)
         device = worker_device(self.rank, exp.base["train"]["device"])
@@ -162,7 +159,7 @@ class Objective:
                 value_kind="running",
             )
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
-        lease = nullcontext() if has_heartbeat(trial.study) else Lease(trial, exp.study.heartbeat_interval)
+        lease = nullcontext() if has_heartbeat(trial.study.storage) else Lease(trial, exp.study.heartbeat_interval)
         self.started = time.perf_counter()
         try:
             with lease:
@@ -182,16 +179,20 @@ class Objective:
         return {} if self.started is None else {"duration_s": round(time.perf_counter() - self.started, 2)}
 
     def pruning_hook(self, trial: optuna.Trial) -> Any:
-        from picollm.train import StopRun
+        from picollm.trainer import StopRun
+
+        budget = self.exp.study.budget_tokens
 
         def report(tokens: int, val_loss: float) -> None:
             try:
                 with self.clock.phase("storage"):
-                    report_intermediate(trial, val_loss, step=tokens)
+                    trial.report(val_loss, step=tokens)
                 self.reported_at[trial.number] = tokens
             except UpdateFinishedTrialError:
                 self.taken_over.add(trial.number)
                 raise StopRun("failed", "marked failed by another worker (stale heartbeat)") from None
+            if budget and tokens >= budget:  # the budget is spent: the trial completes and is ranked
+                return
             with self.clock.phase("storage"):
                 prune = trial.should_prune()
             if prune:

@@ -16,7 +16,6 @@ from typing import Any
 from picollm.config import apply_overrides, config_from_dict, load_raw, parse_override, read_yaml, split_experiment
 from picollm.errors import ConfigError
 from picollm.search import Param, baseline_params, parse_space
-from picollm.sweeps.confirm import ConfirmSettings, parse_confirm
 from picollm.sweeps.registry import make_pruner, make_sampler
 
 # The value that ranks trials, from the run's summary.json. Both are measured on the study's one fixed
@@ -104,6 +103,45 @@ def _check_study(s: StudySettings) -> None:
         raise ConfigError(f"study.max_retry must be >= 0, got {s.max_retry}")
     if s.grace_period <= s.heartbeat_interval:
         raise ConfigError("study.grace_period must be longer than study.heartbeat_interval")
+
+
+# ---------------------------------------------------------------------------------------------
+# The `confirm:` block of an experiment file, or --top/--seeds on the command line.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConfirmSettings:
+    top: int = 3  # complete configs to re-train, best first (the baseline comes on top of these)
+    seeds: int = 3  # fresh seeds per config: an interval needs at least two
+    first_seed: int | None = None  # None: the base config's train.seed + 1, ...
+    budget_tokens: int | None = None  # None: the study's own budget per trial
+
+
+def parse_confirm(raw: Any) -> ConfirmSettings:
+    """Read a ``confirm:`` block (``{}`` or ``null`` for the defaults); one line per mistake."""
+    if raw is None:
+        return ConfirmSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"confirm: expected a mapping such as {{top: 3, seeds: 3}}, got {raw!r}")
+    settings = ConfirmSettings()
+    for key, value in raw.items():
+        if key not in settings.__dataclass_fields__:
+            raise ConfigError(f"unknown key confirm.{key} (known: {', '.join(settings.__dataclass_fields__)})")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"confirm.{key}: expected a whole number, got {value!r}")
+        setattr(settings, key, value)
+    check_confirm(settings)
+    return settings
+
+
+def check_confirm(s: ConfirmSettings) -> None:
+    if s.top < 1:
+        raise ConfigError(f"confirm.top must be >= 1, got {s.top}")
+    if s.seeds < 2:
+        raise ConfigError(f"confirm.seeds must be >= 2 (an interval needs two runs), got {s.seeds}")
+    if s.budget_tokens is not None and s.budget_tokens < 1:
+        raise ConfigError(f"confirm.budget_tokens must be >= 1, got {s.budget_tokens}")
 
 
 @dataclass

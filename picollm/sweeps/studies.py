@@ -23,13 +23,13 @@ from optuna.trial import TrialState
 
 from picollm.errors import PicoError
 from picollm.search import baseline_params
-from picollm.storage import claim_lock, count_by_state, mask_url, open_storage, side_connection
+from picollm.storage import claim_lock, mask_url, open_storage
 from picollm.sweeps import fingerprint
-from picollm.sweeps.pruning import read_once
 from picollm.sweeps.registry import make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class StudyFull(Exception):
@@ -39,28 +39,40 @@ class StudyFull(Exception):
 class CappedStudy(optuna.Study):
     """An Optuna study whose ``ask`` never starts a trial beyond ``total`` (finished + running).
 
-    ``tests/test_sweep.py::test_a_full_study_starts_no_trial`` fails if Optuna's ``ask`` stops calling the hook.
+    ``ask`` is the one hook: ``study.optimize`` starts every trial through it, so counting and starting under
+    one lock keeps the total exact. The objective checks that each trial it gets came from here
+    (:meth:`started_here`), so an Optuna whose ``optimize`` stops calling ``ask`` stops the sweep with one line
+    instead of overshooting; ``tests/test_sweep.py::test_a_full_study_starts_no_trial`` fails on such an Optuna.
+    ``storage`` is the storage as opened (the study holds Optuna's cached wrapper of it); the harness writes the
+    trials it fails through it.
     """
 
-    def configure_cap(self, total: int, storage_url: str) -> None:
-        self.total = total
-        self.storage_url = storage_url
+    def __init__(self, *, total: int, storage_url: str, storage: Any, **kwargs: Any) -> None:
+        super().__init__(storage=storage, **kwargs)
+        self.total, self.storage_url, self.storage = total, storage_url, storage
+        self.study_id = storage.get_study_id_from_name(self.study_name)
+        self.asked: set[int] = set()
 
-    def _pop_waiting_trial_id(self) -> int:
-        """Where Optuna's ``ask`` gets its trial: under the lock, count, then dequeue a waiting trial or create one.
-
-        Only the trial's birth is under the lock; the rest of ``ask`` (reading the new trial back, the sampler's
-        relative sampling) runs outside it, so workers wait for each other less. Optuna's ``ask`` creates a trial
-        itself only when this returns None, which it never does.
-        """
-        with claim_lock(self.storage_url, f"claim-{self.study_name}") as connection:
-            counts = count_by_state(self, (*TAKEN, TrialState.WAITING), connection)
-            taken = sum(counts[state] for state in TAKEN)
+    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        with claim_lock(self.storage_url, f"claim-{self.study_name}"):
+            taken = len(self.get_trials(deepcopy=False, states=TAKEN))
             if taken >= self.total:
                 raise StudyFull(f"{taken} of {self.total} trials are finished or running")
-            # Optuna's dequeue reads every unfinished trial: only worth it when the count says one is waiting
-            waiting = super()._pop_waiting_trial_id() if counts[TrialState.WAITING] else None
-            return self._storage.create_new_trial(self._study_id) if waiting is None else waiting
+            trial = super().ask(fixed_distributions)
+        self.asked.add(trial.number)
+        return trial
+
+    def started_here(self, trial: optuna.Trial) -> None:
+        """Refuse a trial that ``ask`` did not start (see the class docstring)."""
+        if trial.number not in self.asked:
+            raise PicoError(
+                f"optuna {optuna.__version__} started trial {trial.number} without Study.ask, which picollm needs to "
+                "keep a study's exact total: install the Optuna that requirements.txt pins"
+            )
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial ``number`` (Optuna's public lookup, not a private attribute)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
 
 def quiet_optuna() -> None:
@@ -73,14 +85,14 @@ def _load(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
     storage = open_storage(storage_url, s.heartbeat_interval, s.grace_period, s.max_retry, create=create)
     if create:
         optuna.create_study(study_name=s.name, storage=storage, direction="minimize", load_if_exists=True)
-    study = CappedStudy(
-        study_name=s.name,
+    return CappedStudy(
+        total=s.n_trials,
+        storage_url=storage_url,
         storage=storage,
+        study_name=s.name,
         sampler=make_sampler(s.sampler, exp.space, s.seed, s.sampler_options),
-        pruner=read_once(make_pruner(s.pruner, s.pruner_options), storage_url),
+        pruner=make_pruner(s.pruner, s.pruner_options),
     )
-    study.configure_cap(s.n_trials, storage_url)
-    return study
 
 
 def open_study(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
@@ -166,7 +178,5 @@ def counts(study: Any) -> dict[str, int]:
 
 
 def finished(study: Any) -> int:
-    """Complete and pruned trials: one ``COUNT`` on a database server (a :class:`CappedStudy` knows its URL), where
-    Optuna's read fetches every unfinished trial with its related tables; Optuna's read elsewhere."""
-    with side_connection(getattr(study, "storage_url", "")) as connection:
-        return sum(count_by_state(study, (TrialState.COMPLETE, TrialState.PRUNED), connection).values())
+    """Complete and pruned trials: what ``n_trials`` counts."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))

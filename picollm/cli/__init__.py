@@ -1,0 +1,24 @@
+"""The command lines: ``python -m picollm.<train|evaluate|generate>``, ``python sweep.py``, ``python analyze.py``
+and the ``picollm-*`` console scripts all run these ``main`` functions. Each is a thin layer over the library: it
+parses arguments and prints; nothing in the library imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from picollm.errors import run_cli
+
+
+def _command(name: str) -> Callable[[], None]:
+    def run() -> None:
+        """A console script: :mod:`picollm.cli.<name>`'s ``main``, its errors one line and an exit code."""
+        run_cli(importlib.import_module(f"picollm.cli.{name}").main)
+
+    return run
+
+
+run_train, run_evaluate, run_generate, run_sweep, run_analyze = map(
+    _command, ("train", "evaluate", "generate", "sweep", "analyze")
+)

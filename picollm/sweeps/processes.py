@@ -1,0 +1,131 @@
+"""Worker processes: started from a forkserver that has imported the trainer once, told apart by rank, and
+stopped cleanly on Ctrl-C, SIGTERM or an error. Used by the sweep's workers and by the confirmation's pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard() -> Iterator[None]:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored while the run closes."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_workers(
+    procs: list[Any], grace_s: float = STOP_GRACE_S, sig: int = signal.SIGTERM, every_s: float | None = None
+) -> None:
+    """``sig`` to every live process, then kill what is left after ``grace_s``.
+
+    Sent once by default (a sweep worker ignores a second signal while it stops); with ``every_s``, sent again at
+    that interval to the processes still alive, for a pool whose worker may only just be starting an item.
+    """
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and (alive := [proc for proc in procs if proc.is_alive()]):
+        for proc in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+        until = deadline if every_s is None else min(deadline, time.monotonic() + every_s)
+        for proc in alive:
+            proc.join(timeout=max(0.0, until - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+# What every worker imports, once for all of them: torch, the trainer, Optuna, and torch._dynamo, which torch's
+# optimisers import on their first step (about 1.5 s a process otherwise).
+WORKER_PRELOAD = ["picollm.sweeps.objective", "picollm.trainer", "torch._dynamo"]
+
+
+def worker_context() -> Any:
+    """Worker processes forked from a forkserver that has imported :data:`WORKER_PRELOAD`.
+
+    The forkserver is a fresh process that only imports, so forking it is safe (no torch thread pool has
+    started, which is why workers are never forked from the sweep's own process); each worker then starts in
+    milliseconds instead of re-importing torch, and the import is paid once per sweep, not once per worker.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
+
+
+_POOL_RANK = [0]  # in a worker of `in_processes`: which of the pool's workers this is
+
+
+def adopt(environ: dict[str, str] | None) -> None:
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _start_pool_worker(ranks: Any, environ: dict[str, str]) -> None:
+    adopt(environ)
+    _POOL_RANK[0] = ranks.get()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between items; an item takes interrupts (`_interruptible`)
+
+
+def _interruptible(fn: Callable[[Any], Any], item: Any) -> Any:
+    """In a pool worker: the terminal's Ctrl-C and the pool's own SIGINT are one interrupt, not two."""
+    with interrupts_as_keyboard():
+        return fn(item)
+
+
+def pool_rank() -> int:
+    """0 .. parallel-1 in a worker of :func:`in_processes` (0 in this process): which device is its own."""
+    return _POOL_RANK[0]
+
+
+def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> Iterator[Any]:
+    """``fn(item)`` for every item, in ``parallel`` worker processes (yielded as they finish) or in this one.
+
+    An executor, not a Pool: a Pool terminates its workers with SIGTERM on exit, which a sweep worker takes for
+    Ctrl-C. Each worker knows its rank (:func:`pool_rank`) and starts with this process's environment. If the
+    consumer stops early (Ctrl-C, SIGTERM, an error), the queued items are cancelled and the running ones get
+    SIGINT, which a run takes as Ctrl-C: it closes its record as interrupted and the pool ends within seconds.
+    """
+    if parallel <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx, workers = worker_context(), min(parallel, len(items))
+    ranks = ctx.Queue()
+    for rank in range(workers):
+        ranks.put(rank)
+    pool = ProcessPoolExecutor(workers, ctx, _start_pool_worker, (ranks, dict(os.environ)))
+    futures = [pool.submit(_interruptible, fn, item) for item in items]
+    finished = False
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+        finished = True
+    finally:
+        procs = list((pool._processes or {}).values())  # the executor offers no way to stop a running item
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:  # SIGINT, which an item takes as Ctrl-C, until the workers are gone
+            stop_workers(procs, sig=signal.SIGINT, every_s=1.0)
