@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import analyze
+import picollm.cli.analyze as analyze
 from picollm.analysis import records
 from picollm.analysis.dashboard import make_server, serve_in_thread
 from picollm.errors import run_cli
@@ -38,7 +38,7 @@ def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        missing("the playwright package is not installed (pip install -r requirements.txt)")
+        missing("the playwright package is not installed (pip install -r requirements-dev.txt)")
     with sync_playwright() as p:
         # --no-sandbox: CI containers run as root, where Chromium's sandbox refuses to start
         launched = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
