@@ -23,11 +23,10 @@ import yaml
 from picollm.errors import ConfigError
 from picollm.models import MODELS
 from picollm.models.config import ModelConfig
-from picollm.optim import OPTIMIZERS, OptimConfig
+from picollm.optim import DECAY_SHAPES, OPTIMIZERS, SCHEDULES, OptimConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 TOKENIZERS = ("gpt2", "bytes")
-SCHEDULES = ("constant", "cosine")
 POSITIONS = ("learned", "rotary")
 # Sections of an experiment file that belong to the sweep, not to the trainer.
 SWEEP_SECTIONS = ("search", "study", "launcher", "confirm")
@@ -48,6 +47,7 @@ class DataConfig:
     max_val_stories: int | None = None  # cap on TinyStories validation stories
     val_fraction: float = 0.1  # held-out share for sources without a validation split
     val_tokens: int | None = None  # cap on the validation tokens scored by val/epoch_loss
+    test_tokens: int | None = None  # a test set: validation documents outside that sample, scored only at the end
     cache_dir: str = "results/cache"
     offline_fallback: bool = False  # hub/tokenizer unreachable -> built-in corpus + bytes tokenizer
 
@@ -71,6 +71,9 @@ class TrainConfig:
     sample_tokens: int = 40
     prompt: str = "Once upon a time"
     progress: bool = True
+    checkpoint_every_tokens: int | None = None  # full-state checkpoints for --resume (null: at epoch ends only)
+    keep_checkpoints: int = 2  # the latest full-state checkpoints kept (a WSD run also keeps its stable-phase end)
+    anneal_at: list[int] = field(default_factory=list)  # wsd: budgets (tokens) scored by a decay branched there
 
 
 @dataclass
@@ -212,12 +215,27 @@ def validate(cfg: Config) -> None:
     _check_model(cfg.model)
     _check_optim(cfg.optim)
     _check_data_and_train(cfg.data, cfg.train)
+    _check_anneal(cfg.train, cfg.optim)
+
+
+def _check_anneal(t: TrainConfig, o: OptimConfig) -> None:
+    """A branched decay needs a stable phase (wsd) and budgets the run passes through on its way."""
+    if not t.anneal_at:
+        return
+    _require(o.schedule == "wsd", f"train.anneal_at needs optim.schedule=wsd (a {o.schedule} run has no stable phase)")
+    _require(t.max_tokens is not None, "train.anneal_at needs train.max_tokens (the run's own budget)")
+    for tokens in t.anneal_at:
+        _require(
+            0 < tokens < t.max_tokens,
+            f"train.anneal_at: {tokens} is not between 0 and the run's budget train.max_tokens={t.max_tokens}",
+        )
 
 
 def _check_names(cfg: Config) -> None:
     _check_choice("model.type", cfg.model.type, MODELS)
     _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _check_choice("optim.decay_shape", cfg.optim.decay_shape, DECAY_SHAPES)
     _check_choice("data.tokenizer", cfg.data.tokenizer, TOKENIZERS)
     _check_choice("model.positions", cfg.model.positions, POSITIONS)
     _check_choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
@@ -242,6 +260,9 @@ def _check_sizes(cfg: Config) -> None:
         "train.max_steps_per_epoch": t.max_steps_per_epoch,
         "train.max_tokens": t.max_tokens,
         "train.threads": t.threads,
+        "train.checkpoint_every_tokens": t.checkpoint_every_tokens,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "data.test_tokens": d.test_tokens,
         "data.max_stories": d.max_stories,
         "data.max_val_stories": d.max_val_stories,
         "data.val_tokens": d.val_tokens,
@@ -277,6 +298,7 @@ def _check_optim(o: OptimConfig) -> None:
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    _require(0 < o.decay_fraction < 1, f"optim.decay_fraction must be in (0, 1), got {o.decay_fraction}")
 
 
 def _check_data_and_train(d: DataConfig, t: TrainConfig) -> None:

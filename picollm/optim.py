@@ -32,9 +32,11 @@ class OptimConfig:
     beta2: float = 0.999  # adam, adamw: in [0, 1)
     eps: float = 1e-8
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    schedule: str = "constant"  # constant | cosine (with linear warmup)
+    schedule: str = "constant"  # constant | cosine | wsd (warmup, stable, decay), each after the linear warmup
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    min_lr_ratio: float = 0.1  # cosine and wsd: the floor as a fraction of lr
+    decay_fraction: float = 0.2  # wsd: the share of the run's steps spent decaying, at its end
+    decay_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt
 
 
 def _optim() -> ModuleType:
@@ -72,16 +74,50 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay), cfg)
 
 
+# The decay of a warmup-stable-decay schedule: the share of lr above the floor left at progress p in [0, 1).
+DECAY_SHAPES: dict[str, Callable[[float], float]] = {
+    "linear": lambda p: 1 - p,
+    "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+    "1-sqrt": lambda p: 1 - math.sqrt(p),
+}
+
+
+def decay_start(total_steps: int, cfg: OptimConfig) -> int:
+    """The first step of a WSD run's decay: its last ``decay_fraction`` of ``total_steps``.
+
+    Every step before it trains at the full rate whatever the run's length, so a run of any budget is, up to its own
+    decay, the same run as a longer one: the state there can be branched into a short decay (the annealed loss at
+    that budget) or continued to a longer budget (Hägele et al. 2024).
+    """
+    return max(cfg.warmup_steps, total_steps - round(cfg.decay_fraction * total_steps))
+
+
+def _constant(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    return 1.0
+
+
+def _cosine(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _wsd(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    start = decay_start(total_steps, cfg)
+    if step < start:
+        return 1.0
+    progress = min(1.0, (step - start) / max(1, total_steps - start))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * DECAY_SHAPES[cfg.decay_shape](progress)
+
+
+# optim.schedule -> the multiple of lr at a step after the warmup, given the run's total steps.
+SCHEDULES: dict[str, Callable[[int, int, OptimConfig], float]] = {"constant": _constant, "cosine": _cosine, "wsd": _wsd}
+
+
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Learning rate for ``step`` (0-based): linear warmup, then constant or cosine to ``min_lr_ratio``."""
+    """Learning rate for ``step`` (0-based): linear warmup, then the schedule's multiple of ``lr``."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    span = max(1, total_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+    return cfg.lr * SCHEDULES[cfg.schedule](step, total_steps, cfg)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

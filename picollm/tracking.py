@@ -17,6 +17,7 @@ Run record layout (``tracking.out_dir/<run_id>/``)::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from picollm.config import Config, save_config
-from picollm.fileio import atomic_write_json
+from picollm.fileio import atomic_write_bytes, atomic_write_json
 from picollm.storage import mask_url
 
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")
@@ -131,11 +132,15 @@ class Sink(Protocol):
     def finish(self, summary: dict[str, Any]) -> None: ...
 
 
+RECORD_FILES = ("metrics.jsonl", "samples.jsonl")
+
+
 class JsonlSink:
     """The local record: appends rows as JSON lines, flushed so a crash loses at most one row."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
+        self.lengths = {name: _count_lines(run_dir / name) for name in RECORD_FILES}
         # Open for the run's lifetime (closed in finish), not per row: a step must not pay for an open().
         self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._samples = open(run_dir / "samples.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -143,15 +148,34 @@ class JsonlSink:
     def log(self, row: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        self.lengths["metrics.jsonl"] += 1
 
     def log_sample(self, row: dict[str, Any]) -> None:
         self._samples.write(json.dumps(row) + "\n")
         self._samples.flush()
+        self.lengths["samples.jsonl"] += 1
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def close_files(self) -> None:
         self._metrics.close()
         self._samples.close()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.close_files()
         atomic_write_json(self.run_dir / "summary.json", summary)
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as file:
+            return sum(1 for _ in file)
+    except FileNotFoundError:
+        return 0
+
+
+def keep_first_lines(source: Path, target: Path, lines: int) -> None:
+    """``target`` as the first ``lines`` lines of ``source``: a record's rows up to a checkpoint."""
+    kept = b"".join(itertools.islice(source.read_bytes().splitlines(keepends=True), lines)) if source.is_file() else b""
+    atomic_write_bytes(target, kept)
 
 
 def wandb_credentials_present() -> bool:
@@ -212,6 +236,7 @@ class WandbSink:
             tags=t.tags or None,
             config=config,
             id=run_id,
+            resume="allow",  # a run resumed from a checkpoint goes on in the same W&B run
             dir=str(run_dir),
             mode=mode,
             settings=settings,
@@ -284,10 +309,12 @@ class WandbSink:
 class Tracker:
     """The logger container the trainer talks to: fans every call out to the active sinks."""
 
-    def __init__(self, cfg: Config, run_id: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, run_id: str, extra: dict[str, Any] | None = None, run_dir: Path | None = None
+    ) -> None:
         self.run_id = run_id
-        self.run_dir = Path(cfg.tracking.out_dir) / run_id
-        self.run_dir.mkdir(parents=True, exist_ok=False)
+        self.run_dir = run_dir or Path(cfg.tracking.out_dir) / run_id
+        self.run_dir.mkdir(parents=True, exist_ok=run_dir is not None)
         save_config(cfg, self.run_dir / "config.yaml")
         self.meta = {
             "run_id": run_id,
@@ -309,6 +336,35 @@ class Tracker:
         self.progress = ProgressLine(cfg.tracking.name or run_id)
         self.meta["wandb"] = {"mode": mode, "run_id": self.wandb.run_id if self.wandb else None}
         atomic_write_json(self.run_dir / "meta.json", self.meta)
+
+    @classmethod
+    def reopen(cls, cfg: Config, run_dir: Path, rows: dict[str, int], extra: dict[str, Any]) -> Tracker:
+        """The record of a run that goes on from a checkpoint: its rows after it dropped, then appended to; W&B
+        resumes the same run id."""
+        for name in RECORD_FILES:
+            keep_first_lines(run_dir / name, run_dir / name, rows.get(name, 0))
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        try:
+            first = json.loads((run_dir / "meta.json").read_text())
+        except (OSError, ValueError):
+            first = {}
+        tracker = cls(cfg, run_dir.name, extra=extra, run_dir=run_dir)
+        resumed = {k: tracker.meta[k] for k in ("started", "argv", "git_commit", "host") if k in tracker.meta}
+        first.setdefault("resumes", []).append({**resumed, "at_step": extra.get("resumed_at_step")})
+        tracker.update_meta(**first)
+        return tracker
+
+    def copy_rows(self, source: Path, rows: dict[str, int]) -> None:
+        """Start this record with another's rows up to a checkpoint (a run extended from it)."""
+        self.local.close_files()
+        for name in RECORD_FILES:
+            keep_first_lines(source / name, self.run_dir / name, rows.get(name, 0))
+        self.local = JsonlSink(self.run_dir)
+        self.sinks[0] = self.local
+
+    def record_lengths(self) -> dict[str, int]:
+        """Rows written so far per file: a checkpoint keeps them, so a resumed run drops what came after."""
+        return dict(self.local.lengths)
 
     def update_meta(self, **fields: Any) -> None:
         self.meta.update(fields)

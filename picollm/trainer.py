@@ -1,21 +1,29 @@
-"""Train one run: ``python -m picollm.train --config experiments/base.yaml [--set key=value ...]``.
+"""Train one run: the training loop and :func:`train`, its one entry point.
 
 :func:`run_loop` is the whole training loop on one screen; the pieces it calls are short
 functions — :func:`train_step`, the periodic and epoch-end evaluations (:mod:`picollm.scoring`
-scores), sampling and checkpoints — that share one :class:`Run` holding the run's parts and
-running numbers. :func:`train` is the one entry point: the CLI and every sweep trial call it, so
-a sweep trial is exactly a trainer run, and once its record exists, whatever fails, the record
-ends with ``summary.json`` (status ``failed`` and the reason).
+scores), sampling, branched decays and checkpoints — that share one :class:`Run` holding the run's
+parts and running numbers. :func:`train` is the one entry point: the CLI and every sweep trial call
+it, so a sweep trial is exactly a trainer run, and once its record exists, whatever fails, the
+record ends with ``summary.json`` (status ``failed`` and the reason).
+
+A run can stop anywhere and go on: a full-state checkpoint (:mod:`picollm.checkpoint`) holds
+everything the loop reads, so :func:`resume` continues a killed run in its own record and ends with
+the losses it would have had, bit for bit on a CPU, and :func:`extend` continues a finished WSD run
+from the end of its stable phase to a longer budget, as if it had been started with that budget.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from picollm.checkpoint import save_checkpoint
-from picollm.config import Config
+from picollm import checkpoint
+from picollm.config import Config, config_from_dict, load_config
 from picollm.console import show_progress
 from picollm.data import (
     CompactTokenizer,
@@ -41,10 +49,10 @@ from picollm.data import (
     window_starts,
 )
 from picollm.device import autocast_for, resolve_device, to_device
-from picollm.errors import ConfigError
+from picollm.errors import ConfigError, DataError
 from picollm.models import build_model, count_parameters
 from picollm.models.loss import allow_tf32, linear_cross_entropy
-from picollm.optim import build_optimizer, lr_at, set_lr
+from picollm.optim import build_optimizer, decay_start, lr_at, set_lr
 from picollm.sampling import Sampling, generate_text
 from picollm.scoring import Estimate, score
 from picollm.timing import Stopwatch
@@ -95,6 +103,8 @@ class Budget:
     steps_per_epoch: int
     total_steps: int
     max_tokens: int | None
+    steps_by_epochs: int  # what the epochs alone allow
+    tokens_per_step: int
 
     @classmethod
     def plan(cls, cfg: Config, data: TokenData, context: int = 0) -> Budget:
@@ -102,10 +112,17 @@ class Budget:
         windows = sum(len(s) for s in window_starts(data, cfg.model.block_size, context).values())
         per_epoch = max(1, windows // t.batch_size)
         per_epoch = min(per_epoch, t.max_steps_per_epoch or per_epoch)
-        total = t.epochs * per_epoch
-        if t.max_tokens:
-            total = min(total, math.ceil(t.max_tokens / (t.batch_size * cfg.model.block_size)))
-        return cls(per_epoch, total, t.max_tokens)
+        by_epochs = t.epochs * per_epoch
+        per_step = t.batch_size * cfg.model.block_size
+        budget = cls(per_epoch, by_epochs, t.max_tokens, by_epochs, per_step)
+        budget.total_steps = budget.steps_for(t.max_tokens)
+        return budget
+
+    def steps_for(self, tokens: int | None) -> int:
+        """The steps of a run of this config with a budget of ``tokens`` (None: the epochs' own)."""
+        return (
+            self.steps_by_epochs if not tokens else min(self.steps_by_epochs, math.ceil(tokens / self.tokens_per_step))
+        )
 
 
 def _stderr(values: list[float]) -> float:
@@ -114,7 +131,12 @@ def _stderr(values: list[float]) -> float:
 
 @dataclass
 class Run:
-    """One run's parts and running numbers; the loop's functions read and update it."""
+    """One run's parts and running numbers; the loop's functions read and update it.
+
+    Everything that decides what happens next is here and goes into a full-state checkpoint
+    (:func:`training_state`): the step and token counters, the epoch with its step losses so far and the
+    data order's random state at its start, the evaluation marks and the estimates so far.
+    """
 
     cfg: Config
     data: TokenData
@@ -125,15 +147,20 @@ class Run:
     periodic: EvalSet  # behind val/loss (train.eval_tokens; the whole capped set when null)
     full: EvalSet  # behind val/epoch_loss and the summary: the whole capped validation set
     on_eval: EvalHook | None = None
+    on_anneal: EvalHook | None = None  # sees every branched decay's loss: (its budget in tokens, the loss)
     step_model: nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     step: int = 0
     tokens: int = 0
-    epoch: int = 0
+    epoch: int = 1
+    epoch_losses: list[float] = field(default_factory=list)  # this epoch's step losses so far
+    epoch_rng: dict[str, Any] | None = None  # the data order's random state at this epoch's start
     next_eval_mark: int = 0
+    next_checkpoint_mark: int = 0
     best: Estimate | None = None
     last: Estimate | None = None  # the last periodic evaluation
     final: Estimate | None = None  # the last epoch-end evaluation
+    annealed: dict[int, Estimate] = field(default_factory=dict)  # budget (tokens) -> its branched decay's loss
     last_epoch_train: float | None = None
     started: float = field(default_factory=time.perf_counter)
     bar: Any = None
@@ -141,35 +168,52 @@ class Run:
     last_step: int = -1  # the step of the last periodic evaluation
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.cfg.train.seed)
-        self.next_eval_mark = self.cfg.train.eval_every_tokens or 0
+        t = self.cfg.train
+        self.rng = np.random.default_rng(t.seed)
+        self.next_eval_mark = t.eval_every_tokens or 0
+        tenth = math.ceil(self.budget.total_steps / 10) * self.budget.tokens_per_step
+        self.checkpoint_every = t.checkpoint_every_tokens or tenth
+        self.next_checkpoint_mark = self.checkpoint_every
         self.context = self.model.context_size or 0  # tokens each training window reads before its block
         self.policy = scoring_policy(self.cfg.model.block_size, self.model.context_size)
-        self.eval_batch = max(1, self.cfg.train.batch_size * 2)
+        self.eval_batch = max(1, t.batch_size * 2)
         self.one_set = self.periodic is self.full or np.array_equal(self.periodic.tokens, self.full.tokens)
+        # the step before which each branched decay starts: a run of that budget decays from there
+        self.anneal_from = {decay_start(self.budget.steps_for(b), self.cfg.optim): b for b in sorted(t.anneal_at)}
+        wsd = self.cfg.optim.schedule == "wsd"
+        self.stable_end = decay_start(self.budget.total_steps, self.cfg.optim) if wsd else None
 
 
 # -- the loop -----------------------------------------------------------------------------------
 def run_loop(run: Run) -> None:
-    """The training loop, top to bottom: epochs of steps, evaluations and samples when due."""
+    """The training loop, top to bottom: epochs of steps, evaluations, decays and checkpoints when due."""
     t = run.cfg.train
     interactive = t.progress and show_progress()  # no bar spam in CI logs
-    with tqdm(total=run.budget.total_steps, unit="step", disable=not interactive, leave=False) as run.bar:
-        for epoch in range(1, t.epochs + 1):
-            run.epoch = epoch
-            losses: list[float] = []
-            for batch in train_batches(run.data, run.cfg.model.block_size, t.batch_size, run.rng, run.context):
-                if len(losses) >= run.budget.steps_per_epoch or out_of_budget(run):
+    with tqdm(total=run.budget.total_steps, initial=run.step, unit="step", disable=not interactive, leave=False) as bar:
+        run.bar = bar
+        while run.epoch <= t.epochs:
+            for batch in epoch_batches(run):
+                if len(run.epoch_losses) >= run.budget.steps_per_epoch or out_of_budget(run):
                     break
-                losses.append(one_step(run, batch))
-                mark = evaluation_due(run)
-                if mark is not None:
-                    evaluate_periodic(run, mark)
-                if t.sample_every and run.step % t.sample_every == 0:
-                    sample(run)
-            end_epoch(run, losses)
-            if out_of_budget(run):
+                run.epoch_losses.append(one_step(run, batch))
+                after_step(run)
+            end_epoch(run, run.epoch_losses)
+            if out_of_budget(run) or run.epoch == t.epochs:
                 break
+            start_epoch(run, run.epoch + 1)
+
+
+def epoch_batches(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This epoch's batches from where the run stands in it (a resumed run skips the ones it trained)."""
+    if run.epoch_rng is None:
+        run.epoch_rng = copy.deepcopy(run.rng.bit_generator.state)
+    run.rng.bit_generator.state = copy.deepcopy(run.epoch_rng)
+    batches = train_batches(run.data, run.cfg.model.block_size, run.cfg.train.batch_size, run.rng, run.context)
+    return itertools.islice(batches, len(run.epoch_losses), None)
+
+
+def start_epoch(run: Run, epoch: int) -> None:
+    run.epoch, run.epoch_losses, run.epoch_rng = epoch, [], copy.deepcopy(run.rng.bit_generator.state)
 
 
 def out_of_budget(run: Run) -> bool:
@@ -195,6 +239,22 @@ def one_step(run: Run, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
     val = f"{run.last.loss:.3f}" if run.last is not None else "-"
     run.bar.set_postfix(epoch=run.epoch, loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", val=val)
     return loss
+
+
+def after_step(run: Run) -> None:
+    """What is due once a step is done: a periodic evaluation, a sample, branched decays, a checkpoint."""
+    mark = evaluation_due(run)
+    if mark is not None:
+        evaluate_periodic(run, mark)
+    if run.cfg.train.sample_every and run.step % run.cfg.train.sample_every == 0:
+        sample(run)
+    if run.step in run.anneal_from:
+        anneal(run, run.anneal_from[run.step])
+    due = checkpoint_due(run)
+    if run.step == run.stable_end:
+        keep_state(run, stable=True)
+    elif due:
+        keep_state(run)
 
 
 # -- evaluation, samples, epoch ends --------------------------------------------------------------
@@ -270,9 +330,134 @@ def save(run: Run, which: str) -> None:
         return
     tok = run.data.tokenizer
     vocab_ids = tok.used if isinstance(tok, CompactTokenizer) else None
-    settings = dataclasses.asdict(run.cfg.model)
+    settings = run.cfg.to_dict()["model"]
     with run.clock.phase("checkpoints"):
-        save_checkpoint(run.tracker.run_dir / f"{which}.pt", run.model, settings, run.data.vocab_size, vocab_ids)
+        checkpoint.save_checkpoint(
+            run.tracker.run_dir / f"{which}.pt", run.model, settings, run.data.vocab_size, vocab_ids
+        )
+
+
+# -- a decay branched from the stable phase -------------------------------------------------------
+def anneal(run: Run, budget_tokens: int) -> None:
+    """The loss a WSD run of ``budget_tokens`` would end with, scored now and left behind.
+
+    That run and this one share every step up to its decay, which starts here: its decay steps are
+    trained on this run's model and optimiser (over the batches that come next, as that run would see
+    them), the result scored on the whole capped set, and everything the decay touched, the random
+    state included, put back. So the value equals that run's ``final_val_loss``, and this run goes on as
+    if nothing had happened.
+    """
+    saved = _snapshot(run)
+    total = run.budget.steps_for(budget_tokens)
+    with run.clock.phase("annealing"):
+        for step, batch in zip(range(run.step, total), _stream_from_here(run), strict=False):
+            set_lr(run.optimizer, lr_at(step, total, run.cfg.optim))
+            x, y = to_device(batch, run.device)
+            train_step(run.step_model, run.optimizer, x, y, run.cfg.optim.grad_clip, run.device)
+    with run.clock.phase("evaluation"):
+        estimate = score(run.model, run.full, run.policy, run.eval_batch, run.device)
+    _restore_snapshot(run, saved)
+    run.annealed[budget_tokens] = estimate
+    row = {"tokens": run.tokens, "anneal_tokens": budget_tokens, "val/annealed_loss": estimate.loss}
+    run.tracker.log({"step": run.step, "epoch": run.epoch, **row, "val/annealed_loss_stderr": estimate.stderr})
+    say(run, f"decay branched at {run.tokens:,} tokens: val {estimate.loss:.4f} at a budget of {budget_tokens:,}")
+    if run.on_anneal is not None:
+        run.on_anneal(budget_tokens, estimate.loss)
+
+
+def _stream_from_here(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches the run would train on next, across epoch ends, without moving the run's own stream."""
+    rng = np.random.default_rng()
+    rng.bit_generator.state = copy.deepcopy(run.epoch_rng)
+    skip = len(run.epoch_losses)
+    block, batch = run.cfg.model.block_size, run.cfg.train.batch_size
+    while True:
+        yield from itertools.islice(
+            train_batches(run.data, block, batch, rng, run.context), skip, run.budget.steps_per_epoch
+        )
+        skip = 0
+
+
+def _snapshot(run: Run) -> dict[str, Any]:
+    return {
+        "model": {k: v.detach().clone() for k, v in run.model.state_dict().items()},
+        "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore_snapshot(run: Run, saved: dict[str, Any]) -> None:
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+
+# -- full-state checkpoints -----------------------------------------------------------------------
+def checkpoint_due(run: Run) -> bool:
+    """Each ``train.checkpoint_every_tokens`` (by default a tenth of the run), except at its very end."""
+    if run.tokens < run.next_checkpoint_mark:
+        return False
+    while run.next_checkpoint_mark <= run.tokens:
+        run.next_checkpoint_mark += run.checkpoint_every
+    return not out_of_budget(run)
+
+
+def _estimate(value: dict[str, Any] | None) -> Estimate | None:
+    return None if value is None else Estimate(**value)
+
+
+def _plain(estimate: Estimate | None) -> dict[str, Any] | None:
+    return None if estimate is None else dataclasses.asdict(estimate)
+
+
+def training_state(run: Run) -> dict[str, Any]:
+    """Everything the loop reads, as tensors and plain values (``torch.load(weights_only=True)`` reads it back)."""
+    return {
+        "model_state": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "step": run.step,
+        "tokens": run.tokens,
+        "epoch": run.epoch,
+        "epoch_losses": list(run.epoch_losses),
+        "epoch_rng": copy.deepcopy(run.epoch_rng),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "next_eval_mark": run.next_eval_mark,
+        "next_checkpoint_mark": run.next_checkpoint_mark,
+        "last_step": run.last_step,
+        "best": _plain(run.best),
+        "last": _plain(run.last),
+        "final": _plain(run.final),
+        "annealed": {str(b): _plain(e) for b, e in run.annealed.items()},
+        "last_epoch_train": run.last_epoch_train,
+        "records": run.tracker.record_lengths(),
+    }
+
+
+def restore_state(run: Run, state: dict[str, Any]) -> None:
+    """Put a checkpoint's state into a run built from the same config (the optimiser already built)."""
+    run.model.load_state_dict(state["model_state"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    for key in ("step", "tokens", "epoch", "epoch_rng", "next_eval_mark", "next_checkpoint_mark", "last_step"):
+        setattr(run, key, copy.deepcopy(state[key]))
+    run.epoch_losses = list(state["epoch_losses"])
+    run.best, run.last, run.final = (_estimate(state[k]) for k in ("best", "last", "final"))
+    run.annealed = {int(b): _estimate(e) for b, e in state["annealed"].items()}
+    run.last_epoch_train = state["last_epoch_train"]
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def keep_state(run: Run, stable: bool = False) -> None:
+    """A full-state checkpoint (the last ``train.keep_checkpoints`` kept); ``stable``: the end of a WSD run's stable
+    phase, kept for good, where :func:`extend` branches a longer run."""
+    with run.clock.phase("checkpoints"):
+        checkpoint.save_state(run.tracker.run_dir, training_state(run), run.cfg, stable=stable)
+        checkpoint.prune_states(run.tracker.run_dir, run.cfg.train.keep_checkpoints)
 
 
 # -- start and end of a run -----------------------------------------------------------------------
@@ -281,13 +466,15 @@ def val_set_description(periodic: EvalSet, full: EvalSet, policy: ScoringPolicy)
     return {"periodic": periodic.description, "full": full.description, "scoring": policy.describe()}
 
 
-def run_to_end(run: Run) -> tuple[str, str]:
-    """Build the optimiser, run the loop, keep the final weights and a sample; (status, reason)."""
+def run_to_end(run: Run, state: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Build the optimiser (and restore ``state``), run the loop, keep the final weights and a sample."""
     try:
         with run.clock.phase("model_build"):
             run.optimizer = build_optimizer(run.model, run.cfg.optim)
     except ValueError as exc:  # torch's own range checks, e.g. a beta outside [0, 1)
         raise ConfigError(f"optim.name={run.cfg.optim.name}: {exc}") from None
+    if state is not None:
+        restore_state(run, state)
     run.step_model = torch.compile(run.model) if run.cfg.train.compile else run.model
     try:
         run_loop(run)
@@ -313,10 +500,12 @@ def summarize(run: Run, status: str, reason: str, baseline: dict[str, Any]) -> d
     for name, estimate in (("best", run.best), ("final", run.final), ("last", run.last)):
         losses[f"{name}_val_loss"] = _value(estimate)
         losses[f"{name}_val_loss_stderr"] = _value(estimate, stderr=True)
+    annealed = {str(b): {"loss": _value(e), "stderr": _value(e, True)} for b, e in sorted(run.annealed.items())}
     return {
         "status": status,
         "reason": reason,
         **losses,
+        "annealed_val_loss": annealed,
         "final_train_loss": run.last_epoch_train,
         "tokens": run.tokens,
         "steps": run.step,
@@ -351,27 +540,44 @@ def _prepare_data(cfg: Config) -> tuple[Config, torch.device, TokenData]:
     return cfg, device, data
 
 
+@dataclass
+class Start:
+    """Where a run starts other than at step 0: a checkpoint's state, and whose record it continues.
+
+    ``run_dir`` None: a new record (``extend``: the source's rows up to the checkpoint are copied into it);
+    else that very record, its rows after the checkpoint dropped (``resume``).
+    """
+
+    state: dict[str, Any]
+    source: Path
+    run_dir: Path | None = None
+
+
 def train(
     cfg: Config,
     *,
     run_id: str | None = None,
     on_eval: EvalHook | None = None,
+    on_anneal: EvalHook | None = None,
     extra: dict[str, Any] | None = None,
     clock: Stopwatch | None = None,
+    start: Start | None = None,
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
-    ``on_eval`` sees every periodic validation loss and may raise :class:`StopRun` to end the
-    run cleanly (status ``pruned``). Any error after the record exists closes it with status
-    ``failed`` and the reason, and is re-raised; Ctrl-C closes it with ``interrupted``. ``clock`` (a sweep
-    trial's, which also times its storage calls) accounts the run's time: the summary's ``time_breakdown``.
+    ``on_eval`` sees every periodic validation loss and ``on_anneal`` every branched decay's
+    (``train.anneal_at``); either may raise :class:`StopRun` to end the run cleanly (status ``pruned``).
+    Any error after the record exists closes it with status ``failed`` and the reason, and is re-raised;
+    Ctrl-C closes it with ``interrupted``. ``clock`` (a sweep trial's, which also times its storage calls)
+    accounts the run's time: the summary's ``time_breakdown``. ``start`` continues from a checkpoint
+    (:func:`resume`, :func:`extend`).
     """
     clock = clock or Stopwatch()
     with clock.phase("data"):
         cfg, device, data = _prepare_data(cfg)
     with clock.phase("model_build"):
         torch.manual_seed(cfg.train.seed)
-        model = build_model(dataclasses.asdict(cfg.model), data.vocab_size).to(device)
+        model = build_model(cfg.model, data.vocab_size).to(device)
     with clock.phase("data"):
         budget = Budget.plan(cfg, data, model.context_size or 0)  # before the record: an impossible budget: none
         periodic, full = validation_sets(data, cfg.train.eval_tokens)
@@ -384,11 +590,11 @@ def train(
         "val_set": val_set_description(periodic, full, scoring_policy(cfg.model.block_size, model.context_size)),
     }
     with clock.phase("tracking_init"):
-        tracker = Tracker(cfg, run_id or new_run_id(), extra={**meta, **(extra or {})})
-    run = Run(cfg, data, model, tracker, budget, device, periodic, full, on_eval, clock=clock)
+        tracker = _open_record(cfg, run_id, {**meta, **(extra or {})}, start)
+    run = Run(cfg, data, model, tracker, budget, device, periodic, full, on_eval, on_anneal, clock=clock)
     status, reason = "failed", ""
     try:
-        status, reason = run_to_end(run)
+        status, reason = run_to_end(run, start.state if start is not None else None)
     except KeyboardInterrupt:
         status, reason = "interrupted", "KeyboardInterrupt"
         raise
@@ -400,3 +606,59 @@ def train(
         with clock.phase("tracking_finish"):
             tracker.finish(summary)
     return summary
+
+
+def _open_record(cfg: Config, run_id: str | None, meta: dict[str, Any], start: Start | None) -> Tracker:
+    """A new run record, or the record a checkpoint continues (its rows after the checkpoint dropped)."""
+    if start is None:
+        return Tracker(cfg, run_id or new_run_id(), extra=meta)
+    rows = start.state["records"]
+    if start.run_dir is not None:
+        return Tracker.reopen(cfg, start.run_dir, rows, extra={**meta, "resumed_at_step": start.state["step"]})
+    tracker = Tracker(cfg, run_id or new_run_id(), extra={**meta, "extended_from": str(start.source)})
+    tracker.copy_rows(start.source, rows)
+    return tracker
+
+
+# -- continuing a run ------------------------------------------------------------------------------
+def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Continue a killed or interrupted run from its latest full-state checkpoint, in its own record.
+
+    The run ends with the losses it would have had without the interruption (bit for bit on a CPU): the
+    checkpoint holds the model, the optimiser, the counters, the data order's position and every random state.
+    """
+    run_dir = Path(run_dir)
+    cfg = _recorded_config(run_dir)
+    path = checkpoint.latest_state(run_dir)
+    state = checkpoint.load_state(path, cfg, same_budget=True)
+    return train(cfg, run_id=run_dir.name, start=Start(state, run_dir, run_dir), **kwargs)
+
+
+def extend(run_dir: str | Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
+    """A finished WSD run continued from the end of its stable phase to ``tokens``, where it decays: a new run,
+    the same as one started with that budget (its record holds the source's rows up to the branch point)."""
+    run_dir = Path(run_dir)
+    cfg = _recorded_config(run_dir)
+    if cfg.optim.schedule != "wsd":
+        raise ConfigError(
+            f"{run_dir}: optim.schedule={cfg.optim.schedule} has no stable phase to branch from; "
+            "only a wsd run can be extended (train the longer budget from the start instead)"
+        )
+    if cfg.train.max_tokens is None or tokens <= cfg.train.max_tokens:
+        raise ConfigError(
+            f"--extend-to {tokens:,}: the run's budget is train.max_tokens={cfg.train.max_tokens}; "
+            "extend to more tokens than that"
+        )
+    state = checkpoint.load_state(checkpoint.stable_state(run_dir), cfg, same_budget=False)
+    raw = cfg.to_dict()
+    raw["train"]["max_tokens"] = tokens
+    longer = config_from_dict(raw)
+    return train(longer, start=Start(state, run_dir), **kwargs)
+
+
+def _recorded_config(run_dir: Path) -> Config:
+    if not run_dir.is_dir():
+        raise DataError(f"run folder not found: {run_dir}")
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{run_dir}: not a run record (no config.yaml)")
+    return load_config(run_dir / "config.yaml")

@@ -356,9 +356,7 @@ def answer_summary(study: Any, conf: Confirmation | None) -> dict[str, Any]:
             best = best_trial(study)
         except ValueError:  # no completed trial: no answer yet
             return {"answer": "none yet"}
-        return {"answer": "best trial", "best_trial": best.number} | {
-            f"best/{k}": v for k, v in best.params.items()
-        }
+        return {"answer": "best trial", "best_trial": best.number} | {f"best/{k}": v for k, v in best.params.items()}
     winner = conf.ranked()[0]
     iv = winner.interval()
     return {

@@ -1,0 +1,222 @@
+"""Warmup-stable-decay schedules, branched decays, full-state checkpoints, --resume and --extend-to.
+
+The runs are tiny transformers with dropout on synthetic sequences: dropout draws from torch's random state, so a
+checkpoint that forgot it, or a branched decay that left it moved, changes every later loss.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from picollm import checkpoint
+from picollm.config import OptimConfig, load_config
+from picollm.errors import ConfigError, DataError
+from picollm.optim import decay_start, lr_at
+from picollm.trainer import extend, resume, train
+from tests.conftest import ROOT
+
+BUDGET = 20480  # 160 steps of 8 x 16 tokens
+
+
+def small(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "data.tinystories=null",
+        "data.synthetic=300",
+        "data.tokenizer=bytes",
+        f"data.cache_dir={tmp_path}/cache",
+        "model.type=transformer",
+        "model.block_size=16",
+        "model.embed_size=32",
+        "model.num_layers=1",
+        "model.n_heads=2",
+        "model.dropout=0.1",
+        "train.batch_size=8",
+        "train.epochs=50",
+        "train.eval_every=20",
+        "train.eval_tokens=512",
+        "train.progress=false",
+        "train.checkpoint_every_tokens=1024",
+        "tracking.wandb=disabled",
+        f"tracking.out_dir={tmp_path}/runs",
+        "optim.schedule=wsd",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=5",
+        *extra,
+    ]
+
+
+def run(tmp_path: Path, *extra: str, **kwargs: object) -> dict:
+    return train(load_config(None, small(tmp_path, *extra)), **kwargs)
+
+
+def rows(run_dir: str | Path) -> list[dict]:
+    """Every metrics row but the timing, which differs between any two runs."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in lines]
+
+
+# -- the schedule ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", ["linear", "cosine", "1-sqrt"])
+def test_wsd_is_stable_then_decays_to_the_floor_whatever_the_budget(shape: str) -> None:
+    cfg = OptimConfig(lr=1.0, schedule="wsd", warmup_steps=10, decay_fraction=0.2, decay_shape=shape, min_lr_ratio=0.0)
+    assert [lr_at(s, 100, cfg) for s in range(10)] == [(s + 1) / 10 for s in range(10)]  # the warmup
+    start = decay_start(100, cfg)
+    assert start == 80
+    assert all(lr_at(s, 100, cfg) == 1.0 for s in range(10, start))  # stable
+    decay = [lr_at(s, 100, cfg) for s in range(start, 100)]
+    assert decay[0] == 1.0 and all(a > b for a, b in itertools.pairwise(decay)) and decay[-1] < 0.3
+    for longer in (101, 160, 1000):  # a longer run is the same run up to this one's decay: it can be branched
+        assert all(lr_at(s, longer, cfg) == lr_at(s, 100, cfg) for s in range(start))
+
+
+def test_the_decay_shapes_differ_as_named() -> None:
+    mid = {
+        s: lr_at(90, 100, OptimConfig(lr=1.0, schedule="wsd", decay_shape=s, min_lr_ratio=0.0))
+        for s in ("linear", "cosine", "1-sqrt")
+    }
+    assert mid["linear"] == pytest.approx(0.5)
+    assert mid["cosine"] == pytest.approx(0.5)
+    assert mid["1-sqrt"] == pytest.approx(1 - math.sqrt(0.5))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.decay_shape=square", "optim.decay_shape: unknown value 'square'"),
+        ("optim.decay_fraction=0", r"optim.decay_fraction must be in \(0, 1\)"),
+        ("optim.decay_fraction=1", r"optim.decay_fraction must be in \(0, 1\)"),
+        ("optim.schedule=wsdd", "optim.schedule: unknown value"),
+    ],
+)
+def test_impossible_wsd_settings_are_one_line(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["optim.schedule=wsd", override])
+
+
+# -- a decay branched from the stable phase --------------------------------------------------------
+def test_a_branched_decay_scores_the_shorter_run_exactly_and_leaves_no_trace(tmp_path: Path) -> None:
+    long = run(tmp_path, f"train.max_tokens={BUDGET}", "train.anneal_at=[6144]")
+    short = run(tmp_path, "train.max_tokens=6144")
+    plain = run(tmp_path, f"train.max_tokens={BUDGET}")
+    assert long["annealed_val_loss"]["6144"]["loss"] == short["final_val_loss"]  # bit for bit
+    without = [r for r in rows(long["run_dir"]) if "val/annealed_loss" not in r]
+    assert without == rows(plain["run_dir"])  # the long run went on as if nothing had happened
+    assert long["final_val_loss"] == plain["final_val_loss"]
+    assert long["final_val_loss"] < short["final_val_loss"]  # more tokens learn more: the task is learnable
+
+
+def test_anneal_at_needs_a_stable_phase_and_a_budget_inside_the_run() -> None:
+    with pytest.raises(ConfigError, match=r"needs optim\.schedule=wsd"):
+        load_config(None, ["optim.schedule=cosine", "train.max_tokens=1000", "train.anneal_at=[500]"])
+    with pytest.raises(ConfigError, match="not between 0 and the run's budget"):
+        load_config(None, ["optim.schedule=wsd", "train.max_tokens=1000", "train.anneal_at=[1000]"])
+
+
+# -- resume and extend -------------------------------------------------------------------------------
+KILL_AT_STEP = 77  # mid-epoch (37 steps an epoch), between two checkpoints (every 8 steps)
+
+KILLED_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import picollm.trainer as trainer
+from picollm.config import load_config
+
+one_step = trainer.one_step
+
+def step_then_die(run, batch):
+    if run.step == {kill}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return one_step(run, batch)
+
+trainer.one_step = step_then_die
+trainer.train(load_config(None, {overrides!r}), run_id="killed")
+"""
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_losses_bit_for_bit(tmp_path: Path) -> None:
+    overrides = small(tmp_path, f"train.max_tokens={BUDGET}")
+    whole = train(load_config(None, overrides))
+    child = KILLED_CHILD.format(root=str(ROOT), kill=KILL_AT_STEP, overrides=overrides)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = tmp_path / "runs" / "killed"
+    assert not (killed / "summary.json").exists()
+    assert len(list((killed / "checkpoints").glob("step-*.pt"))) == 2  # train.keep_checkpoints
+    resumed = resume(killed)
+    assert rows(killed) == rows(whole["run_dir"])  # every loss, lr, gradient norm and evaluation
+    assert resumed["final_val_loss"] == whole["final_val_loss"] and resumed["steps"] == whole["steps"]
+    meta = json.loads((killed / "meta.json").read_text())
+    assert meta["resumes"][0]["at_step"] < KILL_AT_STEP and "started" in meta  # the first start is kept
+
+
+def test_the_cli_resumes_a_killed_run(tmp_path: Path) -> None:
+    overrides = small(tmp_path, "train.max_tokens=6144")
+    child = KILLED_CHILD.format(root=str(ROOT), kill=30, overrides=overrides)
+    subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "picollm.train", "--resume", str(tmp_path / "runs" / "killed")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_finished_wsd_run_extends_to_the_run_started_with_the_longer_budget(tmp_path: Path) -> None:
+    whole = run(tmp_path, f"train.max_tokens={BUDGET}")
+    short = run(tmp_path, "train.max_tokens=8192")
+    longer = extend(short["run_dir"], BUDGET)
+    assert rows(longer["run_dir"]) == rows(whole["run_dir"])
+    assert longer["final_val_loss"] == whole["final_val_loss"]
+    assert rows(short["run_dir"])[-1]["step"] == short["steps"]  # the source record is left as it was
+    meta = json.loads((Path(longer["run_dir"]) / "meta.json").read_text())
+    assert meta["extended_from"] == short["run_dir"]
+
+
+def test_resume_and_extend_refuse_what_they_cannot_continue_in_one_line(tmp_path: Path) -> None:
+    short = run(tmp_path, "train.max_tokens=4096")
+    with pytest.raises(ConfigError, match="extend to more tokens"):
+        extend(short["run_dir"], 4096)
+    cosine = run(tmp_path, "train.max_tokens=4096", "optim.schedule=cosine")
+    with pytest.raises(ConfigError, match="no stable phase to branch from"):
+        extend(cosine["run_dir"], 8192)
+    run_dir = Path(short["run_dir"])
+    edited = (run_dir / "config.yaml").read_text().replace("lr: 0.003", "lr: 0.002")
+    (run_dir / "config.yaml").write_text(edited)
+    with pytest.raises(DataError, match=r"another config \(optim.lr differs\)"):
+        resume(run_dir)
+    with pytest.raises(DataError, match="run folder not found"):
+        resume(tmp_path / "nothing-here")
+
+
+def test_a_truncated_or_foreign_checkpoint_is_one_line(tmp_path: Path) -> None:
+    short = run(tmp_path, "train.max_tokens=4096")
+    run_dir = Path(short["run_dir"])
+    path = checkpoint.latest_state(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["type"] = "lstm"
+    torch.save(state, path)
+    with pytest.raises(DataError, match=r"a checkpoint of a lstm model, this run is a transformer"):
+        checkpoint.load_state(path, cfg, same_budget=True)
+    state["picollm"] = "0.0.1"
+    torch.save(state, path)
+    with pytest.raises(DataError, match=r"written by picollm 0\.0\.1"):
+        checkpoint.load_state(path, cfg, same_budget=True)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match="unreadable checkpoint"):
+        checkpoint.load_state(path, cfg, same_budget=True)
