@@ -55,6 +55,7 @@ from picollm.tokenizers import Tokenizer, get_tokenizer, tiktoken_available
 
 CACHE_FORMAT = 2
 VAL_SEED = 0  # seed of the validation samples: the same documents for every run on the same data
+TEST_SEED = 1  # seed of the test sample, drawn from the documents the validation sample leaves
 STORIES = "tinystories"  # TinyStories and its offline stand-in
 OTHER = "other"  # input files and synthetic sequences
 FALLBACK_STORIES = 2000
@@ -406,21 +407,33 @@ def document_lengths(tokens: np.ndarray, eot: int) -> np.ndarray:
     return np.diff(ends, prepend=0)
 
 
-def sample_documents(tokens: np.ndarray, eot: int, max_tokens: int | None, seed: int = VAL_SEED) -> EvalSet:
-    """Whole documents drawn at random (fixed seed) across the split until ``max_tokens``; None: all.
+def choose_documents(
+    lengths: np.ndarray, max_tokens: int | None, seed: int, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Which documents a sample takes: a prefix of one seeded order of the ``allowed`` ones (all by default) until
+    ``max_tokens``; all of them when None or when they hold no more. A smaller sample is part of a larger one."""
+    allowed = np.ones(len(lengths), dtype=bool) if allowed is None else allowed
+    if max_tokens is None or max_tokens >= int(lengths[allowed].sum()):
+        return allowed.copy()
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    order = order[allowed[order]]
+    take = int(np.searchsorted(np.cumsum(lengths[order]), max(max_tokens, 2))) + 1
+    chosen = np.zeros(len(lengths), dtype=bool)
+    chosen[order[:take]] = True
+    return chosen
 
-    A prefix of one seeded order of the documents, so a smaller sample is part of a larger one.
-    The chosen documents keep their order in the split.
-    """
+
+def sample_documents(
+    tokens: np.ndarray, eot: int, max_tokens: int | None, seed: int = VAL_SEED, allowed: np.ndarray | None = None
+) -> EvalSet:
+    """Whole documents drawn at random (fixed seed) across the split (its ``allowed`` ones) until ``max_tokens``;
+    None: all. The chosen documents keep their order in the split."""
     lengths = document_lengths(tokens, eot)
-    chosen = np.ones(len(lengths), dtype=bool)
-    how = "the whole split"
-    if max_tokens is not None and max_tokens < len(tokens):
-        order = np.random.default_rng(seed).permutation(len(lengths))
-        take = int(np.searchsorted(np.cumsum(lengths[order]), max(max_tokens, 2))) + 1
-        chosen[:] = False
-        chosen[order[:take]] = True
-        how = f"whole documents drawn at random across the split (seed {seed}) until >= {max_tokens:,} tokens"
+    chosen = choose_documents(lengths, max_tokens, seed, allowed)
+    where = "the split" if allowed is None else "the documents outside the validation sample"
+    how = "the whole split" if allowed is None else where
+    if max_tokens is not None and not np.array_equal(chosen, np.ones_like(chosen) if allowed is None else allowed):
+        how = f"whole documents drawn at random across {where} (seed {seed}) until >= {max_tokens:,} tokens"
     kept = tokens if chosen.all() else np.asarray(tokens)[np.repeat(chosen, lengths)]
     doc_of_token = np.repeat(np.arange(int(chosen.sum()), dtype=np.int32), lengths[chosen])
     description = {
@@ -433,6 +446,25 @@ def sample_documents(tokens: np.ndarray, eot: int, max_tokens: int | None, seed:
         "split_tokens": len(tokens),
     }
     return EvalSet(kept, doc_of_token[1:], int(chosen.sum()), description)
+
+
+def test_set(data: TokenData, test_tokens: int) -> EvalSet:
+    """``data.test_tokens`` of whole validation documents that the validation sample does not hold, drawn with a seed
+    of their own: what a sweep's confirmed winner is scored on once, at the end, after every choice was made on the
+    validation sample."""
+    split = data.val_split if data.val_split is not None else data.val
+    return test_sample(split, data.tokenizer.eot_id, data.val_cap, test_tokens)
+
+
+def test_sample(split: np.ndarray, eot: int, val_tokens: int | None, test_tokens: int) -> EvalSet:
+    """The test documents of a validation split whose validation sample is capped at ``val_tokens``."""
+    validation = choose_documents(document_lengths(split, eot), val_tokens, VAL_SEED)
+    if validation.all():
+        raise DataError(
+            "data.test_tokens: the validation sample takes every validation document; "
+            "lower data.val_tokens to leave documents for a test set"
+        )
+    return sample_documents(split, eot, test_tokens, TEST_SEED, allowed=~validation)
 
 
 def validation_sets(data: TokenData, eval_tokens: int | None) -> tuple[EvalSet, EvalSet]:

@@ -38,6 +38,7 @@ from picollm.data import (
     remap_to_vocab,
     sample_documents,
     scoring_policy,
+    test_sample,
 )
 from picollm.device import autocast_for, resolve_device, to_device
 from picollm.errors import ConfigError, DataError
@@ -108,8 +109,9 @@ def _weights_file(run_dir: Path, which: str) -> Path:
     return path if path.is_file() else run_dir / "final.pt"
 
 
-def validation_set_for(cfg: Config, tokenizer: Any) -> EvalSet:
-    """The capped validation set of ``cfg.data``, in the ids of the model's (maybe compact) vocabulary."""
+def validation_set_for(cfg: Config, tokenizer: Any, test: bool = False) -> EvalSet:
+    """The capped validation set of ``cfg.data`` (``test``: its test set, ``data.test_tokens``), in the ids of the
+    model's (maybe compact) vocabulary."""
     if isinstance(tokenizer, CompactTokenizer):  # the model's ids, whatever data it is scored on
         cfg.data.compact_vocab = False
         data = load_token_data(cfg.data, progress=False)
@@ -120,6 +122,10 @@ def validation_set_for(cfg: Config, tokenizer: Any) -> EvalSet:
     base = tokenizer.base if isinstance(tokenizer, CompactTokenizer) else tokenizer
     if data.tokenizer.name != base.name:
         raise ConfigError(f"data.tokenizer={cfg.data.tokenizer}, but the model was trained with {base.name} ids")
+    if test:
+        if not cfg.data.test_tokens:
+            raise ConfigError("no test set: data.test_tokens is not set for this run")
+        return test_sample(split, tokenizer.eot_id, cfg.data.val_tokens, cfg.data.test_tokens)
     return sample_documents(split, tokenizer.eot_id, cfg.data.val_tokens)
 
 
@@ -129,8 +135,10 @@ def evaluate_run(
     block_size: int | None = None,
     weights: str = "best",
     device: str = "cpu",
+    test: bool = False,
 ) -> dict[str, Any]:
-    """Score a saved run on its validation split, or another dataset's (``overrides``: ``data.*=...``)."""
+    """Score a saved run on its validation split, or another dataset's (``overrides``: ``data.*=...``); ``test``: on
+    its test set instead (``data.test_tokens`` whole documents outside the validation sample)."""
     from picollm.checkpoint import load_run
 
     run_dir = Path(run_dir)
@@ -140,7 +148,7 @@ def evaluate_run(
     block = model.block_size if block_size is None else block_size
     if block < 1 or (getattr(model, "pos_embed", None) is not None and block > model.block_size):
         raise ConfigError(f"--block-size {block}: this model takes 1 to {model.block_size} tokens")
-    eval_set = validation_set_for(cfg, tokenizer)
+    eval_set = validation_set_for(cfg, tokenizer, test)
     policy = scoring_policy(block, model.context_size)
     est = score(model, eval_set, policy, EVAL_BATCH, torch_device)
     return {
@@ -152,6 +160,7 @@ def evaluate_run(
         "documents": est.documents,
         "block_size": block,
         "context": policy.describe(),
+        "split": "test" if test else "validation",
         "val_set": eval_set.description,
         "data": {"tinystories": cfg.data.tinystories, "tokenizer": tokenizer.name, "val_tokens": cfg.data.val_tokens},
     }

@@ -106,7 +106,9 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
             engine_kwargs={"pool_pre_ping": True, "connect_args": _connect_args(url)},
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry, inherit_intermediate_values=True
+            ),
         )
 
 

@@ -83,7 +83,8 @@ def _run_dirs(tmp_path: Path) -> set[str]:
 
 
 def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """run_sweep with a confirm: block re-trains top 2 + baseline on 2 fresh seeds; a re-run trains nothing."""
+    """run_sweep with a confirm: block re-trains the leader, what cannot be told apart from it and the baseline on 2
+    fresh seeds; a re-run trains nothing."""
     from picollm.sweeps import load_experiment, open_study, run_sweep
     from tests.sweeps import write_experiment
 
@@ -99,9 +100,21 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys
     folder = tmp_path / "studies" / "t"
     rows = list(csv.DictReader((folder / "confirm.csv").open()))
     study = open_study(load_experiment(str(path), []), storage, create=False)
-    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
-    expected = {complete[0].number, complete[1].number, 0}  # the top two and the baseline (trial 0)
+    from picollm.sweeps.confirm import gap_to, leader
+    from picollm.sweeps.export import recorded_confirmation
+
+    conf = recorded_confirmation(study)
+    first = leader(study)
+    expected = {r.candidate.number for r in conf.results}
+    assert first.number in expected and 0 in expected  # the leader and the baseline (trial 0)
     assert {int(r["trial"]) for r in rows} == expected and len(rows) == 2 * len(expected)
+    leader_runs = [float(r["final_val_loss"]) for r in rows if int(r["trial"]) == first.number]
+    margin = 1.96 * math.sqrt(2) * abs(leader_runs[0] - leader_runs[1]) / math.sqrt(2)  # sd of two values
+    assert conf.margin == pytest.approx(margin)
+    for t in study.trials:  # the shortlist: exactly the other configurations closer than the margin
+        gap = gap_to(first, t) if t.number not in (first.number, 0) and t.state.name != "FAIL" else None
+        if gap is not None:
+            assert (t.number in expected) == (gap[1] < margin), (t.number, gap, margin)
     assert {int(r["seed"]) for r in rows} == {1338, 1339}  # fresh: the study trained with seed 1337
     assert all(math.isfinite(float(r["final_val_loss"])) for r in rows)
     losses = {(r["trial"], r["seed"]): float(r["final_val_loss"]) for r in rows}

@@ -22,7 +22,8 @@ import yaml
 from optuna.trial import TrialState
 
 from picollm.errors import ConfigError
-from picollm.sweeps.confirm import candidates
+from picollm.sweeps.confirm import leader
+from picollm.sweeps.export import recorded_confirmation
 from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher
 from picollm.sweeps.objective import worker_device
 from picollm.sweeps.settings import load_experiment
@@ -164,9 +165,9 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
     assert all((tmp_path / "studies" / name / file).is_file() for file in ("trials.csv", "best.yaml"))
     # the confirm: block ran as one more job of the same launcher, and best.yaml is its confirmed winner
     assert "confirmation: job " in stdout and "confirmed winner: trial" in stdout
-    # top 1 plus the baseline, or the baseline alone when it is the best trial; each on 2 seeds
-    configs = candidates(study, top=1)
-    assert len(configs) == (1 if configs[0].baseline else 2)
+    # the leader, what cannot be told apart from it (at most 1), the baseline; each on 2 seeds
+    configs = [r.candidate for r in recorded_confirmation(study).results]
+    assert configs[0].number == leader(study).number and 1 <= len(configs) <= 3
     assert len(list(csv.DictReader((tmp_path / "studies" / name / "confirm.csv").open()))) == len(configs) * 2
     assert "Confirmed winner of study" in (tmp_path / "studies" / name / "best.yaml").read_text()
     assert len(list((jobs / "confirm").glob("*_log.err"))) == 1

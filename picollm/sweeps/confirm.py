@@ -153,26 +153,67 @@ def params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-def candidates(study: Any, top: int) -> list[Candidate]:
-    """The ``top`` complete trials with distinct params, best first, and the baseline trial."""
+def _finished(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
-    complete = sorted(
-        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None),
-        key=lambda t: t.value,
-    )
-    out: dict[str, Candidate] = {}
-    for t in complete:
-        if len(out) == top:
-            break
-        out.setdefault(
-            params_key(t.params), Candidate(t.number, dict(t.params), bool(t.user_attrs.get("baseline")), t.value)
-        )
-    if not out:
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if t.intermediate_values or t.value is not None]
+
+
+def _candidate(t: Any) -> Candidate:
+    return Candidate(t.number, dict(t.params), bool(t.user_attrs.get("baseline")), t.value)
+
+
+def leader(study: Any) -> Any:
+    """The trial the study ranks first: the lowest value among complete trials (pruned ones never win)."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not complete:
         raise NothingToConfirm(f"study {study.study_name!r} has no complete trial to confirm yet")
+    return min(complete, key=lambda t: (t.value, t.number))
+
+
+def gap_to(leader_trial: Any, other: Any) -> tuple[int | None, float] | None:
+    """How far ``other`` trails the leader where they were last measured alike: at the end when both completed,
+    else at the largest reported budget (a rung) they share; None when they share none."""
+    if other.value is not None and other.state.name == "COMPLETE":
+        return None, other.value - leader_trial.value
+    shared = set(leader_trial.intermediate_values) & set(other.intermediate_values)
+    if not shared:
+        return None
+    step = max(shared)
+    return step, other.intermediate_values[step] - leader_trial.intermediate_values[step]
+
+
+def shortlist(study: Any, leader_trial: Any, margin: float, most: int) -> list[Candidate]:
+    """Every configuration that cannot be told apart from the leader: it trails it by less than ``margin`` (the
+    95% bound of a difference between two seeds) where they were last measured alike; the closest ``most``."""
+    seen = {params_key(leader_trial.params)}
+    close: list[tuple[float, Candidate]] = []
+    for t in _finished(study):
+        gap = gap_to(leader_trial, t)
+        if params_key(t.params) in seen or gap is None or gap[1] >= margin:
+            continue
+        seen.add(params_key(t.params))
+        close.append((gap[1], _candidate(t)))
+    return [c for _, c in sorted(close, key=lambda pair: pair[0])[:most]]
+
+
+def baseline_candidate(study: Any) -> Candidate | None:
     base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
-    if base is not None and params_key(base.params) not in out:
-        out[params_key(base.params)] = Candidate(base.number, dict(base.params), True, base.value)
+    return None if base is None else _candidate(base)
+
+
+def candidates(study: Any, shortlisted: Sequence[int] = ()) -> list[Candidate]:
+    """The leader, the shortlisted trials (numbers), and the baseline, each configuration once."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    out: dict[str, Candidate] = {}
+    for t in [leader(study), *(by_number[n] for n in shortlisted if n in by_number)]:
+        out.setdefault(params_key(t.params), _candidate(t))
+    base = baseline_candidate(study)
+    if base is not None:
+        out.setdefault(params_key(base.params), base)
     return list(out.values())
 
 
@@ -205,6 +246,9 @@ def run_config(
     if budget_tokens:
         raw["train"]["max_tokens"] = budget_tokens
         raw["train"]["eval_every_tokens"] = max(1, budget_tokens // max(1, reports))
+    raw["train"]["anneal_at"] = []  # a trial's rungs: a confirmation is scored at its own end only
+    if raw["data"].get("test_tokens"):
+        raw["tracking"]["save_weights"] = True  # the winner's and the baseline's runs are scored on the test set
     raw["tracking"].update(group=group, job_type=job_type, name=name)
     return config_from_dict(raw).to_dict()
 
@@ -238,6 +282,8 @@ class Confirmation:
     seeds: list[int]
     budget_tokens: int | None
     results: list[ConfigResult]
+    seed_sd: float | None = None  # the leader's spread over seeds at this budget: what the shortlist rests on
+    margin: float | None = None  # a gap below this to the leader means "cannot be told apart"
 
     def ranked(self) -> list[ConfigResult]:
         scored = [r for r in self.results if r.interval().n > 0]
@@ -252,44 +298,139 @@ def _study_settings(study: Any) -> dict[str, Any]:
     return dict(study.user_attrs.get("settings") or {})
 
 
-def plan(study: Any, s: ConfirmSettings) -> Confirmation:
-    """The candidates and seeds, with every finished run already recorded in the study attached."""
+def confirm_budget(study: Any, s: ConfirmSettings) -> int | None:
+    """The confirmation's budget: ``confirm.budget_tokens``, else the study's target (its cheap budget when it has
+    none), so the answer is checked at the budget it will be trained at."""
+    settings = _study_settings(study)
+    return s.budget_tokens or settings.get("target_tokens") or settings.get("budget_tokens")
+
+
+def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = None) -> Confirmation:
+    """The candidates (``shortlisted``, else the latest confirmation's shortlist) and seeds, with every finished run
+    already recorded in the study attached."""
     check_confirm(s)
     base = study.user_attrs.get("base")
     if not base:
         raise PicoError(f"study {study.study_name!r} has no stored base config: it was not made by sweep.py")
-    budget = s.budget_tokens or _study_settings(study).get("budget_tokens")
+    stored_settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+    if shortlisted is None:
+        shortlisted = stored_settings.get("shortlist", [])
+    budget = confirm_budget(study, s)
     seeds = seeds_for(base, s)
     stored = {k[len(ATTR_PREFIX) :]: v for k, v in study.user_attrs.items() if k.startswith(ATTR_PREFIX)}
     results = []
-    for cand in candidates(study, s.top):
-        runs = {
-            seed: stored[run_key(cand.params, seed, budget)]
-            for seed in seeds
-            if run_key(cand.params, seed, budget) in stored
-        }
-        results.append(ConfigResult(cand, runs))
-    return Confirmation(study.study_name, seeds, budget, results)
+    for cand in candidates(study, shortlisted):
+        keys = {seed: run_key(cand.params, seed, budget) for seed in seeds}
+        results.append(ConfigResult(cand, {seed: stored[key] for seed, key in keys.items() if key in stored}))
+    return Confirmation(
+        study.study_name, seeds, budget, results, stored_settings.get("seed_sd"), stored_settings.get("margin")
+    )
 
 
 def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) -> Confirmation:
-    """Train every missing (config, seed) run, recording each in the study as soon as it finishes.
+    """Confirm the leader at the target budget, then every configuration that cannot be told apart from it, and the
+    baseline; each (config, seed) run is recorded in the study as soon as it finishes, so a re-run trains only what
+    is missing.
 
-    The runs are independent, so they go to ``workers`` processes at once (the sweep's own layout by default: one
-    single-threaded worker per core, one per GPU with CUDA). A confirmation run is never pruned, so it is scored
-    once, at the end, on the study's whole validation set: periodic scores would only cost time.
+    First the leader's fresh seeds: their spread is the seed noise at this budget. The shortlist is every
+    configuration whose gap to the leader, where the study last measured both alike, is below the 95% bound of a
+    difference between two seeds (1.96 * sqrt(2) * that spread): a gap that small may be seed luck. Runs go to
+    ``workers`` processes at once (the sweep's own layout by default) and are scored once, at the end: they are
+    never pruned, so periodic scores would only cost time.
     """
+    from picollm.sweeps.layout import choose_layout
+
+    parallel, threads = choose_layout(workers)
+    first = plan(study, s, shortlisted=[])
+    leading = first.results[0]
+    _train_missing(study, first, [leading], parallel, threads)
+    seed_sd = leading.interval().sd
+    margin = MARGIN_Z * math.sqrt(2) * seed_sd if math.isfinite(seed_sd) else math.inf
+    chosen = [c.number for c in shortlist(study, leader(study), margin, s.top)]
+    conf = plan(study, s, shortlisted=chosen)
+    conf.seed_sd, conf.margin = seed_sd, margin
+    study.set_user_attr(
+        SETTINGS_ATTR, {**asdict(s), "shortlist": chosen, "seed_sd": seed_sd, "margin": _finite(margin)}
+    )
+    _train_missing(study, conf, conf.results, parallel, threads)
+    score_on_test(study, conf)
+    return conf
+
+
+def score_on_test(study: Any, conf: Confirmation) -> None:
+    """Once the choice is made: the confirmed winner's and the baseline's runs scored on the test set
+    (``data.test_tokens``), which no trial, pruning decision or ranking has seen. Recorded with each run."""
+    from picollm.scoring import evaluate_run
+
+    if not (study.user_attrs.get("base") or {}).get("data", {}).get("test_tokens") or not conf.ranked():
+        return
+    for result in _scored_on_test(conf):
+        for seed, record in result.runs.items():
+            if not _usable(record) or "test_loss" in record or not record.get("run_dir"):
+                continue
+            scored = evaluate_run(record["run_dir"], weights="final", test=True)
+            record.update(test_loss=scored["loss"], test_loss_stderr=scored["stderr"], test_tokens=scored["tokens"])
+            study.set_user_attr(ATTR_PREFIX + run_key(result.candidate.params, seed, conf.budget_tokens), record)
+
+
+def _scored_on_test(conf: Confirmation) -> list[ConfigResult]:
+    winner = conf.ranked()[0]
+    baseline = next((r for r in conf.results if r.candidate.baseline), None)
+    return [winner] if baseline is None or baseline is winner else [winner, baseline]
+
+
+@dataclass
+class Held:
+    """A configuration's mean loss on one set over its seeds, with the standard error of that mean: the sampling
+    error of the set's documents (shared by every seed) and the spread over seeds."""
+
+    mean: float
+    stderr: float
+    n: int
+
+
+def held_out(result: ConfigResult, key: str) -> Held | None:
+    values = [(r[key], r.get(f"{key}_stderr") or 0.0) for r in result.runs.values() if r.get(key) is not None]
+    if not values:
+        return None
+    losses = [v for v, _ in values]
+    tokens = math.fsum(se for _, se in values) / len(values)
+    seeds = t_interval(losses).sd if len(losses) > 1 else 0.0
+    return Held(math.fsum(losses) / len(losses), math.sqrt(tokens**2 + seeds**2 / len(losses)), len(losses))
+
+
+def test_lines(conf: Confirmation) -> list[str]:
+    """Validation and test figures side by side for the winner and the baseline; their difference is the
+    measured winner's curse (the validation figure was chosen on, the test figure never was)."""
+    lines = []
+    for result in _scored_on_test(conf) if conf.ranked() else []:
+        test, val = held_out(result, "test_loss"), held_out(result, "final_val_loss")
+        if test is None or val is None:
+            continue
+        curse = math.sqrt(val.stderr**2 + test.stderr**2)
+        lines.append(
+            f"{result.candidate.label}: validation {val.mean:.4f} ± {val.stderr:.4f}, test {test.mean:.4f} ± "
+            f"{test.stderr:.4f} over {test.n} seeds; validation - test {val.mean - test.mean:+.4f} ± {curse:.4f} "
+            "(the winner's curse: the search chose on the validation set, never on the test set)"
+        )
+    return lines
+
+
+MARGIN_Z = 1.96  # the shortlist's bound: 95% of the differences between two seeds of one configuration
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], parallel: int, threads: int) -> None:
     from tqdm.auto import tqdm
 
-    from picollm.sweeps.layout import choose_layout
     from picollm.sweeps.processes import in_processes
     from picollm.sweeps.studies import TRAINED_BASE
 
-    conf = plan(study, s)
-    study.set_user_attr(SETTINGS_ATTR, asdict(s))
     base = study.user_attrs.get(TRAINED_BASE) or _offline_resolved(study.user_attrs["base"])
-    todo = [(r, seed) for seed in conf.seeds for r in conf.results if seed not in r.runs]
-    parallel, threads = choose_layout(workers)
+    todo = [(r, seed) for seed in conf.seeds for r in results if seed not in r.runs]
     jobs = []
     for i, (result, seed) in enumerate(todo):
         name = f"{study.study_name}-confirm-t{result.candidate.number}-s{seed}"
@@ -313,7 +454,6 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
             study.set_user_attr(ATTR_PREFIX + run_key(result.candidate.params, seed, conf.budget_tokens), record)
             result.runs[seed] = record
             bar.update()
-    return conf
 
 
 def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:
@@ -352,7 +492,12 @@ def summary_lines(conf: Confirmation) -> list[str]:
             f"  {r.candidate.label:22s} mean {iv.mean:.4f}  95% CI [{iv.low:.4f}, {iv.high:.4f}]  "
             f"sd {iv.sd:.4f}  n={iv.n}  (study value {_fmt(r.candidate.study_value)})"
         )
-    return lines + verdict_lines(conf)
+    if conf.margin is not None and conf.seed_sd is not None:
+        lines.append(
+            f"shortlist: the leader and every configuration within {conf.margin:.4f} nats of it where the study last "
+            f"measured both (1.96 x sqrt(2) x the leader's seed sd {conf.seed_sd:.4f}), and the baseline"
+        )
+    return lines + verdict_lines(conf) + test_lines(conf)
 
 
 def verdict_lines(conf: Confirmation) -> list[str]:

@@ -100,11 +100,16 @@ def best_config(study: Any) -> tuple[dict[str, Any], Any]:
     return standalone_config(study, best.params), best
 
 
-def standalone_config(study: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """The complete trainer config of ``params`` in this study, as the trials ran it, to run on its own."""
+def standalone_config(study: Any, params: dict[str, Any], budget_tokens: int | None = None) -> dict[str, Any]:
+    """The complete trainer config of ``params`` in this study, as the trials ran it (``budget_tokens``: as the
+    confirmation ran it, at that budget), to run on its own."""
     raw = apply_params(trained_base(study), params)
     raw["tracking"].update(group=None, job_type="train", name=None)
     raw["train"]["progress"] = True
+    raw["train"]["anneal_at"] = []  # the sweep's rungs: a run of its own needs none
+    if budget_tokens:
+        raw["train"]["max_tokens"] = budget_tokens
+        raw["train"]["eval_every_tokens"] = budget_tokens
     return config_from_dict(raw).to_dict()
 
 
@@ -114,7 +119,8 @@ def recorded_confirmation(study: Any) -> Confirmation | None:
     if not stored:
         return None
     try:
-        conf = plan(study, ConfirmSettings(**stored))
+        fields = {k: v for k, v in stored.items() if k in ConfirmSettings.__dataclass_fields__}
+        conf = plan(study, ConfirmSettings(**fields))
     except NothingToConfirm:
         return None
     return conf if conf.ranked() else None
@@ -130,12 +136,18 @@ def best_yaml(study: Any, conf: Confirmation | None = None) -> str:
         header = f"# Best trial of study '{study.study_name}': trial {best.number}, value {best.value:.6f}\n{run_it}\n"
         return header + yaml.safe_dump(cfg, sort_keys=False)
     winner = conf.ranked()[0]
-    cfg = standalone_config(study, winner.candidate.params)
+    cfg = standalone_config(study, winner.candidate.params, conf.budget_tokens)
+    optim = cfg["optim"]
+    schedule = optim["schedule"] + (
+        f" (decay_fraction {optim['decay_fraction']}, {optim['decay_shape']})" if optim["schedule"] == "wsd" else ""
+    )
+    budget = f"{conf.budget_tokens:,} tokens" if conf.budget_tokens else "the base config's budget"
     evidence = "\n".join(f"#   {line.strip()}" for line in summary_lines(conf))
     header = (
-        f"# Confirmed winner of study '{study.study_name}': {winner.candidate.label}\n"
+        f"# Confirmed winner of study '{study.study_name}': {winner.candidate.label}, confirmed at {budget} with "
+        f"schedule {schedule}\n"
         f"# (best mean final_val_loss over fresh seeds, not the single luckiest trial):\n{evidence}\n"
-        f"{run_it}  (train.seed is the study's own)\n"
+        f"{run_it}  (train.seed is the study's own; train.max_tokens is the confirmed budget)\n"
     )
     return header + yaml.safe_dump(cfg, sort_keys=False)
 
@@ -193,6 +205,8 @@ CONFIRM_COLUMNS = (
     "seed",
     "final_val_loss",
     "final_val_loss_stderr",
+    "test_loss",
+    "test_loss_stderr",
     "tokens",
     "budget_tokens",
     "status",

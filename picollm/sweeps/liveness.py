@@ -66,7 +66,7 @@ def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool
 def retry(study: Any, trial: Any, max_retry: int) -> None:
     """Queue a failed trial again with its parameters, as Optuna's stale-trial callback does (capped by
     ``max_retry``): the same path for a dead worker's trial, an interrupted one and a failed baseline."""
-    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, trial)
+    RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(study, trial)
 
 
 def _local_owner_dead(trial: Any) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from picollm.errors import PicoError
 from picollm.search import apply_params, sample
 from picollm.storage import has_heartbeat, mask_url
 from picollm.sweeps.liveness import Lease, worker_id
-from picollm.sweeps.settings import Experiment
+from picollm.sweeps.settings import Experiment, target_of
 from picollm.timing import Stopwatch, take_process_start
 
 
@@ -59,6 +60,23 @@ def trial_config(exp: Experiment, number: int, values: dict[str, Any], device: s
     if threads and not cfg.train.threads:
         cfg.train.threads = threads
     return cfg
+
+
+def resumable(trial: optuna.Trial, cfg: Config) -> Any:
+    """Where a retried trial (its worker died, its Slurm job was requeued, Ctrl-C stopped it) goes on: the last
+    full-state checkpoint of the run its predecessor left (the retry inherits its attributes), when that run is
+    of the same config; None to start afresh."""
+    from picollm import checkpoint
+    from picollm.trainer import Start
+
+    previous = trial.user_attrs.get("run_dir")
+    if not previous or not (Path(previous) / checkpoint.STATES).is_dir():
+        return None
+    try:
+        path = checkpoint.latest_state(Path(previous))
+        return Start(checkpoint.load_state(path, cfg, same_budget=True), Path(previous), Path(previous))
+    except PicoError:  # no usable checkpoint (truncated, another config): train afresh
+        return None
 
 
 def _release_gpu_memory() -> None:
@@ -145,7 +163,8 @@ class Objective:
         values = sample(trial, exp.space, exp.base)
         device = worker_device(self.rank, exp.base["train"]["device"])
         cfg = trial_config(exp, trial.number, values, device, self.threads)
-        run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")
+        start = resumable(trial, cfg)  # a retried trial goes on from its predecessor's last checkpoint
+        run_id = start.run_dir.name if start is not None else new_run_id(f"{exp.study.name}-t{trial.number}-")
         run_dir = Path(cfg.tracking.out_dir) / run_id
         with self.clock.phase("storage"):
             _set(
@@ -163,7 +182,10 @@ class Objective:
         self.started = time.perf_counter()
         try:
             with lease:
-                summary = train(cfg, run_id=run_id, on_eval=self.pruning_hook(trial), extra=extra, clock=self.clock)
+                hook = self.pruning_hook(trial)
+                summary = train(
+                    cfg, run_id=run_id, on_eval=hook, on_anneal=hook, extra=extra, clock=self.clock, start=start
+                )
         except PicoError as exc:
             raise AbortSweep(str(exc)) from None
         outcome = {
@@ -181,17 +203,18 @@ class Objective:
     def pruning_hook(self, trial: optuna.Trial) -> Any:
         from picollm.trainer import StopRun
 
-        budget = self.exp.study.budget_tokens
+        last_report = target_of(self.exp.study)
 
         def report(tokens: int, val_loss: float) -> None:
             try:
-                with self.clock.phase("storage"):
+                with self.clock.phase("storage"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a resumed trial reports again what it inherited: ignored
                     trial.report(val_loss, step=tokens)
                 self.reported_at[trial.number] = tokens
             except UpdateFinishedTrialError:
                 self.taken_over.add(trial.number)
                 raise StopRun("failed", "marked failed by another worker (stale heartbeat)") from None
-            if budget and tokens >= budget:  # the budget is spent: the trial completes and is ranked
+            if last_report and tokens >= last_report:  # the budget is spent: the trial completes and is ranked
                 return
             with self.clock.phase("storage"):
                 prune = trial.should_prune()

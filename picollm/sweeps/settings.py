@@ -35,7 +35,8 @@ class StudySettings:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner: str = "median"
     pruner_options: dict[str, Any] = field(default_factory=dict)
-    budget_tokens: int | None = None  # training tokens per trial
+    budget_tokens: int | None = None  # training tokens per trial; with target_tokens, the cheapest rung
+    target_tokens: int | None = None  # the budget the winner will be trained at (None: budget_tokens)
     reports: int = 8  # validation losses reported to the pruner per trial
     n_trials: int = 20
     seed: int = 0
@@ -45,8 +46,18 @@ class StudySettings:
     out_dir: str = "results/studies"  # exports land in <out_dir>/<name>/
 
 
-INT_KEYS = ("budget_tokens", "reports", "n_trials", "seed", "heartbeat_interval", "grace_period", "max_retry")
-POSITIVE_KEYS = ("reports", "n_trials", "heartbeat_interval", "grace_period", "budget_tokens")
+INT_KEYS = (
+    "budget_tokens",
+    "target_tokens",
+    "reports",
+    "n_trials",
+    "seed",
+    "heartbeat_interval",
+    "grace_period",
+    "max_retry",
+)
+POSITIVE_KEYS = ("reports", "n_trials", "heartbeat_interval", "grace_period", "budget_tokens", "target_tokens")
+MULTI_FIDELITY = ("hyperband", "successive_halving")  # pruners whose rungs grow by reduction_factor
 
 
 def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
@@ -103,6 +114,39 @@ def _check_study(s: StudySettings) -> None:
         raise ConfigError(f"study.max_retry must be >= 0, got {s.max_retry}")
     if s.grace_period <= s.heartbeat_interval:
         raise ConfigError("study.grace_period must be longer than study.heartbeat_interval")
+    if s.target_tokens is not None and (s.budget_tokens is None or s.target_tokens < s.budget_tokens):
+        raise ConfigError(
+            f"study.target_tokens ({s.target_tokens:,}) must be at least study.budget_tokens "
+            f"({s.budget_tokens or 'unset'}), the cheap budget the sweep starts each trial at"
+        )
+    if aims_beyond_budget(s) and s.pruner in MULTI_FIDELITY:
+        s.pruner_options.setdefault("min_resource", s.budget_tokens)
+        s.pruner_options.setdefault("reduction_factor", 3)
+        if s.pruner == "hyperband":
+            s.pruner_options.setdefault("max_resource", s.target_tokens)
+
+
+def aims_beyond_budget(s: StudySettings) -> bool:
+    """Does the study rank its trials at a longer budget than the cheap one it starts them at?"""
+    return bool(s.target_tokens and s.budget_tokens and s.target_tokens > s.budget_tokens)
+
+
+def target_of(s: StudySettings) -> int | None:
+    """The budget the study's answer is for: ``target_tokens``, else ``budget_tokens``."""
+    return s.target_tokens or s.budget_tokens
+
+
+def rungs(s: StudySettings) -> list[int]:
+    """The budgets below the target at which a trial is scored by a decay branched from its stable phase: the
+    cheap budget times the pruner's ``reduction_factor`` (3) to the power 0, 1, 2, ..."""
+    if not aims_beyond_budget(s):
+        return []
+    factor = int(s.pruner_options.get("reduction_factor", 3))
+    budgets, budget = [], s.budget_tokens
+    while budget < s.target_tokens:
+        budgets.append(budget)
+        budget *= factor
+    return budgets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +214,9 @@ class Experiment:
 def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
     """The sweep's own settings on top of the trainer config.
 
-    - the token budget, so block sizes compete at equal training tokens;
+    - the token budget, so block sizes compete at equal training tokens; with ``target_tokens`` above it, a
+      WSD run to the target scored at every rung by a decay branched from its stable phase (``train.anneal_at``), so
+      the pruner always compares annealed models at equal tokens and a promoted trial goes on from where it is;
     - ONE fixed validation set for the objective and the pruner: ``data.val_tokens`` tokens (or, when unset,
       ``train.eval_tokens``), and the periodic evaluation uses exactly that set, so the values the pruner
       compares and the value that ranks a finished trial are measured on the same tokens;
@@ -182,7 +228,18 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
     objective_tokens = resolved.data.val_tokens or resolved.train.eval_tokens
     data["val_tokens"] = objective_tokens
     train["eval_tokens"] = None  # the periodic evaluation scores the whole capped set: the objective's tokens
-    if s.budget_tokens:
+    if aims_beyond_budget(s):  # trained to the target; each rung is scored by a branched decay (trainer.anneal)
+        if resolved.optim.schedule != "wsd":
+            raise ConfigError(
+                f"study.target_tokens ({s.target_tokens:,}) above study.budget_tokens needs optim.schedule: wsd: "
+                "each cheaper budget is scored by a decay branched from the trial's stable phase"
+            )
+        train["max_tokens"] = s.target_tokens
+        train["epochs"] = EPOCHS_FOR_TOKEN_BUDGET
+        train["eval_every_tokens"] = s.target_tokens  # the rungs report annealed losses, the end its own
+        train["anneal_at"] = rungs(s)
+        train["checkpoint_every_tokens"] = s.budget_tokens
+    elif s.budget_tokens:
         train["max_tokens"] = s.budget_tokens
         train["epochs"] = EPOCHS_FOR_TOKEN_BUDGET
         train["eval_every_tokens"] = max(1, s.budget_tokens // s.reports)

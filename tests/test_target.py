@@ -1,0 +1,117 @@
+"""Sweeps that aim at the budget the winner will be trained at: rungs scored by branched decays, confirmation at
+the target, a test split the search never sees."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from picollm.config import config_from_dict
+from picollm.errors import ConfigError
+from picollm.search import apply_params
+from picollm.sweeps import load_experiment, open_study, run_sweep
+from picollm.sweeps.settings import rungs
+from picollm.trainer import train
+from tests.sweeps import write_experiment
+
+CHEAP, TARGET = 1024, 9216  # rungs at 1,024 and 3,072 tokens, the target at 9,216
+TARGET_STUDY = {
+    "budget_tokens": CHEAP,
+    "target_tokens": TARGET,
+    "pruner": "successive_halving",
+    "n_trials": 6,
+    "sampler": "random",
+}
+WSD = {"schedule": "wsd", "name": "adam", "lr": 3e-3}
+
+
+def test_rungs_grow_by_the_reduction_factor_up_to_the_target(tmp_path) -> None:
+    exp = load_experiment(str(write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)), [])
+    assert rungs(exp.study) == [1024, 3072]
+    assert exp.study.pruner_options == {"min_resource": CHEAP, "reduction_factor": 3}
+    train = exp.base["train"]
+    assert (train["max_tokens"], train["anneal_at"]) == (TARGET, [1024, 3072])
+
+
+@pytest.mark.parametrize(
+    ("study", "optim", "message"),
+    [
+        ({"budget_tokens": 4096, "target_tokens": 2048}, WSD, r"study\.target_tokens \(2,048\) must be at least"),
+        (TARGET_STUDY, {"schedule": "cosine"}, "needs optim.schedule: wsd"),
+    ],
+)
+def test_a_target_the_sweep_cannot_aim_at_is_one_line(tmp_path, study: dict, optim: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(str(write_experiment(tmp_path, study=study, optim=optim)), [])
+
+
+def test_a_target_sweep_compares_annealed_models_at_equal_tokens(tmp_path) -> None:
+    path = write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)
+    exp = load_experiment(str(path), [])
+    storage = f"sqlite:///{tmp_path}/s.db"
+    outcome = run_sweep(exp, storage)
+    assert not outcome.interrupted
+    study = open_study(exp, storage, create=False)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 6
+    for t in finished:
+        reported = sorted(t.intermediate_values)
+        assert set(reported) <= {1024, 3072, TARGET} and reported[0] == 1024
+        if t.state == TrialState.COMPLETE:  # ran to the target and is ranked there
+            assert t.user_attrs["tokens"] >= TARGET and t.value == t.intermediate_values[TARGET]
+    assert any(t.state == TrialState.PRUNED for t in finished)  # the halving stopped some at a rung
+
+    # Each rung's value is the loss a WSD run of that budget ends with: check one trial's cheap rung directly.
+    some = finished[1]
+    raw = apply_params(exp.base, some.params)
+    raw["train"].update(max_tokens=CHEAP, anneal_at=[], eval_every_tokens=CHEAP)
+    raw["tracking"]["out_dir"] = str(tmp_path / "check")
+    alone = train(config_from_dict(raw))
+    assert alone["final_val_loss"] == some.intermediate_values[1024]
+
+
+def test_the_test_set_is_whole_documents_outside_the_validation_sample(tmp_path) -> None:
+    from picollm.config import load_config
+    from picollm.data import document_lengths, load_token_data, test_set, validation_sets
+
+    cfg = load_config(write_experiment(tmp_path), ["data.val_tokens=512", "data.test_tokens=300"])
+    data = load_token_data(cfg.data, progress=False)
+    _, validation = validation_sets(data, None)
+    test = test_set(data, 300)
+    eot = data.tokenizer.eot_id
+
+    def documents(tokens) -> set[tuple[int, ...]]:
+        ends = list(document_lengths(tokens, eot).cumsum())
+        return {tuple(tokens[a:b]) for a, b in zip([0, *ends], ends, strict=False)}
+
+    assert test.description["tokens"] >= 300 and not documents(test.tokens) & documents(validation.tokens)
+    assert test.description["seed"] != validation.description["seed"]
+    whole = load_config(write_experiment(tmp_path), ["data.val_tokens=null"])
+    with pytest.raises(Exception, match="takes every validation document"):
+        test_set(load_token_data(whole.data, progress=False), 300)
+
+
+def test_the_answer_is_confirmed_at_the_target_and_scored_once_on_the_test_set(tmp_path) -> None:
+    import yaml
+
+    path = write_experiment(
+        tmp_path, study={**TARGET_STUDY, "n_trials": 4}, optim=WSD, data={"test_tokens": 256}, train={"threads": 1}
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["confirm"] = {"top": 1, "seeds": 2}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    exp = load_experiment(str(path), [])
+    outcome = run_sweep(exp, f"sqlite:///{tmp_path}/s.db")
+    study = open_study(exp, f"sqlite:///{tmp_path}/s.db", create=False)
+    runs = [v for k, v in study.user_attrs.items() if k.startswith("confirm:")]
+    assert runs and all(r["budget_tokens"] == TARGET and r["tokens"] >= TARGET for r in runs)
+    from picollm.sweeps.export import recorded_confirmation
+
+    conf = recorded_confirmation(study)
+    tested = {r["trial"] for r in runs if "test_loss" in r}
+    winner = conf.ranked()[0].candidate.number
+    assert tested == {winner, 0}  # only the confirmed winner and the baseline are scored on it
+    assert any("validation - test" in line for line in outcome.notes)
+    best = (tmp_path / "studies" / "t" / "best.yaml").read_text()
+    assert f"confirmed at {TARGET:,} tokens with schedule wsd" in best and "test " in best
+    assert yaml.safe_load(best)["train"]["max_tokens"] == TARGET and yaml.safe_load(best)["train"]["anneal_at"] == []
