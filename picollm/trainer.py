@@ -161,6 +161,7 @@ class Run:
     last: Estimate | None = None  # the last periodic evaluation
     final: Estimate | None = None  # the last epoch-end evaluation
     annealed: dict[int, Estimate] = field(default_factory=dict)  # budget (tokens) -> its branched decay's loss
+    anneal_tokens: int = 0  # tokens trained in branched decays, on top of the run's own
     last_epoch_train: float | None = None
     started: float = field(default_factory=time.perf_counter)
     bar: Any = None
@@ -354,6 +355,7 @@ def anneal(run: Run, budget_tokens: int) -> None:
             set_lr(run.optimizer, lr_at(step, total, run.cfg.optim))
             x, y = to_device(batch, run.device)
             train_step(run.step_model, run.optimizer, x, y, run.cfg.optim.grad_clip, run.device)
+            run.anneal_tokens += y.numel()
     with run.clock.phase("evaluation"):
         estimate = score(run.model, run.full, run.policy, run.eval_batch, run.device)
     _restore_snapshot(run, saved)
@@ -433,6 +435,7 @@ def training_state(run: Run) -> dict[str, Any]:
         "final": _plain(run.final),
         "annealed": {str(b): _plain(e) for b, e in run.annealed.items()},
         "last_epoch_train": run.last_epoch_train,
+        "anneal_tokens": run.anneal_tokens,
         "records": run.tracker.record_lengths(),
     }
 
@@ -447,6 +450,7 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
     run.best, run.last, run.final = (_estimate(state[k]) for k in ("best", "last", "final"))
     run.annealed = {int(b): _estimate(e) for b, e in state["annealed"].items()}
     run.last_epoch_train = state["last_epoch_train"]
+    run.anneal_tokens = state["anneal_tokens"]
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -506,6 +510,7 @@ def summarize(run: Run, status: str, reason: str, baseline: dict[str, Any]) -> d
         "reason": reason,
         **losses,
         "annealed_val_loss": annealed,
+        "anneal_tokens": run.anneal_tokens,
         "final_train_loss": run.last_epoch_train,
         "tokens": run.tokens,
         "steps": run.step,
