@@ -1,8 +1,10 @@
 """Metrics: one tiny interface, two sinks — the local run record (always) and W&B (when enabled).
 
 The trainer calls :class:`Tracker` and never knows which sinks are behind it. W&B is imported
-only when a run uses it, and any W&B failure (no network, no key, a bug) costs one warning:
-the local record keeps everything, and training never waits on W&B for long.
+only when a run uses it, and training never waits on it: W&B works on its own thread, and the run
+ends once W&B holds the whole run. A W&B failure (no network, no key, a bug, a call stuck for
+``WANDB_TIMEOUT_S``) costs one warning and ``wandb_complete: false`` in summary.json: the local
+record keeps everything.
 
 Run record layout (``tracking.out_dir/<run_id>/``)::
 
@@ -10,7 +12,8 @@ Run record layout (``tracking.out_dir/<run_id>/``)::
     meta.json      run id, start time, command, git commit, library versions, device, data used
     metrics.jsonl  one JSON object per logged row; every row has "step" and "epoch"
     samples.jsonl  generated text samples
-    summary.json   final numbers and status (finished | pruned | failed | interrupted)
+    summary.json   final numbers and status (finished | pruned | failed | interrupted); with W&B on,
+                   wandb_complete (does W&B hold the whole run?) and, when not, wandb_error
     final.pt best.pt   weights: {"model": settings, "vocab_size", "state_dict"} (weights_only loads)
 """
 
@@ -43,7 +46,8 @@ EPOCH_METRICS = (
     "train/epoch_loss_stderr",
     "train/epoch_steps",
 )
-# W&B gets this long to start or finish before the run goes on without it (override for tests).
+# One W&B call (init, a log, finish, the run file's last write) may take this long before W&B counts as stuck
+# and the run goes on without it (override for tests). A slow W&B that keeps answering is waited for.
 WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
 # The Optuna state a trial's run ends in, by the run's status: W&B shows it next to the trial number.
 TRIAL_STATE = {"finished": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL"}
@@ -125,6 +129,24 @@ def trial_summary(extra: dict[str, Any], status: str | None) -> dict[str, Any]:
     return {"trial_number": trial["number"], "trial_state": TRIAL_STATE.get(str(status), "FAIL")}
 
 
+def wait_for_run_file(run: Any) -> None:
+    """Return once a finished W&B run's ``.wandb`` file holds its exit record, which W&B writes last.
+
+    ``run.finish()`` returns before the file is complete: W&B's service keeps the last records in
+    memory until it closes the run's stream, which ``run.finish()`` only asks for. Raises TimeoutError
+    after ``WANDB_TIMEOUT_S``.
+    """
+    from picollm.wandb_offline import has_exit_record
+
+    path = Path(run.settings.sync_file)
+    deadline, pause = time.monotonic() + WANDB_TIMEOUT_S, 0.01
+    while not has_exit_record(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path.name} has no exit record after {WANDB_TIMEOUT_S:g}s")
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
+
+
 class Sink(Protocol):
     def log(self, row: dict[str, Any]) -> None: ...
     def log_sample(self, row: dict[str, Any]) -> None: ...
@@ -179,10 +201,12 @@ def resolve_wandb_mode(setting: str) -> str:
 class WandbSink:
     """W&B behind the sink interface, on a worker thread of its own.
 
-    Every W&B call (import, init, log, finish) runs on that thread in order, so training never
-    waits for W&B: start-up overlaps with W&B's handshake, and a hanging call costs at most
-    ``WANDB_TIMEOUT_S`` at the end of the run. The first error disables W&B with one warning,
-    given on the main thread; the local record keeps everything either way.
+    Every W&B call (import, init, log, finish) runs on that thread in order, so training never waits
+    for W&B while it runs. :meth:`finish` returns once W&B holds the whole run: ``run.finish()`` has
+    returned and the run's ``.wandb`` file is complete (:func:`wait_for_run_file`). The wait has no
+    overall limit, only one per call: however long the backlog, W&B is stuck only when one call has
+    not answered within ``WANDB_TIMEOUT_S``. The first error or a stuck call costs one warning, given
+    on the main thread, and :attr:`complete` stays False; the local record keeps everything either way.
     """
 
     def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
@@ -192,8 +216,11 @@ class WandbSink:
         self.mode = mode
         self.rows: list[list[Any]] = []
         self.error: str | None = None
+        self.complete = False  # True once W&B holds the whole run
         self._warned = False
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._call: tuple[str, float] | None = None  # the call in hand and when it began, for finish's watchdog
+        self._queue: queue.Queue[tuple[str, Callable[[], None] | None]] = queue.Queue()
+        # A daemon: a stuck W&B call must not keep the process alive once the run has ended without it.
         self._thread = threading.Thread(target=self._work, name="wandb-sink", daemon=True)
         self._thread.start()
         self._queue.put(("init", lambda: self._init(cfg, mode, run_id, run_dir, config)))
@@ -227,14 +254,17 @@ class WandbSink:
     def _work(self) -> None:
         while True:
             kind, call = self._queue.get()
+            if call is None:
+                return
             if self.error is None:
+                self._call = (kind, time.monotonic())
                 try:
                     call()
                 except Exception as exc:  # W&B must never take training down with it
                     self.error = f"W&B {kind} failed ({type(exc).__name__}: {str(exc)[:200]})"
                     self._close_quietly()
-            if kind == "finish":
-                return
+                finally:
+                    self._call = None
 
     def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -245,7 +275,11 @@ class WandbSink:
         if self.error and not self._warned:
             self._warned = True
             self.run_id = None
-            warnings.warn(f"{self.error}; continuing with the local record only", stacklevel=3)
+            warnings.warn(
+                f"{self.error}; this run's W&B record is incomplete (summary.json: wandb_complete false), "
+                "its local record has everything",
+                stacklevel=3,
+            )
 
     def log(self, row: dict[str, Any]) -> None:
         self._warn_once()
@@ -275,10 +309,22 @@ class WandbSink:
             self.run.finish(exit_code=0 if summary.get("status") in ("finished", "pruned") else 1)
 
         self._queue.put(("finish", close))
-        self._thread.join(WANDB_TIMEOUT_S)
-        if self._thread.is_alive() and self.error is None:
-            self.error = f"W&B did not answer within {WANDB_TIMEOUT_S:g}s"
+        self._queue.put(("file write", lambda: wait_for_run_file(self.run)))
+        self._queue.put(("end", None))
+        stuck = self._wait()
+        if stuck is not None and self.error is None:
+            self.error = f"W&B {stuck} did not answer within {WANDB_TIMEOUT_S:g}s"
+        self.complete = self.error is None
         self._warn_once()
+
+    def _wait(self) -> str | None:
+        """Wait for the worker to end; the kind of the call that is stuck, if one is."""
+        while self._thread.is_alive():
+            self._thread.join(min(0.2, WANDB_TIMEOUT_S))
+            call = self._call
+            if call is not None and time.monotonic() - call[1] > WANDB_TIMEOUT_S:
+                return call[0]
+        return None
 
 
 class Tracker:
@@ -324,13 +370,23 @@ class Tracker:
             sink.log_sample({"step": step, "prompt": prompt, "text": text})
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """W&B first, so the local summary says whether W&B holds the whole run (``wandb_complete``) and if not,
+        why (``wandb_error``)."""
         summary = {**summary, **trial_summary(self.extra, summary.get("status"))}
-        if self.wandb is not None:  # first, so the local summary knows whether W&B got the run
+        if self.wandb is not None:
             self.wandb.finish(summary)
-        summary = {**summary, "run_id": self.run_id, "wandb_run_id": self.wandb.run_id if self.wandb else None}
-        if self.wandb is not None and self.wandb.url:
-            summary["wandb_url"] = self.wandb.url
+        summary = {**summary, "run_id": self.run_id, **self._wandb_outcome()}
         self.local.finish(summary)
+
+    def _wandb_outcome(self) -> dict[str, Any]:
+        if self.wandb is None:
+            return {"wandb_run_id": None}
+        outcome = {"wandb_run_id": self.wandb.run_id, "wandb_complete": self.wandb.complete}
+        if self.wandb.error:
+            outcome["wandb_error"] = self.wandb.error
+        if self.wandb.url:
+            outcome["wandb_url"] = self.wandb.url
+        return outcome
 
 
 class ProgressLine:

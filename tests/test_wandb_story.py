@@ -1,0 +1,113 @@
+"""W&B tells the whole story: when ``train()`` returns, the run's offline ``.wandb`` file holds every row,
+or the run's summary.json says it does not (and one warning said so); run summaries hold each metric's last
+value; the study's summary run names the confirmed winner; an unwritable ``tracking.out_dir`` is one line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from picollm import tracking
+from picollm import trainer as train_mod
+from picollm.config import load_config
+from picollm.wandb_offline import find_run_file, has_exit_record, read_history, read_run_info
+
+
+def _offline(synthetic: list[str], *more: str) -> list[str]:
+    return [*[o for o in synthetic if not o.startswith("tracking.wandb")], "tracking.wandb=offline", *more]
+
+
+def _train(overrides: list[str]) -> tuple[Path, dict[str, Any], list[str], float]:
+    """Train; the run folder, its summary.json, the W&B warnings given and the seconds ``train()`` took."""
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_dir = Path(train_mod.train(load_config(None, overrides))["run_dir"])
+    elapsed = time.monotonic() - start
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return run_dir, summary, [str(w.message) for w in caught if "W&B" in str(w.message)], elapsed
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set at the end of a test: a W&B call the test held back goes on, so no thread outlives the test stuck."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def _late_run_files(monkeypatch: pytest.MonkeyPatch, write_s: float) -> None:
+    """W&B's service closes a run's stream, and so writes the end of its ``.wandb`` file, ``write_s`` after
+    ``run.finish()`` returned, as a loaded machine's service can (``inform_finish`` is a message it answers later)."""
+    from wandb.sdk.lib.service.service_connection import ServiceConnection
+
+    real_inform = ServiceConnection.inform_finish
+
+    def inform_finish(self: ServiceConnection, run_id: str) -> None:
+        threading.Timer(write_s, real_inform, (self, run_id)).start()
+
+    monkeypatch.setattr(ServiceConnection, "inform_finish", inform_finish)
+
+
+def _slow_finish(monkeypatch: pytest.MonkeyPatch, release: threading.Event, finish_s: float) -> None:
+    """Every run's ``run.finish()`` starts ``finish_s`` late (or when ``release`` is set)."""
+    import wandb
+
+    real_init = wandb.init
+
+    def init(**kw: Any) -> Any:
+        run = real_init(**kw)
+        real_finish = run.finish
+
+        def finish(*args: Any, **kwargs: Any) -> None:
+            release.wait(finish_s)
+            real_finish(*args, **kwargs)
+
+        run.finish = finish
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+
+
+@pytest.mark.parametrize(("finish_s", "write_s"), [(0.0, 2.0), (4.0, 4.0)], ids=["late-file", "slow-finish"])
+def test_a_slow_wandb_that_answers_leaves_the_whole_run_before_train_returns(
+    finish_s: float,
+    write_s: float,
+    synthetic: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    release: threading.Event,
+) -> None:
+    """Each W&B call answers within the timeout, their sum does not (slow-finish); the file is written late."""
+    monkeypatch.setattr(tracking, "WANDB_TIMEOUT_S", 6.0)
+    _slow_finish(monkeypatch, release, finish_s)
+    _late_run_files(monkeypatch, write_s)
+    run_dir, summary, messages, _ = _train(_offline(synthetic, "train.max_steps_per_epoch=6", "train.eval_every=3"))
+    run_file = find_run_file(run_dir)
+    assert has_exit_record(run_file) and messages == []
+    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = read_history(run_file)
+    for key in ("train/loss", "val/loss", "val/epoch_loss"):
+        assert [h[key] for h in history if key in h] == [r[key] for r in local if key in r], key
+    assert read_run_info(run_file)["exit_code"] == 0
+    assert summary["wandb_complete"] is True and "wandb_error" not in summary
+    assert summary["wandb_run_id"] == run_dir.name
+
+
+def test_a_stuck_wandb_costs_one_warning_and_is_flagged_in_summary_json(
+    synthetic: list[str], monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> None:
+    monkeypatch.setattr(tracking, "WANDB_TIMEOUT_S", 2.0)
+    _slow_finish(monkeypatch, release, finish_s=120.0)
+    run_dir, summary, messages, elapsed = _train(_offline(synthetic, "train.max_steps_per_epoch=4"))
+    assert len(messages) == 1 and "incomplete" in messages[0] and "wandb_complete" in messages[0], messages
+    assert summary["wandb_complete"] is False and summary["wandb_error"] == "W&B finish did not answer within 2s"
+    assert summary["status"] == "finished" and summary["steps"] == 4
+    assert sum("train/loss" in line for line in (run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    assert elapsed < 30  # the timeout (2 s) and a few training steps, not the 120 s the finish is held back
