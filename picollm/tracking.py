@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import queue
@@ -38,6 +39,8 @@ from picollm.config import Config, save_config
 from picollm.fileio import atomic_write_json
 from picollm.storage import mask_url
 
+# Each metric's x-axis in W&B. Its summary is W&B's default, the last value logged: what a reader of
+# ``run.summary["val/loss"]`` expects, the same number as the run's end.
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")
 EPOCH_METRICS = (
     "val/epoch_loss",
@@ -46,6 +49,8 @@ EPOCH_METRICS = (
     "train/epoch_loss_stderr",
     "train/epoch_steps",
 )
+# Validation losses whose lowest value so far W&B also gets, as ``best/<key>`` (a curve; its summary is the minimum).
+BEST_OF = ("val/loss", "val/epoch_loss")
 # One W&B call (init, a log, finish, the run file's last write) may take this long before W&B counts as stuck
 # and the run goes on without it (override for tests). A slow W&B that keeps answering is waited for.
 WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
@@ -218,6 +223,7 @@ class WandbSink:
         self.error: str | None = None
         self.complete = False  # True once W&B holds the whole run
         self._warned = False
+        self._best: dict[str, float] = {}
         self._call: tuple[str, float] | None = None  # the call in hand and when it began, for finish's watchdog
         self._queue: queue.Queue[tuple[str, Callable[[], None] | None]] = queue.Queue()
         # A daemon: a stuck W&B call must not keep the process alive once the run has ended without it.
@@ -246,10 +252,11 @@ class WandbSink:
         )
         self.run.define_metric("step")
         self.run.define_metric("epoch")
-        for key in STEP_METRICS:
-            self.run.define_metric(key, step_metric="step", summary="min" if key.endswith("loss") else "last")
-        for key in EPOCH_METRICS:
-            self.run.define_metric(key, step_metric="epoch", summary="min" if key.endswith("loss") else "last")
+        axis = dict.fromkeys(STEP_METRICS, "step") | dict.fromkeys(EPOCH_METRICS, "epoch")
+        for key, step_metric in axis.items():
+            self.run.define_metric(key, step_metric=step_metric)
+        for key in BEST_OF:
+            self.run.define_metric(f"best/{key}", step_metric=axis[key])
 
     def _work(self) -> None:
         while True:
@@ -281,9 +288,19 @@ class WandbSink:
                 stacklevel=3,
             )
 
+    def _with_best(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` plus ``best/<key>``, the lowest value so far, for each validation loss it holds."""
+        best = {}
+        for key in BEST_OF:
+            if row.get(key) is not None:
+                self._best[key] = min(row[key], self._best.get(key, math.inf))
+                best[f"best/{key}"] = self._best[key]
+        return row | best
+
     def log(self, row: dict[str, Any]) -> None:
         self._warn_once()
         if self.error is None:
+            row = self._with_best(row)
             self._queue.put(("log", lambda: self.run.log(row)))
 
     def log_sample(self, row: dict[str, Any]) -> None:

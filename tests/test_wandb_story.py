@@ -111,3 +111,28 @@ def test_a_stuck_wandb_costs_one_warning_and_is_flagged_in_summary_json(
     assert summary["status"] == "finished" and summary["steps"] == 4
     assert sum("train/loss" in line for line in (run_dir / "metrics.jsonl").read_text().splitlines()) == 4
     assert elapsed < 30  # the timeout (2 s) and a few training steps, not the 120 s the finish is held back
+
+
+def test_a_run_summary_holds_each_metrics_last_value_and_each_validation_minimum(out: list[str]) -> None:
+    """Rows as a run logs them, with the last validation loss above the lowest: W&B's summary keeps the last value
+    of every step and epoch metric and the minimum of each validation loss as ``best/<key>``."""
+    cfg = load_config(None, [*out, "data.tinystories=null", "data.synthetic=10", "tracking.wandb=offline"])
+    tracker = tracking.Tracker(cfg, "r1")
+    losses = [(4.9, 4.6), (3.71, 4.30), (4.2, 4.41)]  # (train/loss, val/loss) per step: val rises at the end
+    for step, (train_loss, val_loss) in enumerate(losses, 1):
+        tracker.log({"step": step, "epoch": 1, "train/loss": train_loss, "lr": 0.1 / step, "tokens": 64 * step})
+        tracker.log({"step": step, "epoch": 1, "val/loss": val_loss, "val/loss_stderr": 0.01 * step})
+    for epoch, val in ((1, 4.35), (2, 4.45)):
+        tracker.log({"step": 3, "epoch": epoch, "val/epoch_loss": val, "train/epoch_loss": 4.0 + epoch / 10})
+    tracker.finish({"status": "finished"})
+    info = read_run_info(find_run_file(tracker.run_dir))
+    s = info["summary"]
+    assert (s["train/loss"], s["val/loss"], s["lr"], s["val/loss_stderr"]) == (4.2, 4.41, pytest.approx(0.1 / 3), 0.03)
+    assert (s["val/epoch_loss"], s["train/epoch_loss"]) == (4.45, 4.2)
+    assert (s["best/val/loss"], s["best/val/epoch_loss"]) == (4.30, 4.35)
+    assert info["metrics"]["val/loss"] == {"step_metric": "step", "summary": []}  # W&B's default: the last value
+    assert info["metrics"]["best/val/epoch_loss"]["step_metric"] == "epoch"
+    best_curve = [h["best/val/loss"] for h in read_history(find_run_file(tracker.run_dir)) if "best/val/loss" in h]
+    assert best_curve == [4.6, 4.30, 4.30]
+    local = (tracker.run_dir / "metrics.jsonl").read_text()
+    assert "best/" not in local  # the local record holds what the trainer logged, nothing derived
