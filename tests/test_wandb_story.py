@@ -5,6 +5,7 @@ value; the study's summary run names the confirmed winner; an unwritable ``track
 
 from __future__ import annotations
 
+import csv
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from picollm import tracking
 from picollm import trainer as train_mod
 from picollm.config import load_config
@@ -136,3 +138,44 @@ def test_a_run_summary_holds_each_metrics_last_value_and_each_validation_minimum
     assert best_curve == [4.6, 4.30, 4.30]
     local = (tracker.run_dir / "metrics.jsonl").read_text()
     assert "best/" not in local  # the local record holds what the trainer logged, nothing derived
+
+
+def test_the_study_summary_run_names_the_confirmed_winner_its_interval_and_the_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep with a confirm: block, its run files written late: the summary run is complete when it returns."""
+    from picollm.sweeps import load_experiment, run_sweep
+    from tests.sweeps import write_experiment
+
+    _late_run_files(monkeypatch, 0.5)
+
+    path = write_experiment(
+        tmp_path,
+        study={"n_trials": 3, "budget_tokens": 2048},
+        train={"threads": 1},
+        tracking={"wandb": "offline"},
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["confirm"] = {"top": 2, "seeds": 2}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    folder = tmp_path / "studies" / "t"
+    rows = list(csv.DictReader((folder / "confirm.csv").open()))
+    winner = next(r for r in rows if r["rank"] == "1")
+    (run_file,) = (folder / "wandb").glob("*run-*/run-*.wandb")  # one summary run, logged after confirmation
+    assert has_exit_record(run_file)
+    info = read_run_info(run_file)
+    s = info["summary"]
+    assert (info["job_type"], info["group"]) == ("summary", "t")
+    assert s["answer"] == "confirmed winner" and s["best_trial"] == int(winner["trial"])
+    assert s["confirmed/mean"] == pytest.approx(float(winner["config_mean"]))
+    assert (s["confirmed/ci_low"], s["confirmed/ci_high"]) == (
+        pytest.approx(float(winner["config_ci_low"])),
+        pytest.approx(float(winner["config_ci_high"])),
+    )
+    assert s["confirmed/ci_low"] < s["confirmed/mean"] < s["confirmed/ci_high"]
+    assert (s["confirmed/seeds"], s["confirmed/budget_tokens"]) == (2, 2048)
+    assert s["verdict"].startswith(f"confirmed winner: trial {winner['trial']}")
+    assert "shared seeds" in s["verdict"] or "cannot be told apart" in s["verdict"]
+    params = {k: v for k, v in winner.items() if k.startswith(("optim.", "model.")) and v != ""}
+    assert {k: str(s[f"best/{k}"]) for k in params} == params
