@@ -26,6 +26,7 @@ import os
 import platform
 import queue
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from picollm.config import Config, save_config
+from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.storage import mask_url
 
@@ -350,8 +352,8 @@ class Tracker:
     def __init__(self, cfg: Config, run_id: str, extra: dict[str, Any] | None = None) -> None:
         self.run_id = run_id
         self.run_dir = Path(cfg.tracking.out_dir) / run_id
-        self.run_dir.mkdir(parents=True, exist_ok=False)
-        save_config(cfg, self.run_dir / "config.yaml")
+        self.extra = extra or {}
+        mode = resolve_wandb_mode(cfg.tracking.wandb)
         self.meta = {
             "run_id": run_id,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -359,19 +361,35 @@ class Tracker:
             "git_commit": git_commit(),
             "versions": library_versions(),
             "host": platform.node(),
-            **(extra or {}),
+            **self.extra,
+            "wandb": {"mode": mode, "run_id": None if mode == "disabled" else run_id},
         }
-        self.extra = extra or {}
-        self.local = JsonlSink(self.run_dir)
+        self.local = self._create_record(cfg)
         self.sinks: list[Sink] = [self.local]
         self.wandb: WandbSink | None = None
-        mode = resolve_wandb_mode(cfg.tracking.wandb)
-        if mode != "disabled":
+        if mode != "disabled":  # last: nothing that can fail comes after W&B's thread starts
             self.wandb = WandbSink(cfg, mode, run_id, self.run_dir, wandb_config(cfg, self.extra))
             self.sinks.append(self.wandb)
         self.progress = ProgressLine(cfg.tracking.name or run_id)
-        self.meta["wandb"] = {"mode": mode, "run_id": self.wandb.run_id if self.wandb else None}
-        atomic_write_json(self.run_dir / "meta.json", self.meta)
+
+    def _create_record(self, cfg: Config) -> JsonlSink:
+        """A new run folder with config.yaml, meta.json and the open metric files, or one line saying why not.
+
+        All or nothing: a folder this cannot complete is removed, so no later reader trusts half a record.
+        """
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            raise PicoError(
+                f"tracking.out_dir={cfg.tracking.out_dir}: cannot create the run folder {self.run_dir}: {exc.strerror}"
+            ) from None
+        try:
+            save_config(cfg, self.run_dir / "config.yaml")
+            atomic_write_json(self.run_dir / "meta.json", self.meta)
+            return JsonlSink(self.run_dir)
+        except OSError as exc:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise PicoError(f"cannot write the run record in {self.run_dir}: {exc.strerror}") from None
 
     def update_meta(self, **fields: Any) -> None:
         self.meta.update(fields)

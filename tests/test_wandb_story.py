@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
+
 from picollm import tracking
 from picollm import trainer as train_mod
+from picollm.cli import train as train_cli
 from picollm.config import load_config
+from picollm.errors import PicoError, run_cli
 from picollm.wandb_offline import find_run_file, has_exit_record, read_history, read_run_info
 
 
@@ -179,3 +182,32 @@ def test_the_study_summary_run_names_the_confirmed_winner_its_interval_and_the_v
     assert "shared seeds" in s["verdict"] or "cannot be told apart" in s["verdict"]
     params = {k: v for k, v in winner.items() if k.startswith(("optim.", "model.")) and v != ""}
     assert {k: str(s[f"best/{k}"]) for k in params} == params
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "under-proc"])
+def test_an_unwritable_out_dir_is_one_line_and_writes_nothing(
+    where: str, synthetic: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Root can write almost anywhere, but not below a regular file nor into /proc."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    out_dir = blocker / "runs" if where == "under-a-file" else Path("/proc/picollm-runs")
+    argv = [x for o in synthetic for x in ("--set", o)] + ["--set", f"tracking.out_dir={out_dir}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_cli.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: tracking.out_dir={out_dir}: cannot create the run folder ")
+    assert blocker.read_text() == "not a folder\n" and not out_dir.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_record_that_cannot_be_completed_is_removed(out: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracking, "atomic_write_json", disk_full)
+    cfg = load_config(None, [*out, "data.tinystories=null", "data.synthetic=10", "tracking.wandb=offline"])
+    with pytest.raises(PicoError, match=r"cannot write the run record in .*: No space left on device"):
+        tracking.Tracker(cfg, "r1")
+    runs = Path(cfg.tracking.out_dir)
+    assert runs.is_dir() and list(runs.iterdir()) == []  # the folder it made for the run is gone, W&B never started
