@@ -1,8 +1,10 @@
 """Metrics: one tiny interface, two sinks — the local run record (always) and W&B (when enabled).
 
 The trainer calls :class:`Tracker` and never knows which sinks are behind it. W&B is imported
-only when a run uses it, and any W&B failure (no network, no key, a bug) costs one warning:
-the local record keeps everything, and training never waits on W&B for long.
+only when a run uses it, and training never waits on it: W&B works on its own thread, and the run
+ends once W&B holds the whole run. A W&B failure (no network, no key, a bug, a call stuck for
+``WANDB_TIMEOUT_S``) costs one warning and ``wandb_complete: false`` in summary.json: the local
+record keeps everything.
 
 Run record layout (``tracking.out_dir/<run_id>/``)::
 
@@ -10,7 +12,8 @@ Run record layout (``tracking.out_dir/<run_id>/``)::
     meta.json      run id, start time, command, git commit, library versions, device, data used
     metrics.jsonl  one JSON object per logged row; every row has "step" and "epoch"
     samples.jsonl  generated text samples
-    summary.json   final numbers and status (finished | pruned | failed | interrupted)
+    summary.json   final numbers and status (finished | pruned | failed | interrupted); with W&B on,
+                   wandb_complete (does W&B hold the whole run?) and, when not, wandb_error
     final.pt best.pt   weights: {"model": settings, "vocab_size", "state_dict"} (weights_only loads)
 """
 
@@ -19,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
 import queue
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,9 +38,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from picollm.config import Config, save_config
+from picollm.errors import PicoError
 from picollm.fileio import atomic_write_bytes, atomic_write_json
 from picollm.storage import mask_url
 
+# Each metric's x-axis in W&B. Its summary is W&B's default, the last value logged: what a reader of
+# ``run.summary["val/loss"]`` expects, the same number as the run's end.
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")
 EPOCH_METRICS = (
     "val/epoch_loss",
@@ -44,7 +52,10 @@ EPOCH_METRICS = (
     "train/epoch_loss_stderr",
     "train/epoch_steps",
 )
-# W&B gets this long to start or finish before the run goes on without it (override for tests).
+# Validation losses whose lowest value so far W&B also gets, as ``best/<key>`` (a curve; its summary is the minimum).
+BEST_OF = ("val/loss", "val/epoch_loss")
+# One W&B call (init, a log, finish, the run file's last write) may take this long before W&B counts as stuck
+# and the run goes on without it (override for tests). A slow W&B that keeps answering is waited for.
 WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
 # The Optuna state a trial's run ends in, by the run's status: W&B shows it next to the trial number.
 TRIAL_STATE = {"finished": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL"}
@@ -126,6 +137,24 @@ def trial_summary(extra: dict[str, Any], status: str | None) -> dict[str, Any]:
     return {"trial_number": trial["number"], "trial_state": TRIAL_STATE.get(str(status), "FAIL")}
 
 
+def wait_for_run_file(run: Any) -> None:
+    """Return once a finished W&B run's ``.wandb`` file holds its exit record, which W&B writes last.
+
+    ``run.finish()`` returns before the file is complete: W&B's service keeps the last records in
+    memory until it closes the run's stream, which ``run.finish()`` only asks for. Raises TimeoutError
+    after ``WANDB_TIMEOUT_S``.
+    """
+    from picollm.wandb_offline import has_exit_record
+
+    path = Path(run.settings.sync_file)
+    deadline, pause = time.monotonic() + WANDB_TIMEOUT_S, 0.01
+    while not has_exit_record(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path.name} has no exit record after {WANDB_TIMEOUT_S:g}s")
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
+
+
 class Sink(Protocol):
     def log(self, row: dict[str, Any]) -> None: ...
     def log_sample(self, row: dict[str, Any]) -> None: ...
@@ -203,10 +232,12 @@ def resolve_wandb_mode(setting: str) -> str:
 class WandbSink:
     """W&B behind the sink interface, on a worker thread of its own.
 
-    Every W&B call (import, init, log, finish) runs on that thread in order, so training never
-    waits for W&B: start-up overlaps with W&B's handshake, and a hanging call costs at most
-    ``WANDB_TIMEOUT_S`` at the end of the run. The first error disables W&B with one warning,
-    given on the main thread; the local record keeps everything either way.
+    Every W&B call (import, init, log, finish) runs on that thread in order, so training never waits
+    for W&B while it runs. :meth:`finish` returns once W&B holds the whole run: ``run.finish()`` has
+    returned and the run's ``.wandb`` file is complete (:func:`wait_for_run_file`). The wait has no
+    overall limit, only one per call: however long the backlog, W&B is stuck only when one call has
+    not answered within ``WANDB_TIMEOUT_S``. The first error or a stuck call costs one warning, given
+    on the main thread, and :attr:`complete` stays False; the local record keeps everything either way.
     """
 
     def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
@@ -216,8 +247,12 @@ class WandbSink:
         self.mode = mode
         self.rows: list[list[Any]] = []
         self.error: str | None = None
+        self.complete = False  # True once W&B holds the whole run
         self._warned = False
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._best: dict[str, float] = {}
+        self._call: tuple[str, float] | None = None  # the call in hand and when it began, for finish's watchdog
+        self._queue: queue.Queue[tuple[str, Callable[[], None] | None]] = queue.Queue()
+        # A daemon: a stuck W&B call must not keep the process alive once the run has ended without it.
         self._thread = threading.Thread(target=self._work, name="wandb-sink", daemon=True)
         self._thread.start()
         self._queue.put(("init", lambda: self._init(cfg, mode, run_id, run_dir, config)))
@@ -244,22 +279,26 @@ class WandbSink:
         )
         self.run.define_metric("step")
         self.run.define_metric("epoch")
-        for key in STEP_METRICS:
-            self.run.define_metric(key, step_metric="step", summary="min" if key.endswith("loss") else "last")
-        for key in EPOCH_METRICS:
-            self.run.define_metric(key, step_metric="epoch", summary="min" if key.endswith("loss") else "last")
+        axis = dict.fromkeys(STEP_METRICS, "step") | dict.fromkeys(EPOCH_METRICS, "epoch")
+        for key, step_metric in axis.items():
+            self.run.define_metric(key, step_metric=step_metric)
+        for key in BEST_OF:
+            self.run.define_metric(f"best/{key}", step_metric=axis[key])
 
     def _work(self) -> None:
         while True:
             kind, call = self._queue.get()
+            if call is None:
+                return
             if self.error is None:
+                self._call = (kind, time.monotonic())
                 try:
                     call()
                 except Exception as exc:  # W&B must never take training down with it
                     self.error = f"W&B {kind} failed ({type(exc).__name__}: {str(exc)[:200]})"
                     self._close_quietly()
-            if kind == "finish":
-                return
+                finally:
+                    self._call = None
 
     def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -270,11 +309,25 @@ class WandbSink:
         if self.error and not self._warned:
             self._warned = True
             self.run_id = None
-            warnings.warn(f"{self.error}; continuing with the local record only", stacklevel=3)
+            warnings.warn(
+                f"{self.error}; this run's W&B record is incomplete (summary.json: wandb_complete false), "
+                "its local record has everything",
+                stacklevel=3,
+            )
+
+    def _with_best(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` plus ``best/<key>``, the lowest value so far, for each validation loss it holds."""
+        best = {}
+        for key in BEST_OF:
+            if row.get(key) is not None:
+                self._best[key] = min(row[key], self._best.get(key, math.inf))
+                best[f"best/{key}"] = self._best[key]
+        return row | best
 
     def log(self, row: dict[str, Any]) -> None:
         self._warn_once()
         if self.error is None:
+            row = self._with_best(row)
             self._queue.put(("log", lambda: self.run.log(row)))
 
     def log_sample(self, row: dict[str, Any]) -> None:
@@ -300,10 +353,22 @@ class WandbSink:
             self.run.finish(exit_code=0 if summary.get("status") in ("finished", "pruned") else 1)
 
         self._queue.put(("finish", close))
-        self._thread.join(WANDB_TIMEOUT_S)
-        if self._thread.is_alive() and self.error is None:
-            self.error = f"W&B did not answer within {WANDB_TIMEOUT_S:g}s"
+        self._queue.put(("file write", lambda: wait_for_run_file(self.run)))
+        self._queue.put(("end", None))
+        stuck = self._wait()
+        if stuck is not None and self.error is None:
+            self.error = f"W&B {stuck} did not answer within {WANDB_TIMEOUT_S:g}s"
+        self.complete = self.error is None
         self._warn_once()
+
+    def _wait(self) -> str | None:
+        """Wait for the worker to end; the kind of the call that is stuck, if one is."""
+        while self._thread.is_alive():
+            self._thread.join(min(0.2, WANDB_TIMEOUT_S))
+            call = self._call
+            if call is not None and time.monotonic() - call[1] > WANDB_TIMEOUT_S:
+                return call[0]
+        return None
 
 
 class Tracker:
@@ -314,8 +379,8 @@ class Tracker:
     ) -> None:
         self.run_id = run_id
         self.run_dir = run_dir or Path(cfg.tracking.out_dir) / run_id
-        self.run_dir.mkdir(parents=True, exist_ok=run_dir is not None)
-        save_config(cfg, self.run_dir / "config.yaml")
+        self.extra = extra or {}
+        mode = resolve_wandb_mode(cfg.tracking.wandb)
         self.meta = {
             "run_id": run_id,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -323,19 +388,37 @@ class Tracker:
             "git_commit": git_commit(),
             "versions": library_versions(),
             "host": platform.node(),
-            **(extra or {}),
+            **self.extra,
+            "wandb": {"mode": mode, "run_id": None if mode == "disabled" else run_id},
         }
-        self.extra = extra or {}
-        self.local = JsonlSink(self.run_dir)
+        self.local = self._create_record(cfg, existing=run_dir is not None)
         self.sinks: list[Sink] = [self.local]
         self.wandb: WandbSink | None = None
-        mode = resolve_wandb_mode(cfg.tracking.wandb)
-        if mode != "disabled":
+        if mode != "disabled":  # last: nothing that can fail comes after W&B's thread starts
             self.wandb = WandbSink(cfg, mode, run_id, self.run_dir, wandb_config(cfg, self.extra))
             self.sinks.append(self.wandb)
         self.progress = ProgressLine(cfg.tracking.name or run_id)
-        self.meta["wandb"] = {"mode": mode, "run_id": self.wandb.run_id if self.wandb else None}
-        atomic_write_json(self.run_dir / "meta.json", self.meta)
+
+    def _create_record(self, cfg: Config, existing: bool = False) -> JsonlSink:
+        """A new run folder with config.yaml, meta.json and the open metric files, or one line saying why not.
+
+        All or nothing: a new folder this cannot complete is removed, so no later reader trusts half a record
+        (an ``existing`` one, a resumed run's, is left as it is).
+        """
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=existing)
+        except OSError as exc:
+            raise PicoError(
+                f"tracking.out_dir={cfg.tracking.out_dir}: cannot create the run folder {self.run_dir}: {exc.strerror}"
+            ) from None
+        try:
+            save_config(cfg, self.run_dir / "config.yaml")
+            atomic_write_json(self.run_dir / "meta.json", self.meta)
+            return JsonlSink(self.run_dir)
+        except OSError as exc:
+            if not existing:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise PicoError(f"cannot write the run record in {self.run_dir}: {exc.strerror}") from None
 
     @classmethod
     def reopen(cls, cfg: Config, run_dir: Path, rows: dict[str, int], extra: dict[str, Any]) -> Tracker:
@@ -380,13 +463,23 @@ class Tracker:
             sink.log_sample({"step": step, "prompt": prompt, "text": text})
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """W&B first, so the local summary says whether W&B holds the whole run (``wandb_complete``) and if not,
+        why (``wandb_error``)."""
         summary = {**summary, **trial_summary(self.extra, summary.get("status"))}
-        if self.wandb is not None:  # first, so the local summary knows whether W&B got the run
+        if self.wandb is not None:
             self.wandb.finish(summary)
-        summary = {**summary, "run_id": self.run_id, "wandb_run_id": self.wandb.run_id if self.wandb else None}
-        if self.wandb is not None and self.wandb.url:
-            summary["wandb_url"] = self.wandb.url
+        summary = {**summary, "run_id": self.run_id, **self._wandb_outcome()}
         self.local.finish(summary)
+
+    def _wandb_outcome(self) -> dict[str, Any]:
+        if self.wandb is None:
+            return {"wandb_run_id": None}
+        outcome = {"wandb_run_id": self.wandb.run_id, "wandb_complete": self.wandb.complete}
+        if self.wandb.error:
+            outcome["wandb_error"] = self.wandb.error
+        if self.wandb.url:
+            outcome["wandb_url"] = self.wandb.url
+        return outcome
 
 
 class ProgressLine:

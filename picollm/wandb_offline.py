@@ -29,6 +29,8 @@ def _payloads(data: bytes) -> Iterator[bytes]:
         if kind == 0 and length == 0:
             offset += left_in_block
             continue
+        if offset + 7 + length > len(data):  # a record W&B is still writing
+            return
         chunk = data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind == _FULL:
@@ -97,6 +99,18 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
         elif kind == "exit":
             info["exit_code"] = record.exit_code
     return info
+
+
+def has_exit_record(path: str | Path) -> bool:
+    """Whether the run file is complete: W&B writes the exit record last, once every other record is in.
+
+    Until W&B's service closes the run's stream it keeps the last records in memory, so a file read
+    just after ``run.finish()`` returns may still be its 7-byte header.
+    """
+    try:
+        return any(kind == "exit" for kind, _ in read_records(path))
+    except (OSError, ValueError):  # not there yet, or not yet past its header
+        return False
 
 
 def find_run_file(folder: str | Path) -> Path | None:

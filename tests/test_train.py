@@ -94,6 +94,7 @@ def test_sample_run_records_locally_and_in_offline_wandb(model_type: str, out: l
     ]
     info = read_run_info(find_run_file(run_dir))
     assert info["config"]["model.type"] == model_type and info["exit_code"] == 0
+    assert json.loads((run_dir / "summary.json").read_text())["wandb_complete"] is True
 
 
 def test_saved_weights_reload_safely_and_generate(synthetic: list[str]) -> None:

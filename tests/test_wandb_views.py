@@ -46,7 +46,10 @@ def test_every_trial_run_carries_dotted_params_group_job_type_and_state(study_di
         assert "data.tinystories" in info["config"] and info["config"]["data_summary.vocab_size"] == 257
         assert info["summary"]["trial_number"] == int(row["number"])
         assert info["summary"]["trial_state"] == row["state"]
-        assert info["metrics"]["val/epoch_loss"]["summary"] == ["min"]
+        assert info["metrics"]["val/epoch_loss"] == {"step_metric": "epoch", "summary": []}  # W&B's default: last
+        if row["state"] == "COMPLETE":  # a trial's summary: the last epoch's loss, and the lowest as best/
+            assert info["summary"]["val/epoch_loss"] == pytest.approx(float(row["value"]))
+            assert info["summary"]["best/val/epoch_loss"] <= info["summary"]["val/epoch_loss"]
 
 
 def test_the_study_run_holds_the_best_value_table_and_figures(study_dir: Path) -> None:

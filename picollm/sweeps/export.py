@@ -25,7 +25,7 @@ from picollm.search import apply_params
 from picollm.sweeps.confirm import SETTINGS_ATTR, Confirmation, NothingToConfirm, plan, summary_lines, verdict_lines
 from picollm.sweeps.settings import ConfirmSettings
 from picollm.sweeps.studies import trained_base
-from picollm.tracking import flatten, resolve_wandb_mode
+from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
 # Before the searched parameters: what the value is and how precise; after them: where it came from.
 VALUE_COLUMNS = ("number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens")
@@ -337,6 +337,7 @@ def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) ->
         run.summary.update(answer_summary(study, conf if conf is not None else recorded_confirmation(study)))
         run_id = run.id
         run.finish()
+        wait_for_run_file(run)  # run.finish() returns before the run's .wandb file is written
         return run_id
     except Exception as exc:
         warnings.warn(f"W&B study run failed ({type(exc).__name__}: {exc}); the local export is complete", stacklevel=2)
