@@ -151,9 +151,10 @@ def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) 
         run.history.tail()   # DataFrame of metrics.jsonl
         run.plot()           # Figure: train/loss, val/loss, val/epoch_loss, unigram baseline
     """
+    from picollm.threads import fit_threads
     from picollm.trainer import train as run
 
-    summary = run(_as_config(cfg, overrides))
+    summary = run(fit_threads(_as_config(cfg, overrides)))
     return TrainResult.from_run_dir(summary["run_dir"])
 
 

@@ -80,6 +80,12 @@ class TokenData:
         return self.tokenizer.vocab_size
 
 
+def loads_tinystories(d: DataConfig) -> bool:
+    """TinyStories is read only when it is named and has a share of the windows: a weight of 0 means not loaded
+    (no hub call, no cache key, no validation stories), as in the course's ``--tinystories_weight 0.0``."""
+    return bool(d.tinystories) and d.tinystories_weight > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Offline fallback: rewrite the config honestly instead of failing or pretending.
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +101,7 @@ def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
     if not d.offline_fallback:
         return cfg, None
     missing = []
-    if d.tinystories and not corpora.is_local_path(d.tinystories) and not corpora.hub_reachable():
+    if loads_tinystories(d) and not corpora.is_local_path(d.tinystories) and not corpora.hub_reachable():
         missing.append(f"the Hugging Face hub ({d.tinystories})")
     if d.tokenizer == "gpt2" and not corpora.call_with_timeout(tiktoken_available, 5.0, False):
         missing.append("tiktoken's gpt2 files (set TIKTOKEN_CACHE_DIR)")
@@ -145,7 +151,7 @@ def cache_key(d: DataConfig) -> str:
         if not path.is_file():
             raise DataError(f"data.input_files: file not found: {name}")
         spec["input_files"].append(_file_sha256(path))
-    if d.tinystories:
+    if loads_tinystories(d):
         spec["tinystories"] = {"spec": d.tinystories, "max": d.max_stories, "max_val": d.max_val_stories}
         if corpora.is_local_path(d.tinystories):
             files = corpora.local_dataset_files(d.tinystories)
@@ -169,7 +175,7 @@ def collect_documents(d: DataConfig) -> tuple[dict[str, list[str]], list[str]]:
     """Training documents per group and the validation documents, from every configured source."""
     stories: list[str] = []
     val: list[str] = []
-    if d.tinystories:
+    if loads_tinystories(d):
         train, ts_val = corpora.load_tinystories(d.tinystories, d.max_stories, d.max_val_stories)
         if ts_val is None:
             train, ts_val = _holdout(train, d.val_fraction, "data.tinystories")
@@ -189,6 +195,11 @@ def collect_documents(d: DataConfig) -> tuple[dict[str, list[str]], list[str]]:
         other += train
         val += syn_val
     groups = {name: docs for name, docs in ((STORIES, stories), (OTHER, other)) if docs}
+    if not groups:
+        raise DataError(
+            "no training data: data.tinystories_weight is 0, so TinyStories is not loaded; set data.input_files, "
+            "data.synthetic or data.builtin_stories"
+        )
     return groups, val
 
 
@@ -205,6 +216,16 @@ def _compact(train: np.ndarray, val: np.ndarray, eot: int) -> tuple[np.ndarray, 
     """Renumber to the ids seen in training (+ end-of-text); unseen validation ids map to one OOV id."""
     used = np.union1d(np.unique(train), [eot]).astype(np.uint16)
     return remap_to_vocab(train, used), remap_to_vocab(val, used), used
+
+
+def make_cache_dir(folder: Path) -> None:
+    """Create ``data.cache_dir``; a file where a folder must be, or no permission, is one line, not a traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"data.cache_dir: cannot create {folder}: a file stands in its path") from None
+    except OSError as exc:
+        raise DataError(f"data.cache_dir: cannot create {folder}: {exc.strerror or exc}") from None
 
 
 def _write_array(folder: Path, name: str, array: np.ndarray) -> str:
@@ -288,6 +309,7 @@ class CompactTokenizer:
 
 def load_token_data(d: DataConfig, progress: bool = True) -> TokenData:
     """Return the cached token data for these settings, building the cache when needed."""
+    make_cache_dir(Path(d.cache_dir))  # before any tokenizing: a bad path costs one line, not minutes of work
     tokenizer: Tokenizer = get_tokenizer(d.tokenizer)
     folder = Path(d.cache_dir) / cache_key(d)
     opened = _read_cache(folder)

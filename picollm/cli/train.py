@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
 
-from picollm.config import add_override_argument, load_config
-from picollm.trainer import train
+from picollm.config import Config, add_override_argument, load_config
+from picollm.course import add_course_flags, course_notes
+from picollm.errors import PicoError
+from picollm.threads import fit_threads
+from picollm.tracking import new_run_id
+from picollm.trainer import NonFiniteLoss, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,23 +25,46 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m picollm.train --config experiments/base.yaml --set model.type=lstm --set optim.lr=3e-3\n"
         "  python -m picollm.train --config experiments/base.yaml "
         "--set data.tinystories=path/to/tinystories\n"
+        "  python -m picollm.train --input_files 3seqs.txt --tinystories_weight 0.0 --block_size 32 "
+        '--prompt "0 1 2 3 4"\n'
         "values after '=' are read as YAML: 3e-4, true, null, [a.txt, b.txt]. The command line always "
-        "wins over the file.",
+        "wins over the file. With train.threads unset, a CPU run uses one thread (picollm.threads).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML experiment file (may start with 'base: other.yaml')")
     add_override_argument(parser, "override one config key with a dotted name, e.g. optim.lr=3e-4 (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_course_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = fit_threads(load_config(args.config, args.overrides))
+    for note in course_notes(args.course_flags, cfg):
+        print(note, file=sys.stderr)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    summary = train(cfg)
+    print_summary(train_or_explain(cfg))
+    return 0
+
+
+def train_or_explain(cfg: Config) -> dict[str, Any]:
+    """:func:`picollm.trainer.train`, with a NaN loss as one line: the trainer has closed the record as failed,
+    and the user needs the cause and the record, not a stack (a sweep, which calls the trainer itself, records
+    such a trial as failed and goes on)."""
+    run_id = new_run_id()
+    try:
+        return train(cfg, run_id=run_id)
+    except NonFiniteLoss as exc:
+        record = Path(cfg.tracking.out_dir) / run_id
+        raise PicoError(
+            f"{exc}; run record {record} closed as failed; try a lower optim.lr or optim.grad_clip"
+        ) from None
+
+
+def print_summary(summary: dict[str, Any]) -> None:
     best, err = summary["best_val_loss"], summary["best_val_loss_stderr"]
     best_text = "-" if best is None else f"{best:.4f}" + ("" if err is None else f" ± {err:.4f}")
     print(f"run record: {summary['run_dir']}")
@@ -42,4 +72,3 @@ def main(argv: list[str] | None = None) -> int:
         f"best val loss {best_text} nats (unigram baseline {summary['unigram_val_loss']:.4f}); "
         f"{summary['tokens']:,} tokens in {summary['wall_time_s']:.1f}s"
     )
-    return 0
