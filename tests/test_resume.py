@@ -174,6 +174,20 @@ def test_the_cli_resumes_a_killed_run(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())["status"] == "finished"
+    for tokens, code in (("8192", 0), ("4096", 2)):  # a longer budget, then one below the run's own
+        extended = subprocess.run(
+            [sys.executable, "-m", "picollm.train", "--extend-to", tokens, str(tmp_path / "runs" / "killed")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, "WANDB_MODE": "disabled"},
+        )
+        assert extended.returncode == code, extended.stderr
+    assert extended.stderr.strip().splitlines() == [
+        "error: --extend-to 4,096: the run's budget is train.max_tokens=6144; extend to more tokens than that"
+    ]
 
 
 def test_a_finished_wsd_run_extends_to_the_run_started_with_the_longer_budget(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from picollm.course import add_course_flags, course_notes
 from picollm.errors import PicoError
 from picollm.threads import fit_threads
 from picollm.tracking import new_run_id
-from picollm.trainer import NonFiniteLoss, train
+from picollm.trainer import NonFiniteLoss, extend, resume, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML experiment file (may start with 'base: other.yaml')")
     add_override_argument(parser, "override one config key with a dotted name, e.g. optim.lr=3e-4 (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a killed or interrupted run from its last checkpoint, in its record",
+    )
+    parser.add_argument(
+        "--extend-to",
+        nargs=2,
+        metavar=("TOKENS", "RUN_DIR"),
+        help="continue a finished optim.schedule=wsd run from the end of its stable phase to TOKENS, as a new run",
+    )
     add_course_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume or args.extend_to:
+        print_summary(continue_run(args))
+        return 0
     cfg = fit_threads(load_config(args.config, args.overrides))
     for note in course_notes(args.course_flags, cfg):
         print(note, file=sys.stderr)
@@ -50,18 +65,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_or_explain(cfg: Config) -> dict[str, Any]:
-    """:func:`picollm.trainer.train`, with a NaN loss as one line: the trainer has closed the record as failed,
-    and the user needs the cause and the record, not a stack (a sweep, which calls the trainer itself, records
-    such a trial as failed and goes on)."""
-    run_id = new_run_id()
+def continue_run(args: argparse.Namespace) -> dict[str, Any]:
+    """``--resume RUN_DIR`` or ``--extend-to TOKENS RUN_DIR``: the run's own config, nothing else, so a config or
+    an override given with them is refused rather than silently ignored."""
+    if args.config or args.overrides or args.course_flags or (args.resume and args.extend_to):
+        raise PicoError("--resume and --extend-to continue a run as it was configured: give one of them alone")
+    if args.resume:
+        return _explained(lambda: resume(args.resume), Path(args.resume))
+    tokens, run_dir = args.extend_to
     try:
-        return train(cfg, run_id=run_id)
+        budget = int(float(tokens))
+    except ValueError:
+        raise PicoError(f"--extend-to expects a number of tokens, got {tokens!r}") from None
+    return _explained(lambda: extend(run_dir, budget), None)
+
+
+def train_or_explain(cfg: Config) -> dict[str, Any]:
+    """:func:`picollm.trainer.train`, with a NaN loss as one line."""
+    run_id = new_run_id()
+    return _explained(lambda: train(cfg, run_id=run_id), Path(cfg.tracking.out_dir) / run_id)
+
+
+def _explained(run: Callable[[], dict[str, Any]], record: Path | None) -> dict[str, Any]:
+    """A NaN loss as one line: the trainer has closed the record as failed, and the user needs the cause and the
+    record, not a stack (a sweep, which calls the trainer itself, records such a trial as failed and goes on)."""
+    try:
+        return run()
     except NonFiniteLoss as exc:
-        record = Path(cfg.tracking.out_dir) / run_id
-        raise PicoError(
-            f"{exc}; run record {record} closed as failed; try a lower optim.lr or optim.grad_clip"
-        ) from None
+        where = f"; run record {record} closed as failed" if record is not None else "; its run record closed as failed"
+        raise PicoError(f"{exc}{where}; try a lower optim.lr or optim.grad_clip") from None
 
 
 def print_summary(summary: dict[str, Any]) -> None:
