@@ -35,7 +35,7 @@ from picollm.sweeps.export import confirm_and_export, export_study, log_study_ru
 from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.liveness import fail_stale
 from picollm.sweeps.objective import AbortSweep, Objective
-from picollm.sweeps.processes import adopt, interrupts_as_keyboard, stop_workers, worker_context
+from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.settings import Experiment
 from picollm.sweeps.studies import (
@@ -124,10 +124,16 @@ def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any =
                 time.sleep(idle_s)
                 idle_s = min(2 * idle_s, IDLE_MAX_S, s.heartbeat_interval)
     except KeyboardInterrupt:
-        _say_interrupted(study, objective, lambda line: print(line, file=sys.stderr, flush=True))
+        _say_interrupted(study, objective, _to_stderr)
         raise
     if objective.abort is not None:
         raise AbortSweep(objective.abort)
+
+
+def _to_stderr(line: str) -> None:
+    """One write per line: workers share the terminal, and a line written in two parts can be cut by another's."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def _progress_line(line: str) -> None:
@@ -142,9 +148,9 @@ def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> N
     ``environ`` is the sweep's environment at the worker's start: the forkserver it is forked from keeps the one
     it was started with, which in a notebook may be older (``WANDB_MODE`` set since, say).
     """
-    adopt(environ)
-    with interrupts_as_keyboard():
+    with interrupts_as_keyboard(restore=False):  # the process ends after it
         try:
+            adopt(environ)  # after the handler: it unblocks a Ctrl-C that came while the worker was forked
             run_worker(spec)
         except PicoError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -157,9 +163,10 @@ def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> N
     ctx = worker_context()
     environ = dict(os.environ)  # handed over in memory (a pipe), never written to a file
     procs = [ctx.Process(target=worker_process, args=(spec, environ), daemon=False) for spec in specs]
-    for proc in procs:
-        proc.start()
     try:
+        with interrupts_held():  # every worker started is known, so stopped (a start waits for the forkserver)
+            for proc in procs:
+                proc.start()
         while any(proc.is_alive() for proc in procs):
             time.sleep(1.0)
             progress.poll(study)
