@@ -5,11 +5,12 @@ trial beyond the total of ``n_trials`` complete or pruned ones; the loop ends wh
 When every remaining trial is running elsewhere the worker waits, failing trials whose worker is gone
 (:mod:`picollm.sweeps.liveness`), so the wait is bounded by ``grace_period``.
 
-:func:`run_sweep` is the coordinator: it checks the storage first, resolves the offline fallback once,
-fingerprints the study, starts ``--workers`` processes (worker ``rank`` on ``cuda:{rank % device_count}``),
-shows progress, and exports the study when they stop. The first SIGINT or SIGTERM interrupts: the running
-trial is failed with reason ``interrupted`` and its run record closed; the coordinator forwards SIGTERM to
-its workers, gives them ``processes.STOP_GRACE_S`` seconds, kills what is left, then exports.
+:func:`run_sweep` is the coordinator: it checks the storage, the data and the base config before the study
+exists (:func:`prepare`: a mistake is one line, not a study of failed trials), starts ``--workers`` processes
+(worker ``rank`` on ``cuda:{rank % device_count}``), shows progress, and exports the study when they stop. The
+first SIGINT or SIGTERM interrupts: the running trial is failed with reason ``interrupted`` and its run record
+closed; the coordinator forwards SIGTERM to its workers, gives them ``processes.STOP_GRACE_S`` seconds, kills what
+is left, then exports.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -28,7 +30,7 @@ from optuna.trial import TrialState
 
 from picollm import tracking
 from picollm.config import config_from_dict
-from picollm.errors import PicoError
+from picollm.errors import ConfigError, DataError, PicoError
 from picollm.storage import claim_lock, mask_url
 from picollm.sweeps import fingerprint
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
@@ -43,7 +45,9 @@ from picollm.sweeps.studies import (
     enqueue_baseline,
     finished,
     open_study,
+    reach_storage,
     record_trained_base,
+    stored_question,
     with_seed,
 )
 
@@ -197,13 +201,70 @@ def resolve_offline(exp: Experiment) -> Experiment:
     return replace(exp, base=cfg.to_dict(), extra={**exp.extra, "offline_fallback": note})
 
 
-def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
-    """Storage first (a bad URL costs nothing), then the data identity, then the study's question."""
-    study = open_study(exp, storage_url, create=True)
+def _writable(folder: Path, key: str) -> None:
+    """Make ``folder`` and write a file in it, so a folder the sweep cannot write is one line before any trial."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise ConfigError(f"{key}: cannot write to {folder} ({why}); set {key} to a folder you can write") from None
+
+
+def _data_error(exc: OSError) -> DataError:
+    where = f" {exc.filename}" if exc.filename else ""  # a failed read names no file, a failed open does
+    return DataError(f"cannot read the data{where}: {exc.strerror or exc}")
+
+
+def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
+    """What every trial would hit, found before the study exists: the base config's device (when the trials run on
+    this machine's devices), its data (loaded: the token cache it builds is the one the trials read), one training
+    window of its model, and the folders the sweep writes (study.out_dir, tracking.out_dir). Each a
+    :class:`PicoError`: one line."""
+    import torch
+
+    from picollm.data import load_token_data, window_starts
+    from picollm.device import resolve_device
+    from picollm.models import build_model
+
+    cfg = config_from_dict(exp.base)
+    if devices_here:
+        resolve_device(cfg.train.device)
+    try:
+        data = load_token_data(cfg.data)
+    except OSError as exc:  # an input file or cache folder that cannot be read or written
+        raise _data_error(exc) from None
+    with torch.device("meta"):  # the model's shape only: no memory, no time
+        context = build_model(cfg.model, data.vocab_size).context_size or 0
+    window_starts(data, cfg.model.block_size, context)
+    _writable(Path(exp.study.out_dir) / exp.study.name, "study.out_dir")
+    _writable(Path(cfg.tracking.out_dir), "tracking.out_dir")
+
+
+def _identity(exp: Experiment) -> Experiment:
+    """The experiment with the data that will really run (offline fallback resolved) and its fingerprint."""
     exp = resolve_offline(exp)
-    exp = replace(exp, fingerprint=fingerprint.fingerprint(exp))
-    with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together agree on one question
-        fingerprint.check(study, exp, storage_url)
+    try:
+        return replace(exp, fingerprint=fingerprint.fingerprint(exp))
+    except OSError as exc:  # hashing an input file that cannot be read
+        raise _data_error(exc) from None
+
+
+def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tuple[Experiment, Any]:
+    """Check everything before the study exists, then create or resume it.
+
+    The storage first (reached, nothing created in it: a bad URL costs nothing), then the data identity, checked
+    against the study of this name if there is one, then what the trials would hit (:func:`check_trainable`); only
+    then the study, its question and its baseline.
+    ``devices_here=False``: the trials run on other machines' devices (``launch``), so this one's are not checked.
+    """
+    storage = reach_storage(exp, storage_url)
+    exp = _identity(exp)
+    stored_question(storage, exp, storage_url)
+    check_trainable(exp, devices_here)
+    study = open_study(exp, storage_url, create=True, storage=storage)
+    with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together: one baseline
         record_trained_base(study, exp)
         enqueue_baseline(study, exp)
     return exp, study
