@@ -10,7 +10,7 @@ exists (:func:`prepare`: a mistake is one line, not a study of failed trials), s
 (worker ``rank`` on ``cuda:{rank % device_count}``), shows progress, and exports the study when they stop. The
 first SIGINT or SIGTERM interrupts: the running trial is failed with reason ``interrupted`` and its run record
 closed; the coordinator forwards SIGTERM to its workers, gives them ``processes.STOP_GRACE_S`` seconds, kills what
-is left, then exports.
+is left, then exports. Resuming runs those trials again (:func:`picollm.sweeps.liveness.requeue_stopped`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from picollm.storage import claim_lock, mask_url
 from picollm.sweeps import fingerprint
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
 from picollm.sweeps.layout import choose_layout
-from picollm.sweeps.liveness import fail_stale
+from picollm.sweeps.liveness import fail_stale, requeue_stopped
 from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
@@ -251,12 +251,22 @@ def _identity(exp: Experiment) -> Experiment:
         raise _data_error(exc) from None
 
 
+def _requeue(study: Any, exp: Experiment) -> None:
+    queued, used_up = requeue_stopped(study, exp.study.max_retry)
+    if queued:
+        full = finished(study) >= exp.study.n_trials  # the total holds: a queued trial waits for room
+        when = f" once the study has room (it has its {exp.study.n_trials}: raise --n-trials)" if full else ""
+        print(f"trials {', '.join(map(str, queued))} run again with their parameters{when} (failed baseline or Ctrl-C)")
+    if used_up:
+        print(f"trials {', '.join(map(str, used_up))} stay failed: retried study.max_retry={exp.study.max_retry} times")
+
+
 def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tuple[Experiment, Any]:
     """Check everything before the study exists, then create or resume it.
 
     The storage first (reached, nothing created in it: a bad URL costs nothing), then the data identity, checked
     against the study of this name if there is one, then what the trials would hit (:func:`check_trainable`); only
-    then the study, its question and its baseline.
+    then the study, its question, its baseline, and on resume its failed baseline and interrupted trials re-queued.
     ``devices_here=False``: the trials run on other machines' devices (``launch``), so this one's are not checked.
     """
     storage = reach_storage(exp, storage_url)
@@ -264,9 +274,10 @@ def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tup
     stored_question(storage, exp, storage_url)
     check_trainable(exp, devices_here)
     study = open_study(exp, storage_url, create=True, storage=storage)
-    with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together: one baseline
+    with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together: one baseline, one retry
         record_trained_base(study, exp)
         enqueue_baseline(study, exp)
+        _requeue(study, exp)
     return exp, study
 
 
