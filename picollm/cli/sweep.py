@@ -5,6 +5,7 @@ python sweep.py status --config experiments/quick.yaml          # a table of its
 python sweep.py export --config experiments/quick.yaml          # re-export results/studies/<study>/
 python sweep.py launch --config experiments/quick.yaml --workers 8   # a Slurm job array (launcher: block)
 python sweep.py confirm --config experiments/quick.yaml         # re-train the top configs with fresh seeds
+python sweep.py delete --study quick                            # start a study over (asks first)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from picollm.config import add_override_argument
 from picollm.errors import EXIT_INTERRUPTED
 from picollm.storage import add_storage_argument, mask_url
 
-COMMANDS = ("run", "status", "export", "launch", "confirm")
+COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
 EPILOG = """\
 An experiment file is a trainer config plus two blocks:
@@ -36,7 +37,11 @@ confirm:  (optional) top: 3, seeds: 3 -- after the sweep, re-train the top compl
 
 --n-trials is the study's total of finished trials: run the same command again to resume an
 interrupted sweep. A study answers one question: a run whose data, budget or unsearched settings
-differ from the study's (or that --set's a searched key) is refused with one line.
+differ from the study's (or that --set's a searched key) is refused with one line saying what
+differs. The data and the base config are checked before a study is created, so a mistake
+there leaves nothing behind. To start a study over: sweep.py delete --study NAME (it asks
+first; --yes without a terminal; --files removes its results/studies/NAME/ too). A resumed
+sweep runs its failed baseline and the trials Ctrl-C stopped again, with their parameters.
 For several machines, give every machine the same --storage postgresql://user@host/db and the
 same command; --workers N runs N processes on this machine (worker i on cuda:i % GPUs).
 Set the storage in PICOLLM_STORAGE to keep a password out of your shell history.
@@ -61,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     add_storage_argument(parser)
-    parser.add_argument("--study-name", help="override study.name")
+    parser.add_argument("--study-name", "--study", help="override study.name; delete: the study to delete")
     parser.add_argument(
         "--workers",
         type=int,
@@ -71,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", action="store_true", help="launch: follow the jobs to the end, then export")
     parser.add_argument("--top", type=int, help="confirm: complete configs to re-train (default: confirm.top, 3)")
     parser.add_argument("--seeds", type=int, help="confirm: fresh seeds per config (default: confirm.seeds, 3)")
+    parser.add_argument("--yes", action="store_true", help="delete: do not ask (needed without a terminal)")
+    parser.add_argument("--files", action="store_true", help="delete: remove the study's results folder too")
     add_override_argument(parser, "override any key, e.g. optim.lr=3e-4 or study.sampler=random (repeatable)")
     return parser
 
@@ -84,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if (args.workers is not None and args.workers < 1) or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
+    if args.command == "delete":
+        return delete_command(args)
     exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
     if args.command == "launch":
         from picollm.sweeps.launch import launch_command
@@ -128,3 +137,44 @@ def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]
     s.seeds = args.seeds if args.seeds is not None else s.seeds
     check_confirm(s)
     return confirm_and_export(study, s, exp.study.out_dir, args.workers)
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; without one, refuse (a script says --yes)."""
+    if not sys.stdin.isatty():
+        from picollm.errors import ConfigError
+
+        raise ConfigError("sweep.py delete asks before it deletes, and there is no terminal to ask on: add --yes")
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def delete_command(args: argparse.Namespace) -> int:
+    """`sweep.py delete --study NAME`: the study out of the storage (and with --files its results folder); says
+    what it keeps."""
+    import shutil
+
+    from picollm.errors import ConfigError
+    from picollm.sweeps.settings import load_experiment
+    from picollm.sweeps.studies import delete_stored, find_study
+
+    name = args.study_name or (load_experiment(args.config, args.overrides).study.name if args.config else None)
+    if not name:
+        raise ConfigError("sweep.py delete needs --study NAME (or --config, whose study.name it deletes)")
+    found = find_study(name, args.storage)
+    folder = found.export_dir if args.files else None
+    what = f"study {name!r} ({found.summary()}) from {mask_url(args.storage)}" + (f" and {folder}/" if folder else "")
+    if not args.yes and not _confirmed(f"delete {what}?"):
+        print("nothing was deleted")
+        return 1
+    delete_stored(found)
+    if folder is not None:
+        shutil.rmtree(folder)
+    kept = [f"the run records in {found.runs_dir}/ (named {name}-t<N>-...)", "any W&B runs"]
+    if found.export_dir is not None and folder is None:
+        kept.append(f"{found.export_dir}/ (--files removes it)")
+    print(f"deleted {what}")
+    print(f"kept: {'; '.join(kept)}")
+    return 0

@@ -322,7 +322,7 @@ def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list
 
     check_shared_storage(args.storage)
     executor = make_executor(settings, jobs_folder(exp), exp.study.name, args.workers)  # before any study exists
-    exp, study = prepare(exp, args.storage)  # as `sweep.py run`: study, data identity, fingerprint, trial 0
+    exp, study = prepare(exp, args.storage, devices_here=False)  # as `sweep.py run`; the GPUs are the jobs' own
     print(
         f"study {exp.study.name!r} in {mask_url(args.storage)}: {finished(study)}/{exp.study.n_trials} trials finished",
         flush=True,

@@ -1,5 +1,7 @@
 """Which running trials are dead, and what happens to them: failed, then retried at most ``max_retry`` times.
 
+A resumed sweep re-queues, the same way, its failed baseline and the trials Ctrl-C stopped (:func:`requeue_stopped`).
+
 Three detectors, one outcome (FAIL, then Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues the same
 parameters unless the trial's retry history already holds ``max_retry`` entries):
 
@@ -28,6 +30,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from picollm.storage import has_heartbeat
+
+INTERRUPTED = "interrupted"  # fail_reason of a trial stopped by Ctrl-C or SIGTERM (objective.py, api.py)
+LOST_WORKER = ("worker process died", "worker lost")  # fail_reason of a trial whose worker this module found gone
 
 
 def host() -> str:
@@ -63,10 +68,45 @@ def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool
     return True
 
 
-def retry(study: Any, trial: Any, max_retry: int) -> None:
+def retry(study: Any, trial: Any, max_retry: int) -> bool:
     """Queue a failed trial again with its parameters, as Optuna's stale-trial callback does (capped by
-    ``max_retry``): the same path for a dead worker's trial, an interrupted one and a failed baseline."""
+    ``max_retry``): the same path for a dead worker's trial, an interrupted one and a failed baseline. False when
+    its retry history is full (the callback queues nothing then)."""
+    if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= max_retry:
+        return False
     RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(study, trial)
+    return True
+
+
+def _failed_by_its_worker(trial: Any) -> bool:
+    """Failed by the worker that ran it (an error), which queues nothing. A lost worker's trial is failed and
+    re-queued at once by whoever noticed (this module, or Optuna's heartbeat, which leaves it 'running')."""
+    attrs = trial.user_attrs
+    return attrs.get("value_kind") == "failed" and not str(attrs.get("fail_reason", "")).startswith(LOST_WORKER)
+
+
+def _rerun_on_resume(trial: Any) -> bool:
+    """Stopped by Ctrl-C (by its worker, or by a notebook's sweep() for a trial it had just started), or the
+    baseline, failed by its worker: its parameters are worth a run, and a study needs its baseline."""
+    attrs = trial.user_attrs
+    return attrs.get("fail_reason") == INTERRUPTED or (attrs.get("baseline", False) and _failed_by_its_worker(trial))
+
+
+def requeue_stopped(study: Any, max_retry: int) -> tuple[list[int], list[int]]:
+    """On resume: a failed baseline and the trials stopped by Ctrl-C run again with their parameters, through
+    :func:`retry` as a dead worker's trial does; returns (the trials re-queued, those whose retries are used up).
+
+    A trial is re-queued once: one that a later trial's retry history names is done. Run it under the study's setup
+    lock, so workers starting together do not both queue the same trial.
+    """
+    trials = study.get_trials(deepcopy=False)
+    done = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    queued: list[int] = []
+    used_up: list[int] = []
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number not in done and _rerun_on_resume(t):
+            (queued if retry(study, t, max_retry) else used_up).append(t.number)
+    return queued, used_up
 
 
 def _local_owner_dead(trial: Any) -> bool:
@@ -78,7 +118,7 @@ def fail_dead_local_trials(study: Any, max_retry: int) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker process on this host is gone."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     dead = [t for t in running if _local_owner_dead(t)]
-    return [t.number for t in dead if _fail_and_retry(study, t, "worker process died", max_retry)]
+    return [t.number for t in dead if _fail_and_retry(study, t, LOST_WORKER[0], max_retry)]
 
 
 def fail_expired_leases(study: Any, grace_period: float, max_retry: int) -> list[int]:
@@ -87,7 +127,8 @@ def fail_expired_leases(study: Any, grace_period: float, max_retry: int) -> list
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         renewed = t.user_attrs.get("lease") or (t.datetime_start.timestamp() if t.datetime_start else now)
         if now - renewed > grace_period:
-            reason = f"worker lost: no lease renewal for {now - renewed:.0f}s (worker {t.user_attrs.get('worker')})"
+            owner = t.user_attrs.get("worker")
+            reason = f"{LOST_WORKER[1]}: no lease renewal for {now - renewed:.0f}s (worker {owner})"
             if _fail_and_retry(study, t, reason, max_retry):
                 expired.append(t.number)
     return expired

@@ -14,23 +14,61 @@ from typing import Any
 STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_HELD: list[bool] = []  # one entry per open `interrupts_held` block: whether an interrupt came during it
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """A Python handler that does nothing: see :func:`interrupts_as_keyboard` for why not ``SIG_IGN``."""
+
+
 @contextlib.contextmanager
-def interrupts_as_keyboard() -> Iterator[None]:
-    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored while the run closes."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+def interrupts_as_keyboard(restore: bool = True) -> Iterator[None]:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored while the run closes.
+
+    Later signals reach the same Python handler, which returns. Switching to ``SIG_IGN`` (or back to ``SIG_DFL``)
+    while a signal is pending would make Python print ``OSError: Signal 15 ignored due to race condition`` with a
+    traceback: a signal is caught at once but handled between bytecodes, and a terminal's Ctrl-C reaches a sweep
+    worker twice (SIGINT from the terminal, SIGTERM from the coordinator), often within one torch call.
+    ``restore=False`` is for a process that ends after the block: it keeps ignoring both signals to its end, so a
+    late one neither races nor raises KeyboardInterrupt in its exit handlers.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    interrupted = False
 
     def handler(signum: int, frame: Any) -> None:
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
+        nonlocal interrupted
+        if interrupted:
+            return
+        interrupted = True
+        if _HELD:
+            _HELD[-1] = True
+            return
         raise KeyboardInterrupt
 
-    for sig in previous:
+    for sig in SIGNALS:
         signal.signal(sig, handler)
     try:
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, old if restore else _ignore)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Inside :func:`interrupts_as_keyboard`: an interrupt during the block raises KeyboardInterrupt at its end.
+
+    Starting a worker must not be cut between the fork and this process's record of it: the worker would never be
+    stopped, and it never saw the Ctrl-C, which came before it existed.
+    """
+    _HELD.append(False)
+    try:
+        yield
+    finally:
+        arrived = _HELD.pop()
+    if arrived:
+        raise KeyboardInterrupt
 
 
 def stop_workers(
@@ -71,22 +109,44 @@ def worker_context() -> Any:
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(WORKER_PRELOAD)
+    _start_forkserver()
     return ctx
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (if it is not running) with SIGINT blocked, which it keeps for life.
+
+    It shares the terminal, and it imports for seconds before it ignores Ctrl-C itself: a Ctrl-C then would end it
+    with a KeyboardInterrupt traceback. Its workers unblock SIGINT (:func:`adopt`); this process unblocks it at
+    once, so a Ctrl-C meanwhile is delivered here then, not lost. (Python starts its resource tracker the same way,
+    and unblocks SIGINT after: so the tracker first.)
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 _POOL_RANK = [0]  # in a worker of `in_processes`: which of the pool's workers this is
 
 
 def adopt(environ: dict[str, str] | None) -> None:
+    """A worker's start: Ctrl-C reaches it again (the forkserver blocks SIGINT), and it takes ``environ``, the
+    starting process's environment, when given."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if environ is not None:
         os.environ.clear()
         os.environ.update(environ)
 
 
 def _start_pool_worker(ranks: Any, environ: dict[str, str]) -> None:
+    signal.signal(signal.SIGINT, _ignore)  # between items; an item takes interrupts (`_interruptible`)
     adopt(environ)
     _POOL_RANK[0] = ranks.get()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between items; an item takes interrupts (`_interruptible`)
 
 
 def _interruptible(fn: Callable[[Any], Any], item: Any) -> Any:

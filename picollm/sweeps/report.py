@@ -112,5 +112,7 @@ def report_lines(study: Any) -> list[str]:
             f"baseline (trial {baseline.number}, the base config): {_value_text(baseline)} -> improvement {gain:.4f}"
         )
     elif baseline is not None:
-        lines.append(f"baseline (trial {baseline.number}) did not complete: {baseline.state.name}")
+        queued = [t.number for t in baselines if t.state == TrialState.WAITING]
+        again = f"; queued again as trial {queued[0]}, a resume runs it (raise --n-trials if full)" if queued else ""
+        lines.append(f"baseline (trial {baseline.number}) did not complete: {baseline.state.name}{again}")
     return lines

@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from picollm.config import TrackingConfig
 from picollm.errors import PicoError
 from picollm.search import baseline_params
 from picollm.storage import claim_lock, mask_url, open_storage
 from picollm.sweeps import fingerprint
 from picollm.sweeps.registry import make_pruner, make_sampler
-from picollm.sweeps.settings import Experiment
+from picollm.sweeps.settings import Experiment, StudySettings
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -80,9 +83,14 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _load(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
+def _storage(exp: Experiment, storage_url: str, create: bool) -> Any:
     s = exp.study
-    storage = open_storage(storage_url, s.heartbeat_interval, s.grace_period, s.max_retry, create=create)
+    return open_storage(storage_url, s.heartbeat_interval, s.grace_period, s.max_retry, create=create)
+
+
+def _load(exp: Experiment, storage_url: str, create: bool, storage: Any = None) -> CappedStudy:
+    s = exp.study
+    storage = _storage(exp, storage_url, create) if storage is None else storage
     if create:
         optuna.create_study(study_name=s.name, storage=storage, direction="minimize", load_if_exists=True)
     return CappedStudy(
@@ -95,19 +103,48 @@ def _load(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
     )
 
 
-def open_study(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
-    """Create or load the study; refuse one whose search space or fingerprint differs (one line each)."""
+def _opening(exp: Experiment, storage_url: str, step: Callable[[], Any]) -> Any:
+    """``step()``, with whatever it raises about the storage or the study as one line."""
     quiet_optuna()
     try:
-        study = _load(exp, storage_url, create)
+        return step()
     except PicoError:
         raise
     except KeyError:
-        raise PicoError(f"no study named {exp.study.name!r} in {mask_url(storage_url)}") from None
+        raise PicoError(
+            f"no study named {exp.study.name!r} in {mask_url(storage_url)}: check study.name or --study-name, and "
+            "--storage"
+        ) from None
     except Exception as exc:
         raise PicoError(
             f"cannot open study {exp.study.name!r} in {mask_url(storage_url)}: {mask_url(str(exc))[:200]}"
         ) from None
+
+
+def reach_storage(exp: Experiment, storage_url: str) -> Any:
+    """The storage, opened (its database made where it is a new file) without creating the study: a bad URL or an
+    unreachable server is one line before anything else is done."""
+    return _opening(exp, storage_url, lambda: _storage(exp, storage_url, create=True))
+
+
+def stored_question(storage: Any, exp: Experiment, storage_url: str) -> None:
+    """Refuse a run that the study of this name, if it exists, does not answer (its space, its fingerprint), without
+    creating or writing anything."""
+    try:
+        study_id = storage.get_study_id_from_name(exp.study.name)
+    except KeyError:
+        return
+    attrs = storage.get_study_user_attrs(study_id)
+    _check_space(attrs.get("space"), exp, storage_url)
+    fingerprint.refuse_mix(attrs.get("fingerprint"), exp, storage_url)
+
+
+def open_study(exp: Experiment, storage_url: str, create: bool, storage: Any = None) -> CappedStudy:
+    """Create or load the study; refuse one whose search space or fingerprint differs (one line each).
+
+    ``storage`` is the storage opened already (:func:`reach_storage`).
+    """
+    study = _opening(exp, storage_url, lambda: _load(exp, storage_url, create, storage))
     if create:  # peers starting together: one records the question, the others check against it
         with claim_lock(storage_url, f"setup-{exp.study.name}"):
             _record_or_check_space(study, exp, storage_url)
@@ -116,19 +153,25 @@ def open_study(exp: Experiment, storage_url: str, create: bool) -> CappedStudy:
     return study
 
 
-def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str, record: bool = True) -> None:
-    described = [p.describe() | {"key": p.key} for p in exp.space]
-    stored = study.user_attrs.get("space")
-    if stored is None:
-        if record:
-            study.set_user_attr("space", described)
-            study.set_user_attr("base", exp.base)
-            study.set_user_attr("settings", asdict(exp.study))
-    elif stored != described:
+def _described(exp: Experiment) -> list[dict[str, Any]]:
+    return [p.describe() | {"key": p.key} for p in exp.space]
+
+
+def _check_space(stored: Any, exp: Experiment, storage_url: str) -> None:
+    if stored is not None and stored != _described(exp):
         raise PicoError(
-            f"study {exp.study.name!r} in {mask_url(storage_url)} was created with another search space; "
-            "use --study-name to start a new study (or restore the old space to resume it)"
+            f"study {exp.study.name!r} in {mask_url(storage_url)} was created with another search space: restore "
+            f"that space to resume it, {fingerprint.start_over_hint(exp.study.name)}"
         )
+
+
+def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str, record: bool = True) -> None:
+    stored = study.user_attrs.get("space")
+    if stored is None and record:
+        study.set_user_attr("space", _described(exp))
+        study.set_user_attr("base", exp.base)
+        study.set_user_attr("settings", asdict(exp.study))
+    _check_space(stored, exp, storage_url)
     fingerprint.check(study, exp, storage_url)
 
 
@@ -180,3 +223,47 @@ def counts(study: Any) -> dict[str, int]:
 def finished(study: Any) -> int:
     """Complete and pruned trials: what ``n_trials`` counts."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+# ---------------------------------------------------------------------------------------------
+# Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredStudy:
+    """A study as ``sweep.py delete`` names it before it deletes it."""
+
+    name: str
+    storage: Any
+    counts: dict[str, int]
+    export_dir: Path | None  # study.out_dir/<name> (trials.csv, best.yaml, figures, job logs), if it is a folder
+    runs_dir: str  # tracking.out_dir: the trials' run records
+
+    def summary(self) -> str:
+        states = ", ".join(f"{n} {state.lower()}" for state, n in self.counts.items() if n)
+        total = sum(self.counts.values())
+        return f"{total} trial{'' if total == 1 else 's'}" + (f": {states}" if states else "")
+
+
+def find_study(name: str, storage_url: str) -> StoredStudy:
+    """The study ``name`` in the storage, or one line naming the studies it holds (nothing is created)."""
+    quiet_optuna()
+    storage = open_storage(storage_url)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        raise PicoError(
+            f"no study named {name!r} in {mask_url(storage_url)} (it holds: {', '.join(names) or 'no study'}); "
+            "nothing was deleted"
+        )
+    study = optuna.load_study(study_name=name, storage=storage)
+    settings, base = study.user_attrs.get("settings", {}), study.user_attrs.get("base", {})
+    out_dir = settings.get("out_dir") or StudySettings.out_dir
+    runs_dir = base.get("tracking", {}).get("out_dir") or TrackingConfig.out_dir
+    plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
+    export_dir = Path(out_dir) / name if plain and (Path(out_dir) / name).is_dir() else None
+    return StoredStudy(name, storage, counts(study), export_dir, runs_dir)
+
+
+def delete_stored(found: StoredStudy) -> None:
+    optuna.delete_study(study_name=found.name, storage=found.storage)

@@ -5,11 +5,12 @@ trial beyond the total of ``n_trials`` complete or pruned ones; the loop ends wh
 When every remaining trial is running elsewhere the worker waits, failing trials whose worker is gone
 (:mod:`picollm.sweeps.liveness`), so the wait is bounded by ``grace_period``.
 
-:func:`run_sweep` is the coordinator: it checks the storage first, resolves the offline fallback once,
-fingerprints the study, starts ``--workers`` processes (worker ``rank`` on ``cuda:{rank % device_count}``),
-shows progress, and exports the study when they stop. The first SIGINT or SIGTERM interrupts: the running
-trial is failed with reason ``interrupted`` and its run record closed; the coordinator forwards SIGTERM to
-its workers, gives them ``processes.STOP_GRACE_S`` seconds, kills what is left, then exports.
+:func:`run_sweep` is the coordinator: it checks the storage, the data and the base config before the study
+exists (:func:`prepare`: a mistake is one line, not a study of failed trials), starts ``--workers`` processes
+(worker ``rank`` on ``cuda:{rank % device_count}``), shows progress, and exports the study when they stop. The
+first SIGINT or SIGTERM interrupts: the running trial is failed with reason ``interrupted`` and its run record
+closed; the coordinator forwards SIGTERM to its workers, gives them ``processes.STOP_GRACE_S`` seconds, kills what
+is left, then exports. Resuming runs those trials again (:func:`picollm.sweeps.liveness.requeue_stopped`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -28,14 +30,14 @@ from optuna.trial import TrialState
 
 from picollm import tracking
 from picollm.config import config_from_dict
-from picollm.errors import PicoError
+from picollm.errors import ConfigError, DataError, PicoError
 from picollm.storage import claim_lock, mask_url
 from picollm.sweeps import fingerprint
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
 from picollm.sweeps.layout import choose_layout
-from picollm.sweeps.liveness import fail_stale
+from picollm.sweeps.liveness import fail_stale, requeue_stopped
 from picollm.sweeps.objective import AbortSweep, Objective
-from picollm.sweeps.processes import adopt, interrupts_as_keyboard, stop_workers, worker_context
+from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.settings import Experiment
 from picollm.sweeps.studies import (
@@ -43,7 +45,9 @@ from picollm.sweeps.studies import (
     enqueue_baseline,
     finished,
     open_study,
+    reach_storage,
     record_trained_base,
+    stored_question,
     with_seed,
 )
 
@@ -124,10 +128,16 @@ def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any =
                 time.sleep(idle_s)
                 idle_s = min(2 * idle_s, IDLE_MAX_S, s.heartbeat_interval)
     except KeyboardInterrupt:
-        _say_interrupted(study, objective, lambda line: print(line, file=sys.stderr, flush=True))
+        _say_interrupted(study, objective, _to_stderr)
         raise
     if objective.abort is not None:
         raise AbortSweep(objective.abort)
+
+
+def _to_stderr(line: str) -> None:
+    """One write per line: workers share the terminal, and a line written in two parts can be cut by another's."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def _progress_line(line: str) -> None:
@@ -142,9 +152,9 @@ def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> N
     ``environ`` is the sweep's environment at the worker's start: the forkserver it is forked from keeps the one
     it was started with, which in a notebook may be older (``WANDB_MODE`` set since, say).
     """
-    adopt(environ)
-    with interrupts_as_keyboard():
+    with interrupts_as_keyboard(restore=False):  # the process ends after it
         try:
+            adopt(environ)  # after the handler: it unblocks a Ctrl-C that came while the worker was forked
             run_worker(spec)
         except PicoError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -157,9 +167,10 @@ def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> N
     ctx = worker_context()
     environ = dict(os.environ)  # handed over in memory (a pipe), never written to a file
     procs = [ctx.Process(target=worker_process, args=(spec, environ), daemon=False) for spec in specs]
-    for proc in procs:
-        proc.start()
     try:
+        with interrupts_held():  # every worker started is known, so stopped (a start waits for the forkserver)
+            for proc in procs:
+                proc.start()
         while any(proc.is_alive() for proc in procs):
             time.sleep(1.0)
             progress.poll(study)
@@ -190,15 +201,83 @@ def resolve_offline(exp: Experiment) -> Experiment:
     return replace(exp, base=cfg.to_dict(), extra={**exp.extra, "offline_fallback": note})
 
 
-def prepare(exp: Experiment, storage_url: str) -> tuple[Experiment, Any]:
-    """Storage first (a bad URL costs nothing), then the data identity, then the study's question."""
-    study = open_study(exp, storage_url, create=True)
+def _writable(folder: Path, key: str) -> None:
+    """Make ``folder`` and write a file in it, so a folder the sweep cannot write is one line before any trial."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise ConfigError(f"{key}: cannot write to {folder} ({why}); set {key} to a folder you can write") from None
+
+
+def _data_error(exc: OSError) -> DataError:
+    where = f" {exc.filename}" if exc.filename else ""  # a failed read names no file, a failed open does
+    return DataError(f"cannot read the data{where}: {exc.strerror or exc}")
+
+
+def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
+    """What every trial would hit, found before the study exists: the base config's device (when the trials run on
+    this machine's devices), its data (loaded: the token cache it builds is the one the trials read), one training
+    window of its model, and the folders the sweep writes (study.out_dir, tracking.out_dir). Each a
+    :class:`PicoError`: one line."""
+    import torch
+
+    from picollm.data import load_token_data, window_starts
+    from picollm.device import resolve_device
+    from picollm.models import build_model
+
+    cfg = config_from_dict(exp.base)
+    if devices_here:
+        resolve_device(cfg.train.device)
+    try:
+        data = load_token_data(cfg.data)
+    except OSError as exc:  # an input file or cache folder that cannot be read or written
+        raise _data_error(exc) from None
+    with torch.device("meta"):  # the model's shape only: no memory, no time
+        context = build_model(cfg.model, data.vocab_size).context_size or 0
+    window_starts(data, cfg.model.block_size, context)
+    _writable(Path(exp.study.out_dir) / exp.study.name, "study.out_dir")
+    _writable(Path(cfg.tracking.out_dir), "tracking.out_dir")
+
+
+def _identity(exp: Experiment) -> Experiment:
+    """The experiment with the data that will really run (offline fallback resolved) and its fingerprint."""
     exp = resolve_offline(exp)
-    exp = replace(exp, fingerprint=fingerprint.fingerprint(exp))
-    with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together agree on one question
-        fingerprint.check(study, exp, storage_url)
+    try:
+        return replace(exp, fingerprint=fingerprint.fingerprint(exp))
+    except OSError as exc:  # hashing an input file that cannot be read
+        raise _data_error(exc) from None
+
+
+def _requeue(study: Any, exp: Experiment) -> None:
+    queued, used_up = requeue_stopped(study, exp.study.max_retry)
+    if queued:
+        full = finished(study) >= exp.study.n_trials  # the total holds: a queued trial waits for room
+        when = f" once the study has room (it has its {exp.study.n_trials}: raise --n-trials)" if full else ""
+        print(f"trials {', '.join(map(str, queued))} run again with their parameters{when} (failed baseline or Ctrl-C)")
+    if used_up:
+        print(f"trials {', '.join(map(str, used_up))} stay failed: retried study.max_retry={exp.study.max_retry} times")
+
+
+def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tuple[Experiment, Any]:
+    """Check everything before the study exists, then create or resume it.
+
+    The storage first (reached, nothing created in it: a bad URL costs nothing), then the data identity, checked
+    against the study of this name if there is one, then what the trials would hit (:func:`check_trainable`); only
+    then the study, its question, its baseline, and on resume its failed baseline and interrupted trials re-queued.
+    ``devices_here=False``: the trials run on other machines' devices (``launch``), so this one's are not checked.
+    """
+    storage = reach_storage(exp, storage_url)
+    exp = _identity(exp)
+    stored_question(storage, exp, storage_url)
+    check_trainable(exp, devices_here)
+    study = open_study(exp, storage_url, create=True, storage=storage)
+    with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together: one baseline, one retry
         record_trained_base(study, exp)
         enqueue_baseline(study, exp)
+        _requeue(study, exp)
     return exp, study
 
 
