@@ -180,3 +180,30 @@ def draw_losses(run: Any) -> Figure:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def windows_figure(runs: list[Any], results: list[dict[str, Any]], path: Path) -> Path:
+    return _save(draw_windows(runs, results), path)
+
+
+def draw_windows(runs: list[Any], results: list[dict[str, Any]]) -> Figure:
+    """One small panel per run: every step's loss and its running average over the run's best window."""
+    from picollm.analysis.smoothing import running_mean
+
+    cols = min(4, len(runs))
+    rows = -(-len(runs) // cols)
+    fig = _new(3.3 * cols, 2.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, run, r in zip(axes, runs, results, strict=False):
+        w = r["best_window"]
+        ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.4, lw=0.7, label="each step")
+        ax.plot(run.steps, running_mean(run.losses, w), color="tab:orange", lw=1.6, label=f"mean of last {w}")
+        ax.set_title(f"{run.name}: sigma {r['step_noise_sigma']:.3f}, best window {w}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[len(runs) :]:
+        ax.set_axis_off()
+    fig.supxlabel("step", fontsize=8)
+    fig.supylabel("train/loss (nats/token)", fontsize=8)
+    return fig

@@ -100,6 +100,7 @@ def load_sources(args: argparse.Namespace) -> list[Any]:
 def cmd_noise(args: argparse.Namespace) -> int:
     from picollm.analysis.figures import false_increase_figure, noise_figure
     from picollm.analysis.noise import analyze_noise, overall_verdict
+    from picollm.analysis.smoothing import window_analysis, window_line
 
     runs = load_sources(args)
     out = Path(args.out)
@@ -112,9 +113,12 @@ def cmd_noise(args: argparse.Namespace) -> int:
     figures.append(false_increase_figure(results, out / "false_increase.png"))
     payload = {**results[0], "runs": results} if len(results) == 1 else {"runs": results}
     payload["verdict"] = overall_verdict(results)
+    windows = [window_analysis(run) for run in runs]
+    payload["running_average"] = windows
     atomic_write_json(out / "noise.json", payload)
-    for r in results:
+    for r, w in zip(results, windows, strict=True):
         print(f"\n{r['run']}: sigma {r['step_noise_sigma']:.4f}, lag-1 autocorrelation {r['lag1_autocorrelation']:.2f}")
+        print("  " + window_line(w))
         print("  epoch  mean     95% interval          steps")
         for e in r["epochs"][:12]:
             print(f"  {e['epoch']:5d}  {e['mean']:.4f}  [{e['ci_low']:.4f}, {e['ci_high']:.4f}]  {e['n_steps']:6d}")
