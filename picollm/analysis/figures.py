@@ -182,6 +182,32 @@ def draw_losses(run: Any) -> Figure:
     return fig
 
 
+def transfer_figure(result: dict[str, Any], path: Path) -> Path:
+    return _save(draw_transfer(result), path)
+
+
+def draw_transfer(result: dict[str, Any]) -> Figure:
+    """Rank correlation with the target and regret of an early pick, against the budget they were ranked at."""
+    fig = _new(10, 4)
+    left, right = fig.subplots(1, 2)
+    for ax, key, label in ((left, "spearman", "Spearman rho with the target ranking"), (right, "regret", "regret")):
+        rows = [r for r in result["rows"] if r[key] is not None]
+        x = np.array([r["tokens"] for r in rows], dtype=float)
+        y = np.array([r[key] for r in rows])
+        ci = [r[f"{key}_ci"] or [r[key], r[key]] for r in rows]
+        err = np.abs(np.array(ci, dtype=float).reshape(-1, 2).T - y) if rows else None
+        ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, color="tab:blue", label="95% bootstrap interval")
+        ax.axvline(result["budget_tokens"], color="tab:orange", ls="--", lw=1, label="cheap budget")
+        ax.axvline(result["target_tokens"], color="tab:red", ls=":", lw=1, label="target")
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens the configurations were ranked at")
+        ax.set_ylabel(label + (" (nats at the target)" if key == "regret" else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_ylim(-1.05, 1.05)
+    return fig
+
+
 def windows_figure(runs: list[Any], results: list[dict[str, Any]], path: Path) -> Path:
     return _save(draw_windows(runs, results), path)
 

@@ -1,6 +1,6 @@
-"""The sections of a report: the study's question, the ranking, the best config, the loss noise (epoch to
-epoch, and step losses against running averages), the metric rankings, the best run's diagnostics, samples and
-the exported files.
+"""The sections of a report: the study's question, the ranking, the best config, whether the cheap budget
+predicts the target, the loss noise (epoch to epoch, and step losses against running averages), the metric
+rankings, the best run's diagnostics, samples and the exported files.
 
 Each builder takes what it needs (a study, run histories, the report folder for figures) and
 returns a :class:`~picollm.analysis.report.Section`, or None when it has nothing to show.
@@ -21,13 +21,16 @@ from picollm.analysis.figures import (
     compare_figure,
     false_increase_figure,
     noise_figure,
+    transfer_figure,
     windows_figure,
 )
 from picollm.analysis.noise import analyze_noise, overall_verdict
 from picollm.analysis.records import RunHistory, unrecorded_trials
 from picollm.analysis.report import Figure, Section, Table, cell
 from picollm.analysis.smoothing import WINDOWS, window_analysis, window_verdict
+from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysis
 from picollm.errors import PicoError
+from picollm.fileio import atomic_write_json
 
 MIN_STEPS_FOR_NOISE = 8
 MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words
@@ -475,6 +478,32 @@ def _study_sections(study: Any) -> tuple[list[Section], str | None]:
     return sections, f"t{best.number}"
 
 
+TRANSFER_METHOD = (
+    "For each token count at which trials reported a validation loss, and for the target: Spearman's rank "
+    "correlation between the configurations' losses there and at the target, and the regret of picking the best "
+    "there (its target loss minus the best target loss), over the configurations measured at both. A target loss "
+    "is the mean of the configuration's confirmation runs at the target when it has any, else its trial's value. "
+    "Intervals: 95% percentile bootstrap resampling configurations and their seeds. Numbers in transfer.json."
+)
+
+
+def transfer_section(study: Any, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
+    """Does the ranking at the cheap budget predict the ranking at the target? Always a section: when it cannot
+    be measured, it says why."""
+    title = "Does the cheap budget predict the target?"
+    try:
+        result = transfer_analysis(study)
+    except PicoError as exc:
+        return Section(title, text=[f"Not measured: {exc}."]), None
+    atomic_write_json(out_dir / "transfer.json", result)
+    table = Table(TABLE_HEADER, table_rows(result), "Ranked at each token count against the ranking at the target:")
+    section = Section(title, text=[result["verdict"], TRANSFER_METHOD], tables=[table])
+    if any(r["spearman"] is not None for r in result["rows"]):
+        fig = transfer_figure(result, out_dir / "transfer.png")
+        section.figures.append(Figure(fig, "Rank correlation with the target and regret of an early pick, by budget."))
+    return section, result
+
+
 def _epoch_config(study: Any, best: RunHistory | None) -> str:
     """The config the epoch comparison trains: the study's best.yaml, else the best run's own config."""
     if study is not None and (study_folder(study) / "best.yaml").is_file():
@@ -494,16 +523,18 @@ def build_report(name: str, runs: list[RunHistory], out_dir: Path, study: Any = 
     best = next((r for r in runs if r.name == best_name), None) or min(
         scored, key=lambda r: r.val_epoch_loss(), default=None
     )
+    transfer, moved = transfer_section(study, out_dir) if study is not None else (None, None)
     missing = unrecorded_trials(study) if study is not None else []
     noise, results = noise_section(runs, out_dir, best, _epoch_config(study, best), missing)
     compare, cmp = compare_section(runs, out_dir) if len(runs) >= 2 else (None, None)
     diagnostics, inspect = diagnostics_section(best, out_dir) if best is not None else (None, None)
     sample = sample_section(best) if best is not None else None
-    sections += [s for s in (noise, compare, diagnostics, sample) if s is not None]
+    sections += [s for s in (transfer, noise, compare, diagnostics, sample) if s is not None]
     folders = [study_folder(study)] if study is not None else []
     own = [out_dir / name for name in ("report.md", "report.json", *(("report.html",) if html else ()))]
     sections.append(files_section([*folders, out_dir], own))
     data = {
+        "transfer": moved,
         "noise": results.get("epochs"),
         "running_average": results.get("windows"),
         "compare": cmp,
