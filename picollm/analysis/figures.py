@@ -224,6 +224,9 @@ def draw_windows(runs: list[Any], results: list[dict[str, Any]]) -> Figure:
         w = r["best_window"]
         ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.4, lw=0.7, label="each step")
         ax.plot(run.steps, running_mean(run.losses, w), color="tab:orange", lw=1.6, label=f"mean of last {w}")
+        lo, hi = np.percentile(run.losses, [1, 99.5])
+        hi = max(min(hi, run.losses[0] + 3 * r["step_noise_sigma"]), lo + 1e-6)  # a spike above the start: cut
+        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
         ax.set_title(f"{run.name}: sigma {r['step_noise_sigma']:.3f}, best window {w}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

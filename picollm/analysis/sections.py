@@ -168,6 +168,7 @@ def _named_runs(verdict: str, runs: list[RunHistory], best: RunHistory | None) -
 
 
 EPOCH_COMPARISON = (("short", 180, 4), ("long", 2, 360))  # the README's measured pair: 720 steps each
+COMPARISON_VAL_TOKENS = 4096  # every epoch end scores the whole set: 180 of them at 16k tokens dominate the time
 
 
 def epoch_comparison_command(config: str) -> str:
@@ -175,7 +176,8 @@ def epoch_comparison_command(config: str) -> str:
     test: the same runs the README's "Reading the losses" measured."""
     runs = [
         f"python -m picollm.train --config {config} --set train.max_tokens=null --set train.epochs={epochs} "
-        f"--set train.max_steps_per_epoch={steps} --set tracking.name={name}-epochs "
+        f"--set train.max_steps_per_epoch={steps} --set data.val_tokens={COMPARISON_VAL_TOKENS} "
+        f"--set tracking.name={name}-epochs "
         f"--set tracking.out_dir=results/noise-runs/{name}"
         for name, epochs, steps in EPOCH_COMPARISON
     ]
@@ -295,6 +297,7 @@ def noise_section(
             "Measure it: many short epochs against few long ones",
             text=[
                 "Train one configuration twice for the same 720 steps, 180 epochs of 4 steps and 2 epochs of 360, "
+                f"each scored on a {COMPARISON_VAL_TOKENS:,}-token validation set (every epoch end scores it whole), "
                 "then test whether the short epochs' averages rise while the model improves (the verdict says when "
                 "an increase is noise and how many steps an epoch needs):"
             ],
