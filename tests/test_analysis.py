@@ -23,11 +23,11 @@ from picollm.analysis.compare import compare_runs
 from picollm.analysis.diagnose import inspect_run
 from picollm.analysis.records import RunHistory
 from picollm.analysis.render import write_report
-from picollm.analysis.sections import build_report
+from picollm.analysis.sections import MAX_RUN_FIGURES, build_report, noise_section
 from picollm.config import load_config
 from picollm.errors import DataError, run_cli
 from picollm.trainer import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TIKTOKEN_CACHE
 
 
 def synthetic_losses(n: int, sigma: float, rho: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -222,18 +222,58 @@ def test_cli_bad_sources_exit_with_one_line(tmp_path: Path, capsys: pytest.Captu
     assert exit_info.value.code == 2 and "give exactly one source" in capsys.readouterr().err
 
 
-def test_report_verdict_names_only_runs_that_have_a_section(tmp_path: Path) -> None:
+def test_report_covers_every_run_and_draws_those_the_verdict_names(tmp_path: Path) -> None:
     runs = [synthetic_run(2000, 100, 0.2, 0.0, f"mid{i}") for i in range(6)]
     runs.insert(0, synthetic_run(2000, 500, 0.2, 0.0, "long"))
-    runs.append(synthetic_run(2000, 3, 0.2, 0.0, "short"))  # last: beyond the old six-section cap
+    runs.append(synthetic_run(2000, 3, 0.2, 0.0, "short"))  # last: beyond the figures' cap
     report = build_report("v", runs, tmp_path)
     (md,) = write_report(report)
     text = md.read_text()
     verdict = report.sections[0].text[0]
-    assert "short" in verdict and "long" in verdict
+    assert "short" in verdict and "long" in verdict and "Covers all 8 runs." in report.sections[0].text
     for name in ("short", "long"):
-        assert f"### {name}\n" in text and f"](noise_{name}.png)" in text
-        assert (tmp_path / f"noise_{name}.png").is_file()
+        assert f"](noise_{name}.png)" in text and (tmp_path / f"noise_{name}.png").is_file()
+    for run in runs:  # each run its own verdict, drawn or not
+        assert f"### {run.name}\n\n{run.name}: step losses scatter" in text
+    assert len(list(tmp_path.glob("noise_*.png"))) == MAX_RUN_FIGURES
+    assert [row[0] for row in report.sections[0].subsections[-2].tables[0].rows] == [r.name for r in runs]
+
+
+def test_one_epoch_runs_get_running_averages_and_the_command_that_tests_epochs(tmp_path: Path) -> None:
+    runs = [synthetic_run(300, 300, 0.2, 0.0, f"t{i}") for i in range(8)]  # a sweep's one-epoch trials
+    report = build_report("one", runs, tmp_path)
+    (section,) = [s for s in report.sections if s.title == "Is an epoch-to-epoch increase real?"]
+    assert "single epoch" in section.text[0] and "Covers all 8 runs." in section.text
+    assert not section.tables  # no epoch-to-epoch numbers that cannot exist
+    averages, command = section.subsections
+    assert [row[0] for row in averages.tables[0].rows] == [f"t{i}" for i in range(8)]
+    assert (tmp_path / "running_average.png").stat().st_size > 10_000
+    one_step = averages.tables[0].rows[0][5]
+    assert one_step == pytest.approx(noise.Z95 * 0.2, rel=0.25)  # the synthetic noise, sigma 0.2
+    assert "train.max_steps_per_epoch=4" in command.code and "python analyze.py noise" in command.code
+    assert len(report.data["running_average"]) == 8
+
+
+def test_runs_without_a_record_or_with_too_few_steps_are_named(tmp_path: Path) -> None:
+    runs = [synthetic_run(300, 300, 0.2, 0.0, "t0"), synthetic_run(5, 5, 0.2, 0.0, "t1")]
+    section, _ = noise_section(runs, tmp_path, None, "best.yaml", ["t2 (no run record at results/runs/x)"])
+    assert section.text[-1] == (
+        "Covers 1 of 3 runs; not here: t2 (no run record at results/runs/x); "
+        "t1 (5 training steps: too few to separate noise from trend)."
+    )
+
+
+def test_unrecorded_trials_of_a_study_are_listed_with_where_they_were_looked_for(tmp_path: Path) -> None:
+    import optuna
+
+    study = optuna.create_study()
+    recorded = tmp_path / "run0"
+    recorded.mkdir()
+    (recorded / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "train/loss": 2.0}\n')
+    for i, run_dir in enumerate((recorded, tmp_path / "gone")):
+        study.add_trial(optuna.trial.create_trial(value=float(i), user_attrs={"run_dir": str(run_dir)}))
+    assert records.unrecorded_trials(study) == [f"t1 (no run record at {tmp_path / 'gone'})"]
+    assert [r.name for r in records.load_study_runs(study)] == ["t0"]
 
 
 def test_noise_from_wandb_without_an_api_key_is_one_line(
@@ -348,3 +388,73 @@ def test_dashboard_serves_until_ctrl_c_and_exits_cleanly(tmp_path: Path) -> None
         proc.kill()
     assert proc.returncode in (0, 130) and "Traceback" not in err, err
     assert "dashboard stopped" in out
+
+
+def test_a_missing_tokenizer_is_found_where_its_files_lie_or_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picollm.analysis import diagnose
+
+    empty, good = tmp_path / "empty", tmp_path / "good"
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(empty))
+    monkeypatch.setattr(diagnose, "tiktoken_folders", lambda: [empty, good])
+    monkeypatch.setattr(diagnose, "_loads", lambda: os.environ["TIKTOKEN_CACHE_DIR"] == str(good))
+    diagnose.ensure_tokenizer("gpt2")
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(good)  # the tokenizer and the token data read the same files
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(empty))
+    monkeypatch.setattr(diagnose, "_loads", lambda: False)
+    with pytest.raises(DataError) as error:
+        diagnose.ensure_tokenizer("gpt2")
+    message = str(error.value)
+    assert "set TIKTOKEN_CACHE_DIR to a folder with GPT-2's tiktoken files" in message and str(good) in message
+    assert "\n" not in message and os.environ["TIKTOKEN_CACHE_DIR"] == str(empty)  # left as it was
+    diagnose.ensure_tokenizer("bytes")  # needs no files: no probe, no error
+
+
+needs_gpt2_files = pytest.mark.skipif(not TIKTOKEN_CACHE.is_dir(), reason="needs ../shared/tiktoken-cache")
+
+
+@needs_gpt2_files
+def test_inspect_finds_the_shared_gpt2_files_offline(tmp_path: Path) -> None:
+    text = tmp_path / "stories.txt"
+    text.write_text("\n".join(f"Once upon a time a {w} cat sat on the mat." for w in ("red", "big", "shy") * 40))
+    cfg = load_config(
+        None,
+        [
+            f"tracking.out_dir={tmp_path}/runs",
+            f"data.cache_dir={tmp_path}/cache",
+            "data.tinystories=null",
+            f"data.input_files=[{text}]",
+            "data.tokenizer=gpt2",
+            "data.compact_vocab=true",
+            "model.type=kgram",
+            "model.block_size=8",
+            "train.batch_size=8",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=5",
+            "train.progress=false",
+            "tracking.wandb=disabled",
+        ],
+    )
+    run_dir = train(cfg)["run_dir"]
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "no-files-here")}  # as if it were never set
+    cmd = [sys.executable, str(ROOT / "analyze.py"), "inspect", run_dir, "--out", str(tmp_path / "inspect")]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "next token:" in result.stdout and (tmp_path / "inspect" / "inspect.json").is_file()
+
+
+def test_diagnostics_that_cannot_run_say_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from picollm.analysis import diagnose, sections
+
+    why = "this run's GPT-2 tokenizer files are not on this machine: set TIKTOKEN_CACHE_DIR to a folder with them"
+
+    def refuse(*_: object) -> None:
+        raise DataError(why)
+
+    monkeypatch.setattr(diagnose, "inspect_run", refuse)
+    run = synthetic_run(300, 300, 0.2, 0.0, "t0")
+    run.source = str(tmp_path)
+    section, result = sections.diagnostics_section(run, tmp_path)
+    assert result is None and section.text == [f"No diagnostics for this run: {why}."]

@@ -12,6 +12,7 @@ from picollm import trainer as train_mod
 from picollm.analysis.figures import noise_figure
 from picollm.analysis.noise import Z95, analyze_noise, tokens_for_precision, validation_noise
 from picollm.analysis.records import from_rows, load_run_dir
+from picollm.analysis.smoothing import best_window, running_mean, window_analysis, window_error, window_line
 from picollm.config import load_config
 
 
@@ -68,3 +69,41 @@ def _rows_without_stderr(run: object) -> list[dict]:
     steps = zip(run.steps, run.epochs, run.losses, strict=True)
     rows = [{"step": int(s), "epoch": int(e), "train/loss": float(v)} for s, e, v in steps]
     return rows + [{k: v for k, v in r.items() if not k.endswith("stderr")} for r in run.epoch_rows]
+
+
+def test_running_mean_is_the_mean_of_the_last_window() -> None:
+    y = np.array([4.0, 2.0, 6.0, 0.0, 8.0])
+    assert running_mean(y, 2).tolist() == [4.0, 3.0, 4.0, 3.0, 4.0]
+    assert running_mean(y, 10).tolist() == [np.mean(y[: i + 1]) for i in range(5)]
+
+
+@pytest.mark.parametrize(("sigma", "rho"), [(0.2, 0.0), (0.1, 0.5)])
+def test_a_windows_scatter_is_what_simulated_noise_shows(sigma: float, rho: float) -> None:
+    rng = np.random.default_rng(1)
+    noise = np.zeros(200_000)
+    shocks = rng.normal(0, sigma * math.sqrt(1 - rho**2), noise.size)
+    noise[0] = rng.normal(0, sigma)
+    for t in range(1, noise.size):
+        noise[t] = rho * noise[t - 1] + shocks[t]
+    for w in (1, 10, 50):
+        scatter, lag = window_error(w, sigma, rho, slope=0.01)
+        assert running_mean(noise, w)[w:].std() == pytest.approx(scatter, rel=0.05)
+        assert lag == pytest.approx(0.01 * (w - 1) / 2)
+    assert window_error(10, sigma, 0.0, 0.0)[0] == pytest.approx(sigma / math.sqrt(10))
+
+
+def test_the_best_window_trades_noise_for_lag() -> None:
+    assert best_window(sigma=0.01, rho=0.0, slope=0.1, steps=500) == 1  # a steep trend and little noise: no average
+    assert best_window(sigma=0.3, rho=0.0, slope=0.0, steps=500) == 500  # a flat trend: average everything
+    middle = best_window(sigma=0.2, rho=0.0, slope=1e-3, steps=5000)
+    errors = [math.hypot(*window_error(w, 0.2, 0.0, 1e-3)) for w in (middle - 1, middle, middle + 1)]
+    assert errors[1] <= min(errors[0], errors[2]) and 10 < middle < 500
+
+
+def test_a_one_epoch_run_gets_its_window_analysis(synthetic: list[str]) -> None:
+    cfg = load_config(None, [*synthetic, "train.epochs=1", "train.batch_size=8", "train.max_steps_per_epoch=30"])
+    run = load_run_dir(train_mod.train(cfg)["run_dir"])
+    result = window_analysis(run)
+    assert result["epochs"] == 1 and result["steps"] == 30 and set(result["windows"]) == {"1", "10"}
+    assert result["windows"]["10"]["scatter"] < result["windows"]["1"]["scatter"] == result["step_noise_sigma"]
+    assert result["val_loss_ci95"] > 0 and "one epoch: no epoch-to-epoch change" in window_line(result)

@@ -28,7 +28,9 @@ from picollm.fileio import atomic_write_json
 
 RUN_FILES = ("summary.json", "config.yaml", "meta.json", "metrics.jsonl", "samples.jsonl")
 REPORT_FIGURES = {
+    "transfer.png": "Does the cheap budget predict the target? Rank correlation and regret by budget",
     "false_increase.png": "P(epoch mean rises although the model improves) by steps per epoch",
+    "running_average.png": "Each run's step losses and their running average",
     "compare.png": "Training-loss metrics against the validation loss: which one ranks configs?",
     "top_k.png": "The best run's top next-token probabilities",
 }

@@ -8,6 +8,8 @@ a warning when the top guess is the same token almost everywhere.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,57 @@ from picollm.checkpoint import load_run
 from picollm.config import load_config
 from picollm.data import load_token_data, unigram_baseline
 from picollm.errors import DataError
+from picollm.tokenizers import tiktoken_available
 
 SAME_GUESS_WARNING = 0.9  # share of positions with one top guess that triggers the warning
+TOKENIZER_PROBE_S = 10.0  # offline, tiktoken fails fast; a firewalled network may hang instead
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiktoken_folders() -> list[Path]:
+    """Folders that may hold GPT-2's tiktoken files: the ones tiktoken reads itself (its two environment
+    variables, else its default in the temporary folder), then ``../shared/tiktoken-cache`` beside the
+    repository and beside the working folder, where this project keeps them."""
+    named = [os.environ.get(key) for key in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")]
+    candidates = [
+        *(Path(value) for value in named if value),
+        Path(tempfile.gettempdir(), "data-gym-cache"),
+        REPO.parent / "shared" / "tiktoken-cache",
+        Path.cwd().parent / "shared" / "tiktoken-cache",
+    ]
+    return [path for path in dict.fromkeys(p.resolve() for p in candidates) if path.is_dir()]
+
+
+def _loads() -> bool:
+    from picollm.corpora import call_with_timeout
+
+    return call_with_timeout(tiktoken_available, TOKENIZER_PROBE_S, False)
+
+
+def ensure_tokenizer(name: str) -> None:
+    """Make a run's tokenizer load offline when its files are on this machine, else say in one line how to.
+
+    The bytes tokenizer needs no files. GPT-2's comes from tiktoken's cache: when tiktoken cannot load it as
+    configured, the first folder of :func:`tiktoken_folders` it loads from becomes ``TIKTOKEN_CACHE_DIR`` for
+    the rest of this process, so the tokenizer and the token data read the same files.
+    """
+    if name != "gpt2" or _loads():
+        return
+    configured = os.environ.get("TIKTOKEN_CACHE_DIR")
+    folders = tiktoken_folders()
+    for folder in folders:
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
+        if _loads():
+            return
+    if configured is None:
+        os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+    else:
+        os.environ["TIKTOKEN_CACHE_DIR"] = configured
+    looked = ", ".join(map(str, folders)) or "no cache folder exists"
+    raise DataError(
+        f"this run's GPT-2 tokenizer files are not on this machine (looked in: {looked}): set TIKTOKEN_CACHE_DIR "
+        "to a folder with GPT-2's tiktoken files and run again"
+    )
 
 
 def _show(tokenizer: Any, token_id: int) -> str:
@@ -43,6 +94,7 @@ def inspect_run(
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
+    ensure_tokenizer(cfg.data.tokenizer)
     model, tokenizer = load_run(run_dir, which)
     data = load_token_data(cfg.data, progress=False)
     block = cfg.model.block_size

@@ -180,3 +180,59 @@ def draw_losses(run: Any) -> Figure:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def transfer_figure(result: dict[str, Any], path: Path) -> Path:
+    return _save(draw_transfer(result), path)
+
+
+def draw_transfer(result: dict[str, Any]) -> Figure:
+    """Rank correlation with the target and regret of an early pick, against the budget they were ranked at."""
+    fig = _new(10, 4)
+    left, right = fig.subplots(1, 2)
+    for ax, key, label in ((left, "spearman", "Spearman rho with the target ranking"), (right, "regret", "regret")):
+        rows = [r for r in result["rows"] if r[key] is not None]
+        x = np.array([r["tokens"] for r in rows], dtype=float)
+        y = np.array([r[key] for r in rows])
+        ci = [r[f"{key}_ci"] or [r[key], r[key]] for r in rows]
+        err = np.abs(np.array(ci, dtype=float).reshape(-1, 2).T - y) if rows else None
+        ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, color="tab:blue", label="95% bootstrap interval")
+        ax.axvline(result["budget_tokens"], color="tab:orange", ls="--", lw=1, label="cheap budget")
+        ax.axvline(result["target_tokens"], color="tab:red", ls=":", lw=1, label="target")
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens the configurations were ranked at")
+        ax.set_ylabel(label + (" (nats at the target)" if key == "regret" else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_ylim(-1.05, 1.05)
+    return fig
+
+
+def windows_figure(runs: list[Any], results: list[dict[str, Any]], path: Path) -> Path:
+    return _save(draw_windows(runs, results), path)
+
+
+def draw_windows(runs: list[Any], results: list[dict[str, Any]]) -> Figure:
+    """One small panel per run: every step's loss and its running average over the run's best window."""
+    from picollm.analysis.smoothing import running_mean
+
+    cols = min(4, len(runs))
+    rows = -(-len(runs) // cols)
+    fig = _new(3.3 * cols, 2.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, run, r in zip(axes, runs, results, strict=False):
+        w = r["best_window"]
+        ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.4, lw=0.7, label="each step")
+        ax.plot(run.steps, running_mean(run.losses, w), color="tab:orange", lw=1.6, label=f"mean of last {w}")
+        lo, hi = np.percentile(run.losses, [1, 99.5])
+        hi = max(min(hi, run.losses[0] + 3 * r["step_noise_sigma"]), lo + 1e-6)  # a spike above the start: cut
+        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+        ax.set_title(f"{run.name}: sigma {r['step_noise_sigma']:.3f}, best window {w}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[len(runs) :]:
+        ax.set_axis_off()
+    fig.supxlabel("step", fontsize=8)
+    fig.supylabel("train/loss (nats/token)", fontsize=8)
+    return fig

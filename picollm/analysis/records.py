@@ -164,20 +164,37 @@ def open_studies(storage_url: str, study_name: str | None) -> tuple[Any, list[st
     return storage, [study_name] if study_name else names
 
 
-def load_study_runs(study: Any) -> list[RunHistory]:
-    """The run records of a study's completed trials, in trial order."""
+def _complete_trials(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _has_record(trial: Any) -> bool:
+    run_dir = trial.user_attrs.get("run_dir")
+    return bool(run_dir) and Path(run_dir, "metrics.jsonl").is_file()
+
+
+def load_study_runs(study: Any) -> list[RunHistory]:
+    """The run records of a study's completed trials, in trial order."""
     runs = []
-    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
-        run_dir = trial.user_attrs.get("run_dir")
-        if run_dir and Path(run_dir, "metrics.jsonl").is_file():
-            run = load_run_dir(run_dir)
-            run.name = f"t{trial.number}"
-            runs.append(run)
+    for trial in filter(_has_record, _complete_trials(study)):
+        run = load_run_dir(trial.user_attrs["run_dir"])
+        run.name = f"t{trial.number}"
+        runs.append(run)
     if not runs:
         raise DataError(f"study {study.study_name!r} has no completed trials with run records on this machine")
     return runs
+
+
+def unrecorded_trials(study: Any) -> list[str]:
+    """The completed trials :func:`load_study_runs` cannot read, each with where its record was looked for
+    (a relative ``run_dir`` is read from the folder the sweep ran in)."""
+    return [
+        f"t{t.number} (no run record at {t.user_attrs.get('run_dir') or 'an unrecorded folder'})"
+        for t in _complete_trials(study)
+        if not _has_record(t)
+    ]
 
 
 def study_report_lines(study: Any) -> list[str]:

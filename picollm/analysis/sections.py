@@ -1,5 +1,6 @@
-"""The sections of a report: the study's question, the ranking, the best config, the loss noise,
-the metric rankings, the best run's diagnostics, samples and the exported files.
+"""The sections of a report: the study's question, the ranking, the best config, whether the cheap budget
+predicts the target, the loss noise (epoch to epoch, and step losses against running averages), the metric
+rankings, the best run's diagnostics, samples and the exported files.
 
 Each builder takes what it needs (a study, run histories, the report folder for figures) and
 returns a :class:`~picollm.analysis.report.Section`, or None when it has nothing to show.
@@ -12,15 +13,27 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from picollm.analysis.compare import compare_lines, compare_runs
-from picollm.analysis.figures import bar_figure, compare_figure, false_increase_figure, noise_figure
+from picollm.analysis.figures import (
+    bar_figure,
+    compare_figure,
+    false_increase_figure,
+    noise_figure,
+    transfer_figure,
+    windows_figure,
+)
 from picollm.analysis.noise import analyze_noise, overall_verdict
-from picollm.analysis.records import RunHistory
+from picollm.analysis.records import RunHistory, unrecorded_trials
 from picollm.analysis.report import Figure, Section, Table, cell
+from picollm.analysis.smoothing import WINDOWS, window_analysis, window_verdict
+from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysis
 from picollm.errors import PicoError
+from picollm.fileio import atomic_write_json
 
 MIN_STEPS_FOR_NOISE = 8
-MAX_RUN_SECTIONS = 6  # per-run noise sections beyond those the verdict names and the best run
+MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words
 
 
 def _describe_param(p: dict[str, Any]) -> str:
@@ -149,20 +162,34 @@ def _noise_table(results: list[dict[str, Any]]) -> Table:
 
 
 def _named_runs(verdict: str, runs: list[RunHistory], best: RunHistory | None) -> list[RunHistory]:
-    """The runs the verdict names and the best run first, then others up to MAX_RUN_SECTIONS."""
+    """Every run, those the verdict names and the best run first."""
     named = [r for r in runs if r is best or re.search(rf"(?<![\w.-]){re.escape(r.name)}(?![\w-])", verdict)]
-    rest = [r for r in runs if r not in named]
-    return named + rest[: max(0, MAX_RUN_SECTIONS - len(named))]
+    return named + [r for r in runs if r not in named]
 
 
-def noise_section(runs: list[RunHistory], out_dir: Path, best: RunHistory | None) -> tuple[Section | None, list]:
-    """Is an epoch-to-epoch rise real? Every run the verdict names gets its own subsection and figure."""
-    usable = [run for run in runs if len(run.losses) >= MIN_STEPS_FOR_NOISE]
-    results = [analyze_noise(run, simulate=len(usable) <= 4) for run in usable]
-    if not results:
-        return None, []
+EPOCH_COMPARISON = (("short", 180, 4), ("long", 2, 360))  # the README's measured pair: 720 steps each
+COMPARISON_VAL_TOKENS = 4096  # every epoch end scores the whole set: 180 of them at 16k tokens dominate the time
+
+
+def epoch_comparison_command(config: str) -> str:
+    """One configuration trained twice for the same 720 steps, many short epochs against two long ones, then the
+    test: the same runs the README's "Reading the losses" measured."""
+    runs = [
+        f"python -m picollm.train --config {config} --set train.max_tokens=null --set train.epochs={epochs} "
+        f"--set train.max_steps_per_epoch={steps} --set data.val_tokens={COMPARISON_VAL_TOKENS} "
+        f"--set tracking.name={name}-epochs "
+        f"--set tracking.out_dir=results/noise-runs/{name}"
+        for name, epochs, steps in EPOCH_COMPARISON
+    ]
+    return "\n".join([*runs, "python analyze.py noise results/noise-runs/short/* results/noise-runs/long/*"])
+
+
+def _epoch_part(section: Section, runs: list[RunHistory], out_dir: Path, best: RunHistory | None) -> list:
+    """The epoch-to-epoch test of runs with several epochs: verdict, table, figures (the first few runs')."""
+    results = [analyze_noise(run, simulate=len(runs) <= 4) for run in runs]
     verdict = overall_verdict(results)
-    section = Section("Is an epoch-to-epoch increase real?", text=[verdict], tables=[_noise_table(results)])
+    section.text.append(verdict)
+    section.tables.append(_noise_table(results))
     fig = false_increase_figure(results, out_dir / "false_increase.png")
     section.figures.append(
         Figure(
@@ -171,12 +198,114 @@ def noise_section(runs: list[RunHistory], out_dir: Path, best: RunHistory | None
         )
     )
     by_name = {r["run"]: r for r in results}
-    for run in _named_runs(verdict, usable, best):
-        path = noise_figure(run, by_name[run.name], out_dir / f"noise_{run.name}.png")
-        section.subsections.append(
-            Section(run.name, text=[by_name[run.name]["verdict"]], figures=[Figure(path, f"Losses of {run.name}.")])
-        )
+    for i, run in enumerate(_named_runs(verdict, runs, best)):
+        sub = Section(run.name, text=[by_name[run.name]["verdict"]])
+        if i < MAX_RUN_FIGURES:
+            path = noise_figure(run, by_name[run.name], out_dir / f"noise_{run.name}.png")
+            sub.figures.append(Figure(path, f"Losses of {run.name}."))
+        else:
+            sub.text.append(f"Its figure: `python analyze.py noise {run.source}`.")
+        section.subsections.append(sub)
+    return results
+
+
+def _window_part(runs: list[RunHistory], out_dir: Path) -> tuple[Section, list[dict[str, Any]]]:
+    """Every run's step noise against running averages of it, one row and one panel each."""
+    results = [window_analysis(run) for run in runs]
+    header = ["run", "steps", "epochs", "sigma", "lag-1 rho", "+/-95% one step"]
+    header += [f"+/-95% mean of {w}" for w in WINDOWS]
+    header += ["trend fall/step (end)", "best window", "its rms error", "val loss +/-95%"]
+    rows = [
+        [
+            r["run"],
+            r["steps"],
+            r["epochs"],
+            r["step_noise_sigma"],
+            r["lag1_autocorrelation"],
+            *[(r["windows"].get(str(w)) or {}).get("ci95") for w in (1, *WINDOWS)],
+            r["end_slope"],
+            r["best_window"],
+            r["best_window_rms"],
+            r["val_loss_ci95"],
+        ]
+        for r in results
+    ]
+    fig = windows_figure(runs, results, out_dir / "running_average.png")
+    section = Section(
+        "Step losses against a running average",
+        text=[window_verdict(results)],
+        tables=[
+            Table(
+                header,
+                rows,
+                "Per run: the noise of one step's loss and of running averages of it (95% half-widths, nats); the "
+                "trend's fall per step at the end of the run; the window whose average is the best estimate of the "
+                "current loss (smallest root-mean-square of its scatter and its lag behind the falling trend); and "
+                "the validation loss's own sampling error for comparison:",
+            )
+        ],
+        figures=[Figure(fig, "Each run's step losses and their running average over its best window.")],
+    )
     return section, results
+
+
+ONE_EPOCH = (
+    "Every run here trained for a single epoch (in a sweep: its token budget ends inside the first pass over the "
+    "training data), so no epoch mean can rise above another: there is no epoch-to-epoch increase to test. What "
+    "the step losses do show is below: how noisy one step's loss is, and how much a running average of W steps "
+    "smooths it, which is the noise an epoch of W steps would have to beat. The last subsection runs the epoch "
+    "test itself."
+)
+
+
+def noise_section(
+    runs: list[RunHistory], out_dir: Path, best: RunHistory | None, config: str, missing: list[str]
+) -> tuple[Section | None, dict[str, Any]]:
+    """Is an epoch-to-epoch rise real? Tested on runs with several epochs; every run's step noise regardless.
+
+    ``missing`` names the runs that should be here but whose records are not (each with its reason): the section
+    says which runs it covers, so a run left out is never left out silently.
+    """
+    usable = [run for run in runs if len(run.losses) >= MIN_STEPS_FOR_NOISE]
+    left_out = missing + [
+        f"{r.name} ({len(r.losses)} training steps: too few to separate noise from trend)"
+        for r in runs
+        if r not in usable
+    ]
+    if not usable:
+        return None, {}
+    section = Section("Is an epoch-to-epoch increase real?")
+    several = [run for run in usable if len(np.unique(run.epochs)) > 1]
+    epochs = _epoch_part(section, several, out_dir, best) if several else []
+    if not several:
+        section.text.append(ONE_EPOCH)
+    elif len(several) < len(usable):
+        section.text.append(
+            f"{len(usable) - len(several)} run(s) trained for a single epoch: no epoch-to-epoch change to test, so "
+            "they appear only in the running-average table below."
+        )
+    total = len(runs) + len(missing)
+    section.text.append(
+        f"Covers all {total} runs."
+        if not left_out
+        else f"Covers {len(usable)} of {total} runs; not here: {'; '.join(left_out)}."
+    )
+    windows, window_results = _window_part(usable, out_dir)
+    section.subsections.append(windows)
+    section.subsections.append(
+        Section(
+            "Measure it: many short epochs against few long ones",
+            text=[
+                "Train one configuration twice for the same 720 steps, 180 epochs of 4 steps and 2 epochs of 360, "
+                f"each scored on a {COMPARISON_VAL_TOKENS:,}-token validation set (every epoch end scores it whole), "
+                "then test whether the short epochs' averages rise while the model improves (the verdict says when "
+                "an increase is noise and how many steps an epoch needs):"
+            ],
+            code=epoch_comparison_command(config),
+            code_lang="bash",
+        )
+    )
+    return section, {"epochs": epochs, "windows": window_results}
 
 
 def compare_section(runs: list[RunHistory], out_dir: Path) -> tuple[Section | None, dict[str, Any] | None]:
@@ -200,11 +329,12 @@ def diagnostics_section(run: RunHistory, out_dir: Path) -> tuple[Section, dict[s
 
     title = f"Diagnostics of the best run ({run.name})"
     if run.run_dir is None:
-        return Section(title, text=["Its run record is not on this machine."]), None
+        where = f"its run record ({run.source}) is not a folder on this machine"
+        return Section(title, text=[f"No diagnostics: {where}."]), None
     try:
         result = inspect_run(run.run_dir)
     except PicoError as exc:
-        return Section(title, text=[f"Not available: {exc}"]), None
+        return Section(title, text=[f"No diagnostics for this run: {exc}."]), None
     fig = bar_figure(
         [t["token"] for t in result["top"]],
         [t["prob"] for t in result["top"]],
@@ -351,6 +481,41 @@ def _study_sections(study: Any) -> tuple[list[Section], str | None]:
     return sections, f"t{best.number}"
 
 
+TRANSFER_METHOD = (
+    "For each token count at which trials reported a validation loss, and for the target: Spearman's rank "
+    "correlation between the configurations' losses there and at the target, and the regret of picking the best "
+    "there (its target loss minus the best target loss), over the configurations measured at both. A target loss "
+    "is the mean of the configuration's confirmation runs at the target when it has any, else its trial's value. "
+    "Intervals: 95% percentile bootstrap resampling configurations and their seeds. Numbers in transfer.json."
+)
+
+
+def transfer_section(study: Any, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
+    """Does the ranking at the cheap budget predict the ranking at the target? Always a section: when it cannot
+    be measured, it says why."""
+    title = "Does the cheap budget predict the target?"
+    try:
+        result = transfer_analysis(study)
+    except PicoError as exc:
+        return Section(title, text=[f"Not measured: {exc}."]), None
+    atomic_write_json(out_dir / "transfer.json", result)
+    table = Table(TABLE_HEADER, table_rows(result), "Ranked at each token count against the ranking at the target:")
+    section = Section(title, text=[result["verdict"], TRANSFER_METHOD], tables=[table])
+    if any(r["spearman"] is not None for r in result["rows"]):
+        fig = transfer_figure(result, out_dir / "transfer.png")
+        section.figures.append(Figure(fig, "Rank correlation with the target and regret of an early pick, by budget."))
+    return section, result
+
+
+def _epoch_config(study: Any, best: RunHistory | None) -> str:
+    """The config the epoch comparison trains: the study's best.yaml, else the best run's own config."""
+    if study is not None and (study_folder(study) / "best.yaml").is_file():
+        return str(study_folder(study) / "best.yaml")
+    if best is not None and best.run_dir is not None:
+        return str(best.run_dir / "config.yaml")
+    return "CONFIG.yaml"
+
+
 def build_report(name: str, runs: list[RunHistory], out_dir: Path, study: Any = None, html: bool = False) -> Any:
     """Every section that has something to show, in reading order."""
     from picollm.analysis.report import Report
@@ -361,13 +526,22 @@ def build_report(name: str, runs: list[RunHistory], out_dir: Path, study: Any = 
     best = next((r for r in runs if r.name == best_name), None) or min(
         scored, key=lambda r: r.val_epoch_loss(), default=None
     )
-    noise, results = noise_section(runs, out_dir, best)
+    transfer, moved = transfer_section(study, out_dir) if study is not None else (None, None)
+    missing = unrecorded_trials(study) if study is not None else []
+    noise, results = noise_section(runs, out_dir, best, _epoch_config(study, best), missing)
     compare, cmp = compare_section(runs, out_dir) if len(runs) >= 2 else (None, None)
     diagnostics, inspect = diagnostics_section(best, out_dir) if best is not None else (None, None)
     sample = sample_section(best) if best is not None else None
-    sections += [s for s in (noise, compare, diagnostics, sample) if s is not None]
+    sections += [s for s in (transfer, noise, compare, diagnostics, sample) if s is not None]
     folders = [study_folder(study)] if study is not None else []
     own = [out_dir / name for name in ("report.md", "report.json", *(("report.html",) if html else ()))]
     sections.append(files_section([*folders, out_dir], own))
-    data = {"noise": results, "compare": cmp, "inspect": inspect, "best_run": best.name if best else None}
+    data = {
+        "transfer": moved,
+        "noise": results.get("epochs"),
+        "running_average": results.get("windows"),
+        "compare": cmp,
+        "inspect": inspect,
+        "best_run": best.name if best else None,
+    }
     return Report(name, out_dir, sections, data)

@@ -3,6 +3,7 @@
 python analyze.py noise results/runs/<a> results/runs/<b>        # is an epoch "increase" real?
 python analyze.py compare --study quick                          # which number ranks configs reliably?
 python analyze.py inspect results/runs/<a> --position 20         # what does the model see and predict?
+python analyze.py transfer --study quick                         # does the cheap budget predict the target?
 python analyze.py report --study quick --html                    # all of it as Markdown (+ one HTML file)
 python analyze.py dashboard --study quick                        # optuna-dashboard on localhost, with the figures
 """
@@ -57,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--top", type=int, default=10)
     inspect.add_argument("--weights", choices=("best", "final"), default="best")
     inspect.add_argument("--out", default="results/analysis/inspect")
+    transfer = sub.add_parser(
+        "transfer",
+        help="does the ranking at the cheap budget predict the ranking at the target budget?",
+        description="For each token count a study's trials reported a loss at (and the target): Spearman's rank "
+        "correlation with the configurations' target losses and the regret of picking there, with 95%% bootstrap "
+        "intervals over configurations and their confirmation seeds.",
+    )
+    transfer.add_argument("--study", help="the sweep to read (required)")
+    add_storage_argument(transfer)
+    transfer.add_argument("--out", help="folder for transfer.json and transfer.png (default: results/reports/<study>)")
+    transfer.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     report = sub.add_parser(
         "report", help="a Markdown (and --html: one self-contained HTML) report in results/reports/<name>/"
     )
@@ -100,6 +112,7 @@ def load_sources(args: argparse.Namespace) -> list[Any]:
 def cmd_noise(args: argparse.Namespace) -> int:
     from picollm.analysis.figures import false_increase_figure, noise_figure
     from picollm.analysis.noise import analyze_noise, overall_verdict
+    from picollm.analysis.smoothing import window_analysis, window_line
 
     runs = load_sources(args)
     out = Path(args.out)
@@ -112,9 +125,12 @@ def cmd_noise(args: argparse.Namespace) -> int:
     figures.append(false_increase_figure(results, out / "false_increase.png"))
     payload = {**results[0], "runs": results} if len(results) == 1 else {"runs": results}
     payload["verdict"] = overall_verdict(results)
+    windows = [window_analysis(run) for run in runs]
+    payload["running_average"] = windows
     atomic_write_json(out / "noise.json", payload)
-    for r in results:
+    for r, w in zip(results, windows, strict=True):
         print(f"\n{r['run']}: sigma {r['step_noise_sigma']:.4f}, lag-1 autocorrelation {r['lag1_autocorrelation']:.2f}")
+        print("  " + window_line(w))
         print("  epoch  mean     95% interval          steps")
         for e in r["epochs"][:12]:
             print(f"  {e['epoch']:5d}  {e['mean']:.4f}  [{e['ci_low']:.4f}, {e['ci_high']:.4f}]  {e['n_steps']:6d}")
@@ -173,6 +189,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from picollm.analysis import records
+    from picollm.analysis.figures import transfer_figure
+    from picollm.analysis.transfer import transfer_analysis, transfer_lines
+
+    if not args.study:
+        raise ConfigError("transfer needs --study NAME (and --storage URL for a study outside the default storage)")
+    if args.bootstrap < 100:
+        raise ConfigError(f"--bootstrap must be at least 100 for a 95% interval, got {args.bootstrap}")
+    result = transfer_analysis(records.load_study(args.study, args.storage), args.bootstrap)
+    out = Path(args.out or f"results/reports/{args.study}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "transfer.json", result)
+    written = [out / "transfer.json"]
+    if any(row["spearman"] is not None for row in result["rows"]):
+        written.append(transfer_figure(result, out / "transfer.png"))
+    print("\n".join(transfer_lines(result)))
+    print(f"wrote {' and '.join(map(str, written))}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from picollm.analysis import records
     from picollm.analysis.render import write_report
@@ -211,6 +248,7 @@ COMMANDS = {
     "noise": cmd_noise,
     "compare": cmd_compare,
     "inspect": cmd_inspect,
+    "transfer": cmd_transfer,
     "report": cmd_report,
     "dashboard": cmd_dashboard,
 }
