@@ -119,3 +119,13 @@ def tiktoken_available(encoding: str = "gpt2") -> bool:
     except DataError:
         return False
     return True
+
+
+def tiktoken_cache_dir() -> str:
+    """The folder tiktoken reads GPT-2's files from in this process (its own rule: TIKTOKEN_CACHE_DIR, else
+    DATA_GYM_CACHE_DIR, else data-gym-cache in the temporary folder); a run records it, so its files can be found
+    again offline."""
+    import tempfile
+
+    folder = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    return os.path.abspath(folder or os.path.join(tempfile.gettempdir(), "data-gym-cache"))

@@ -57,6 +57,7 @@ from picollm.optim import build_optimizer, decay_start, lr_at, set_lr
 from picollm.sampling import Sampling, generate_text
 from picollm.scoring import Estimate, score
 from picollm.timing import Stopwatch
+from picollm.tokenizers import tiktoken_cache_dir
 from picollm.tracking import Tracker, new_run_id
 
 EvalHook = Callable[[int, float], None]  # (tokens seen, val/loss) -> None; may raise StopRun
@@ -595,6 +596,7 @@ def train(
         "data": describe(data),
         "params": count_parameters(model),
         "baseline": baseline,
+        "tokenizer_files": tiktoken_cache_dir() if cfg.data.tokenizer == "gpt2" else None,
         "val_set": val_set_description(periodic, full, scoring_policy(cfg.model.block_size, model.context_size)),
     }
     with clock.phase("tracking_init"):

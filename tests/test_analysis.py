@@ -397,7 +397,7 @@ def test_a_missing_tokenizer_is_found_where_its_files_lie_or_named_in_one_line(
 
     empty, good = tmp_path / "empty", tmp_path / "good"
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(empty))
-    monkeypatch.setattr(diagnose, "tiktoken_folders", lambda: [empty, good])
+    monkeypatch.setattr(diagnose, "tiktoken_folders", lambda run_dir=None: [empty, good])
     monkeypatch.setattr(diagnose, "_loads", lambda: os.environ["TIKTOKEN_CACHE_DIR"] == str(good))
     diagnose.ensure_tokenizer("gpt2")
     assert os.environ["TIKTOKEN_CACHE_DIR"] == str(good)  # the tokenizer and the token data read the same files
@@ -458,3 +458,24 @@ def test_diagnostics_that_cannot_run_say_why(tmp_path: Path, monkeypatch: pytest
     run.source = str(tmp_path)
     section, result = sections.diagnostics_section(run, tmp_path)
     assert result is None and section.text == [f"No diagnostics for this run: {why}."]
+
+
+def test_a_run_records_where_its_tokenizer_files_were_and_diagnostics_look_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from picollm.analysis import diagnose
+
+    files = tmp_path / "tiktoken"
+    files.mkdir()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(files))
+    from picollm.tokenizers import tiktoken_cache_dir
+
+    assert tiktoken_cache_dir() == str(files)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "meta.json").write_text(json.dumps({"tokenizer_files": str(files)}))
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR")
+    assert files.resolve() in diagnose.tiktoken_folders(run_dir)
+    assert files.resolve() not in diagnose.tiktoken_folders()

@@ -8,6 +8,7 @@ a warning when the top guess is the same token almost everywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,20 +25,20 @@ from picollm.tokenizers import tiktoken_available
 
 SAME_GUESS_WARNING = 0.9  # share of positions with one top guess that triggers the warning
 TOKENIZER_PROBE_S = 10.0  # offline, tiktoken fails fast; a firewalled network may hang instead
-REPO = Path(__file__).resolve().parents[2]
 
 
-def tiktoken_folders() -> list[Path]:
+def tiktoken_folders(run_dir: Path | None = None) -> list[Path]:
     """Folders that may hold GPT-2's tiktoken files: the ones tiktoken reads itself (its two environment
-    variables, else its default in the temporary folder), then ``../shared/tiktoken-cache`` beside the
-    repository and beside the working folder, where this project keeps them."""
+    variables, else its default in the temporary folder), then the one the run itself read them from
+    (``meta.json``: ``tokenizer_files``)."""
     named = [os.environ.get(key) for key in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")]
-    candidates = [
-        *(Path(value) for value in named if value),
-        Path(tempfile.gettempdir(), "data-gym-cache"),
-        REPO.parent / "shared" / "tiktoken-cache",
-        Path.cwd().parent / "shared" / "tiktoken-cache",
-    ]
+    candidates = [*(Path(value) for value in named if value), Path(tempfile.gettempdir(), "data-gym-cache")]
+    if run_dir is not None:
+        try:
+            recorded = json.loads((Path(run_dir) / "meta.json").read_text()).get("tokenizer_files")
+        except (OSError, ValueError):
+            recorded = None
+        candidates += [Path(recorded)] if recorded else []
     return [path for path in dict.fromkeys(p.resolve() for p in candidates) if path.is_dir()]
 
 
@@ -47,7 +48,7 @@ def _loads() -> bool:
     return call_with_timeout(tiktoken_available, TOKENIZER_PROBE_S, False)
 
 
-def ensure_tokenizer(name: str) -> None:
+def ensure_tokenizer(name: str, run_dir: Path | None = None) -> None:
     """Make a run's tokenizer load offline when its files are on this machine, else say in one line how to.
 
     The bytes tokenizer needs no files. GPT-2's comes from tiktoken's cache: when tiktoken cannot load it as
@@ -57,7 +58,7 @@ def ensure_tokenizer(name: str) -> None:
     if name != "gpt2" or _loads():
         return
     configured = os.environ.get("TIKTOKEN_CACHE_DIR")
-    folders = tiktoken_folders()
+    folders = tiktoken_folders(run_dir)
     for folder in folders:
         os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
         if _loads():
@@ -94,7 +95,7 @@ def inspect_run(
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    ensure_tokenizer(cfg.data.tokenizer)
+    ensure_tokenizer(cfg.data.tokenizer, run_dir)
     model, tokenizer = load_run(run_dir, which)
     data = load_token_data(cfg.data, progress=False)
     block = cfg.model.block_size
