@@ -11,7 +11,7 @@ The fingerprint is a flat, ordered mapping of:
 
 The first worker stores it with the study; every later worker, resume or machine compares its own and
 refuses before it adds anything to the study, saying in words what differs (:func:`explain`): "this study was
-made offline, on the built-in stories ...; this run would train on ../shared/data/tinystories-sample ...", not
+made offline, on the built-in stories ...; this run would train on data/tinystories ...", not
 two cache hashes.
 """
 
