@@ -1,4 +1,4 @@
-"""What scoring with real context costs: ``python -m benchmarks.eval_cost [--tokens N] [--trial]``.
+"""What scoring with real context costs: ``python -m benchmarks.eval_cost [--tokens N] [--trial SAMPLE]``.
 
 Times :func:`picollm.scoring.score` on the same validation tokens with the overlapping windows
 the trainer uses and with plain non-overlapping windows (the old way), per model, at the
@@ -96,13 +96,17 @@ def trial_share(sample: str) -> dict[str, float]:
     return {"wall_s": summary["wall_time_s"], "eval_s": spent[0], "eval_share": spent[0] / summary["wall_time_s"]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=8192, help="validation tokens to score (default 8192)")
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trial", default=None, metavar="SAMPLE", help="also time a quick.yaml trial on this data")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     threads = torch.get_num_threads()
     print(f"scoring {args.tokens:,} tokens, vocab {args.vocab:,}, block {SIZES['block_size']}, {threads} threads")
     print(f"{'model':12s} {'no overlap s':>13s} {'with context s':>15s} {'time ratio':>10s} {'body work ratio':>16s}")

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from picollm.errors import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = (1, 2, 4, 8)
 
@@ -111,7 +113,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.workers_scale", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--storage",
@@ -130,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         help="passed to sweep.py, e.g. data.tinystories=../shared/data/tinystories-sample",
     )
     parser.add_argument("--out", type=Path, default=Path("results/bench_workers.json"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.storage or not args.storage.startswith("postgresql"):
         parser.error("--storage (or PICOLLM_STORAGE) must be a postgresql:// URL")
@@ -153,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

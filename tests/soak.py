@@ -110,13 +110,17 @@ def soak(storage: str, workers: int = 4, n_trials: int = 40, rounds: int = 5) ->
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", required=True, help="postgresql://user@host/db (or sqlite:///, journal:)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     results = soak(args.storage, args.workers, args.trials, args.rounds)
     return 0 if all(r.ok for r in results) else 1
 

@@ -7,9 +7,7 @@ import argparse
 from picollm.sampling import Sampling, check_sampling, generate_text
 
 
-def main(argv: list[str] | None = None) -> int:
-    from picollm.checkpoint import load_run
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m picollm.generate", description="Sample text from a trained run's saved weights."
     )
@@ -23,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from picollm.checkpoint import load_run
+
+    args = build_parser().parse_args(argv)
     s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy)
     check_sampling(s, args.num_samples)
     model, tokenizer = load_run(args.run_dir, args.weights)
