@@ -32,6 +32,9 @@ MODULES = {
     "benchmarks.eval_cost": "benchmarks.eval_cost",
     "benchmarks.search_vs_random": "benchmarks.search_vs_random",
     "benchmarks.workers_scale": "benchmarks.workers_scale",
+    "benchmarks.target_vs_brute_force": "benchmarks.target_vs_brute_force",
+    "benchmarks.threads": "benchmarks.threads",
+    "benchmarks.wsd_vs_cosine": "benchmarks.wsd_vs_cosine",
     "tests.soak": "tests.soak",
 }
 CONSOLE_SCRIPTS = {
@@ -41,8 +44,8 @@ CONSOLE_SCRIPTS = {
     "picollm-sweep": "picollm.cli.sweep",
     "picollm-analyze": "picollm.cli.analyze",
 }
-# Commands whose flags are not picollm's to check: other tools', and scripts outside the package.
-NOT_OURS = {"-m pytest", "-m venv", "-m pip", "docs/screenshots.py", "../shared/bench/quick_reference.py"}
+# Commands whose flags are not picollm's to check: other tools', scripts outside the package, the course's pico.py.
+NOT_OURS = {"-m pytest", "-m venv", "-m pip", "docs/screenshots.py", "../shared/bench/quick_reference.py", "pico.py"}
 NOT_SHELL = {"python", "py", "yaml", "yml", "json", "toml", "ini", "csv"}  # fenced blocks that hold no commands
 PYTHONS = {"python", "python3"}
 SEPARATORS = {"|", "||", "&&", ";", "&"}
