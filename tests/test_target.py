@@ -115,3 +115,9 @@ def test_the_answer_is_confirmed_at_the_target_and_scored_once_on_the_test_set(t
     best = (tmp_path / "studies" / "t" / "best.yaml").read_text()
     assert f"confirmed at {TARGET:,} tokens with schedule wsd" in best and "test " in best
     assert yaml.safe_load(best)["train"]["max_tokens"] == TARGET and yaml.safe_load(best)["train"]["anneal_at"] == []
+    import csv
+
+    rows = {int(r["number"]): r for r in csv.DictReader((tmp_path / "studies" / "t" / "trials.csv").open())}
+    side_by_side = {n for n, r in rows.items() if r["test_loss"] and r["confirmed_val_loss"]}
+    assert side_by_side == {winner, 0}  # trials.csv: validation and test figures of the winner and the baseline
+    assert all(float(rows[n]["test_loss_stderr"]) > 0 for n in side_by_side)

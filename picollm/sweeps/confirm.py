@@ -364,7 +364,7 @@ def score_on_test(study: Any, conf: Confirmation) -> None:
 
     if not (study.user_attrs.get("base") or {}).get("data", {}).get("test_tokens") or not conf.ranked():
         return
-    for result in _scored_on_test(conf):
+    for result in scored_on_test(conf):
         for seed, record in result.runs.items():
             if not _usable(record) or "test_loss" in record or not record.get("run_dir"):
                 continue
@@ -373,7 +373,7 @@ def score_on_test(study: Any, conf: Confirmation) -> None:
             study.set_user_attr(ATTR_PREFIX + run_key(result.candidate.params, seed, conf.budget_tokens), record)
 
 
-def _scored_on_test(conf: Confirmation) -> list[ConfigResult]:
+def scored_on_test(conf: Confirmation) -> list[ConfigResult]:
     winner = conf.ranked()[0]
     baseline = next((r for r in conf.results if r.candidate.baseline), None)
     return [winner] if baseline is None or baseline is winner else [winner, baseline]
@@ -403,7 +403,7 @@ def test_lines(conf: Confirmation) -> list[str]:
     """Validation and test figures side by side for the winner and the baseline; their difference is the
     measured winner's curse (the validation figure was chosen on, the test figure never was)."""
     lines = []
-    for result in _scored_on_test(conf) if conf.ranked() else []:
+    for result in scored_on_test(conf) if conf.ranked() else []:
         test, val = held_out(result, "test_loss"), held_out(result, "final_val_loss")
         if test is None or val is None:
             continue

@@ -22,7 +22,16 @@ from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_text
 from picollm.search import apply_params
-from picollm.sweeps.confirm import SETTINGS_ATTR, Confirmation, NothingToConfirm, plan, summary_lines, verdict_lines
+from picollm.sweeps.confirm import (
+    SETTINGS_ATTR,
+    Confirmation,
+    NothingToConfirm,
+    held_out,
+    plan,
+    scored_on_test,
+    summary_lines,
+    verdict_lines,
+)
 from picollm.sweeps.settings import ConfirmSettings
 from picollm.sweeps.studies import trained_base
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
@@ -75,13 +84,35 @@ def trial_rows(study: Any) -> tuple[list[str], list[dict[str, Any]]]:
     return header, [trial_row(t, metric) for t in study.trials]
 
 
-def trials_csv(study: Any) -> str:
+# The confirmed winner's and the baseline's rows: validation and test means over the confirmation's seeds, side by
+# side, so the table shows the winner's curse (the search chose on the first, never saw the second).
+HELD_OUT_COLUMNS = ("confirmed_val_loss", "confirmed_val_loss_stderr", "test_loss", "test_loss_stderr")
+
+
+def trials_csv(study: Any, conf: Confirmation | None = None) -> str:
     header, rows = trial_rows(study)
+    held = held_out_figures(conf) if conf is not None else {}
+    if held:
+        header = [*header, *HELD_OUT_COLUMNS]
+        for row in rows:
+            row.update(held.get(row["number"], {}))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=header, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def held_out_figures(conf: Confirmation) -> dict[int, dict[str, float]]:
+    """Trial number -> its confirmation's mean validation and test losses with their standard errors."""
+    figures = {}
+    for result in scored_on_test(conf):
+        val, test = held_out(result, "final_val_loss"), held_out(result, "test_loss")
+        if val is not None and test is not None:
+            figures[result.candidate.number] = dict(
+                zip(HELD_OUT_COLUMNS, (val.mean, val.stderr, test.mean, test.stderr), strict=True)
+            )
+    return figures
 
 
 def best_trial(study: Any) -> Any:
@@ -282,7 +313,7 @@ def export_study(study: Any, root: str | Path, conf: Confirmation | None = None)
     except OSError as exc:
         raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
     conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
-    atomic_write_text(folder / "trials.csv", trials_csv(study))
+    atomic_write_text(folder / "trials.csv", trials_csv(study, conf))
     notes: list[str] = []
     try:
         atomic_write_text(folder / "best.yaml", best_yaml(study, conf))
