@@ -540,8 +540,7 @@ def test_soak_four_workers_forty_trials_five_rounds() -> None:
 def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     """Under load a worker can miss heartbeats: a peer fails its live trial; when it wakes it must not crash.
 
-    This is what made the old 4-worker PostgreSQL test fail once under load (see README, Reliability). On
-    PostgreSQL, as there: a SQLite file stays locked while a stopped process holds its write lock.
+    On PostgreSQL: a SQLite file stays locked while a stopped process holds its write lock.
     """
     import optuna
 
