@@ -190,6 +190,25 @@ def test_the_cli_resumes_a_killed_run(tmp_path: Path) -> None:
     ]
 
 
+def test_a_resumed_run_goes_on_in_the_same_offline_wandb_run(tmp_path: Path) -> None:
+    from picollm.wandb_offline import read_history, read_run_info
+
+    overrides = small(tmp_path, "train.max_tokens=6144", "tracking.wandb=offline")
+    child = KILLED_CHILD.format(root=str(ROOT), kill=30, overrides=overrides)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False, env=env)
+    killed = tmp_path / "runs" / "killed"
+    run_id = json.loads((killed / "meta.json").read_text())["wandb"]["run_id"]
+    resume(killed)
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["wandb_complete"] is True and summary["wandb_run_id"] == run_id
+    files = sorted(killed.glob("wandb/*run-*/run-*.wandb"), key=lambda f: f.stat().st_mtime)
+    assert files and all(run_id in f.name for f in files)  # one W&B run, written in two sittings
+    resumed_steps = [row["step"] for row in read_history(files[-1]) if "train/loss" in row]
+    assert 0 < resumed_steps[0] <= 30 and resumed_steps[-1] == summary["steps"]  # from the checkpoint to the end
+    assert read_run_info(files[-1]).get("exit_code") == 0
+
+
 def test_a_finished_wsd_run_extends_to_the_run_started_with_the_longer_budget(tmp_path: Path) -> None:
     whole = run(tmp_path, f"train.max_tokens={BUDGET}")
     short = run(tmp_path, "train.max_tokens=8192")
