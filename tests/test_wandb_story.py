@@ -157,6 +157,7 @@ def test_the_study_summary_run_names_the_confirmed_winner_its_interval_and_the_v
         study={"n_trials": 3, "budget_tokens": 2048},
         train={"threads": 1},
         tracking={"wandb": "offline"},
+        data={"test_tokens": 256},
     )
     raw = yaml.safe_load(path.read_text())
     raw["confirm"] = {"top": 2, "seeds": 2}
@@ -182,6 +183,10 @@ def test_the_study_summary_run_names_the_confirmed_winner_its_interval_and_the_v
     assert "shared seeds" in s["verdict"] or "cannot be told apart" in s["verdict"]
     params = {k: v for k, v in winner.items() if k.startswith(("optim.", "model.")) and v != ""}
     assert {k: str(s[f"best/{k}"]) for k in params} == params
+    winner_runs = [r for r in rows if r["trial"] == winner["trial"]]
+    assert s["confirmed/test_loss"] == pytest.approx(sum(float(r["test_loss"]) for r in winner_runs) / 2)
+    assert s["confirmed/val_loss"] == pytest.approx(float(winner["config_mean"]))
+    assert s["confirmed/test_loss_stderr"] > 0 and "winner's curse" in s["verdict"]
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "under-proc"])

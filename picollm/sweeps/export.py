@@ -30,6 +30,7 @@ from picollm.sweeps.confirm import (
     plan,
     scored_on_test,
     summary_lines,
+    test_lines,
     verdict_lines,
 )
 from picollm.sweeps.settings import ConfirmSettings
@@ -405,16 +406,34 @@ def answer_summary(study: Any, conf: Confirmation | None) -> dict[str, Any]:
         return {"answer": "best trial", "best_trial": best.number} | {f"best/{k}": v for k, v in best.params.items()}
     winner = conf.ranked()[0]
     iv = winner.interval()
-    return {
-        "answer": "confirmed winner",
-        "best_trial": winner.candidate.number,
-        "confirmed/mean": iv.mean,
-        "confirmed/ci_low": iv.low,
-        "confirmed/ci_high": iv.high,
-        "confirmed/seeds": iv.n,
-        "confirmed/budget_tokens": conf.budget_tokens,
-        "verdict": "\n".join(verdict_lines(conf)),
-    } | {f"best/{k}": v for k, v in winner.candidate.params.items()}
+    return (
+        {
+            "answer": "confirmed winner",
+            "best_trial": winner.candidate.number,
+            "confirmed/mean": iv.mean,
+            "confirmed/ci_low": iv.low,
+            "confirmed/ci_high": iv.high,
+            "confirmed/seeds": iv.n,
+            "confirmed/budget_tokens": conf.budget_tokens,
+            "verdict": "\n".join([*verdict_lines(conf), *test_lines(conf)]),
+        }
+        | _test_summary(conf)
+        | {f"best/{k}": v for k, v in winner.candidate.params.items()}
+    )
+
+
+def _test_summary(conf: Confirmation) -> dict[str, float]:
+    """The winner's validation and test means (``confirmed/val_loss``, ``confirmed/test_loss``, with stderrs) and
+    the baseline's test mean, when the study has a test split."""
+    figures = held_out_figures(conf)
+    winner, baseline = conf.ranked()[0], next((r for r in conf.results if r.candidate.baseline), None)
+    mine = figures.get(winner.candidate.number)
+    if mine is None:
+        return {}
+    summary = {f"confirmed/{k.removeprefix('confirmed_')}": v for k, v in mine.items()}
+    if baseline is not None and baseline is not winner and baseline.candidate.number in figures:
+        summary["baseline/test_loss"] = figures[baseline.candidate.number]["test_loss"]
+    return summary
 
 
 def _cell(value: Any) -> Any:
