@@ -38,9 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["evaluate", "generate", "inspect", "load_config", "noise", "sweep", "train"]
 
-# ---------------------------------------------------------------------------------------------
-# Showing results in a notebook.
-# ---------------------------------------------------------------------------------------------
+# -- Showing results in a notebook ------------------------------------------------------------
 
 
 def _figure_html(fig: Figure) -> str:
@@ -67,9 +65,7 @@ def _overrides(overrides: Sequence[str] | str) -> list[str]:
     return [overrides] if isinstance(overrides, str) else list(overrides)
 
 
-# ---------------------------------------------------------------------------------------------
-# Configs and training.
-# ---------------------------------------------------------------------------------------------
+# -- Configs and training ---------------------------------------------------------------------
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] | str = ()) -> Config:
@@ -175,9 +171,7 @@ def _run_dir(run: str | Path | TrainResult) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# Sweeps.
-# ---------------------------------------------------------------------------------------------
+# -- Sweeps -----------------------------------------------------------------------------------
 
 
 @dataclass(repr=False)
@@ -313,9 +307,7 @@ def _fail_left_running(study: Any) -> None:
             study.tell(trial.number, state=TrialState.FAIL)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading runs: evaluation, noise, inspection, generation.
-# ---------------------------------------------------------------------------------------------
+# -- Reading runs: evaluation, noise, inspection, generation ----------------------------------
 
 
 def evaluate(

@@ -54,9 +54,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> t
     return model.to(device).eval(), tokenizer
 
 
-# ---------------------------------------------------------------------------------------------
-# Full-state checkpoints: what --resume and --extend-to continue from.
-# ---------------------------------------------------------------------------------------------
+# -- Full-state checkpoints: what --resume and --extend-to continue from ----------------------
 
 STATE_FORMAT = 1
 STATES = "checkpoints"  # the folder of a run record that holds them

@@ -108,9 +108,7 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsing: dict -> typed dataclasses, with one clear line per problem.
-# ---------------------------------------------------------------------------------------------
+# -- Parsing: dict -> typed dataclasses, with one clear line per problem ----------------------
 
 
 def _type_name(tp: Any) -> str:
@@ -317,9 +315,7 @@ def _check_data_and_train(d: DataConfig, t: TrainConfig) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Files and overrides.
-# ---------------------------------------------------------------------------------------------
+# -- Files and overrides ----------------------------------------------------------------------
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -26,9 +26,7 @@ HUB_HOST = "huggingface.co"
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Built-in generators (no network, no files).
-# ---------------------------------------------------------------------------------------------
+# -- Built-in generators (no network, no files) -----------------------------------------------
 
 SYNTHETIC_PROMPT = "0 1 2 3 4"
 
@@ -93,9 +91,7 @@ def builtin_stories(n: int, seed: int = 0) -> list[str]:
     return docs
 
 
-# ---------------------------------------------------------------------------------------------
-# Plain-text files.
-# ---------------------------------------------------------------------------------------------
+# -- Plain-text files -------------------------------------------------------------------------
 
 
 def read_text_file(path: str | Path) -> list[str]:
@@ -117,9 +113,7 @@ def read_text_file(path: str | Path) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# TinyStories through `datasets`.
-# ---------------------------------------------------------------------------------------------
+# -- TinyStories through `datasets` -----------------------------------------------------------
 
 
 def is_local_path(spec: str) -> bool:
@@ -184,9 +178,7 @@ def _take_texts(split: Any, cap: int | None, spec: str) -> list[str]:
     return [t.strip() for t in texts if t and t.strip()]
 
 
-# ---------------------------------------------------------------------------------------------
-# Reachability, bounded in time.
-# ---------------------------------------------------------------------------------------------
+# -- Reachability, bounded in time ------------------------------------------------------------
 
 
 def call_with_timeout(fn: Callable[[], T], seconds: float, default: T) -> T:

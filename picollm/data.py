@@ -86,9 +86,7 @@ def loads_tinystories(d: DataConfig) -> bool:
     return bool(d.tinystories) and d.tinystories_weight > 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Offline fallback: rewrite the config honestly instead of failing or pretending.
-# ---------------------------------------------------------------------------------------------
+# -- Offline fallback: rewrite the config honestly instead of failing or pretending -----------
 
 
 def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
@@ -122,9 +120,7 @@ def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
     return new, note
 
 
-# ---------------------------------------------------------------------------------------------
-# Building the cache.
-# ---------------------------------------------------------------------------------------------
+# -- Building the cache -----------------------------------------------------------------------
 
 
 def _file_sha256(path: Path) -> str:
@@ -342,9 +338,7 @@ def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, 
     return {name: 1.0 for name in groups}
 
 
-# ---------------------------------------------------------------------------------------------
-# Windows and batches.
-# ---------------------------------------------------------------------------------------------
+# -- Windows and batches ----------------------------------------------------------------------
 
 
 def window_starts(data: TokenData, block_size: int, context: int = 0) -> dict[str, np.ndarray]:
@@ -406,9 +400,7 @@ def train_batches(
         yield gather(data.train, order[i * batch_size : (i + 1) * batch_size], block_size, context)
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation: which documents, and how their tokens are scored.
-# ---------------------------------------------------------------------------------------------
+# -- Validation: which documents, and how their tokens are scored -----------------------------
 
 
 @dataclass
@@ -559,9 +551,7 @@ def eval_batches(
         yield x, y, torch.from_numpy(scored), (s[:, None] + cols)[scored]
 
 
-# ---------------------------------------------------------------------------------------------
-# The counting baseline.
-# ---------------------------------------------------------------------------------------------
+# -- The counting baseline --------------------------------------------------------------------
 
 
 def unigram_baseline(data: TokenData) -> dict[str, float]:

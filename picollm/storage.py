@@ -166,9 +166,7 @@ def has_heartbeat(storage: Any) -> bool:
     return isinstance(storage, RDBStorage)
 
 
-# ---------------------------------------------------------------------------------------------
-# One lock for every worker sharing a storage.
-# ---------------------------------------------------------------------------------------------
+# -- One lock for every worker sharing a storage ----------------------------------------------
 
 
 def _lock_key(name: str) -> int:

@@ -36,9 +36,7 @@ class NothingToConfirm(PicoError):
     """The study has no complete trial yet."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Statistics on plain numbers (no study needed: tested on synthetic values).
-# ---------------------------------------------------------------------------------------------
+# -- Statistics on plain numbers (no study needed: tested on synthetic values) ----------------
 
 
 @dataclass
@@ -113,9 +111,7 @@ def compare_words(winner: str, other: str, pair: Paired, n_seeds: int) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Candidates and their runs.
-# ---------------------------------------------------------------------------------------------
+# -- Candidates and their runs ----------------------------------------------------------------
 
 
 @dataclass
@@ -269,9 +265,7 @@ def train_record(raw: dict[str, Any], run_prefix: str) -> dict[str, Any]:
     return {"run_id": run_id, **{key: summary.get(key) for key in keys}}
 
 
-# ---------------------------------------------------------------------------------------------
-# Running a confirmation (resumable) and reading it back.
-# ---------------------------------------------------------------------------------------------
+# -- Running a confirmation (resumable) and reading it back -----------------------------------
 
 
 @dataclass

@@ -88,9 +88,7 @@ def differing(stored: dict[str, Any], mine: dict[str, Any]) -> list[str]:
     return [k for k in keys if stored.get(k, missing) != mine.get(k, missing)]
 
 
-# ---------------------------------------------------------------------------------------------
-# A refusal in words: what this study was made with, and what this run would change.
-# ---------------------------------------------------------------------------------------------
+# -- A refusal in words: what this study was made with, and what this run would change --------
 
 # What the data words below describe: where the tokens come from, and whether the fallback replaced them.
 SOURCE_KEYS = (

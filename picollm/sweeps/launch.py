@@ -103,9 +103,7 @@ def check_shared_storage(url: str) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Inside a job: device, signals, the worker.
-# ---------------------------------------------------------------------------------------------
+# -- Inside a job: device, signals, the worker ------------------------------------------------
 
 
 def no_gpu_here(local_rank: int, gpus_per_node: int) -> bool:
@@ -189,9 +187,7 @@ class ConfirmJob:
         return confirm_and_export(study, self.exp.confirm, self.exp.study.out_dir)
 
 
-# ---------------------------------------------------------------------------------------------
-# Submitting: executors by name, what to print, waiting.
-# ---------------------------------------------------------------------------------------------
+# -- Submitting: executors by name, what to print, waiting ------------------------------------
 
 
 @dataclass

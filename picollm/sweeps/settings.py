@@ -149,9 +149,7 @@ def rungs(s: StudySettings) -> list[int]:
     return budgets
 
 
-# ---------------------------------------------------------------------------------------------
-# The `confirm:` block of an experiment file, or --top/--seeds on the command line.
-# ---------------------------------------------------------------------------------------------
+# -- The `confirm:` block of an experiment file, or --top/--seeds on the command line ---------
 
 
 @dataclass

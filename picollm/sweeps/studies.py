@@ -225,9 +225,7 @@ def finished(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-# ---------------------------------------------------------------------------------------------
-# Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API.
-# ---------------------------------------------------------------------------------------------
+# -- Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API ------
 
 
 @dataclass
