@@ -1,13 +1,6 @@
 """picollm: train tiny language models, sweep their hyperparameters, and read the losses honestly.
 
-From Python or a notebook (see :mod:`picollm.api` for every function and its example)::
-
-    import picollm
-    run = picollm.train(picollm.load_config("experiments/quick.yaml", ["train.max_tokens=20000"]))
-    run.plot()                        # the loss curves, as a matplotlib Figure
-
-``import picollm`` loads neither torch nor Optuna nor W&B: the API imports them inside each function,
-so a kernel or a command line pays for them only when it uses them.
+``import picollm`` loads neither torch nor Optuna nor W&B: the API (:mod:`picollm.api`) imports them when used.
 """
 
 import os

@@ -1,13 +1,8 @@
-"""picollm from Python: the functions the command lines call, with results that show in a notebook.
+"""picollm from Python: the command lines' functions, with results that show in a notebook.
 
-Why a Python API: the people this harness is for train on Colab from notebooks and want the loss
-curves, the top-10 next tokens and the study's report inline, not in files. Each function calls the
-same code as its command line (:func:`picollm.trainer.train`, :func:`picollm.sweeps.run_sweep`,
-:mod:`picollm.analysis`, :mod:`picollm.sampling`, :mod:`picollm.scoring`), so a notebook and a shell
-make the same run records, studies and numbers. Bad input raises :class:`picollm.errors.PicoError`
-(``ConfigError``, ``DataError``, ``StorageError``) with the one line the CLIs print before exiting
-with status 2; nothing here calls ``sys.exit``. Tables are pandas DataFrames, figures matplotlib
-Figures, and every result has an HTML view for Jupyter.
+Why: each function runs the same code as its command line, so a notebook and a shell make the same records and numbers.
+Bad input raises :class:`picollm.errors.PicoError` with the one line a command line prints; nothing here calls
+``sys.exit``. Tables are DataFrames, figures matplotlib Figures, and every result has an HTML view::
 
     import picollm
     run = picollm.train(picollm.load_config("experiments/quick.yaml", ["train.max_tokens=20000"]))

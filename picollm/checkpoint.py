@@ -1,8 +1,5 @@
-"""Model weights in a run record: a state dict plus the settings to rebuild the model.
-
-Only tensors and plain Python values are saved (never a pickled ``nn.Module``), so loading uses
-``torch.load(weights_only=True)`` and a checkpoint cannot run code on the machine that reads it.
-"""
+"""Model weights in a run record: tensors and plain values only (never a pickled module), so loading with
+``weights_only=True`` cannot run code."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Configuration: one small dataclass per concern, loaded from YAML, overridable with dotted keys.
+"""Configuration: one dataclass per concern, loaded from YAML, overridable with dotted keys.
 
-Precedence, lowest to highest: dataclass defaults < the ``base:`` file(s) < the experiment
-file < ``--set key=value`` on the command line. The command line always wins; a YAML file never
-silently overrides it. Every value is type-checked and range-checked before any work starts,
-so a typo costs one line of output instead of a half-finished run.
+Precedence: defaults < ``base:`` files < the experiment file < ``--set key=value``. Every value is checked before any
+work, so a typo costs one line instead of a half-finished run.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Where documents come from: TinyStories (hub or local copy), text files, and two built-in generators.
-
-Each loader returns plain lists of strings; tokenizing and caching live in :mod:`picollm.data`.
-The built-in generators are deterministic (fixed seed), so every run that uses them sees the
-same documents and the validation set never moves.
-"""
+"""Where documents come from: TinyStories (hub or local), text files, and two seeded built-in generators (so the
+validation set never moves). Tokenizing lives in :mod:`picollm.data`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""The course script's flags (``pico.py``'s ``--block_size 32``, ``--input_files 3seqs.txt``, ...) as config keys.
+"""The course script's flags (``pico.py``'s ``--block_size 32``, ...) as aliases of config keys.
 
-Students arrive with the course's commands in their notes; each flag here is an alias of one dotted key and does
-exactly what ``--set KEY=VALUE`` does: it lands in the same ordered list of overrides, so the command line wins
-over the file and, for one key, the later of a flag and a ``--set`` wins. :data:`COURSE_FLAGS` is the only table
-of them (the parser, ``--help`` and ``docs/course.md`` are built or checked from it).
+Each flag does exactly what ``--set KEY=VALUE`` does, in the same ordered list of overrides. :data:`COURSE_FLAGS` is the
+only table of them (the parser, ``--help`` and ``docs/course.md`` come from or are checked against it).
 """
 
 from __future__ import annotations

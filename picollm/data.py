@@ -1,34 +1,17 @@
 """Token data: tokenize once, cache per split as uint16 on disk, memory-map, cut into windows.
 
-The cache key is a hash of everything that decides the tokens (sources, caps, file contents,
-tokenizer), so a second run or a sweep trial with the same data settings starts training after
-milliseconds of data work, and a changed input file can never be served stale. Each cached
-array carries its SHA-256; a truncated or altered file is rebuilt, not trusted.
+The cache key hashes everything that decides the tokens (sources, caps, file contents, tokenizer), so a repeat run
+starts at once and a changed file is never served stale; each array's SHA-256 is checked.
 
-Validation is the dataset's own split when it has one, else a deterministic held-out share of
-documents. Its tokens do not depend on the model or ``block_size``, so sweep trials are compared
-on the same tokens:
+Validation tokens do not depend on the model or ``block_size``, so trials compare on the same tokens:
 
-* **Which tokens.** A cap (``data.val_tokens``) or the periodic set (``train.eval_tokens``) is a
-  sample of *whole documents* (the split is cut at end-of-text) drawn with the fixed seed
-  :data:`VAL_SEED` across the whole split, never its first N tokens: the start of a split is one
-  stretch of similar stories and reads ~0.45 nats off on TinyStories. The periodic set is a prefix
-  of the same random order as the cap, so it is a subset of it, and the same for every run on the
-  same data. Each set remembers the document of each token, so a loss comes with a standard error
-  over documents (see :mod:`picollm.scoring`).
-* **How they are scored.** Every token after the first is scored exactly once, with real left
-  context (:func:`scoring_policy`). A model with a finite context (the k-gram: ``k - 1`` tokens
-  before the current one) reads windows of ``block_size + k - 1`` tokens and scores the last
-  ``block_size``: it sees real tokens everywhere except at the very start of the stream, and its
-  loss does not depend on ``block_size``. The LSTM and the transformer read overlapping windows of
-  ``block_size`` tokens, one every ``block_size // 2`` tokens, and score only the last
-  ``block_size // 2`` (the first window scores all): every scored token after the first window has
-  at least half a block of real context. That costs about twice the body's work of
-  non-overlapping windows, but the vocabulary head (the bulk of the cost at 50,257 ids) runs only
-  on scored tokens. The training windows of a finite-context model likewise read its ``k - 1``
-  tokens of context before their start instead of padding.
-* **Document boundaries.** Context crosses end-of-text, as in training: a story's first tokens
-  are predicted after the previous story's end, and a sample's documents sit back to back.
+* A cap (``data.val_tokens``) or the periodic set (``train.eval_tokens``) is a seeded sample of whole documents across
+  the split (its start is not representative); the periodic set is a prefix of the same order, so a subset of the capped
+  one. Each token keeps its document, for standard errors (:mod:`picollm.scoring`).
+* Every token after the first is scored once with real left context (:func:`scoring_policy`): a k-gram reads ``k - 1``
+  tokens before each block; the LSTM and the transformer read overlapping windows at half-block strides and score their
+  last half.
+* Context crosses end-of-text, as in training.
 """
 
 from __future__ import annotations

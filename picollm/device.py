@@ -1,8 +1,5 @@
-"""Devices: which one a run asks for, whether this machine has it, and how tensors get there.
-
-``train.device`` names a device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); one this
-machine lacks is a one-line :class:`ConfigError` before any work, not a crash in the first step.
-"""
+"""Devices: ``train.device`` names one (``auto``, ``cpu``, ``cuda[:N]``, ``mps``); one this machine lacks is a one-line
+:class:`ConfigError` before any work."""
 
 from __future__ import annotations
 

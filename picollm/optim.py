@@ -1,10 +1,5 @@
-"""Optimisers: their settings (:class:`OptimConfig`), the registry by name, and the learning-rate schedule.
-
-Each registry entry takes the parameter groups and the optim config and returns a torch optimiser,
-so adding one is one line and the config validator (:mod:`picollm.config`, which imports this module)
-knows every name. This module imports nothing from picollm and torch only when an optimiser is built,
-so reading a config stays cheap and there is no import cycle.
-"""
+"""Optimisers: their settings (:class:`OptimConfig`), the registry by name, and the learning-rate schedule. Imports
+nothing from picollm and torch only when an optimiser is built, so the config validator can import it cheaply."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Text generation for every model: greedy, temperature, top-k and nucleus (top-p) sampling.
-
-Models with a cache continue from it, so each new token costs one position's work; without the
-cache the whole (cropped) context is recomputed per token, which the benchmark uses as baseline.
-
-    python -m picollm.generate results/runs/<run_id> --prompt "Once upon a time" --top-p 0.9
-"""
+"""Text generation for every model: greedy, temperature, top-k and nucleus (top-p) sampling; models with a cache pay one
+position's work per new token."""
 
 from __future__ import annotations
 

@@ -1,19 +1,9 @@
-"""Scoring a model on validation tokens, with a standard error, and ``python -m picollm.evaluate``.
+"""Scoring a model on validation tokens, with a standard error.
 
-A validation loss is a token-weighted mean over documents: ``L = sum_d S_d / sum_d N_d`` for the
-summed loss ``S_d`` and token count ``N_d`` of each document. Tokens of one story are not
-independent (an easy story is easy throughout), so the standard error is the ratio-estimator
-(cluster) one over documents, ``sqrt(n/(n-1) * sum_d (S_d - L N_d)^2) / sum_d N_d``, not
-``std/sqrt(tokens)``, which would claim several times the real precision. It treats the
-documents as a sample of the data's distribution (no finite-population correction), so the
-whole split has an error too. :func:`score` runs the windows of :mod:`picollm.data` in batches:
-the head and the loss run only on scored tokens, and no Python loop touches single tokens.
-
-    python -m picollm.evaluate results/runs/<run_id>                        # its own validation split
-    python -m picollm.evaluate results/runs/<run_id> --set data.tinystories=path/to/tinystories
-    python -m picollm.evaluate results/runs/<run_id> --block-size 64 --out score.json
-
-:func:`evaluate_run` is the same from Python (a notebook): it returns the dict ``--out`` writes.
+A validation loss is a token-weighted mean over documents, ``L = sum_d S_d / sum_d N_d``. Tokens of one story are not
+independent, so the standard error is the ratio-estimator (cluster) one over documents,
+``sqrt(n/(n-1) * sum_d (S_d - L N_d)^2) / sum_d N_d``, not ``std/sqrt(tokens)``, which would overstate the precision
+several times. The head and the loss run only on scored tokens.
 """
 
 from __future__ import annotations

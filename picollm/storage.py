@@ -1,16 +1,8 @@
 """Optuna storage from a URL: SQLite (default), any RDB such as PostgreSQL, or a journal file.
 
-Owns three things a sweep needs from its storage, all through Optuna's and SQLAlchemy's public API:
-
-- opening it (:func:`open_storage`): Optuna's ``RDBStorage`` with its heartbeat and its
-  ``RetryHeartbeatStaleTrialCallback``, so a trial whose worker vanished is failed after ``grace_period``
-  seconds and re-queued at most ``max_retry`` times; ``pool_pre_ping`` replaces a connection that a server
-  restart or an idle timeout dropped. A read-only opener (``create=False``, the default) never creates a
-  database file that is not there.
-- a lock that every worker of every machine sharing the storage sees (:func:`claim_lock`): PostgreSQL's
-  advisory lock, MySQL's ``GET_LOCK``, and next to SQLite and journal files Optuna's own journal file lock.
-  Starting a trial under it is what keeps a study's total exact (see :mod:`picollm.sweeps.studies`).
-- masking passwords (:func:`mask_url`) in URLs and in any message that quotes one.
+:func:`open_storage` opens it with Optuna's heartbeat and capped retries of dead trials (and never creates a file when
+only reading); :func:`claim_lock` is a lock every worker on every machine sharing the storage sees, which keeps a
+study's total exact; :func:`mask_url` hides passwords in URLs and messages.
 """
 
 from __future__ import annotations

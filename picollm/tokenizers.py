@@ -1,8 +1,5 @@
-"""Tokenizers: GPT-2 BPE through tiktoken (the default) and raw UTF-8 bytes (no download).
-
-Both turn a list of documents into one flat uint16 token stream with the end-of-text id
-between documents, which is all the data pipeline needs.
-"""
+"""Tokenizers: GPT-2 BPE through tiktoken (the default) and raw UTF-8 bytes (no download), each turning documents into
+one uint16 stream with end-of-text between them."""
 
 from __future__ import annotations
 

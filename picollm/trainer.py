@@ -1,16 +1,9 @@
 """Train one run: the training loop and :func:`train`, its one entry point.
 
-:func:`run_loop` is the whole training loop on one screen; the pieces it calls are short
-functions — :func:`train_step`, the periodic and epoch-end evaluations (:mod:`picollm.scoring`
-scores), sampling, branched decays and checkpoints — that share one :class:`Run` holding the run's
-parts and running numbers. :func:`train` is the one entry point: the CLI and every sweep trial call
-it, so a sweep trial is exactly a trainer run, and once its record exists, whatever fails, the
-record ends with ``summary.json`` (status ``failed`` and the reason).
-
-A run can stop anywhere and go on: a full-state checkpoint (:mod:`picollm.checkpoint`) holds
-everything the loop reads, so :func:`resume` continues a killed run in its own record and ends with
-the losses it would have had, bit for bit on a CPU, and :func:`extend` continues a finished WSD run
-from the end of its stable phase to a longer budget, as if it had been started with that budget.
+:func:`run_loop` is the loop on one screen; the pieces it calls share one :class:`Run`. The CLI and every sweep trial
+call :func:`train`, and once a run's record exists it always ends with ``summary.json``. A full-state checkpoint holds
+everything the loop reads, so :func:`resume` finishes a killed run bit for bit (on a CPU) and :func:`extend` continues a
+WSD run's stable phase to a longer budget.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Read an offline W&B run file (``run-<id>.wandb``) back into history rows, without a network.
-
-The file is a LevelDB-style log (32 KiB blocks of checksummed, possibly fragmented records) of
-W&B's protobuf ``Record`` messages. Current wandb releases read it only in their Go core, so the
-tests and ``analyze.py`` use this small reader to check what was logged.
-"""
+"""Read an offline W&B run file (``run-<id>.wandb``: a LevelDB-style log of protobuf records) into history rows without
+a network; current wandb reads it only in its Go core."""
 
 from __future__ import annotations
 

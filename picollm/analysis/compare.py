@@ -1,9 +1,5 @@
-"""Which metric ranks configurations reliably? Rank runs by noisy and steady numbers and compare.
-
-The reference is the validation loss on the whole fixed split (the same tokens for every run).
-Each other metric picks a configuration; the cost of choosing on it is how much worse that pick's
-validation loss is than the best one.
-"""
+"""Which metric ranks configurations reliably? A metric's pick costs how much worse its validation loss (on the whole
+fixed split) is than the best one."""
 
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
-"""A study in the browser: optuna-dashboard on localhost, with the whole story attached.
-
-optuna-dashboard already draws the history, importances, parallel coordinates, slices and the trial
-table from the storage. This module adds what only picollm knows, in the dashboard's own terms:
-
-- the study's figures (sweep plots, confirmation, and the report's noise, ranking and diagnostics
-  figures) uploaded as study artifacts and shown in the study's note, with a link to the HTML report;
-- a note on each finished trial linking its run record (served read-only under ``/picollm/``) and
-  its W&B run when it was online.
-
-Notes and artifacts are written to the study's storage (that is where the dashboard keeps them);
-publishing again uploads only figures whose content changed.
-"""
+"""A study in optuna-dashboard on localhost, with what only picollm knows: the study's figures as artifacts in its note,
+and notes linking each finished trial to its run record (served read-only under ``/picollm/``) and W&B run. A figure
+is uploaded again only when its content changed."""
 
 from __future__ import annotations
 

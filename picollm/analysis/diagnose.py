@@ -1,10 +1,5 @@
-"""What does the model receive, and what does it predict? Top-k next tokens against plain counting.
-
-A model that always predicts the most frequent token (end-of-text, "the", ".") has learned the
-unigram distribution and nothing else; its loss sits near the unigram baseline. This module
-shows the decoded input, the model's top-k next-token probabilities, the corpus frequencies and
-a warning when the top guess is the same token almost everywhere.
-"""
+"""What does the model receive and predict? Its top-k next tokens against plain counting: a model whose top guess is one
+frequent token almost everywhere has learned only the unigram distribution."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Figures people would rather look at than read: loss noise, false increases, rankings, predictions.
+"""Figures for loss noise, false increases, rankings and predictions; validation losses carry their 95% intervals.
 
-Every validation loss is drawn with its 95% sampling interval (1.96 standard errors over documents),
-so a reader sees at a glance which differences the validation set can resolve.
-
-Each ``draw_*`` function returns a matplotlib :class:`~matplotlib.figure.Figure` built without
-pyplot, so it never switches the backend of the process (a notebook keeps its inline plots) and
-shows in Jupyter when returned; each ``*_figure`` function draws and saves one as a PNG.
+``draw_*`` functions build a Figure without pyplot, so a notebook's backend never switches; ``*_figure`` ones save a
+PNG.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""The sections of a report: the study's question, the ranking, the best config, whether the cheap budget
-predicts the target, the loss noise (epoch to epoch, and step losses against running averages), the metric
-rankings, the best run's diagnostics, samples and the exported files.
-
-Each builder takes what it needs (a study, run histories, the report folder for figures) and
-returns a :class:`~picollm.analysis.report.Section`, or None when it has nothing to show.
-"""
+"""The sections of a study's report; each builder returns a :class:`~picollm.analysis.report.Section`, or None when it
+has nothing to show."""
 
 from __future__ import annotations
 

@@ -1,18 +1,8 @@
-"""Step losses against a running average of them: what a run with a single epoch can say about its noise.
+"""Step losses against a running average: what a run with a single epoch can say about its noise.
 
-A run that ends inside its first pass over the data has no epoch-to-epoch change to test, but its step losses
-still measure the noise behind that question. With the model of :mod:`picollm.analysis.noise` (a smooth trend
-plus AR(1) noise of standard deviation sigma and lag-1 correlation rho), a trailing running average of the last
-W steps
-
-* scatters around the trend by the block-mean error of W steps: sigma/sqrt(W) for independent steps, more when
-  neighbouring steps are correlated (rho > 0);
-* lags the trend: it averages losses from up to W-1 steps ago, so while the loss falls by s per step it reads
-  too high by s*(W-1)/2.
-
-The window with the smallest root-mean-square error of the two (sqrt(scatter^2 + lag^2)) is the best running
-estimate of the current loss, and the scatter of a W-step window is the noise a comparison of W-step averages
-(an epoch of W steps) has to beat.
+With the AR(1) model of :mod:`picollm.analysis.noise`, a trailing W-step average scatters around the trend by the W-step
+block-mean error and, while the loss falls by s per step, lags it by s*(W-1)/2. The window with the smallest
+sqrt(scatter^2 + lag^2) is the best running estimate; its scatter is what a comparison of W-step averages has to beat.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """Does the cheap budget predict the target? Rank agreement and regret of picking a configuration early.
 
-A sweep ranks configurations at a cheap token budget (``settings.budget_tokens``); the winner is then trained at
-a target budget (``settings.target_tokens``, the budget itself when unset). Whether the cheap ranking carries over
-is measured, not assumed. For every token count at which trials reported a validation loss (in a target-aware
-study an annealed WSD branch at that count, so equal counts compare across trials), and for the target itself:
-
-* the Spearman rank correlation between the configurations' losses there and their losses at the target;
-* the regret of picking there: the target loss of the configuration that looks best there minus the best
-  target loss (nats; 0 when the early pick is the target's best).
-
-A configuration's target loss is the mean of its confirmation runs at the target budget when it has any, else its
-complete trial's value (its loss at the target). Both numbers get 95% percentile-bootstrap intervals that
-resample configurations and, within a configuration with several seeds at the target, its seeds: they hold the
-seed noise of the target losses as well as the luck of which configurations were tried.
+At every token count where trials reported a validation loss, and at the target: Spearman's rho with the target losses,
+and the regret of picking there (the pick's target loss minus the best, nats). A configuration's target loss is the mean
+of its confirmation runs when it has any, else its complete trial's value. 95% bootstrap intervals resample
+configurations and, within one, its seeds.
 """
 
 from __future__ import annotations

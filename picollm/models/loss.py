@@ -1,19 +1,12 @@
 """Next-token loss without the full logits tensor, in the precision autocast asks for.
 
-The output projection to a 50257-token vocabulary dominates a small LM's step: its logits for
-a 16x128 batch are a 412 MB float32 tensor that is written, read by log-softmax, written again
-for the gradient and read back. Here the head and the cross-entropy run together over chunks of
-rows, and the gradients are formed in the same pass (the loss is a scalar, so d loss / d logits
-is known as soon as the chunk's softmax is): memory holds one chunk's logits, and the result
-equals ``F.cross_entropy(hidden @ W.T + b, targets)`` up to float rounding (tested).
+The vocabulary head dominates a small LM's step (a 16x128 batch's float32 logits at 50257 ids are 412 MB), so the head
+and the cross-entropy run together over chunks of rows, forming the gradients in the same pass; the result equals
+``F.cross_entropy(hidden @ W.T + b, targets)`` up to rounding (tested).
 
-Precision (the GPU path, correct by construction): under autocast the three matmuls take their
-inputs in the autocast dtype (bf16: tensor cores) but accumulate *and return* float32, so the
-logits, the softmax, the loss and the weight gradient never pass through bf16 — a bf16 logit near
-10 would be off by up to 0.03 nats. CUDA does this in one cuBLAS call (``torch.mm(..., out_dtype=
-torch.float32)``); elsewhere the bf16 inputs are widened first, which gives the same sums because
-a product of two bf16 numbers is exact in float32. That is what lets the CPU tests check the bf16
-logic. Float32 matmuls on CUDA use TF32 when :func:`allow_tf32` has been called (the trainer does).
+Under autocast the matmuls take autocast-dtype inputs but accumulate and return float32, so logits, softmax, loss and
+weight gradient never pass through bf16. Off CUDA the bf16 inputs are widened first, which gives the same sums (a
+product of two bf16 numbers is exact in float32), so CPU tests check the bf16 logic.
 """
 
 from __future__ import annotations

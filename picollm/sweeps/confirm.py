@@ -1,15 +1,8 @@
 """Confirming a sweep's winner: re-train the top configs and the baseline with fresh seeds.
 
-A study ranks trials by one run each, so its best trial is partly the luckiest seed. This module
-re-trains the top-K complete configurations and the baseline (trial 0) with the same few fresh seeds
-(``train.seed`` varied, everything else as in the study), scores each run on the study's whole
-validation set (the summary's ``final_val_loss``: the same tokens that ranked the trials), and answers
-with statistics instead of a single number: a mean and 95% t-interval per config, and a *paired*
-comparison (same seeds, so seed luck shared by both configs cancels) of the winner against the
-runner-up and against the baseline.
-
-Finished confirmation runs are recorded in the study's user attributes, keyed by configuration, seed
-and budget, so a re-run (or a second machine on the same storage) trains only what is missing.
+A study ranks trials by one run each, so its best trial is partly the luckiest seed. The same fresh seeds for every
+candidate give a mean and 95% t-interval per config and a paired comparison (seed luck cancels) of the winner against
+the runner-up and the baseline. Finished runs are recorded in the study, so a re-run trains only what is missing.
 """
 
 from __future__ import annotations

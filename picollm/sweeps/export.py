@@ -1,11 +1,5 @@
-"""The one owner of ``results/studies/<study>/``: trials table, best config, figures, the confirmation's files and
-the study's W&B summary run.
-
-Everything is rebuilt from the study storage alone (the base config, the search space and every confirmation run
-are kept in the study's user attributes), so ``sweep.py export`` works without the experiment file and rewrites
-the same files ``sweep.py run`` wrote. ``best.yaml`` has one writer, :func:`best_yaml`: the confirmed winner once a
-confirmation has runs, else the best complete trial.
-"""
+"""The one owner of ``results/studies/<study>/``: trials table, ``best.yaml``, figures, the confirmation's files and the
+study's W&B summary run, all rebuilt from the study storage alone (so ``sweep.py export`` needs no experiment file)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,9 @@
 """One study = one question: a fingerprint of everything a study does not search.
 
-A study's trials are comparable only if everything but the searched keys is the same for all of them.
-The fingerprint is a flat, ordered mapping of:
-
-1. the data identity: the token-cache hash (:func:`picollm.data.cache_key`: every data setting and the
-   input files' contents), the tokenizer, and whether the offline fallback replaced the data;
-2. the objective and budget: metric, training tokens per trial, reports to the pruner;
-3. the resolved base trainer config, minus the searched keys and minus keys that cannot change a loss
-   (:data:`HARMLESS`: tracking, progress bars, threads, device placement, cache location).
-
-The first worker stores it with the study; every later worker, resume or machine compares its own and
-refuses before it adds anything to the study, saying in words what differs (:func:`explain`): "this study was
-made offline, on the built-in stories ...; this run would train on data/tinystories ...", not
-two cache hashes.
+Trials are comparable only if all else is equal, so the fingerprint holds the data identity (token-cache hash,
+tokenizer, offline fallback), the objective and budget, and the base config minus searched and :data:`HARMLESS` keys.
+The first worker stores it; any later worker that differs is refused with the difference in words (:func:`explain`), not
+two hashes.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """Launching a sweep's workers as a Slurm job array (or local processes) through submitit.
 
-``python sweep.py launch --config FILE --workers N`` sends N copies of the same worker that
-``sweep.py run`` runs (:func:`picollm.sweeps.workers.run_worker`) as ONE submitit job array. The
-study's storage is the only coordination between them, so it must be a database server every
-node reaches (PostgreSQL): SQLite and journal files are refused.
-
-The storage URL (and its password) travels only through the environment (``PICOLLM_STORAGE``,
-which sbatch and submitit's local executor hand to every job); the pickled job, the job name, the
-sbatch script and the logs never hold it.
-
-Preemption and time limits lose nothing. submitit turns Slurm's advance signal (USR2) into a
-call of :meth:`SweepJob.checkpoint` and a requeue; SIGTERM (``scancel``, a preemption) ends the
-job. Either way the trial it was running stays RUNNING in the storage, its heartbeat stops, and
-the study fails it and re-queues it with the same parameters (Optuna's heartbeat and retry
-callback; a dead worker on the same host is noticed at once), so the study still ends with
+The workers coordinate only through the storage, so it must be a server every node reaches (PostgreSQL). The storage URL
+travels only in the environment (``PICOLLM_STORAGE``), never in a pickle, job name, script or log. A preempted or
+timed-out job leaves its trial RUNNING; the heartbeat stops and the study fails and re-queues it, so it still ends with
 exactly ``n_trials`` finished trials.
 """
 

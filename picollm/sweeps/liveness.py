@@ -1,19 +1,11 @@
-"""Which running trials are dead, and what happens to them: failed, then retried at most ``max_retry`` times.
+"""Which running trials are dead: they are failed, then retried at most ``max_retry`` times.
 
-A resumed sweep re-queues, the same way, its failed baseline and the trials Ctrl-C stopped (:func:`requeue_stopped`).
+- RDB storages: Optuna's heartbeat; a trial silent for ``grace_period`` is failed.
+- Journal files have no heartbeat, so a running trial holds a :class:`Lease` its worker renews; any worker expires one
+  older than ``grace_period`` (hosts' clocks must agree, as NTP ensures).
+- On any storage, a trial whose worker process on this host is gone is failed at once.
 
-Three detectors, one outcome (FAIL, then Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues the same
-parameters unless the trial's retry history already holds ``max_retry`` entries):
-
-- RDB storages (SQLite, PostgreSQL): Optuna's own heartbeat. Each running trial beats every
-  ``heartbeat_interval`` seconds; one silent for ``grace_period`` is failed by ``fail_stale_trials``.
-- Journal files have no heartbeat in Optuna, so a running trial holds a *lease*: its worker writes the time
-  into the trial every ``heartbeat_interval`` seconds (:class:`Lease`), and a lease older than
-  ``grace_period`` is expired by any worker (:func:`fail_expired_leases`). This is what bounds the wait on a
-  trial whose host is gone when several machines share one journal file. The comparison uses wall clocks,
-  so the hosts' clocks must agree to well within ``grace_period`` (NTP does).
-- On any storage, a trial whose worker process on *this* host no longer exists is failed at once
-  (:func:`fail_dead_local_trials`), without waiting for the grace period.
+A resumed sweep re-queues its failed baseline and the trials Ctrl-C stopped the same way (:func:`requeue_stopped`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""One trial: the config for a trial -> :func:`picollm.trainer.train` -> the value Optuna ranks.
+"""One trial: the trial's config -> :func:`picollm.trainer.train` -> the value Optuna ranks.
 
-One trial is one call of the same ``train()`` the CLI uses, with the trial's values set on the
-experiment's base config and a pruning hook that reports every periodic validation loss to Optuna
-(the step is the token count, so trials with other block sizes line up). The periodic loss and the
-ranked value (``study.metric``, by default ``final_val_loss``) are measured on the same fixed
-validation set (:func:`picollm.sweeps.settings.trial_base`).
-
-Each trial records, as Optuna user attributes, what the exporter and the report read:
-``metric``, ``value_stderr``, ``value_kind`` (``final`` | ``pruned-intermediate`` | ``failed``),
-``pruned_at_tokens``, ``run_dir``, ``run_id``, ``wandb_run_id``, ``tokens``, ``duration_s``,
-``fail_reason``, ``worker``, ``device`` and ``time_breakdown`` (seconds per phase, :mod:`picollm.timing`).
+A trial is one call of the CLI's ``train()`` with a pruning hook that reports each periodic validation loss at its token
+count (so block sizes line up), on the same fixed set as the ranked value. Each trial records as user attributes what
+the exporter and the report read (``metric``, ``value_stderr``, ``value_kind``, ``run_dir``, ``time_breakdown``, ...).
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""The experiment: a base trainer config, a search space and the study's settings.
-
-Owns parsing and validating the ``study:`` block (:class:`StudySettings`), reading an experiment file with
-its ``--set`` overrides (:func:`load_experiment`), and the sweep's own settings on top of the trainer
-config (:func:`trial_base`: token budget, the one fixed validation set, report cadence, grouping).
-"""
+"""The experiment: a base trainer config, a search space and the study's settings (the ``study:`` and ``confirm:``
+blocks, ``--set`` overrides, and :func:`trial_base`)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,8 @@
 """Opening a study: storage, sampler and pruner, the stored search space and fingerprint, the exact total.
 
-A study is resumable by construction: ``n_trials`` is its total of finished (complete or pruned) trials,
-so opening it again and running continues until that total is reached.
-
-The total is exact, also with many workers on many machines. A check made after each trial (Optuna's
-``MaxTrialsCallback``) lets two workers both start "the last" trial between their checks, so
-:class:`CappedStudy` counts where trials are born: its ``ask`` holds a lock every worker of the storage
-shares (:func:`picollm.storage.claim_lock`) while it counts finished and running trials and creates (or
-dequeues) the next one. A trial beyond the total is therefore never created, so it is never recorded as
-failed either, and a worker whose ``ask`` finds the total taken stops starting trials.
+``n_trials`` is the total of finished trials, so opening a study again resumes it. A check after each trial would let
+two workers both start "the last" one, so :class:`CappedStudy` counts in ``ask``, under a lock every worker of the
+storage shares (:func:`picollm.storage.claim_lock`): a trial beyond the total is never created.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Workers and the coordinator: the trial loop on ``study.optimize``, worker processes, devices and signals.
 
-A worker is one ``study.optimize`` loop over a :class:`~picollm.sweeps.studies.CappedStudy`, which never starts a
-trial beyond the total of ``n_trials`` complete or pruned ones; the loop ends when that total is reached.
-When every remaining trial is running elsewhere the worker waits, failing trials whose worker is gone
-(:mod:`picollm.sweeps.liveness`), so the wait is bounded by ``grace_period``.
-
-:func:`run_sweep` is the coordinator: it checks the storage, the data and the base config before the study
-exists (:func:`prepare`: a mistake is one line, not a study of failed trials), starts ``--workers`` processes
-(worker ``rank`` on ``cuda:{rank % device_count}``), shows progress, and exports the study when they stop. The
-first SIGINT or SIGTERM interrupts: the running trial is failed with reason ``interrupted`` and its run record
-closed; the coordinator forwards SIGTERM to its workers, gives them ``processes.STOP_GRACE_S`` seconds, kills what
-is left, then exports. Resuming runs those trials again (:func:`picollm.sweeps.liveness.requeue_stopped`).
+A worker loops over a :class:`~picollm.sweeps.studies.CappedStudy` until the total is reached, failing dead trials
+(:mod:`picollm.sweeps.liveness`) while it waits. :func:`run_sweep` checks everything before the study exists
+(:func:`prepare`), starts the workers, shows progress and exports. The first SIGINT or SIGTERM fails the running trials
+as ``interrupted``; resuming runs them again.
 """
 
 from __future__ import annotations
