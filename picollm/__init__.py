@@ -5,9 +5,8 @@
 
 import os
 
-# Transparent huge pages for PyTorch's CPU allocator: large activation and logits buffers are
-# first-touched page by page otherwise, which measured as a large share of a CPU step. Must be set
-# before torch is imported, which is why it lives here; a user's own setting wins.
+# Transparent huge pages for torch's CPU allocator (large buffers are slow to first-touch page by page); set before
+# torch is imported; a user's own setting wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from picollm.api import evaluate, generate, inspect, load_config, noise, sweep, train

@@ -135,12 +135,8 @@ def _quiet_datasets() -> Any:
 
 
 def load_tinystories(spec: str, max_train: int | None, max_val: int | None) -> tuple[list[str], list[str] | None]:
-    """Train and validation stories (validation None when the dataset has no such split).
-
-    A hub name with a cap streams only the stories it needs instead of downloading the whole
-    dataset; a local folder in the hub's layout loads like the hub. A local path that does not
-    exist is an error, never a silent fallback to the hub.
-    """
+    """Train and validation stories (validation None without such a split). A capped hub dataset streams only what it
+    needs; a missing local path is an error, never a fallback to the hub."""
     local = is_local_path(spec)
     if local and not Path(spec).expanduser().exists():
         raise DataError(f"data.tinystories: local dataset folder not found: {spec}")

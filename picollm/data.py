@@ -73,11 +73,8 @@ def loads_tinystories(d: DataConfig) -> bool:
 
 
 def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
-    """When allowed and the hub or tokenizer files are out of reach, switch to offline data.
-
-    Returns the config that will actually run (so the run record and ``best.yaml`` say what was
-    trained on) and a one-line note, or ``(cfg, None)`` when nothing had to change.
-    """
+    """When allowed and the hub or tokenizer files are out of reach, switch to offline data: returns the config that
+    will actually run and a one-line note, or ``(cfg, None)``."""
     d = cfg.data
     if not d.offline_fallback:
         return cfg, None
@@ -244,11 +241,8 @@ def build_cache(d: DataConfig, tokenizer: Tokenizer, target: Path) -> None:
 
 
 def _read_cache(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """Open a cache folder, or None when it is missing, incomplete or fails its hash check.
-
-    Only those mean "rebuild": any other OSError (a permission problem, an I/O error) is a
-    :class:`DataError`, so a cache that is fine but unreadable right now is never deleted.
-    """
+    """Open a cache folder, or None when it is missing, incomplete or fails its hash check (rebuild); any other OSError
+    is a :class:`DataError`, so a readable-later cache is never deleted."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = {}
@@ -325,11 +319,8 @@ def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, 
 
 
 def window_starts(data: TokenData, block_size: int, context: int = 0) -> dict[str, np.ndarray]:
-    """Start offsets of the non-overlapping ``block_size``-target training windows of each group.
-
-    A window reads ``context`` tokens before its start (the k-gram's k - 1), so the first window
-    of a group starts ``context`` tokens in: every input it sees is a real token, never padding.
-    """
+    """Start offsets of the non-overlapping training windows of each group, ``context`` tokens in, so no input is
+    padding."""
     starts = {}
     for name, (offset, length) in data.groups.items():
         count = (length - 1 - context) // block_size
@@ -360,11 +351,7 @@ def epoch_order(starts: dict[str, np.ndarray], weights: dict[str, float], rng: n
 
 
 def gather(tokens: np.ndarray, starts: np.ndarray, length: int, context: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets of windows as int64 tensors.
-
-    Each window has ``context + length`` inputs (the first ``context`` only as context) and the
-    ``length`` targets after its start: ``x`` is (B, context + length), ``y`` is (B, length).
-    """
+    """Inputs ``x`` (B, context + length) and next-token targets ``y`` (B, length) of windows, as int64."""
     rows = np.asarray(tokens[starts[:, None] - context + np.arange(context + length + 1)], dtype=np.int64)
     window = torch.from_numpy(rows)
     return window[:, :-1], window[:, context + 1 :]
@@ -446,9 +433,8 @@ def sample_documents(
 
 
 def test_set(data: TokenData, test_tokens: int) -> EvalSet:
-    """``data.test_tokens`` of whole validation documents that the validation sample does not hold, drawn with a seed
-    of their own: what a sweep's confirmed winner is scored on once, at the end, after every choice was made on the
-    validation sample."""
+    """``data.test_tokens`` of whole validation documents outside the validation sample, with a seed of their own: the
+    confirmed winner's final, unchosen-on score."""
     split = data.val_split if data.val_split is not None else data.val
     return test_sample(split, data.tokenizer.eot_id, data.val_cap, test_tokens)
 
@@ -476,11 +462,8 @@ def validation_sets(data: TokenData, eval_tokens: int | None) -> tuple[EvalSet, 
 
 @dataclass(frozen=True)
 class ScoringPolicy:
-    """How validation windows are cut: ``window`` inputs each, a new window every ``stride`` tokens.
-
-    A window scores only its last ``stride`` targets (the first window scores all), so every token
-    is scored once and, after the first window, with at least ``window - stride`` tokens of context.
-    """
+    """How validation windows are cut: ``window`` inputs, one every ``stride`` tokens, each scoring its last ``stride``
+    targets (the first window all)."""
 
     window: int
     stride: int
@@ -503,11 +486,8 @@ def scoring_policy(block_size: int, context_size: int | None) -> ScoringPolicy:
 
 
 def scoring_windows(n_tokens: int, policy: ScoringPolicy) -> tuple[int, np.ndarray, np.ndarray]:
-    """Window width, window starts, and the first scored column of each window.
-
-    Windows 1.. sit ``stride`` apart; a last window that would run past the end is moved back to
-    end on the last token and scores only the targets not scored yet.
-    """
+    """Window width, starts, and first scored column of each window; a last window past the end moves back and scores
+    only what is left."""
     n_targets = n_tokens - 1
     width = min(policy.window, n_targets)
     stride = min(policy.stride, width)
@@ -520,11 +500,8 @@ def scoring_windows(n_tokens: int, policy: ScoringPolicy) -> tuple[int, np.ndarr
 def eval_batches(
     tokens: np.ndarray, policy: ScoringPolicy, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]:
-    """Batches of scoring windows: inputs, targets, which targets to score, and their indices.
-
-    The indices (position - 1 in ``tokens``) name each scored target once, in the order of
-    ``y[scored]``; together the batches score every token after the first exactly once.
-    """
+    """Batches of scoring windows: inputs, targets, which targets to score, and their indices (each token after the
+    first exactly once)."""
     width, starts, first = scoring_windows(len(tokens), policy)
     cols = np.arange(width)
     for i in range(0, len(starts), batch_size):
@@ -538,11 +515,8 @@ def eval_batches(
 
 
 def unigram_baseline(data: TokenData) -> dict[str, float]:
-    """Entropy of the training unigram distribution and its (add-one smoothed) loss on validation, in nats.
-
-    A model whose loss is near these numbers has learned token frequencies and nothing else — the
-    model that always says "the" or end-of-text lives here.
-    """
+    """Entropy of the training unigram distribution and its (add-one smoothed) validation loss, in nats: where a model
+    that learned only token frequencies sits."""
     counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(np.float64)
     probs = counts / counts.sum()
     nonzero = probs[probs > 0]

@@ -80,9 +80,8 @@ DECAY_SHAPES: dict[str, Callable[[float], float]] = {
 def decay_start(total_steps: int, cfg: OptimConfig) -> int:
     """The first step of a WSD run's decay: its last ``decay_fraction`` of ``total_steps``.
 
-    Every step before it trains at the full rate whatever the run's length, so a run of any budget is, up to its own
-    decay, the same run as a longer one: the state there can be branched into a short decay (the annealed loss at
-    that budget) or continued to a longer budget (Hägele et al. 2024).
+    Up to its decay a run of any budget is the same run as a longer one, so its state there can branch into a short
+    decay or continue to a longer budget (Hägele et al. 2024).
     """
     return max(cfg.warmup_steps, total_steps - round(cfg.decay_fraction * total_steps))
 

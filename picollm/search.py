@@ -187,10 +187,8 @@ def apply_params(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str
 
 
 def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
-    """The base config's own values for the searched keys: enqueued as trial 0, the baseline.
-
-    Each must lie inside its distribution, or the baseline could not be run as a trial.
-    """
+    """The base config's own values for the searched keys (trial 0, the baseline); each must lie inside its
+    distribution."""
     values = {param.key: _lookup(base, param.key) for param in space if param.active(base_view(base, param))}
     for param in space:
         if param.key in values and not param.contains(values[param.key]):

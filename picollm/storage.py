@@ -37,10 +37,8 @@ def add_storage_argument(parser: Any) -> None:
 
 
 def mask_url(text: str) -> str:
-    """Replace passwords with ``***``: ``scheme://user:PASSWORD@host`` and ``?password=PASSWORD``.
-
-    Works on whole messages too, so an error that quotes a URL can be printed as it is.
-    """
+    """Replace passwords with ``***`` (``scheme://user:PASSWORD@host``, ``?password=PASSWORD``), in URLs or whole
+    messages."""
     text = _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
 
@@ -88,9 +86,8 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
     path = sqlite_path(url)
     if scheme(url) == "sqlite" and path:
         _local_file(path, "SQLite file", create)
-    # Optuna creates its tables on first use; processes starting together on a fresh database race to create them
-    # (a duplicate key in PostgreSQL's catalogue, in SQLite's alembic_version), so they open one after another.
-    # A SQLite file in a read-only folder, which nobody can be creating, is opened without the lock (a file beside it).
+    # Processes starting together on a fresh database race to create Optuna's tables, so they open one after another; a
+    # SQLite file in a read-only folder, which nobody can be creating, skips the lock.
     shared = scheme(url) in SERVERS or (path and os.access(Path(path).expanduser().parent, os.W_OK))
     with claim_lock(url, "optuna-schema") if shared else contextlib.nullcontext():
         return RDBStorage(
@@ -128,11 +125,8 @@ def check_url(url: str) -> None:
 def open_storage(
     url: str, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2, create: bool = False
 ) -> Any:
-    """An Optuna storage for ``url``; malformed or unreachable storage is a one-line :class:`StorageError`.
-
-    ``create=False`` (reading a study for analysis, ``status``, ``export``) refuses a SQLite or journal
-    file that does not exist instead of leaving an empty one behind.
-    """
+    """An Optuna storage for ``url``, or a one-line :class:`StorageError`; ``create=False`` never leaves an empty SQLite
+    or journal file behind."""
     check_url(url)
     try:
         return OPENERS[scheme(url)](
@@ -183,11 +177,8 @@ def _lock_engine(url: str) -> Any:
 
 
 def _forget_inherited_engines() -> None:
-    """In a forked child: new pools for the lock engines, leaving the parent's connections alone.
-
-    A forked process shares its parent's open sockets; two processes talking over one connection corrupt it or hang
-    (SQLAlchemy's "Using Connection Pools with Multiprocessing or os.fork()" prescribes ``dispose(close=False)``).
-    """
+    """In a forked child: new pools for the lock engines, leaving the parent's connections alone (two processes on one
+    socket corrupt it; SQLAlchemy prescribes ``dispose(close=False)``)."""
     for engine in _LOCK_ENGINES.values():
         engine.dispose(close=False)
 

@@ -28,11 +28,7 @@ PHASES = (
 
 
 def process_age_s() -> float | None:
-    """Seconds since this process started (Linux ``/proc``), or None where that is unknown.
-
-    Process start is before Python runs any of our code, so a stopwatch cannot see it otherwise; it is
-    what a fresh worker pays before its first trial (interpreter, torch, Optuna, opening the study).
-    """
+    """Seconds since this process started (Linux ``/proc``), or None: the start-up a stopwatch cannot see otherwise."""
     try:
         with open("/proc/self/stat", encoding="ascii") as fh:
             fields = fh.read().rpartition(")")[2].split()

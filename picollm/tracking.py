@@ -42,8 +42,7 @@ from picollm.errors import PicoError
 from picollm.fileio import atomic_write_bytes, atomic_write_json
 from picollm.storage import mask_url
 
-# Each metric's x-axis in W&B. Its summary is W&B's default, the last value logged: what a reader of
-# ``run.summary["val/loss"]`` expects, the same number as the run's end.
+# Each metric's x-axis in W&B; its summary is the last value logged, the run's end.
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")
 EPOCH_METRICS = (
     "val/epoch_loss",
@@ -54,14 +53,12 @@ EPOCH_METRICS = (
 )
 # Validation losses whose lowest value so far W&B also gets, as ``best/<key>`` (a curve; its summary is the minimum).
 BEST_OF = ("val/loss", "val/epoch_loss")
-# One W&B call (init, a log, finish, the run file's last write) may take this long before W&B counts as stuck
-# and the run goes on without it (override for tests). A slow W&B that keeps answering is waited for.
+# How long one W&B call may take before W&B counts as stuck and the run goes on without it (override for tests).
 WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
 # The Optuna state a trial's run ends in, by the run's status: W&B shows it next to the trial number.
 TRIAL_STATE = {"finished": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL"}
 
-# A sweep worker sets this (e.g. to ``print``) to get one line about a running trial every
-# PROGRESS_EVERY_S seconds; None keeps runs silent. A plain run has its own progress bar.
+# Set by a sweep worker (e.g. to ``print``) for a line about a running trial every PROGRESS_EVERY_S seconds.
 progress_line: Callable[[str], None] | None = None
 PROGRESS_EVERY_S = 10.0
 
@@ -100,11 +97,8 @@ def library_versions() -> dict[str, str]:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to top-level dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``).
-
-    W&B's parallel-coordinates and parameter-importance panels pick columns by config key: a
-    searched ``optim.lr`` must be a top-level key there, exactly as the search space names it.
-    """
+    """Nested dicts to top-level dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``), as W&B's panels and the
+    search space name them."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -116,11 +110,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def wandb_config(cfg: Config, extra: dict[str, Any]) -> dict[str, Any]:
-    """The run's W&B config: every trainer setting plus the run's context, as dotted keys.
-
-    Context keys that share a name with a config section (``data``: the data summary) move to
-    ``<name>_summary`` rather than replace the section: a shallow merge used to lose the data settings.
-    """
+    """The run's W&B config: every trainer setting plus the run's context, as dotted keys; a context key named like a
+    section moves to ``<name>_summary``."""
     settings = cfg.to_dict()
     context = {f"{k}_summary" if k in settings else k: v for k, v in extra.items() if k != "argv"}
     trial = context.get("trial")
@@ -138,12 +129,8 @@ def trial_summary(extra: dict[str, Any], status: str | None) -> dict[str, Any]:
 
 
 def wait_for_run_file(run: Any) -> None:
-    """Return once a finished W&B run's ``.wandb`` file holds its exit record, which W&B writes last.
-
-    ``run.finish()`` returns before the file is complete: W&B's service keeps the last records in
-    memory until it closes the run's stream, which ``run.finish()`` only asks for. Raises TimeoutError
-    after ``WANDB_TIMEOUT_S``.
-    """
+    """Return once a finished W&B run's ``.wandb`` file holds its exit record (``run.finish()`` returns before);
+    TimeoutError after ``WANDB_TIMEOUT_S``."""
     from picollm.wandb_offline import has_exit_record
 
     path = Path(run.settings.sync_file)
@@ -230,14 +217,11 @@ def resolve_wandb_mode(setting: str) -> str:
 
 
 class WandbSink:
-    """W&B behind the sink interface, on a worker thread of its own.
+    """W&B behind the sink interface, on a worker thread of its own, so training never waits for it.
 
-    Every W&B call (import, init, log, finish) runs on that thread in order, so training never waits
-    for W&B while it runs. :meth:`finish` returns once W&B holds the whole run: ``run.finish()`` has
-    returned and the run's ``.wandb`` file is complete (:func:`wait_for_run_file`). The wait has no
-    overall limit, only one per call: however long the backlog, W&B is stuck only when one call has
-    not answered within ``WANDB_TIMEOUT_S``. The first error or a stuck call costs one warning, given
-    on the main thread, and :attr:`complete` stays False; the local record keeps everything either way.
+    :meth:`finish` returns once W&B holds the whole run (:func:`wait_for_run_file`). W&B is stuck only when one call has
+    not answered within ``WANDB_TIMEOUT_S``; the first error or stuck call costs one warning and :attr:`complete` stays
+    False.
     """
 
     def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
@@ -400,11 +384,8 @@ class Tracker:
         self.progress = ProgressLine(cfg.tracking.name or run_id)
 
     def _create_record(self, cfg: Config, existing: bool = False) -> JsonlSink:
-        """A new run folder with config.yaml, meta.json and the open metric files, or one line saying why not.
-
-        All or nothing: a new folder this cannot complete is removed, so no later reader trusts half a record
-        (an ``existing`` one, a resumed run's, is left as it is).
-        """
+        """A new run folder with config.yaml, meta.json and the open metric files, or one line saying why not; a new
+        folder left incomplete is removed."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=existing)
         except OSError as exc:

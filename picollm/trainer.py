@@ -77,11 +77,8 @@ def train_step(
     grad_clip: float,
     device: torch.device,
 ) -> tuple[float, float]:
-    """One forward, backward and optimiser step; returns (loss, gradient norm before clipping).
-
-    ``x`` may start with context tokens that are not scored (the k-gram's k - 1): only the last
-    ``y.shape[1]`` positions enter the loss.
-    """
+    """One forward, backward and optimiser step; returns (loss, gradient norm before clipping). Only the last
+    ``y.shape[1]`` positions of ``x`` enter the loss."""
     with autocast_for(device):
         loss = linear_cross_entropy(model(x)[:, -y.shape[1] :], model.head, y)
     optimizer.zero_grad(set_to_none=True)
@@ -126,12 +123,8 @@ def _stderr(values: list[float]) -> float:
 
 @dataclass
 class Run:
-    """One run's parts and running numbers; the loop's functions read and update it.
-
-    Everything that decides what happens next is here and goes into a full-state checkpoint
-    (:func:`training_state`): the step and token counters, the epoch with its step losses so far and the
-    data order's random state at its start, the evaluation marks and the estimates so far.
-    """
+    """One run's parts and running numbers; everything that decides what happens next is here and in a full-state
+    checkpoint (:func:`training_state`)."""
 
     cfg: Config
     data: TokenData
@@ -337,11 +330,9 @@ def save(run: Run, which: str) -> None:
 def anneal(run: Run, budget_tokens: int) -> None:
     """The loss a WSD run of ``budget_tokens`` would end with, scored now and left behind.
 
-    That run and this one share every step up to its decay, which starts here: its decay steps are
-    trained on this run's model and optimiser (over the batches that come next, as that run would see
-    them), the result scored on the whole capped set, and everything the decay touched, the random
-    state included, put back. So the value equals that run's ``final_val_loss``, and this run goes on as
-    if nothing had happened.
+    That run shares every step up to its decay, which starts here: the decay is trained on this run's model and
+    optimiser over the coming batches, scored on the whole capped set, and everything it touched, random state included,
+    put back.
     """
     saved = _snapshot(run)
     total = run.budget.steps_for(budget_tokens)
@@ -544,11 +535,8 @@ def _prepare_data(cfg: Config) -> tuple[Config, torch.device, TokenData]:
 
 @dataclass
 class Start:
-    """Where a run starts other than at step 0: a checkpoint's state, and whose record it continues.
-
-    ``run_dir`` None: a new record (``extend``: the source's rows up to the checkpoint are copied into it);
-    else that very record, its rows after the checkpoint dropped (``resume``).
-    """
+    """Where a run starts other than at step 0: a checkpoint's state, and the record it continues (``resume``), or None
+    for a new one (``extend``)."""
 
     state: dict[str, Any]
     source: Path
@@ -567,12 +555,9 @@ def train(
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
-    ``on_eval`` sees every periodic validation loss and ``on_anneal`` every branched decay's
-    (``train.anneal_at``); either may raise :class:`StopRun` to end the run cleanly (status ``pruned``).
-    Any error after the record exists closes it with status ``failed`` and the reason, and is re-raised;
-    Ctrl-C closes it with ``interrupted``. ``clock`` (a sweep trial's, which also times its storage calls)
-    accounts the run's time: the summary's ``time_breakdown``. ``start`` continues from a checkpoint
-    (:func:`resume`, :func:`extend`).
+    ``on_eval`` and ``on_anneal`` may raise :class:`StopRun` to end the run as ``pruned``. Any error after the record
+    exists closes it as ``failed`` and is re-raised; Ctrl-C closes it as ``interrupted``. ``clock`` accounts the run's
+    time; ``start`` continues from a checkpoint.
     """
     clock = clock or Stopwatch()
     with clock.phase("data"):
@@ -625,11 +610,8 @@ def _open_record(cfg: Config, run_id: str | None, meta: dict[str, Any], start: S
 
 # -- continuing a run ------------------------------------------------------------------------------
 def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Continue a killed or interrupted run from its latest full-state checkpoint, in its own record.
-
-    The run ends with the losses it would have had without the interruption (bit for bit on a CPU): the
-    checkpoint holds the model, the optimiser, the counters, the data order's position and every random state.
-    """
+    """Continue a killed or interrupted run from its latest full-state checkpoint, in its own record, to the losses it
+    would have had (bit for bit on a CPU)."""
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
     path = checkpoint.latest_state(run_dir)

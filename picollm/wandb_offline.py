@@ -98,11 +98,8 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
 
 
 def has_exit_record(path: str | Path) -> bool:
-    """Whether the run file is complete: W&B writes the exit record last, once every other record is in.
-
-    Until W&B's service closes the run's stream it keeps the last records in memory, so a file read
-    just after ``run.finish()`` returns may still be its 7-byte header.
-    """
+    """Whether the run file is complete: W&B writes the exit record last (just after ``run.finish()`` it may still be
+    its header)."""
     try:
         return any(kind == "exit" for kind, _ in read_records(path))
     except (OSError, ValueError):  # not there yet, or not yet past its header

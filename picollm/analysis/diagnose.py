@@ -23,9 +23,8 @@ TOKENIZER_PROBE_S = 10.0  # offline, tiktoken fails fast; a firewalled network m
 
 
 def tiktoken_folders(run_dir: Path | None = None) -> list[Path]:
-    """Folders that may hold GPT-2's tiktoken files: the ones tiktoken reads itself (its two environment
-    variables, else its default in the temporary folder), then the one the run itself read them from
-    (``meta.json``: ``tokenizer_files``)."""
+    """Folders that may hold GPT-2's tiktoken files: tiktoken's own (its environment variables, else its default), then
+    the run's (``meta.json``: ``tokenizer_files``)."""
     named = [os.environ.get(key) for key in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")]
     candidates = [*(Path(value) for value in named if value), Path(tempfile.gettempdir(), "data-gym-cache")]
     if run_dir is not None:
@@ -46,9 +45,8 @@ def _loads() -> bool:
 def ensure_tokenizer(name: str, run_dir: Path | None = None) -> None:
     """Make a run's tokenizer load offline when its files are on this machine, else say in one line how to.
 
-    The bytes tokenizer needs no files. GPT-2's comes from tiktoken's cache: when tiktoken cannot load it as
-    configured, the first folder of :func:`tiktoken_folders` it loads from becomes ``TIKTOKEN_CACHE_DIR`` for
-    the rest of this process, so the tokenizer and the token data read the same files.
+    When tiktoken cannot load GPT-2's files as configured, the first :func:`tiktoken_folders` entry that works becomes
+    ``TIKTOKEN_CACHE_DIR`` for this process, so the tokenizer and the token data read the same files.
     """
     if name != "gpt2" or _loads():
         return

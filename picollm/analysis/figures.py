@@ -158,11 +158,8 @@ def draw_bars(labels: list[str], values: list[float], title: str, xlabel: str) -
 
 
 def draw_losses(run: Any) -> Figure:
-    """One run's curves: every step's training loss, the periodic and per-epoch validation losses.
-
-    The unigram baseline (a model that only counts tokens) is the line to beat; a curve that
-    flattens on it has learned token frequencies and nothing else.
-    """
+    """One run's curves: step training losses, periodic and per-epoch validation losses, and the unigram baseline to
+    beat."""
     fig = _new(8, 4.5)
     ax = fig.subplots()
     ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.6, lw=0.8, label="train/loss")

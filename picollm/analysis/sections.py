@@ -257,10 +257,7 @@ def noise_section(
     runs: list[RunHistory], out_dir: Path, best: RunHistory | None, config: str, missing: list[str]
 ) -> tuple[Section | None, dict[str, Any]]:
     """Is an epoch-to-epoch rise real? Tested on runs with several epochs; every run's step noise regardless.
-
-    ``missing`` names the runs that should be here but whose records are not (each with its reason): the section
-    says which runs it covers, so a run left out is never left out silently.
-    """
+    ``missing`` (runs whose records are not here, with reasons) is said, never left out silently."""
     usable = [run for run in runs if len(run.losses) >= MIN_STEPS_FOR_NOISE]
     left_out = missing + [
         f"{r.name} ({len(r.losses)} training steps: too few to separate noise from trend)"
@@ -393,11 +390,8 @@ def figures_section(folder: Path) -> Section | None:
 
 
 def confirm_section(folder: Path) -> Section | None:
-    """``confirm.csv``/``confirm.png`` of ``sweep.py confirm``: is the winner still the winner with other seeds?
-
-    One row per configuration (mean and interval over seeds, best first), then one per run; every column of the
-    file stays in ``confirm.csv`` itself.
-    """
+    """``confirm.csv``/``confirm.png``: is the winner still the winner with other seeds? One row per configuration (best
+    first), then one per run."""
     import csv
 
     if not (folder / "confirm.csv").is_file():

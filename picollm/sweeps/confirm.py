@@ -316,14 +316,11 @@ def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = Non
 
 def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) -> Confirmation:
     """Confirm the leader at the target budget, then every configuration that cannot be told apart from it, and the
-    baseline; each (config, seed) run is recorded in the study as soon as it finishes, so a re-run trains only what
-    is missing.
+    baseline; each run is recorded as it finishes, so a re-run trains only what is missing.
 
-    First the leader's fresh seeds: their spread is the seed noise at this budget. The shortlist is every
-    configuration whose gap to the leader, where the study last measured both alike, is below the 95% bound of a
-    difference between two seeds (1.96 * sqrt(2) * that spread): a gap that small may be seed luck. Runs go to
-    ``workers`` processes at once (the sweep's own layout by default) and are scored once, at the end: they are
-    never pruned, so periodic scores would only cost time.
+    The leader's seeds measure the seed noise; a configuration whose gap to the leader is below the 95% bound of a
+    two-seed difference (1.96 * sqrt(2) * that spread) is shortlisted. Runs are never pruned, so they are scored once,
+    at the end.
     """
     from picollm.sweeps.layout import choose_layout
 

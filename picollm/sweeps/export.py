@@ -159,11 +159,8 @@ def _plots() -> dict[str, tuple[Any, str | None]]:
 
 
 def study_figures(study: Any) -> tuple[dict[str, Any], list[str]]:
-    """Optuna's study plots as matplotlib Figures by file name, and a note for each that cannot be drawn yet.
-
-    Each figure is closed in pyplot right away: it can still be saved or shown in a notebook, but
-    pyplot neither keeps it alive nor shows it a second time at the end of a notebook cell.
-    """
+    """Optuna's study plots as Figures by file name, and a note for each that cannot be drawn yet; each is closed in
+    pyplot so a notebook does not show it twice."""
     import matplotlib.pyplot as plt
 
     figures, skipped = {}, []
@@ -304,10 +301,8 @@ def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers
 
 
 def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) -> str | None:
-    """One W&B run of job_type 'summary' in the study's group: the value of each trial against its number (summary:
-    the minimum), the trials table, the figures, and the answer: the confirmed winner with its interval and the
-    verdict in words when there is a confirmation (``conf``, else the recorded one), the best trial before that.
-    Returns the run id; None if W&B is off."""
+    """The study's W&B run (job_type 'summary'): each trial's value, the trials table, the figures, and the answer (the
+    confirmed winner, else the best trial). Returns the run id; None if W&B is off."""
     tracking = study.user_attrs.get("base", {}).get("tracking", {})
     mode = resolve_wandb_mode(tracking.get("wandb", "auto"))
     if mode == "disabled":

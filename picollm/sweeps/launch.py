@@ -122,10 +122,7 @@ def _leave_trial_to_heartbeat(signum: int, _frame: Any) -> None:
 
 
 class SweepJob(submitit.helpers.Checkpointable):
-    """One array job: the same worker as ``sweep.py run``, on the storage named by the environment.
-
-    Pickled by submitit, so it holds the experiment but never the storage URL.
-    """
+    """One array job: the same worker as ``sweep.py run``; pickled by submitit, so it never holds the storage URL."""
 
     def __init__(
         self,
@@ -158,12 +155,8 @@ class SweepJob(submitit.helpers.Checkpointable):
 
 
 class ConfirmJob:
-    """The confirmation stage (the experiment's ``confirm:`` block) as one job of the same launcher.
-
-    It re-trains the top configurations and the baseline where the trials ran, not on the machine that submitted
-    them (often a login node); inside the job the runs share its cores or GPUs as ``sweep.py confirm`` does. It
-    returns the summary lines; the confirmation files land in the study folder as with ``sweep.py run``.
-    """
+    """The confirmation stage as one job of the same launcher, so it runs where the trials ran (not on a login node);
+    returns the summary lines."""
 
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
@@ -318,11 +311,8 @@ def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list
 
 
 def confirm_stage(exp: Experiment, settings: LauncherSettings) -> list[str]:
-    """Submit the confirmation as one job (one task) with a worker's resources and wait for its summary lines.
-
-    Its end is seen as the workers' is (``squeue``: no Slurm accounting needed); a job that ended without a result
-    (time limit, ``scancel``, out of memory) is one line, not a wait forever.
-    """
+    """Submit the confirmation as one job with a worker's resources and wait for its summary lines; a job that ended
+    without a result is one line, not a wait forever."""
     executor = make_executor(settings, jobs_folder(exp) / "confirm", f"{exp.study.name}-confirm", 1)
     executor.update_parameters(tasks_per_node=1)  # one process trains the runs; it shares its cores or GPUs out
     job = executor.submit(ConfirmJob(exp))

@@ -61,9 +61,8 @@ def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool
 
 
 def retry(study: Any, trial: Any, max_retry: int) -> bool:
-    """Queue a failed trial again with its parameters, as Optuna's stale-trial callback does (capped by
-    ``max_retry``): the same path for a dead worker's trial, an interrupted one and a failed baseline. False when
-    its retry history is full (the callback queues nothing then)."""
+    """Queue a failed trial again with its parameters, as Optuna's stale-trial callback does; False when its retry
+    history is full."""
     if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= max_retry:
         return False
     RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(study, trial)
@@ -85,12 +84,9 @@ def _rerun_on_resume(trial: Any) -> bool:
 
 
 def requeue_stopped(study: Any, max_retry: int) -> tuple[list[int], list[int]]:
-    """On resume: a failed baseline and the trials stopped by Ctrl-C run again with their parameters, through
-    :func:`retry` as a dead worker's trial does; returns (the trials re-queued, those whose retries are used up).
-
-    A trial is re-queued once: one that a later trial's retry history names is done. Run it under the study's setup
-    lock, so workers starting together do not both queue the same trial.
-    """
+    """On resume: re-queue a failed baseline and the trials Ctrl-C stopped, once each, through :func:`retry`; returns
+    (re-queued, out of retries). Run under the study's setup lock, so workers starting together do not both queue
+    one."""
     trials = study.get_trials(deepcopy=False)
     done = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     queued: list[int] = []

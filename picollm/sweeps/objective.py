@@ -56,9 +56,8 @@ def trial_config(exp: Experiment, number: int, values: dict[str, Any], device: s
 
 
 def resumable(trial: optuna.Trial, cfg: Config) -> Any:
-    """Where a retried trial (its worker died, its Slurm job was requeued, Ctrl-C stopped it) goes on: the last
-    full-state checkpoint of the run its predecessor left (the retry inherits its attributes), when that run is
-    of the same config; None to start afresh."""
+    """Where a retried trial goes on: the last full-state checkpoint of its predecessor's run when that run has the same
+    config; None to start afresh."""
     from picollm import checkpoint
     from picollm.trainer import Start
 
@@ -141,9 +140,8 @@ class Objective:
         return value
 
     def stop(self, trial: optuna.Trial, reason: str) -> None:
-        """End this worker's ``study.optimize`` after this trial (Optuna lets an objective call ``study.stop``); the
-        worker loop then raises :class:`AbortSweep` with ``reason``. Decided here rather than in a callback, which
-        would re-read every finished trial from the storage."""
+        """End this worker's ``study.optimize`` after this trial; the worker loop then raises :class:`AbortSweep` with
+        ``reason`` (a callback would re-read every finished trial)."""
         self.abort = reason
         trial.study.stop()
 
@@ -217,10 +215,8 @@ class Objective:
         return report
 
     def value(self, trial: optuna.Trial, summary: dict[str, Any], outcome: dict[str, Any]) -> float:
-        """The ranked value of a finished run, or TrialPruned carrying what the pruner saw last.
-
-        ``outcome`` (duration, tokens, status) is written with the value's own attributes: one storage write.
-        """
+        """The ranked value of a finished run, or TrialPruned carrying what the pruner saw last; ``outcome`` goes in the
+        same storage write."""
         if trial.number in self.taken_over:
             raise TakenOver(f"trial {trial.number} was marked failed by another worker")
         metric = self.exp.study.metric

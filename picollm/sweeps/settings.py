@@ -14,8 +14,7 @@ from picollm.errors import ConfigError
 from picollm.search import Param, baseline_params, parse_space
 from picollm.sweeps.registry import make_pruner, make_sampler
 
-# The value that ranks trials, from the run's summary.json. Both are measured on the study's one fixed
-# validation set (see trial_base), the same tokens the pruner sees every report.
+# The value that ranks trials, from summary.json, measured on the study's one fixed validation set.
 METRICS = {
     "final_val_loss": "validation loss at the end of the trial's budget (the default)",
     "best_val_loss": "lowest validation loss over the trial's epoch ends (a min over noisy values: biased low)",
@@ -208,12 +207,10 @@ class Experiment:
 def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
     """The sweep's own settings on top of the trainer config.
 
-    - the token budget, so block sizes compete at equal training tokens; with ``target_tokens`` above it, a
-      WSD run to the target scored at every rung by a decay branched from its stable phase (``train.anneal_at``), so
-      the pruner always compares annealed models at equal tokens and a promoted trial goes on from where it is;
-    - ONE fixed validation set for the objective and the pruner: ``data.val_tokens`` tokens (or, when unset,
-      ``train.eval_tokens``), and the periodic evaluation uses exactly that set, so the values the pruner
-      compares and the value that ranks a finished trial are measured on the same tokens;
+    - the token budget, so block sizes compete at equal tokens; with ``target_tokens`` above it, a WSD run to the
+      target scored at every rung by a branched decay, so the pruner compares annealed models at equal tokens;
+    - ONE fixed validation set (``data.val_tokens``, else ``train.eval_tokens``) for the periodic evaluation and the
+      ranked value, so pruner and ranking see the same tokens;
     - the report cadence and the W&B grouping.
     """
     raw = copy.deepcopy(trainer)
@@ -244,10 +241,8 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
 
 
 def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:
-    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry, new or not).
-
-    Search keys are dotted config keys themselves, so the longest existing key wins.
-    """
+    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry); the longest existing key
+    wins."""
     path, value = parse_override(item)
     dotted = ".".join(path[1:])
     out = copy.deepcopy(search)

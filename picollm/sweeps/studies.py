@@ -36,12 +36,9 @@ class StudyFull(Exception):
 class CappedStudy(optuna.Study):
     """An Optuna study whose ``ask`` never starts a trial beyond ``total`` (finished + running).
 
-    ``ask`` is the one hook: ``study.optimize`` starts every trial through it, so counting and starting under
-    one lock keeps the total exact. The objective checks that each trial it gets came from here
-    (:meth:`started_here`), so an Optuna whose ``optimize`` stops calling ``ask`` stops the sweep with one line
-    instead of overshooting; ``tests/test_sweep.py::test_a_full_study_starts_no_trial`` fails on such an Optuna.
-    ``storage`` is the storage as opened (the study holds Optuna's cached wrapper of it); the harness writes the
-    trials it fails through it.
+    ``study.optimize`` starts every trial through ``ask``, so counting and starting under one lock keeps the total
+    exact; the objective refuses a trial that did not come from here (:meth:`started_here`), should Optuna stop calling
+    ``ask``. ``storage`` is the storage as opened.
     """
 
     def __init__(self, *, total: int, storage_url: str, storage: Any, **kwargs: Any) -> None:
@@ -134,10 +131,8 @@ def stored_question(storage: Any, exp: Experiment, storage_url: str) -> None:
 
 
 def open_study(exp: Experiment, storage_url: str, create: bool, storage: Any = None) -> CappedStudy:
-    """Create or load the study; refuse one whose search space or fingerprint differs (one line each).
-
-    ``storage`` is the storage opened already (:func:`reach_storage`).
-    """
+    """Create or load the study on the opened ``storage``; refuse one whose search space or fingerprint differs (one
+    line each)."""
     study = _opening(exp, storage_url, lambda: _load(exp, storage_url, create, storage))
     if create:  # peers starting together: one records the question, the others check against it
         with claim_lock(storage_url, f"setup-{exp.study.name}"):
@@ -193,10 +188,8 @@ def enqueue_baseline(study: Any, exp: Experiment) -> None:
 def sampler_seed(seed: int, salt: str | None) -> int:
     """The sampler seed of one worker process: the study's own when ``salt`` is None, else one derived from it.
 
-    Every process builds its own sampler; with one shared seed, workers started together, a resumed sweep and a
-    requeued job would all draw the same parameters in the same order (seen: a two-worker main job trained two
-    configurations twice each). So only the first worker of a new study keeps the seed, which keeps a one-worker
-    sweep reproducible; every other gets ``salt`` (its rank, the trials already started, a host and pid).
+    With one shared seed, workers started together or resumed would draw the same parameters; so only the first worker
+    of a new study keeps it (a one-worker sweep stays reproducible).
     """
     if salt is None:
         return seed

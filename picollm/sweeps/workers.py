@@ -79,11 +79,8 @@ def _say_interrupted(study: Any, objective: Objective, show: Callable[[str], Non
 
 
 def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, deadline: float) -> bool:
-    """One ``study.optimize`` call; False when this worker has nothing left to start right now.
-
-    No callback runs unless trials are shown: Optuna re-reads each finished trial for its callbacks, and the stop
-    rules live in the objective (the study's cap stops the loop at the total).
-    """
+    """One ``study.optimize`` call; False when this worker has nothing left to start right now (no callbacks unless
+    trials are shown: Optuna re-reads each finished trial for them)."""
     callbacks = None if show is None else [show]
     objective.current = None
     try:
@@ -99,12 +96,8 @@ def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, dea
 
 
 def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any = None) -> None:
-    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C.
-
-    A trial takes tens of seconds: the tracker prints a line about it every few seconds, so a terminal is never
-    silent for a whole trial. ``study`` is the spec's study opened already (the workers-scale bench times the
-    opening apart); by default it is opened here.
-    """
+    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C; ``study`` defaults to the
+    spec's, opened here."""
     s = spec.exp.study
     tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False) if study is None else study
@@ -140,11 +133,8 @@ def _progress_line(line: str) -> None:
 
 
 def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> None:
-    """Entry point of a worker process: errors become one line and an exit code.
-
-    ``environ`` is the sweep's environment at the worker's start: the forkserver it is forked from keeps the one
-    it was started with, which in a notebook may be older (``WANDB_MODE`` set since, say).
-    """
+    """Entry point of a worker process: errors become one line and an exit code. ``environ`` is the sweep's current
+    environment (the forkserver's may be older)."""
     with interrupts_as_keyboard(restore=False):  # the process ends after it
         try:
             adopt(environ)  # after the handler: it unblocks a Ctrl-C that came while the worker was forked
@@ -211,10 +201,8 @@ def _data_error(exc: OSError) -> DataError:
 
 
 def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
-    """What every trial would hit, found before the study exists: the base config's device (when the trials run on
-    this machine's devices), its data (loaded: the token cache it builds is the one the trials read), one training
-    window of its model, and the folders the sweep writes (study.out_dir, tracking.out_dir). Each a
-    :class:`PicoError`: one line."""
+    """What every trial would hit, found before the study exists, each a one-line :class:`PicoError`: the device, the
+    data (building the trials' token cache), one training window, and the folders the sweep writes."""
     import torch
 
     from picollm.data import load_token_data, window_starts
@@ -255,13 +243,9 @@ def _requeue(study: Any, exp: Experiment) -> None:
 
 
 def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tuple[Experiment, Any]:
-    """Check everything before the study exists, then create or resume it.
-
-    The storage first (reached, nothing created in it: a bad URL costs nothing), then the data identity, checked
-    against the study of this name if there is one, then what the trials would hit (:func:`check_trainable`); only
-    then the study, its question, its baseline, and on resume its failed baseline and interrupted trials re-queued.
-    ``devices_here=False``: the trials run on other machines' devices (``launch``), so this one's are not checked.
-    """
+    """Check everything before the study exists, then create or resume it: the storage (nothing created), the data
+    identity against the stored study, :func:`check_trainable` (devices only with ``devices_here``), then the study,
+    its baseline and the re-queued trials."""
     storage = reach_storage(exp, storage_url)
     exp = _identity(exp)
     stored_question(storage, exp, storage_url)
@@ -299,11 +283,7 @@ def _work(
 
 
 def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
-    """Run (or resume) the study to ``n_trials`` finished trials, then export it.
-
-    ``workers`` processes split this machine's cores (:func:`picollm.sweeps.layout.choose_layout`); the CLI's
-    default is that function's choice of workers.
-    """
+    """Run (or resume) the study to ``n_trials`` finished trials in ``workers`` processes, then export it."""
     exp, study = prepare(exp, storage_url)
     s = exp.study
     layout = choose_layout(workers)
