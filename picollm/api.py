@@ -279,8 +279,7 @@ def sweep(
 
 
 def _fail_left_running(study: Any) -> None:
-    """Fail the trials an interrupted sweep left RUNNING in this process: a kernel lives on, so nobody else would (other
-    processes' trials are left alone)."""
+    """Fail the trials an interrupted sweep left RUNNING in this process: a kernel lives on, so nobody else would."""
     from optuna.trial import TrialState
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

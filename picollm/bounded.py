@@ -10,8 +10,7 @@ T = TypeVar("T")
 
 
 def call_with_timeout(fn: Callable[[], T], seconds: float) -> T:
-    """Run ``fn`` in a daemon thread: its result, its exception, or ``TimeoutError`` after ``seconds`` (the thread is
-    abandoned, not killed)."""
+    """``fn()`` in a daemon thread: its result, its exception, or ``TimeoutError`` after ``seconds``."""
     result: list[T] = []
     error: list[BaseException] = []
 

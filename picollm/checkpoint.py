@@ -1,5 +1,4 @@
-"""Model weights in a run record: tensors and plain values only (never a pickled module), so loading with
-``weights_only=True`` cannot run code."""
+"""Model weights in a run record: tensors and plain values only, so ``weights_only=True`` loading cannot run code."""
 
 from __future__ import annotations
 
@@ -130,8 +129,8 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def load_state(path: Path, cfg: Any, same_budget: bool) -> dict[str, Any]:
-    """A checkpoint's state, refused in one line when it was written by another picollm or for another run:
-    another model type, or another config (``same_budget=False`` allows another ``train.max_tokens``)."""
+    """A checkpoint's state, refused in one line when it is another picollm's, another model type's or another config's
+    (``same_budget=False`` allows another ``train.max_tokens``)."""
     from picollm import __version__
 
     state = _load(path)

@@ -153,8 +153,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    """A section's field types, resolved once: every trial of a sweep builds a config, and resolving the string
-    annotations was most of that."""
+    """A section's field types, resolved once: every sweep trial builds a config, and resolving was most of that."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 

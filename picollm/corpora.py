@@ -1,5 +1,4 @@
-"""Where documents come from: TinyStories (hub or local), text files, and two seeded built-in generators (so the
-validation set never moves). Tokenizing lives in :mod:`picollm.data`."""
+"""Where documents come from: TinyStories, text files, and two seeded built-in generators (a fixed validation set)."""
 
 from __future__ import annotations
 
@@ -135,8 +134,7 @@ def _quiet_datasets() -> Any:
 
 
 def load_tinystories(spec: str, max_train: int | None, max_val: int | None) -> tuple[list[str], list[str] | None]:
-    """Train and validation stories (validation None without such a split). A capped hub dataset streams only what it
-    needs; a missing local path is an error, never a fallback to the hub."""
+    """Train and validation stories (None: no such split); a missing local path is an error, not a hub fallback."""
     local = is_local_path(spec)
     if local and not Path(spec).expanduser().exists():
         raise DataError(f"data.tinystories: local dataset folder not found: {spec}")

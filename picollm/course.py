@@ -52,8 +52,7 @@ COURSE_FLAGS: dict[str, Alias] = {
 
 
 class _CourseFlag(argparse.Action):
-    """Appends ``KEY=<value as JSON>`` to ``--set``'s list: JSON is YAML, so the value reads back exactly as given
-    (``--prompt yes`` stays the text "yes"), and the order of flags and ``--set`` on the line is kept."""
+    """Appends ``KEY=<value as JSON>`` to ``--set``'s list, in order: JSON is YAML, so ``--prompt yes`` stays "yes"."""
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
@@ -66,8 +65,7 @@ class _CourseFlag(argparse.Action):
 
 
 def add_course_flags(parser: argparse.ArgumentParser) -> None:
-    """pico.py's flags as their own group of ``--help``, each naming the key it sets. Needs ``--set`` (dest
-    ``overrides``) on the same parser."""
+    """pico.py's flags as their own ``--help`` group, each naming its key; needs ``--set`` (dest ``overrides``)."""
     group = parser.add_argument_group(
         "pico.py's flags",
         "each sets the key shown, exactly as --set KEY=VALUE does; for one key, the later\n"

@@ -64,8 +64,7 @@ class TokenData:
 
 
 def loads_tinystories(d: DataConfig) -> bool:
-    """TinyStories is read only when it is named and has a share of the windows: a weight of 0 means not loaded
-    (no hub call, no cache key, no validation stories), as in the course's ``--tinystories_weight 0.0``."""
+    """TinyStories is read only when named with a share of the windows (``--tinystories_weight 0.0``: not loaded)."""
     return bool(d.tinystories) and d.tinystories_weight > 0
 
 
@@ -73,8 +72,7 @@ def loads_tinystories(d: DataConfig) -> bool:
 
 
 def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
-    """When allowed and the hub or tokenizer files are out of reach, switch to offline data: returns the config that
-    will actually run and a one-line note, or ``(cfg, None)``."""
+    """Offline data when allowed and the hub or tokenizer is out of reach: the config that will run, and a note."""
     d = cfg.data
     if not d.offline_fallback:
         return cfg, None
@@ -241,8 +239,7 @@ def build_cache(d: DataConfig, tokenizer: Tokenizer, target: Path) -> None:
 
 
 def _read_cache(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """Open a cache folder, or None when it is missing, incomplete or fails its hash check (rebuild); any other OSError
-    is a :class:`DataError`, so a readable-later cache is never deleted."""
+    """A cache folder, or None when it must be rebuilt; any other OSError is a :class:`DataError` (never deleted)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = {}
@@ -319,8 +316,7 @@ def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, 
 
 
 def window_starts(data: TokenData, block_size: int, context: int = 0) -> dict[str, np.ndarray]:
-    """Start offsets of the non-overlapping training windows of each group, ``context`` tokens in, so no input is
-    padding."""
+    """Start offsets of the non-overlapping training windows of each group, ``context`` tokens in (no padding)."""
     starts = {}
     for name, (offset, length) in data.groups.items():
         count = (length - 1 - context) // block_size
@@ -394,8 +390,7 @@ def document_lengths(tokens: np.ndarray, eot: int) -> np.ndarray:
 def choose_documents(
     lengths: np.ndarray, max_tokens: int | None, seed: int, allowed: np.ndarray | None = None
 ) -> np.ndarray:
-    """Which documents a sample takes: a prefix of one seeded order of the ``allowed`` ones (all by default) until
-    ``max_tokens``; all of them when None or when they hold no more. A smaller sample is part of a larger one."""
+    """A prefix of one seeded order of the ``allowed`` documents up to ``max_tokens``; smaller samples nest."""
     allowed = np.ones(len(lengths), dtype=bool) if allowed is None else allowed
     if max_tokens is None or max_tokens >= int(lengths[allowed].sum()):
         return allowed.copy()
@@ -410,8 +405,7 @@ def choose_documents(
 def sample_documents(
     tokens: np.ndarray, eot: int, max_tokens: int | None, seed: int = VAL_SEED, allowed: np.ndarray | None = None
 ) -> EvalSet:
-    """Whole documents drawn at random (fixed seed) across the split (its ``allowed`` ones) until ``max_tokens``;
-    None: all. The chosen documents keep their order in the split."""
+    """Whole documents drawn with a fixed seed across the split until ``max_tokens`` (None: all), in split order."""
     lengths = document_lengths(tokens, eot)
     chosen = choose_documents(lengths, max_tokens, seed, allowed)
     where = "the split" if allowed is None else "the documents outside the validation sample"
@@ -433,8 +427,7 @@ def sample_documents(
 
 
 def test_set(data: TokenData, test_tokens: int) -> EvalSet:
-    """``data.test_tokens`` of whole validation documents outside the validation sample, with a seed of their own: the
-    confirmed winner's final, unchosen-on score."""
+    """``data.test_tokens`` of validation documents outside the validation sample: scored once, after every choice."""
     split = data.val_split if data.val_split is not None else data.val
     return test_sample(split, data.tokenizer.eot_id, data.val_cap, test_tokens)
 
@@ -462,8 +455,7 @@ def validation_sets(data: TokenData, eval_tokens: int | None) -> tuple[EvalSet, 
 
 @dataclass(frozen=True)
 class ScoringPolicy:
-    """How validation windows are cut: ``window`` inputs, one every ``stride`` tokens, each scoring its last ``stride``
-    targets (the first window all)."""
+    """How validation windows are cut: ``window`` inputs every ``stride`` tokens, each scoring its last ``stride``."""
 
     window: int
     stride: int
@@ -486,8 +478,7 @@ def scoring_policy(block_size: int, context_size: int | None) -> ScoringPolicy:
 
 
 def scoring_windows(n_tokens: int, policy: ScoringPolicy) -> tuple[int, np.ndarray, np.ndarray]:
-    """Window width, starts, and first scored column of each window; a last window past the end moves back and scores
-    only what is left."""
+    """Window width, starts and first scored column; a last window past the end moves back, scoring only the rest."""
     n_targets = n_tokens - 1
     width = min(policy.window, n_targets)
     stride = min(policy.stride, width)
@@ -500,8 +491,7 @@ def scoring_windows(n_tokens: int, policy: ScoringPolicy) -> tuple[int, np.ndarr
 def eval_batches(
     tokens: np.ndarray, policy: ScoringPolicy, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]:
-    """Batches of scoring windows: inputs, targets, which targets to score, and their indices (each token after the
-    first exactly once)."""
+    """Batches of inputs, targets, the targets to score and their indices: every token after the first, once."""
     width, starts, first = scoring_windows(len(tokens), policy)
     cols = np.arange(width)
     for i in range(0, len(starts), batch_size):
@@ -515,8 +505,7 @@ def eval_batches(
 
 
 def unigram_baseline(data: TokenData) -> dict[str, float]:
-    """Entropy of the training unigram distribution and its (add-one smoothed) validation loss, in nats: where a model
-    that learned only token frequencies sits."""
+    """The training unigram distribution's entropy and add-one smoothed validation loss (nats): the bar to beat."""
     counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(np.float64)
     probs = counts / counts.sum()
     nonzero = probs[probs > 0]

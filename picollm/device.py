@@ -1,5 +1,4 @@
-"""Devices: ``train.device`` names one (``auto``, ``cpu``, ``cuda[:N]``, ``mps``); one this machine lacks is a one-line
-:class:`ConfigError` before any work."""
+"""Devices: a ``train.device`` this machine lacks is a one-line :class:`ConfigError` before any work."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""All-or-nothing writes: a crash leaves the old file, never half a new one; the new file gets the permissions a plain
-``open(path, "w")`` would give, not ``mkstemp``'s 0600."""
+"""All-or-nothing writes with the permissions a plain ``open(path, "w")`` gives (not ``mkstemp``'s 0600)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Text generation for every model: greedy, temperature, top-k and nucleus (top-p) sampling; models with a cache pay one
-position's work per new token."""
+"""Text generation: greedy, temperature, top-k and top-p sampling; a model's cache makes each new token cheap."""
 
 from __future__ import annotations
 

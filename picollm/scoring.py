@@ -98,8 +98,7 @@ def _weights_file(run_dir: Path, which: str) -> Path:
 
 
 def validation_set_for(cfg: Config, tokenizer: Any, test: bool = False) -> EvalSet:
-    """The capped validation set of ``cfg.data`` (``test``: its test set, ``data.test_tokens``), in the ids of the
-    model's (maybe compact) vocabulary."""
+    """The capped validation set of ``cfg.data`` (``test``: its test set) in the model's (maybe compact) vocabulary."""
     if isinstance(tokenizer, CompactTokenizer):  # the model's ids, whatever data it is scored on
         cfg.data.compact_vocab = False
         data = load_token_data(cfg.data, progress=False)
@@ -125,8 +124,7 @@ def evaluate_run(
     device: str = "cpu",
     test: bool = False,
 ) -> dict[str, Any]:
-    """Score a saved run on its validation split, or another dataset's (``overrides``: ``data.*=...``); ``test``: on
-    its test set instead (``data.test_tokens`` whole documents outside the validation sample)."""
+    """Score a saved run on its validation split, another dataset's (``overrides``), or its test set (``test``)."""
     from picollm.checkpoint import load_run
 
     run_dir = Path(run_dir)

@@ -187,8 +187,7 @@ def apply_params(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str
 
 
 def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
-    """The base config's own values for the searched keys (trial 0, the baseline); each must lie inside its
-    distribution."""
+    """The base config's values for the searched keys (trial 0, the baseline); each must lie inside its distribution."""
     values = {param.key: _lookup(base, param.key) for param in space if param.active(base_view(base, param))}
     for param in space:
         if param.key in values and not param.contains(values[param.key]):

@@ -37,8 +37,7 @@ def add_storage_argument(parser: Any) -> None:
 
 
 def mask_url(text: str) -> str:
-    """Replace passwords with ``***`` (``scheme://user:PASSWORD@host``, ``?password=PASSWORD``), in URLs or whole
-    messages."""
+    """Replace passwords with ``***`` in URLs or whole messages (``user:PASSWORD@``, ``?password=``)."""
     text = _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
 
@@ -125,8 +124,7 @@ def check_url(url: str) -> None:
 def open_storage(
     url: str, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2, create: bool = False
 ) -> Any:
-    """An Optuna storage for ``url``, or a one-line :class:`StorageError`; ``create=False`` never leaves an empty SQLite
-    or journal file behind."""
+    """An Optuna storage for ``url`` or a one-line :class:`StorageError`; ``create=False`` never makes a file."""
     check_url(url)
     try:
         return OPENERS[scheme(url)](
@@ -163,8 +161,7 @@ _LOCK_ENGINES: dict[str, Any] = {}  # url -> this process's engine for the harne
 
 
 def _lock_engine(url: str) -> Any:
-    """A small autocommit pool per process for the locks, kept: a fresh server connection per trial costs more than
-    the lock itself. Autocommit, so taking and releasing a lock is one round trip each."""
+    """A small autocommit pool per process for the locks, kept: a connection per trial costs more than the lock."""
     engine = _LOCK_ENGINES.get(url)
     if engine is None:
         import sqlalchemy
@@ -177,8 +174,7 @@ def _lock_engine(url: str) -> Any:
 
 
 def _forget_inherited_engines() -> None:
-    """In a forked child: new pools for the lock engines, leaving the parent's connections alone (two processes on one
-    socket corrupt it; SQLAlchemy prescribes ``dispose(close=False)``)."""
+    """In a forked child: new lock pools, leaving the parent's connections alone (``dispose(close=False)``)."""
     for engine in _LOCK_ENGINES.values():
         engine.dispose(close=False)
 

@@ -28,8 +28,7 @@ def runs_on_cpu(device: str) -> bool:
 
 
 def fit_threads(cfg: Config) -> Config:
-    """``cfg`` with ``train.threads`` set by :func:`lone_run_threads` when it is unset; a copy, since ``cfg`` may be
-    the caller's."""
+    """A copy of ``cfg`` with ``train.threads`` set by :func:`lone_run_threads` when it is unset."""
     if cfg.train.threads is not None:
         return cfg
     threads = lone_run_threads(cfg.train.device)

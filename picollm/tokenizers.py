@@ -1,5 +1,4 @@
-"""Tokenizers: GPT-2 BPE through tiktoken (the default) and raw UTF-8 bytes (no download), each turning documents into
-one uint16 stream with end-of-text between them."""
+"""Tokenizers: GPT-2 BPE through tiktoken and raw UTF-8 bytes, documents to one uint16 stream."""
 
 from __future__ import annotations
 
@@ -116,8 +115,7 @@ def tiktoken_available(encoding: str = "gpt2") -> bool:
 
 
 def tiktoken_cache_dir() -> str:
-    """The folder tiktoken reads GPT-2's files from in this process (its own rule); a run records it to find them again
-    offline."""
+    """The folder tiktoken reads GPT-2's files from in this process; a run records it to find them offline."""
     import tempfile
 
     folder = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")

@@ -1,19 +1,14 @@
-"""Metrics: one tiny interface, two sinks — the local run record (always) and W&B (when enabled).
+"""Metrics: one interface, two sinks, the local run record (always) and W&B (when enabled).
 
-The trainer calls :class:`Tracker` and never knows which sinks are behind it. W&B is imported
-only when a run uses it, and training never waits on it: W&B works on its own thread, and the run
-ends once W&B holds the whole run. A W&B failure (no network, no key, a bug, a call stuck for
-``WANDB_TIMEOUT_S``) costs one warning and ``wandb_complete: false`` in summary.json: the local
-record keeps everything.
-
-Run record layout (``tracking.out_dir/<run_id>/``)::
+Training never waits on W&B, which works on its own thread; a W&B failure costs one warning and
+``wandb_complete: false`` in summary.json, and the local record keeps everything. A record,
+``tracking.out_dir/<run_id>/``::
 
     config.yaml    resolved config, written before the first step; a valid config file
     meta.json      run id, start time, command, git commit, library versions, device, data used
     metrics.jsonl  one JSON object per logged row; every row has "step" and "epoch"
     samples.jsonl  generated text samples
-    summary.json   final numbers and status (finished | pruned | failed | interrupted); with W&B on,
-                   wandb_complete (does W&B hold the whole run?) and, when not, wandb_error
+    summary.json   final numbers and status (finished | pruned | failed | interrupted), wandb_complete
     final.pt best.pt   weights: {"model": settings, "vocab_size", "state_dict"} (weights_only loads)
 """
 
@@ -97,8 +92,7 @@ def library_versions() -> dict[str, str]:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to top-level dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``), as W&B's panels and the
-    search space name them."""
+    """Nested dicts to top-level dotted keys, as W&B's panels and the search space name them."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -110,8 +104,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def wandb_config(cfg: Config, extra: dict[str, Any]) -> dict[str, Any]:
-    """The run's W&B config: every trainer setting plus the run's context, as dotted keys; a context key named like a
-    section moves to ``<name>_summary``."""
+    """Every trainer setting plus the run's context as dotted keys; a context key named like a section gets
+    ``_summary``."""
     settings = cfg.to_dict()
     context = {f"{k}_summary" if k in settings else k: v for k, v in extra.items() if k != "argv"}
     trial = context.get("trial")
@@ -129,8 +123,7 @@ def trial_summary(extra: dict[str, Any], status: str | None) -> dict[str, Any]:
 
 
 def wait_for_run_file(run: Any) -> None:
-    """Return once a finished W&B run's ``.wandb`` file holds its exit record (``run.finish()`` returns before);
-    TimeoutError after ``WANDB_TIMEOUT_S``."""
+    """Return once a finished W&B run's file holds its exit record; TimeoutError after ``WANDB_TIMEOUT_S``."""
     from picollm.wandb_offline import has_exit_record
 
     path = Path(run.settings.sync_file)
@@ -384,8 +377,7 @@ class Tracker:
         self.progress = ProgressLine(cfg.tracking.name or run_id)
 
     def _create_record(self, cfg: Config, existing: bool = False) -> JsonlSink:
-        """A new run folder with config.yaml, meta.json and the open metric files, or one line saying why not; a new
-        folder left incomplete is removed."""
+        """A new run folder with config.yaml, meta.json and open metric files, or one line saying why not."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=existing)
         except OSError as exc:
@@ -403,8 +395,7 @@ class Tracker:
 
     @classmethod
     def reopen(cls, cfg: Config, run_dir: Path, rows: dict[str, int], extra: dict[str, Any]) -> Tracker:
-        """The record of a run that goes on from a checkpoint: its rows after it dropped, then appended to; W&B
-        resumes the same run id."""
+        """The record of a run that goes on from a checkpoint: later rows dropped; W&B resumes the same run id."""
         for name in RECORD_FILES:
             keep_first_lines(run_dir / name, run_dir / name, rows.get(name, 0))
         (run_dir / "summary.json").unlink(missing_ok=True)
@@ -444,8 +435,7 @@ class Tracker:
             sink.log_sample({"step": step, "prompt": prompt, "text": text})
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """W&B first, so the local summary says whether W&B holds the whole run (``wandb_complete``) and if not,
-        why (``wandb_error``)."""
+        """W&B first, so the local summary says whether W&B holds the whole run, and if not, why."""
         summary = {**summary, **trial_summary(self.extra, summary.get("status"))}
         if self.wandb is not None:
             self.wandb.finish(summary)

@@ -77,8 +77,7 @@ def train_step(
     grad_clip: float,
     device: torch.device,
 ) -> tuple[float, float]:
-    """One forward, backward and optimiser step; returns (loss, gradient norm before clipping). Only the last
-    ``y.shape[1]`` positions of ``x`` enter the loss."""
+    """One optimiser step: (loss, gradient norm before clipping); ``x``'s last ``y.shape[1]`` positions are scored."""
     with autocast_for(device):
         loss = linear_cross_entropy(model(x)[:, -y.shape[1] :], model.head, y)
     optimizer.zero_grad(set_to_none=True)
@@ -123,8 +122,7 @@ def _stderr(values: list[float]) -> float:
 
 @dataclass
 class Run:
-    """One run's parts and running numbers; everything that decides what happens next is here and in a full-state
-    checkpoint (:func:`training_state`)."""
+    """One run's parts and running numbers: what decides what happens next, all in a full-state checkpoint."""
 
     cfg: Config
     data: TokenData
@@ -443,8 +441,7 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
 
 
 def keep_state(run: Run, stable: bool = False) -> None:
-    """A full-state checkpoint (the last ``train.keep_checkpoints`` kept); ``stable``: the end of a WSD run's stable
-    phase, kept for good, where :func:`extend` branches a longer run."""
+    """A full-state checkpoint; ``stable``: a WSD run's stable-phase end, kept for :func:`extend`."""
     with run.clock.phase("checkpoints"):
         checkpoint.save_state(run.tracker.run_dir, training_state(run), run.cfg, stable=stable)
         checkpoint.prune_states(run.tracker.run_dir, run.cfg.train.keep_checkpoints)
@@ -535,8 +532,7 @@ def _prepare_data(cfg: Config) -> tuple[Config, torch.device, TokenData]:
 
 @dataclass
 class Start:
-    """Where a run starts other than at step 0: a checkpoint's state, and the record it continues (``resume``), or None
-    for a new one (``extend``)."""
+    """Where a run starts other than at step 0: a checkpoint's state and the record it continues (None: a new one)."""
 
     state: dict[str, Any]
     source: Path
@@ -610,8 +606,7 @@ def _open_record(cfg: Config, run_id: str | None, meta: dict[str, Any], start: S
 
 # -- continuing a run ------------------------------------------------------------------------------
 def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Continue a killed or interrupted run from its latest full-state checkpoint, in its own record, to the losses it
-    would have had (bit for bit on a CPU)."""
+    """Continue a killed run from its latest full-state checkpoint, in its own record, with the same losses."""
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
     path = checkpoint.latest_state(run_dir)
@@ -620,8 +615,7 @@ def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
 
 
 def extend(run_dir: str | Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
-    """A finished WSD run continued from the end of its stable phase to ``tokens``, where it decays: a new run,
-    the same as one started with that budget (its record holds the source's rows up to the branch point)."""
+    """A finished WSD run continued from the end of its stable phase to ``tokens``: a new run, as if started so."""
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
     if cfg.optim.schedule != "wsd":

@@ -1,5 +1,4 @@
-"""Read an offline W&B run file (``run-<id>.wandb``: a LevelDB-style log of protobuf records) into history rows without
-a network; current wandb reads it only in its Go core."""
+"""Read an offline W&B run file into history rows without a network (current wandb reads it only in Go)."""
 
 from __future__ import annotations
 
@@ -98,8 +97,7 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
 
 
 def has_exit_record(path: str | Path) -> bool:
-    """Whether the run file is complete: W&B writes the exit record last (just after ``run.finish()`` it may still be
-    its header)."""
+    """Whether the run file is complete: W&B writes the exit record last."""
     try:
         return any(kind == "exit" for kind, _ in read_records(path))
     except (OSError, ValueError):  # not there yet, or not yet past its header

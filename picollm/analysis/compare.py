@@ -1,5 +1,4 @@
-"""Which metric ranks configurations reliably? A metric's pick costs how much worse its validation loss (on the whole
-fixed split) is than the best one."""
+"""Which metric ranks configurations reliably? A pick costs how much worse its validation loss is than the best."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""A study in optuna-dashboard on localhost, with what only picollm knows: the study's figures as artifacts in its note,
-and notes linking each finished trial to its run record (served read-only under ``/picollm/``) and W&B run. A figure
-is uploaded again only when its content changed."""
+"""A study in optuna-dashboard on localhost, plus picollm's figures and notes linking trials to their run records.
+
+Figures are study artifacts (uploaded again only when changed); run records are served read-only at ``/picollm/``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What does the model receive and predict? Its top-k next tokens against plain counting: a model whose top guess is one
-frequent token almost everywhere has learned only the unigram distribution."""
+"""What does the model see and predict? Top-k next tokens against plain counting, to catch a unigram-only model."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ TOKENIZER_PROBE_S = 10.0  # offline, tiktoken fails fast; a firewalled network m
 
 
 def tiktoken_folders(run_dir: Path | None = None) -> list[Path]:
-    """Folders that may hold GPT-2's tiktoken files: tiktoken's own (its environment variables, else its default), then
-    the run's (``meta.json``: ``tokenizer_files``)."""
+    """Folders that may hold GPT-2's tiktoken files: tiktoken's own, then the one ``meta.json`` names."""
     named = [os.environ.get(key) for key in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")]
     candidates = [*(Path(value) for value in named if value), Path(tempfile.gettempdir(), "data-gym-cache")]
     if run_dir is not None:
@@ -45,8 +43,8 @@ def _loads() -> bool:
 def ensure_tokenizer(name: str, run_dir: Path | None = None) -> None:
     """Make a run's tokenizer load offline when its files are on this machine, else say in one line how to.
 
-    When tiktoken cannot load GPT-2's files as configured, the first :func:`tiktoken_folders` entry that works becomes
-    ``TIKTOKEN_CACHE_DIR`` for this process, so the tokenizer and the token data read the same files.
+    The first :func:`tiktoken_folders` entry that loads becomes ``TIKTOKEN_CACHE_DIR``, so the tokenizer and the token
+    data read the same files.
     """
     if name != "gpt2" or _loads():
         return

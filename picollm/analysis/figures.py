@@ -1,7 +1,6 @@
-"""Figures for loss noise, false increases, rankings and predictions; validation losses carry their 95% intervals.
+"""Figures for loss noise, false increases, rankings and predictions, validation losses with 95% intervals.
 
-``draw_*`` functions build a Figure without pyplot, so a notebook's backend never switches; ``*_figure`` ones save a
-PNG.
+``draw_*`` build a Figure without pyplot, so a notebook's backend never switches; ``*_figure`` save a PNG.
 """
 
 from __future__ import annotations
@@ -158,8 +157,7 @@ def draw_bars(labels: list[str], values: list[float], title: str, xlabel: str) -
 
 
 def draw_losses(run: Any) -> Figure:
-    """One run's curves: step training losses, periodic and per-epoch validation losses, and the unigram baseline to
-    beat."""
+    """One run's step and validation losses against the unigram baseline, the line to beat."""
     fig = _new(8, 4.5)
     ax = fig.subplots()
     ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.6, lw=0.8, label="train/loss")

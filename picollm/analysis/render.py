@@ -1,5 +1,7 @@
-"""The report written out: ``report.md``, ``report.json`` and optionally ``report.html``, one self-contained file
-(figures as data URIs, nothing fetched) that can be mailed or opened offline."""
+"""The report written out: ``report.md``, ``report.json`` and optionally a self-contained ``report.html``.
+
+The HTML inlines its figures and fetches nothing, so it can be mailed or opened offline.
+"""
 
 from __future__ import annotations
 

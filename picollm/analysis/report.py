@@ -1,5 +1,4 @@
-"""A study's report as a document (sections of text, tables, code, figures): the model that
-:mod:`~picollm.analysis.sections` builds and :mod:`~picollm.analysis.render` writes, so neither depends on the other."""
+"""A study's report as a document: what :mod:`.sections` builds and :mod:`.render` writes, apart."""
 
 from __future__ import annotations
 

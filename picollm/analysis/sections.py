@@ -1,5 +1,4 @@
-"""The sections of a study's report; each builder returns a :class:`~picollm.analysis.report.Section`, or None when it
-has nothing to show."""
+"""The sections of a study's report; each builder returns a :class:`~.report.Section`, or None with nothing to show."""
 
 from __future__ import annotations
 
@@ -167,8 +166,7 @@ COMPARISON_VAL_TOKENS = 4096  # every epoch end scores the whole set: 180 of the
 
 
 def epoch_comparison_command(config: str) -> str:
-    """One configuration trained twice for the same 720 steps, many short epochs against two long ones, then the
-    test: the same runs the README's "Reading the losses" measured."""
+    """Two runs of one configuration for the same 720 steps, many short epochs against two long ones, then the test."""
     runs = [
         f"python -m picollm.train --config {config} --set train.max_tokens=null --set train.epochs={epochs} "
         f"--set train.max_steps_per_epoch={steps} --set data.val_tokens={COMPARISON_VAL_TOKENS} "
@@ -256,8 +254,7 @@ ONE_EPOCH = (
 def noise_section(
     runs: list[RunHistory], out_dir: Path, best: RunHistory | None, config: str, missing: list[str]
 ) -> tuple[Section | None, dict[str, Any]]:
-    """Is an epoch-to-epoch rise real? Tested on runs with several epochs; every run's step noise regardless.
-    ``missing`` (runs whose records are not here, with reasons) is said, never left out silently."""
+    """Is an epoch-to-epoch rise real? Runs with several epochs are tested; ``missing`` runs are named, not skipped."""
     usable = [run for run in runs if len(run.losses) >= MIN_STEPS_FOR_NOISE]
     left_out = missing + [
         f"{r.name} ({len(r.losses)} training steps: too few to separate noise from trend)"
@@ -390,8 +387,7 @@ def figures_section(folder: Path) -> Section | None:
 
 
 def confirm_section(folder: Path) -> Section | None:
-    """``confirm.csv``/``confirm.png``: is the winner still the winner with other seeds? One row per configuration (best
-    first), then one per run."""
+    """``confirm.csv``/``confirm.png``: is the winner still the winner with other seeds?"""
     import csv
 
     if not (folder / "confirm.csv").is_file():
@@ -480,8 +476,7 @@ TRANSFER_METHOD = (
 
 
 def transfer_section(study: Any, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
-    """Does the ranking at the cheap budget predict the ranking at the target? Always a section: when it cannot
-    be measured, it says why."""
+    """Does the ranking at the cheap budget predict the target's? Always a section: it says why when it cannot tell."""
     title = "Does the cheap budget predict the target?"
     try:
         result = transfer_analysis(study)

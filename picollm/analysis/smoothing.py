@@ -28,8 +28,7 @@ def running_mean(losses: np.ndarray, window: int) -> np.ndarray:
 
 
 def end_slope(trend: np.ndarray) -> float:
-    """How fast the trend falls per step over the run's last tenth (at least 2 steps): the lag that matters is
-    the one at the end, where the current loss is read."""
+    """How fast the trend falls per step over the run's last tenth, where the current loss is read."""
     m = max(2, len(trend) // 10)
     return float((trend[-m] - trend[-1]) / (m - 1))
 

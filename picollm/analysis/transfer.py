@@ -44,8 +44,7 @@ class Budgets:
 
 
 def rank_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman's rho of each row of ``x`` with the same row of ``y`` (average ranks for ties; NaN when a row is
-    constant, since a constant ranks nothing)."""
+    """Spearman's rho of each row of ``x`` with the same row of ``y`` (ties: average ranks; a constant row: NaN)."""
     rx = stats.rankdata(np.atleast_2d(x), axis=1)
     ry = stats.rankdata(np.atleast_2d(y), axis=1)
     rx -= rx.mean(axis=1, keepdims=True)
@@ -63,8 +62,7 @@ def regrets(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def resample(x: np.ndarray, seeds: list[list[float]], n_boot: int, rng: np.random.Generator) -> tuple:
-    """``n_boot`` bootstrap copies of (x, target means): configurations drawn with replacement, then each drawn
-    configuration's seeds drawn with replacement (independently for each draw) and averaged."""
+    """``n_boot`` bootstrap copies of (x, target means), resampling configurations and, within each, its seeds."""
     n, width = len(seeds), max(len(s) for s in seeds)
     padded = np.array([s + [0.0] * (width - len(s)) for s in seeds])
     counts = np.array([len(s) for s in seeds])

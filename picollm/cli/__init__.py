@@ -1,5 +1,4 @@
-"""The command lines (``python -m picollm.*``, ``sweep.py``, ``analyze.py``, the ``picollm-*`` scripts): thin layers
-that parse arguments and print; the library never imports them."""
+"""The command lines: thin layers that parse arguments and print; the library never imports them."""
 
 from __future__ import annotations
 

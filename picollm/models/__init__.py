@@ -1,9 +1,8 @@
 """Model registry: ``model.type`` -> its class, built from a :class:`ModelConfig` and a vocabulary size.
 
 Every model maps ids (B, T) to hidden states (B, T, D) and owns a separate ``head``, so the loss can fuse head and
-cross-entropy (:mod:`picollm.models.loss`); it takes an optional generation ``cache`` and says its ``context_size`` (k -
-1 for the k-gram, None for the whole window), which decides how evaluation windows are cut. A model's module (and torch)
-is imported only when it is built.
+cross-entropy (:mod:`.loss`); it takes an optional generation ``cache`` and says its ``context_size`` (``k - 1`` for the
+k-gram, None for the whole window). A model's module (and torch) is imported only when it is built.
 """
 
 from __future__ import annotations

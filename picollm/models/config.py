@@ -1,5 +1,4 @@
-"""The ``model:`` section: one flat section for every model, as in the course's ``pico.py``, so a sweep can search
-``model.type``. Imports nothing, so reading a config never imports torch."""
+"""The ``model:`` section: one flat section for every model (a sweep can search ``model.type``); imports nothing."""
 
 from __future__ import annotations
 

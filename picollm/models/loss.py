@@ -23,8 +23,7 @@ def default_chunk_rows(vocab_size: int) -> int:
 
 
 def allow_tf32() -> None:
-    """Let float32 matmuls on CUDA use TF32 tensor cores (PyTorch's recommended setting for training); a no-op
-    elsewhere."""
+    """Let float32 matmuls on CUDA use TF32 tensor cores (PyTorch's recommendation for training)."""
     torch.set_float32_matmul_precision("high")
 
 
@@ -64,8 +63,7 @@ def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 def _chunk_nll(
     h: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row loss of one chunk (``h`` and ``w_t`` in the compute dtype), its exponentiated shifted logits
-    and their row sums (what the gradients need); everything after the matmul is float32."""
+    """Per-row loss of one chunk, its exponentiated shifted logits and their row sums (for the gradients), float32."""
     logits = mm_f32(h, w_t)
     if bias is not None:
         logits += bias.float()
@@ -132,8 +130,7 @@ def _forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype): 
 def token_losses(
     hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """The float32 loss of each row of ``head(hidden)`` against ``targets``, without gradient: evaluation needs
-    per-token losses for a standard error."""
+    """The float32 loss of each row of ``head(hidden)``, without gradient: a standard error needs per-token losses."""
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     rows = chunk_rows or default_chunk_rows(head.weight.shape[0])
@@ -149,8 +146,7 @@ def token_losses(
 def linear_cross_entropy(
     hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """Mean float32 cross-entropy of ``head(hidden)`` (..., D) against ``targets`` (...), chunk by chunk; gradients come
-    back in each input's dtype."""
+    """Mean float32 cross-entropy of ``head(hidden)`` against ``targets``, chunk by chunk."""
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     rows = chunk_rows or default_chunk_rows(head.weight.shape[0])

@@ -1,5 +1,4 @@
-"""Sweeps: an Optuna study whose trials are trainer runs, one module per concern. The names below are the package's
-public interface."""
+"""Sweeps: an Optuna study whose trials are trainer runs. The names below are the package's public interface."""
 
 from picollm.sweeps.report import best_value, report_lines, trial_line
 from picollm.sweeps.settings import Experiment, StudySettings, load_experiment

@@ -164,8 +164,7 @@ def leader(study: Any) -> Any:
 
 
 def gap_to(leader_trial: Any, other: Any) -> tuple[int | None, float] | None:
-    """How far ``other`` trails the leader where they were last measured alike: at the end when both completed,
-    else at the largest reported budget (a rung) they share; None when they share none."""
+    """How far ``other`` trails the leader where both were last measured alike (the end, else a shared rung) or None."""
     if other.value is not None and other.state.name == "COMPLETE":
         return None, other.value - leader_trial.value
     shared = set(leader_trial.intermediate_values) & set(other.intermediate_values)
@@ -176,8 +175,7 @@ def gap_to(leader_trial: Any, other: Any) -> tuple[int | None, float] | None:
 
 
 def shortlist(study: Any, leader_trial: Any, margin: float, most: int) -> list[Candidate]:
-    """Every configuration that cannot be told apart from the leader: it trails it by less than ``margin`` (the
-    95% bound of a difference between two seeds) where they were last measured alike; the closest ``most``."""
+    """The closest ``most`` configurations that trail the leader by less than ``margin``: they cannot be told apart."""
     seen = {params_key(leader_trial.params)}
     close: list[tuple[float, Candidate]] = []
     for t in _finished(study):
@@ -286,15 +284,13 @@ def _study_settings(study: Any) -> dict[str, Any]:
 
 
 def confirm_budget(study: Any, s: ConfirmSettings) -> int | None:
-    """The confirmation's budget: ``confirm.budget_tokens``, else the study's target (its cheap budget when it has
-    none), so the answer is checked at the budget it will be trained at."""
+    """``confirm.budget_tokens``, else the study's target: the answer is checked at the budget it will train at."""
     settings = _study_settings(study)
     return s.budget_tokens or settings.get("target_tokens") or settings.get("budget_tokens")
 
 
 def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = None) -> Confirmation:
-    """The candidates (``shortlisted``, else the latest confirmation's shortlist) and seeds, with every finished run
-    already recorded in the study attached."""
+    """The candidates (``shortlisted``, else the latest shortlist) and seeds, with the runs recorded already."""
     check_confirm(s)
     base = study.user_attrs.get("base")
     if not base:
@@ -315,11 +311,10 @@ def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = Non
 
 
 def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) -> Confirmation:
-    """Confirm the leader at the target budget, then every configuration that cannot be told apart from it, and the
-    baseline; each run is recorded as it finishes, so a re-run trains only what is missing.
+    """Confirm the leader at the target budget, then what cannot be told apart from it, and the baseline.
 
-    The leader's seeds measure the seed noise; a configuration whose gap to the leader is below the 95% bound of a
-    two-seed difference (1.96 * sqrt(2) * that spread) is shortlisted. Runs are never pruned, so they are scored once,
+    The leader's seeds measure the seed noise; a gap below the 95% bound of a two-seed difference (1.96 * sqrt(2) *
+    spread) is shortlisted. Each run is recorded as it finishes (a re-run trains only what is missing) and scored once,
     at the end.
     """
     from picollm.sweeps.layout import choose_layout
@@ -342,8 +337,7 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
 
 
 def score_on_test(study: Any, conf: Confirmation) -> None:
-    """Once the choice is made: the confirmed winner's and the baseline's runs scored on the test set
-    (``data.test_tokens``), which no trial, pruning decision or ranking has seen. Recorded with each run."""
+    """The winner's and the baseline's runs scored on the test set, which no choice has seen; recorded with each run."""
     from picollm.scoring import evaluate_run
 
     if not (study.user_attrs.get("base") or {}).get("data", {}).get("test_tokens") or not conf.ranked():
@@ -365,8 +359,7 @@ def _scored_on_test(conf: Confirmation) -> list[ConfigResult]:
 
 @dataclass
 class Held:
-    """A configuration's mean loss on one set over its seeds, with the standard error of that mean: the sampling
-    error of the set's documents (shared by every seed) and the spread over seeds."""
+    """A configuration's mean loss on one set over its seeds, with a standard error from the documents and the seeds."""
 
     mean: float
     stderr: float
@@ -384,8 +377,7 @@ def held_out(result: ConfigResult, key: str) -> Held | None:
 
 
 def test_lines(conf: Confirmation) -> list[str]:
-    """Validation and test figures side by side for the winner and the baseline; their difference is the
-    measured winner's curse (the validation figure was chosen on, the test figure never was)."""
+    """Validation and test figures of the winner and the baseline: their difference is the winner's curse."""
     lines = []
     for result in _scored_on_test(conf) if conf.ranked() else []:
         test, val = held_out(result, "test_loss"), held_out(result, "final_val_loss")

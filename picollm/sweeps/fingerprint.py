@@ -112,8 +112,7 @@ def data_words(fp: dict[str, Any]) -> str:
 
 
 def _data_phrases(stored: dict[str, Any], mine: dict[str, Any], keys: list[str]) -> list[str]:
-    """The data in words, when its sources, tokenizer or fallback differ; when only the token-cache key does and no
-    other data setting, the files under the same settings changed. (Other data settings are said as settings.)"""
+    """The data in words when its sources, tokenizer or fallback differ; else changed files."""
     theirs, ours = data_words(stored), data_words(mine)
     if theirs != ours:
         return [f"this study was made {theirs}; this run would train {ours}"]
@@ -159,8 +158,7 @@ def _setting_phrase(key: str, theirs: Any, ours: Any) -> str:
 
 
 def explain(stored: dict[str, Any], mine: dict[str, Any]) -> list[str]:
-    """What differs between a study's fingerprint and this run's, in words: the data first, then the study's own
-    settings, then the trainer settings it does not search (the first of those says why they matter)."""
+    """What differs from the study's fingerprint, in words: data, then study settings, then trainer settings."""
     keys = differing(stored, mine)
     phrases = _data_phrases(stored, mine, keys)
     hidden = {derived for key in keys for derived in DERIVED.get(key, ())}

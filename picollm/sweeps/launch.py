@@ -141,8 +141,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         run_worker(self.worker_spec(job_storage(), submitit.JobEnvironment().local_rank))
 
     def worker_spec(self, storage: str, local_rank: int) -> WorkerSpec:
-        """This task's worker: its own sampler seed, and its local rank, which picks ``cuda:<rank>``
-        (the worker records the device in every trial and run record)."""
+        """This task's worker: its own sampler seed and its local rank, which picks ``cuda:<rank>``."""
         exp = with_seed(self.exp, f"{socket.gethostname()}:{os.getpid()}")  # a requeued job draws anew
         if no_gpu_here(local_rank, self.gpus_per_node):
             exp = replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": "cpu"}})
@@ -155,8 +154,7 @@ class SweepJob(submitit.helpers.Checkpointable):
 
 
 class ConfirmJob:
-    """The confirmation stage as one job of the same launcher, so it runs where the trials ran (not on a login node);
-    returns the summary lines."""
+    """The confirmation as one job of the same launcher, so it runs where the trials ran; returns the summary lines."""
 
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
@@ -311,8 +309,7 @@ def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list
 
 
 def confirm_stage(exp: Experiment, settings: LauncherSettings) -> list[str]:
-    """Submit the confirmation as one job with a worker's resources and wait for its summary lines; a job that ended
-    without a result is one line, not a wait forever."""
+    """Submit the confirmation as one job and wait for its lines; a job that ends without a result is one line."""
     executor = make_executor(settings, jobs_folder(exp) / "confirm", f"{exp.study.name}-confirm", 1)
     executor.update_parameters(tasks_per_node=1)  # one process trains the runs; it shares its cores or GPUs out
     job = executor.submit(ConfirmJob(exp))

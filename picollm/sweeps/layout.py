@@ -13,8 +13,7 @@ MAX_AUTO_WORKERS = 8  # each worker holds its own model, data and W&B service: m
 
 
 def choose_layout(workers: int | None = None, cores: int | None = None, gpus: int | None = None) -> tuple[int, int]:
-    """``(workers, torch threads per worker)`` for ``cores`` CPU cores and ``gpus`` CUDA devices (default: this
-    process's)."""
+    """``(workers, torch threads per worker)`` for ``cores`` CPU cores and ``gpus`` CUDA devices (default: here)."""
     cores = cores or available_cores()
     gpus = cuda_devices() if gpus is None else gpus
     if workers is None:

@@ -61,8 +61,7 @@ def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool
 
 
 def retry(study: Any, trial: Any, max_retry: int) -> bool:
-    """Queue a failed trial again with its parameters, as Optuna's stale-trial callback does; False when its retry
-    history is full."""
+    """Re-queue a failed trial with its parameters, as Optuna's stale-trial callback does; False when out of retries."""
     if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= max_retry:
         return False
     RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(study, trial)
@@ -70,23 +69,20 @@ def retry(study: Any, trial: Any, max_retry: int) -> bool:
 
 
 def _failed_by_its_worker(trial: Any) -> bool:
-    """Failed by the worker that ran it (an error), which queues nothing. A lost worker's trial is failed and
-    re-queued at once by whoever noticed (this module, or Optuna's heartbeat, which leaves it 'running')."""
+    """Failed by the worker that ran it (an error), which queues nothing; a lost worker's trial is re-queued at once."""
     attrs = trial.user_attrs
     return attrs.get("value_kind") == "failed" and not str(attrs.get("fail_reason", "")).startswith(LOST_WORKER)
 
 
 def _rerun_on_resume(trial: Any) -> bool:
-    """Stopped by Ctrl-C (by its worker, or by a notebook's sweep() for a trial it had just started), or the
-    baseline, failed by its worker: its parameters are worth a run, and a study needs its baseline."""
+    """Stopped by Ctrl-C, or the baseline failed by its worker: its parameters are worth a run."""
     attrs = trial.user_attrs
     return attrs.get("fail_reason") == INTERRUPTED or (attrs.get("baseline", False) and _failed_by_its_worker(trial))
 
 
 def requeue_stopped(study: Any, max_retry: int) -> tuple[list[int], list[int]]:
-    """On resume: re-queue a failed baseline and the trials Ctrl-C stopped, once each, through :func:`retry`; returns
-    (re-queued, out of retries). Run under the study's setup lock, so workers starting together do not both queue
-    one."""
+    """On resume: re-queue a failed baseline and Ctrl-C'd trials once each; returns (re-queued, out of retries).
+    Run under the study's setup lock, so workers starting together do not both queue one."""
     trials = study.get_trials(deepcopy=False)
     done = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     queued: list[int] = []

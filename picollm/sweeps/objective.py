@@ -56,8 +56,7 @@ def trial_config(exp: Experiment, number: int, values: dict[str, Any], device: s
 
 
 def resumable(trial: optuna.Trial, cfg: Config) -> Any:
-    """Where a retried trial goes on: the last full-state checkpoint of its predecessor's run when that run has the same
-    config; None to start afresh."""
+    """The last full-state checkpoint of a retried trial's predecessor run of the same config; None to start afresh."""
     from picollm import checkpoint
     from picollm.trainer import Start
 
@@ -140,8 +139,7 @@ class Objective:
         return value
 
     def stop(self, trial: optuna.Trial, reason: str) -> None:
-        """End this worker's ``study.optimize`` after this trial; the worker loop then raises :class:`AbortSweep` with
-        ``reason`` (a callback would re-read every finished trial)."""
+        """End this worker's ``study.optimize`` after this trial, then raise :class:`AbortSweep` with ``reason``."""
         self.abort = reason
         trial.study.stop()
 
@@ -215,8 +213,7 @@ class Objective:
         return report
 
     def value(self, trial: optuna.Trial, summary: dict[str, Any], outcome: dict[str, Any]) -> float:
-        """The ranked value of a finished run, or TrialPruned carrying what the pruner saw last; ``outcome`` goes in the
-        same storage write."""
+        """The ranked value of a finished run, or TrialPruned with what the pruner saw last; one storage write."""
         if trial.number in self.taken_over:
             raise TakenOver(f"trial {trial.number} was marked failed by another worker")
         metric = self.exp.study.metric

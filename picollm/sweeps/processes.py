@@ -1,6 +1,4 @@
-"""Worker processes: started from a forkserver that has imported the trainer once, told apart by rank, and
-stopped cleanly on Ctrl-C, SIGTERM or an error. Used by the sweep's workers and by the confirmation's pool.
-"""
+"""Worker processes: forked from a forkserver that imported the trainer once, ranked, and stopped cleanly."""
 
 from __future__ import annotations
 
@@ -54,8 +52,7 @@ def interrupts_as_keyboard(restore: bool = True) -> Iterator[None]:
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Inside :func:`interrupts_as_keyboard`: an interrupt during the block is raised at its end, so a started worker is
-    always recorded (and so stopped)."""
+    """Inside :func:`interrupts_as_keyboard`: an interrupt in the block is raised at its end (starts get recorded)."""
     _HELD.append(False)
     try:
         yield
@@ -88,8 +85,7 @@ WORKER_PRELOAD = ["picollm.sweeps.objective", "picollm.trainer", "torch._dynamo"
 
 
 def worker_context() -> Any:
-    """Worker processes forked from a forkserver that has only imported :data:`WORKER_PRELOAD` (safe to fork: no torch
-    thread pool yet), so each worker starts in milliseconds."""
+    """Workers forked from a forkserver that only imported :data:`WORKER_PRELOAD` (no torch threads yet)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")
@@ -99,8 +95,8 @@ def worker_context() -> Any:
 
 
 def _start_forkserver() -> None:
-    """Start the forkserver with SIGINT blocked for life, so a Ctrl-C while it imports is not a traceback; workers
-    unblock it (:func:`adopt`). The resource tracker starts first, as it unblocks SIGINT after starting."""
+    """Start the forkserver with SIGINT blocked for life (no traceback on a Ctrl-C while it imports); workers unblock
+    it."""
     from multiprocessing import forkserver, resource_tracker
 
     resource_tracker.ensure_running()
@@ -115,8 +111,7 @@ _POOL_RANK = [0]  # in a worker of `in_processes`: which of the pool's workers t
 
 
 def adopt(environ: dict[str, str] | None) -> None:
-    """A worker's start: Ctrl-C reaches it again (the forkserver blocks SIGINT), and it takes ``environ``, the
-    starting process's environment, when given."""
+    """A worker's start: Ctrl-C reaches it again, and it takes ``environ`` (the starting process's) when given."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if environ is not None:
         os.environ.clear()

@@ -1,5 +1,4 @@
-"""Samplers and pruners by name; a bad name, option or missing package is one :class:`ConfigError` line before any
-trial."""
+"""Samplers and pruners by name; a bad name, option or missing package is one :class:`ConfigError` line."""
 
 from __future__ import annotations
 

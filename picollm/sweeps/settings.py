@@ -1,5 +1,4 @@
-"""The experiment: a base trainer config, a search space and the study's settings (the ``study:`` and ``confirm:``
-blocks, ``--set`` overrides, and :func:`trial_base`)."""
+"""The experiment: a base trainer config, a search space and the study's ``study:`` and ``confirm:`` settings."""
 
 from __future__ import annotations
 
@@ -132,8 +131,7 @@ def target_of(s: StudySettings) -> int | None:
 
 
 def rungs(s: StudySettings) -> list[int]:
-    """The budgets below the target at which a trial is scored by a decay branched from its stable phase: the
-    cheap budget times the pruner's ``reduction_factor`` (3) to the power 0, 1, 2, ..."""
+    """Budgets below the target where a trial is scored by a branched decay: the cheap budget times 3**0, 3**1, ..."""
     if not aims_beyond_budget(s):
         return []
     factor = int(s.pruner_options.get("reduction_factor", 3))
@@ -195,8 +193,7 @@ class Experiment:
 
     @functools.cached_property
     def space(self) -> list[Param]:
-        """Parsed once per object (every trial reads it; parsing validates each choice as a config); ``replace()``
-        makes a new object, so a changed base or search is parsed anew."""
+        """Parsed once per object (parsing validates each choice); ``replace()`` makes a new object, parsed anew."""
         return parse_space(self.search, self.base)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -241,8 +238,7 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
 
 
 def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:
-    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry); the longest existing key
-    wins."""
+    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (an entry); the longest key wins."""
     path, value = parse_override(item)
     dotted = ".".join(path[1:])
     out = copy.deepcopy(search)

@@ -113,14 +113,12 @@ def _opening(exp: Experiment, storage_url: str, step: Callable[[], Any]) -> Any:
 
 
 def reach_storage(exp: Experiment, storage_url: str) -> Any:
-    """The storage, opened (its database made where it is a new file) without creating the study: a bad URL or an
-    unreachable server is one line before anything else is done."""
+    """The storage, opened without creating the study: a bad URL or server is one line before anything else."""
     return _opening(exp, storage_url, lambda: _storage(exp, storage_url, create=True))
 
 
 def stored_question(storage: Any, exp: Experiment, storage_url: str) -> None:
-    """Refuse a run that the study of this name, if it exists, does not answer (its space, its fingerprint), without
-    creating or writing anything."""
+    """Refuse a run that the existing study of this name does not answer, without creating or writing anything."""
     try:
         study_id = storage.get_study_id_from_name(exp.study.name)
     except KeyError:
@@ -131,8 +129,7 @@ def stored_question(storage: Any, exp: Experiment, storage_url: str) -> None:
 
 
 def open_study(exp: Experiment, storage_url: str, create: bool, storage: Any = None) -> CappedStudy:
-    """Create or load the study on the opened ``storage``; refuse one whose search space or fingerprint differs (one
-    line each)."""
+    """Create or load the study; refuse one whose search space or fingerprint differs (one line each)."""
     study = _opening(exp, storage_url, lambda: _load(exp, storage_url, create, storage))
     if create:  # peers starting together: one records the question, the others check against it
         with claim_lock(storage_url, f"setup-{exp.study.name}"):
@@ -168,8 +165,7 @@ TRAINED_BASE = "trained_base"  # study user attribute: the base config as the tr
 
 
 def trained_base(study: Any) -> dict[str, Any]:
-    """The base config the study's trials trained with, the offline fallback applied where it was; ``best.yaml``
-    and the confirmation start from it. A study made before it was recorded has only the base as written."""
+    """The base config the trials trained with (fallback applied): ``best.yaml`` and confirmations start there."""
     return study.user_attrs.get(TRAINED_BASE) or study.user_attrs["base"]
 
 

@@ -79,8 +79,7 @@ def _say_interrupted(study: Any, objective: Objective, show: Callable[[str], Non
 
 
 def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, deadline: float) -> bool:
-    """One ``study.optimize`` call; False when this worker has nothing left to start right now (no callbacks unless
-    trials are shown: Optuna re-reads each finished trial for them)."""
+    """One ``study.optimize`` call; False when this worker has nothing left to start right now."""
     callbacks = None if show is None else [show]
     objective.current = None
     try:
@@ -96,8 +95,7 @@ def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, dea
 
 
 def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any = None) -> None:
-    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C; ``study`` defaults to the
-    spec's, opened here."""
+    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
     s = spec.exp.study
     tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False) if study is None else study
@@ -133,8 +131,7 @@ def _progress_line(line: str) -> None:
 
 
 def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> None:
-    """Entry point of a worker process: errors become one line and an exit code. ``environ`` is the sweep's current
-    environment (the forkserver's may be older)."""
+    """A worker process: errors become one line and an exit code; ``environ`` is the sweep's current environment."""
     with interrupts_as_keyboard(restore=False):  # the process ends after it
         try:
             adopt(environ)  # after the handler: it unblocks a Ctrl-C that came while the worker was forked
@@ -201,8 +198,7 @@ def _data_error(exc: OSError) -> DataError:
 
 
 def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
-    """What every trial would hit, found before the study exists, each a one-line :class:`PicoError`: the device, the
-    data (building the trials' token cache), one training window, and the folders the sweep writes."""
+    """What every trial would hit, each a one-line :class:`PicoError`: device, data, one training window, folders."""
     import torch
 
     from picollm.data import load_token_data, window_starts
@@ -243,9 +239,7 @@ def _requeue(study: Any, exp: Experiment) -> None:
 
 
 def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tuple[Experiment, Any]:
-    """Check everything before the study exists, then create or resume it: the storage (nothing created), the data
-    identity against the stored study, :func:`check_trainable` (devices only with ``devices_here``), then the study,
-    its baseline and the re-queued trials."""
+    """Check everything before the study exists (storage, data identity, :func:`check_trainable`), then open it."""
     storage = reach_storage(exp, storage_url)
     exp = _identity(exp)
     stored_question(storage, exp, storage_url)
