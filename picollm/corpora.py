@@ -23,8 +23,6 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 # -- Built-in generators (no network, no files) -----------------------------------------------
 
-SYNTHETIC_PROMPT = "0 1 2 3 4"
-
 
 def synthetic_sequences(n: int, seed: int = 0) -> list[str]:
     """Counting and arithmetic sequences ("3 4 5 6", "10 13 16", "9 8 7"): learnable, like 3seqs.txt."""

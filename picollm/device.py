@@ -15,7 +15,6 @@ def _mps_available() -> bool:
 
 
 def available_devices() -> list[str]:
-    """Every device name this machine can run on."""
     names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
     return names + (["mps"] if _mps_available() else [])
 

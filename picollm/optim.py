@@ -78,8 +78,8 @@ DECAY_SHAPES: dict[str, Callable[[float], float]] = {
 def decay_start(total_steps: int, cfg: OptimConfig) -> int:
     """The first step of a WSD run's decay: its last ``decay_fraction`` of ``total_steps``.
 
-    Up to its decay a run of any budget is the same run as a longer one, so its state there can branch into a short
-    decay or continue to a longer budget (Hägele et al. 2024).
+    Up to there a run of any budget is the same run as a longer one, so it can branch into a short decay or go on
+    (Hägele et al. 2024).
     """
     return max(cfg.warmup_steps, total_steps - round(cfg.decay_fraction * total_steps))
 

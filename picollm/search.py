@@ -182,7 +182,6 @@ def sample(trial: Any, space: list[Param], base: Mapping[str, Any]) -> dict[str,
 
 
 def apply_params(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The raw trainer config with a trial's values set."""
     return set_dotted_all(dict(base), values)
 
 

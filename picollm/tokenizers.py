@@ -72,10 +72,9 @@ class TiktokenTokenizer:
         return self._enc.encode_ordinary(text)
 
     def encode_docs(self, docs: Sequence[str]) -> np.ndarray:
-        """Every document, end-of-text after each, on all cores.
+        """Every document, end-of-text after each, in chunks on threads (tiktoken releases the GIL) into numpy buffers.
 
-        Chunks are encoded on a thread each (tiktoken releases the GIL) straight into numpy buffers. A chunk with a
-        story containing the text "<|endoftext|>" is encoded story by story, so that text stays text.
+        A chunk with a story containing the text "<|endoftext|>" is encoded story by story, so that text stays text.
         """
         chunks = [docs[i : i + _DOCS_PER_CHUNK] for i in range(0, len(docs), _DOCS_PER_CHUNK)]
         if not chunks:

@@ -210,11 +210,10 @@ def resolve_wandb_mode(setting: str) -> str:
 
 
 class WandbSink:
-    """W&B behind the sink interface, on a worker thread of its own, so training never waits for it.
+    """W&B behind the sink interface, on its own worker thread so training never waits for it.
 
-    :meth:`finish` returns once W&B holds the whole run (:func:`wait_for_run_file`). W&B is stuck only when one call has
-    not answered within ``WANDB_TIMEOUT_S``; the first error or stuck call costs one warning and :attr:`complete` stays
-    False.
+    :meth:`finish` returns once W&B holds the whole run. W&B is stuck only when one call has not answered within
+    ``WANDB_TIMEOUT_S``; an error or a stuck call costs one warning and leaves :attr:`complete` False.
     """
 
     def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:

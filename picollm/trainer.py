@@ -328,9 +328,8 @@ def save(run: Run, which: str) -> None:
 def anneal(run: Run, budget_tokens: int) -> None:
     """The loss a WSD run of ``budget_tokens`` would end with, scored now and left behind.
 
-    That run shares every step up to its decay, which starts here: the decay is trained on this run's model and
-    optimiser over the coming batches, scored on the whole capped set, and everything it touched, random state included,
-    put back.
+    That run shares every step up to its decay, which starts here: the decay trains this run's model and optimiser on
+    the coming batches, is scored on the whole capped set, and is undone, random state included.
     """
     saved = _snapshot(run)
     total = run.budget.steps_for(budget_tokens)
@@ -551,9 +550,8 @@ def train(
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
-    ``on_eval`` and ``on_anneal`` may raise :class:`StopRun` to end the run as ``pruned``. Any error after the record
-    exists closes it as ``failed`` and is re-raised; Ctrl-C closes it as ``interrupted``. ``clock`` accounts the run's
-    time; ``start`` continues from a checkpoint.
+    ``on_eval`` and ``on_anneal`` may raise :class:`StopRun` (status ``pruned``); any error after the record exists
+    closes it as ``failed``, Ctrl-C as ``interrupted``. ``start`` continues from a checkpoint.
     """
     clock = clock or Stopwatch()
     with clock.phase("data"):

@@ -41,10 +41,9 @@ def _loads() -> bool:
 
 
 def ensure_tokenizer(name: str, run_dir: Path | None = None) -> None:
-    """Make a run's tokenizer load offline when its files are on this machine, else say in one line how to.
+    """Make a run's tokenizer load offline when its files are here, else say in one line how to.
 
-    The first :func:`tiktoken_folders` entry that loads becomes ``TIKTOKEN_CACHE_DIR``, so the tokenizer and the token
-    data read the same files.
+    The first :func:`tiktoken_folders` entry that loads becomes ``TIKTOKEN_CACHE_DIR``, for the token data too.
     """
     if name != "gpt2" or _loads():
         return

@@ -24,9 +24,8 @@ def _ignore(signum: int, frame: Any) -> None:
 def interrupts_as_keyboard(restore: bool = True) -> Iterator[None]:
     """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored while the run closes.
 
-    Later signals reach a Python handler that returns: switching to ``SIG_IGN`` while a signal is pending makes Python
-    print ``OSError: Signal 15 ignored due to race condition`` (a terminal's Ctrl-C reaches a sweep worker twice).
-    ``restore=False`` keeps ignoring both to the process's end.
+    Later signals reach a handler that returns: switching to ``SIG_IGN`` with a signal pending prints
+    ``OSError: Signal 15 ignored due to race condition``. ``restore=False`` keeps ignoring both to the process's end.
     """
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     interrupted = False
@@ -138,8 +137,8 @@ def pool_rank() -> int:
 def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> Iterator[Any]:
     """``fn(item)`` for every item, in ``parallel`` worker processes (yielded as they finish) or in this one.
 
-    An executor, not a Pool, whose SIGTERM on exit a sweep worker takes for Ctrl-C. If the consumer stops early, queued
-    items are cancelled and running ones get SIGINT, so their records close as interrupted.
+    An executor, not a Pool, whose SIGTERM on exit a sweep worker takes for Ctrl-C. If the consumer stops early, running
+    items get SIGINT and close their records as interrupted.
     """
     if parallel <= 1 or len(items) <= 1:
         yield from map(fn, items)

@@ -126,7 +126,6 @@ def aims_beyond_budget(s: StudySettings) -> bool:
 
 
 def target_of(s: StudySettings) -> int | None:
-    """The budget the study's answer is for: ``target_tokens``, else ``budget_tokens``."""
     return s.target_tokens or s.budget_tokens
 
 

@@ -37,8 +37,7 @@ class CappedStudy(optuna.Study):
     """An Optuna study whose ``ask`` never starts a trial beyond ``total`` (finished + running).
 
     ``study.optimize`` starts every trial through ``ask``, so counting and starting under one lock keeps the total
-    exact; the objective refuses a trial that did not come from here (:meth:`started_here`), should Optuna stop calling
-    ``ask``. ``storage`` is the storage as opened.
+    exact; the objective refuses a trial not started here (:meth:`started_here`).
     """
 
     def __init__(self, *, total: int, storage_url: str, storage: Any, **kwargs: Any) -> None:
@@ -182,10 +181,9 @@ def enqueue_baseline(study: Any, exp: Experiment) -> None:
 
 
 def sampler_seed(seed: int, salt: str | None) -> int:
-    """The sampler seed of one worker process: the study's own when ``salt`` is None, else one derived from it.
+    """A worker's sampler seed: the study's own when ``salt`` is None (the first worker of a new study), else derived.
 
-    With one shared seed, workers started together or resumed would draw the same parameters; so only the first worker
-    of a new study keeps it (a one-worker sweep stays reproducible).
+    With one shared seed, workers started together or resumed would all draw the same parameters.
     """
     if salt is None:
         return seed
