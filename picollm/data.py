@@ -1,17 +1,8 @@
 """Token data: tokenize once, cache per split as uint16 on disk, memory-map, cut into windows.
 
-The cache key hashes everything that decides the tokens (sources, caps, file contents, tokenizer), so a repeat run
-starts at once and a changed file is never served stale; each array's SHA-256 is checked.
-
-Validation tokens do not depend on the model or ``block_size``, so trials compare on the same tokens:
-
-* A cap (``data.val_tokens``) or the periodic set (``train.eval_tokens``) is a seeded sample of whole documents across
-  the split (its start is not representative); the periodic set is a prefix of the same order, so a subset of the capped
-  one. Each token keeps its document, for standard errors (:mod:`picollm.scoring`).
-* Every token after the first is scored once with real left context (:func:`scoring_policy`): a k-gram reads ``k - 1``
-  tokens before each block; the LSTM and the transformer read overlapping windows at half-block strides and score their
-  last half.
-* Context crosses end-of-text, as in training.
+The cache key hashes everything that decides the tokens, so a repeat run starts at once and a changed file is never
+served stale. Validation sets are seeded samples of whole documents, independent of the model and ``block_size``, and
+every token after the first is scored once with real left context (:func:`scoring_policy`; docs/run-record.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """Metrics: one interface, two sinks, the local run record (always) and W&B (when enabled).
 
 Training never waits on W&B, which works on its own thread; a W&B failure costs one warning and
-``wandb_complete: false`` in summary.json, and the local record keeps everything. A record,
-``tracking.out_dir/<run_id>/``::
-
-    config.yaml    resolved config, written before the first step; a valid config file
-    meta.json      run id, start time, command, git commit, library versions, device, data used
-    metrics.jsonl  one JSON object per logged row; every row has "step" and "epoch"
-    samples.jsonl  generated text samples
-    summary.json   final numbers and status (finished | pruned | failed | interrupted), wandb_complete
-    final.pt best.pt   weights: {"model": settings, "vocab_size", "state_dict"} (weights_only loads)
+``wandb_complete: false`` in summary.json, and the local record (docs/run-record.md) keeps everything.
 """
 
 from __future__ import annotations
@@ -104,8 +96,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def wandb_config(cfg: Config, extra: dict[str, Any]) -> dict[str, Any]:
-    """Every trainer setting plus the run's context as dotted keys; a context key named like a section gets
-    ``_summary``."""
+    """Every trainer setting and the run's context as dotted keys; context named like a section gets ``_summary``."""
     settings = cfg.to_dict()
     context = {f"{k}_summary" if k in settings else k: v for k, v in extra.items() if k != "argv"}
     trial = context.get("trial")

@@ -1,15 +1,8 @@
 """How noisy is a loss curve, and when does an epoch-to-epoch "increase" mean anything?
 
-Model: the step loss is a smooth trend plus AR(1) noise (standard deviation sigma, lag-1 correlation rho: neighbouring
-batches see similar weights). sigma and rho come from the residuals around a quadratic Savitzky-Golay trend (sigma from
-the median absolute deviation, corrected for what the smoother absorbs). An epoch mean's standard error is the AR(1)
-block-mean error, not ``std/sqrt(n)``, and a rise despite a per-step improvement s has probability
-``Phi(-s*n / sd(mean_B - mean_A))`` (checked by Monte Carlo).
-
-Validation losses carry two other noises (:func:`validation_noise`): the sampling error over documents
-(``val/loss_stderr``; ``sqrt(se_a^2 + se_b^2)`` bounds a change's error from above, since the same documents are scored
-each time) and training noise (the scatter of ``val/loss`` around its trend). A change of ``val/epoch_loss`` is real
-only when it exceeds both at 95%.
+The step loss is a smooth trend plus AR(1) noise, so an epoch mean's error is the AR(1) block-mean error, not
+``std/sqrt(n)``. A change of ``val/epoch_loss`` is real only when it exceeds both the sampling noise over documents and
+the training noise at 95% (docs/reading-losses.md).
 """
 
 from __future__ import annotations

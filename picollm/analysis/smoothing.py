@@ -1,8 +1,7 @@
 """Step losses against a running average: what a run with a single epoch can say about its noise.
 
-With the AR(1) model of :mod:`picollm.analysis.noise`, a trailing W-step average scatters around the trend by the W-step
-block-mean error and, while the loss falls by s per step, lags it by s*(W-1)/2. The window with the smallest
-sqrt(scatter^2 + lag^2) is the best running estimate; its scatter is what a comparison of W-step averages has to beat.
+A trailing W-step average scatters by the W-step block-mean error (:mod:`.noise`) and lags a falling trend by s*(W-1)/2;
+the best window minimises sqrt(scatter^2 + lag^2).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Does the cheap budget predict the target? Rank agreement and regret of picking a configuration early.
 
-At every token count where trials reported a validation loss, and at the target: Spearman's rho with the target losses,
-and the regret of picking there (the pick's target loss minus the best, nats). A configuration's target loss is the mean
-of its confirmation runs when it has any, else its complete trial's value. 95% bootstrap intervals resample
-configurations and, within one, its seeds.
+At every reported token count and at the target: Spearman's rho with the target losses (confirmation means where there
+are any) and the regret of picking there, with bootstrap intervals over configurations and their seeds.
 """
 
 from __future__ import annotations

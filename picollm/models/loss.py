@@ -1,12 +1,8 @@
 """Next-token loss without the full logits tensor, in the precision autocast asks for.
 
-The vocabulary head dominates a small LM's step (a 16x128 batch's float32 logits at 50257 ids are 412 MB), so the head
-and the cross-entropy run together over chunks of rows, forming the gradients in the same pass; the result equals
-``F.cross_entropy(hidden @ W.T + b, targets)`` up to rounding (tested).
-
-Under autocast the matmuls take autocast-dtype inputs but accumulate and return float32, so logits, softmax, loss and
-weight gradient never pass through bf16. Off CUDA the bf16 inputs are widened first, which gives the same sums (a
-product of two bf16 numbers is exact in float32), so CPU tests check the bf16 logic.
+The vocabulary head dominates a small LM's step, so head and cross-entropy run together over chunks of rows, forming the
+gradients in the same pass. Under autocast the matmuls accumulate and return float32, so nothing after them passes
+through bf16; off CUDA the bf16 inputs are widened first (the same sums), so CPU tests check it (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Which running trials are dead: they are failed, then retried at most ``max_retry`` times.
 
-- RDB storages: Optuna's heartbeat; a trial silent for ``grace_period`` is failed.
-- Journal files have no heartbeat, so a running trial holds a :class:`Lease` its worker renews; any worker expires one
-  older than ``grace_period`` (hosts' clocks must agree, as NTP ensures).
-- On any storage, a trial whose worker process on this host is gone is failed at once.
-
-A resumed sweep re-queues its failed baseline and the trials Ctrl-C stopped the same way (:func:`requeue_stopped`).
+Database storages use Optuna's heartbeat; journal files a :class:`Lease` each worker renews; on any storage a trial
+whose worker on this host is gone fails at once (docs/reliability.md). A resumed sweep re-queues its failed baseline and
+Ctrl-C'd trials the same way.
 """
 
 from __future__ import annotations

@@ -94,8 +94,7 @@ def worker_context() -> Any:
 
 
 def _start_forkserver() -> None:
-    """Start the forkserver with SIGINT blocked for life (no traceback on a Ctrl-C while it imports); workers unblock
-    it."""
+    """Start the forkserver with SIGINT blocked for life (a Ctrl-C as it imports: no traceback); workers unblock it."""
     from multiprocessing import forkserver, resource_tracker
 
     resource_tracker.ensure_running()
