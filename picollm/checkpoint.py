@@ -1,4 +1,4 @@
-"""Model weights in a run record: tensors and plain values only, so ``weights_only=True`` loading cannot run code."""
+"""Model weights in a run record: tensors and plain values only, so ``torch.load(weights_only=True)`` runs no code."""
 
 from __future__ import annotations
 
