@@ -1,20 +1,12 @@
 """picollm: train tiny language models, sweep their hyperparameters, and read the losses honestly.
 
-From Python or a notebook (see :mod:`picollm.api` for every function and its example)::
-
-    import picollm
-    run = picollm.train(picollm.load_config("experiments/quick.yaml", ["train.max_tokens=20000"]))
-    run.plot()                        # the loss curves, as a matplotlib Figure
-
-``import picollm`` loads neither torch nor Optuna nor W&B: the API imports them inside each function,
-so a kernel or a command line pays for them only when it uses them.
+``import picollm`` loads neither torch nor Optuna nor W&B: the API (:mod:`picollm.api`) imports them when used.
 """
 
 import os
 
-# Transparent huge pages for PyTorch's CPU allocator: large activation and logits buffers are
-# first-touched page by page otherwise, which measured as a large share of a CPU step. Must be set
-# before torch is imported, which is why it lives here; a user's own setting wins.
+# Transparent huge pages for torch's CPU allocator (large buffers are slow to first-touch page by page); set before
+# torch is imported; a user's own setting wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from picollm.api import evaluate, generate, inspect, load_config, noise, sweep, train

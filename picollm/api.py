@@ -1,13 +1,8 @@
-"""picollm from Python: the functions the command lines call, with results that show in a notebook.
+"""picollm from Python: the command lines' functions, with results that show in a notebook.
 
-Why a Python API: the people this harness is for train on Colab from notebooks and want the loss
-curves, the top-10 next tokens and the study's report inline, not in files. Each function calls the
-same code as its command line (:func:`picollm.trainer.train`, :func:`picollm.sweeps.run_sweep`,
-:mod:`picollm.analysis`, :mod:`picollm.sampling`, :mod:`picollm.scoring`), so a notebook and a shell
-make the same run records, studies and numbers. Bad input raises :class:`picollm.errors.PicoError`
-(``ConfigError``, ``DataError``, ``StorageError``) with the one line the CLIs print before exiting
-with status 2; nothing here calls ``sys.exit``. Tables are pandas DataFrames, figures matplotlib
-Figures, and every result has an HTML view for Jupyter.
+Why: each function runs the same code as its command line, so a notebook and a shell make the same records and numbers.
+Bad input raises :class:`picollm.errors.PicoError` with the one line a command line prints; nothing here calls
+``sys.exit``. Tables are DataFrames, figures matplotlib Figures, and every result has an HTML view::
 
     import picollm
     run = picollm.train(picollm.load_config("experiments/quick.yaml", ["train.max_tokens=20000"]))
@@ -38,9 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["evaluate", "generate", "inspect", "load_config", "noise", "sweep", "train"]
 
-# ---------------------------------------------------------------------------------------------
-# Showing results in a notebook.
-# ---------------------------------------------------------------------------------------------
+# -- Showing results in a notebook ------------------------------------------------------------
 
 
 def _figure_html(fig: Figure) -> str:
@@ -67,22 +60,17 @@ def _overrides(overrides: Sequence[str] | str) -> list[str]:
     return [overrides] if isinstance(overrides, str) else list(overrides)
 
 
-# ---------------------------------------------------------------------------------------------
-# Configs and training.
-# ---------------------------------------------------------------------------------------------
+# -- Configs and training ---------------------------------------------------------------------
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] | str = ()) -> Config:
     """A trainer config from a YAML file plus dotted ``key=value`` overrides, checked before any work.
 
-    Why: the same precedence as ``--set`` on the command line (defaults < ``base:`` files < the file
-    < overrides, values read as YAML), so a config tried in a notebook runs unchanged as
-    ``python -m picollm.train``. A typo raises :class:`~picollm.errors.ConfigError` with one line.
-    ``path=None`` starts from the defaults. An experiment file's ``search:``/``study:`` blocks are
-    ignored here (see :func:`sweep`).
+    Why: the same precedence as ``--set`` on the command line, so a config tried in a notebook runs unchanged as
+    ``python -m picollm.train``. A typo raises :class:`~picollm.errors.ConfigError`. ``path=None`` starts from the
+    defaults; ``search:``/``study:`` blocks are ignored (see :func:`sweep`).
 
         cfg = picollm.load_config("experiments/quick.yaml", ["optim.lr=3e-3", "model.type=lstm"])
-        print(cfg.to_yaml())
     """
     from picollm.config import load_config as load
 
@@ -141,11 +129,9 @@ def _as_config(cfg: Config | str | Path | None, overrides: Sequence[str] | str) 
 def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) -> TrainResult:
     """Train one model end to end, exactly as ``python -m picollm.train`` does, and return its result.
 
-    Why: one run's record (``results/runs/<run_id>/``), W&B run and summary, with the loss history as
-    a DataFrame and the curves as a Figure to look at inline. ``cfg`` is a :class:`~picollm.config.Config`
-    or a YAML path (None: the defaults); ``overrides`` are ``key=value`` strings applied on top.
-    ``train.device: auto`` uses the GPU when there is one (Colab), with bf16 autocast. Interrupting
-    the kernel closes the record as ``interrupted`` and raises ``KeyboardInterrupt``.
+    Why: the run's record, W&B run and summary, with the loss history as a DataFrame and the curves as a Figure inline.
+    ``cfg`` is a :class:`~picollm.config.Config` or a YAML path (None: the defaults). Interrupting the kernel closes the
+    record as ``interrupted`` and raises ``KeyboardInterrupt``.
 
         run = picollm.train("experiments/smoke.yaml", ["train.epochs=2"])
         run.history.tail()   # DataFrame of metrics.jsonl
@@ -175,9 +161,7 @@ def _run_dir(run: str | Path | TrainResult) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# Sweeps.
-# ---------------------------------------------------------------------------------------------
+# -- Sweeps -----------------------------------------------------------------------------------
 
 
 @dataclass(repr=False)
@@ -259,13 +243,10 @@ def sweep(
 ) -> SweepResult:
     """Run, or resume, an Optuna study of trainer runs, exactly as ``python sweep.py`` does.
 
-    Why: a sweep from a notebook cell with its trials, report and plots inline. ``n_trials`` is the
-    study's total of finished trials, so calling again resumes (after an interrupt too); a study with
-    another search space is refused with one line. ``storage`` defaults to ``$PICOLLM_STORAGE`` or
-    ``sqlite:///results/optuna.db``. ``workers > 1`` starts that many worker processes (forked from a
-    clean forkserver, given the notebook's current environment), which need nothing from the notebook.
-    Interrupting the kernel marks the running trial, exports what finished
-    and raises ``KeyboardInterrupt``; the study stays resumable.
+    Why: a sweep from a notebook cell with its trials, report and plots inline. ``n_trials`` is the study's total of
+    finished trials, so calling again resumes. ``storage`` defaults to ``$PICOLLM_STORAGE`` or
+    ``sqlite:///results/optuna.db``; ``workers > 1`` starts worker processes that need nothing from the notebook.
+    Interrupting the kernel exports what finished and raises ``KeyboardInterrupt``; the study stays resumable.
 
         result = picollm.sweep("experiments/quick.yaml", n_trials=6, overrides=["study.budget_tokens=20000"])
         result.trials        # DataFrame, one row per trial
@@ -298,12 +279,7 @@ def sweep(
 
 
 def _fail_left_running(study: Any) -> None:
-    """Fail the trials an interrupted sweep left RUNNING in this process, so that they hold no slot.
-
-    A command line exits on Ctrl-C and the next run fails the trials of its dead process; a kernel
-    lives on, so a trial Optuna started just before the interrupt, before the objective could mark
-    it, would stay RUNNING for good. Trials of other processes (they name their worker) are left alone.
-    """
+    """Fail the trials an interrupted sweep left RUNNING in this process: a kernel lives on, so nobody else would."""
     from optuna.trial import TrialState
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -313,9 +289,7 @@ def _fail_left_running(study: Any) -> None:
             study.tell(trial.number, state=TrialState.FAIL)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading runs: evaluation, noise, inspection, generation.
-# ---------------------------------------------------------------------------------------------
+# -- Reading runs: evaluation, noise, inspection, generation ----------------------------------
 
 
 def evaluate(
@@ -323,9 +297,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score a run's saved weights on its validation split, as ``python -m picollm.evaluate`` does.
 
-    Why: a loss with its standard error on a fixed token set, comparable across runs and models
-    (``overrides`` change the data, e.g. another validation set; ``block_size`` the context).
-    Returns ``{"loss", "stderr", "tokens", "context"}`` in nats per token.
+    Why: a loss (nats per token) with its standard error on a fixed token set, comparable across runs and models.
+    ``overrides`` change the data, ``block_size`` the context. Returns ``{"loss", "stderr", "tokens", "context"}``.
 
         picollm.evaluate(run)["loss"]
     """
@@ -363,13 +336,10 @@ class NoiseResult:
 def noise(*runs: str | Path | TrainResult, simulate: bool = True) -> NoiseResult:
     """Is an epoch-to-epoch rise of the training loss real, or noise? As ``analyze.py noise`` answers it.
 
-    Why: with short epochs the mean training loss of an epoch often rises although the model
-    improves. This fits a trend plus AR(1) noise to each run's step losses and returns each epoch's
-    mean with a 95% interval, the probability of a false rise, the epoch length that shows the real
-    trend, a verdict, and the figures (one per run, then the false-rise curve).
+    Why: with short epochs an epoch's mean loss often rises although the model improves. Returns each epoch's mean with
+    a 95% interval, the probability of a false rise, the epoch length that shows the trend, a verdict and figures.
 
         result = picollm.noise(short_run, long_run)
-        result               # verdicts and figures inline
         result.epochs        # DataFrame of epoch means and intervals
     """
     from picollm.analysis.figures import draw_false_increase, draw_noise
@@ -448,14 +418,11 @@ def inspect(
 ) -> InspectResult:
     """What does the model see and predict at one position? As ``analyze.py inspect`` shows it.
 
-    Why: a loss near the unigram baseline means the model only learned token frequencies (the model
-    that says ``<|endoftext|>`` everywhere). This decodes validation window ``batch`` up to
-    ``position`` (default: its last), and returns the model's ``top`` next tokens, the corpus' most
-    frequent tokens, the window's loss beside the unigram baseline, and a warning when one token is
-    the model's top guess at 90% or more of the positions.
+    Why: a loss near the unigram baseline means the model only learned token frequencies. Returns the decoded window,
+    the model's ``top`` next tokens, the corpus' most frequent tokens, the loss beside the baseline, and a warning when
+    one token is the top guess almost everywhere.
 
         result = picollm.inspect(run, position=20)
-        result               # decoded text, top-10 bars, token frequencies, baseline
         result.top           # DataFrame: token, id, prob
     """
     from picollm.analysis.diagnose import inspect_run
@@ -476,9 +443,8 @@ def generate(
 ) -> str:
     """Continue ``prompt`` with a trained run's weights, as ``python -m picollm.generate`` does.
 
-    Why: reading samples is the quickest check that a model learned text and not just statistics.
-    Sampling is temperature, top-k and nucleus (top-p), or ``greedy``; a fixed ``seed`` repeats a
-    sample. Returns the continuation only (without the prompt).
+    Why: reading samples is the quickest check that a model learned text. ``greedy``, or temperature, top-k and top-p
+    sampling; a fixed ``seed`` repeats a sample. Returns the continuation only.
 
         print(picollm.generate(run, "Once upon a time", max_new_tokens=60, top_p=0.9))
     """

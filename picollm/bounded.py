@@ -10,11 +10,7 @@ T = TypeVar("T")
 
 
 def call_with_timeout(fn: Callable[[], T], seconds: float) -> T:
-    """Run ``fn`` in a daemon thread: its result, its exception, or ``TimeoutError`` after ``seconds``.
-
-    A call that times out is abandoned, not killed (Python cannot kill a thread); it is a daemon,
-    so it never keeps the process alive.
-    """
+    """``fn()`` in a daemon thread: its result, its exception, or ``TimeoutError`` after ``seconds``."""
     result: list[T] = []
     error: list[BaseException] = []
 

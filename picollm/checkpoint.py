@@ -1,8 +1,4 @@
-"""Model weights in a run record: a state dict plus the settings to rebuild the model.
-
-Only tensors and plain Python values are saved (never a pickled ``nn.Module``), so loading uses
-``torch.load(weights_only=True)`` and a checkpoint cannot run code on the machine that reads it.
-"""
+"""Model weights in a run record: tensors and plain values only, so ``torch.load(weights_only=True)`` runs no code."""
 
 from __future__ import annotations
 
@@ -54,9 +50,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> t
     return model.to(device).eval(), tokenizer
 
 
-# ---------------------------------------------------------------------------------------------
-# Full-state checkpoints: what --resume and --extend-to continue from.
-# ---------------------------------------------------------------------------------------------
+# -- Full-state checkpoints: what --resume and --extend-to continue from ----------------------
 
 STATE_FORMAT = 1
 STATES = "checkpoints"  # the folder of a run record that holds them
@@ -135,8 +129,8 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def load_state(path: Path, cfg: Any, same_budget: bool) -> dict[str, Any]:
-    """A checkpoint's state, refused in one line when it was written by another picollm or for another run:
-    another model type, or another config (``same_budget=False`` allows another ``train.max_tokens``)."""
+    """A checkpoint's state, refused in one line when it is another picollm's, another model type's or another config's
+    (``same_budget=False`` allows another ``train.max_tokens``)."""
     from picollm import __version__
 
     state = _load(path)

@@ -1,9 +1,7 @@
-"""Configuration: one small dataclass per concern, loaded from YAML, overridable with dotted keys.
+"""Configuration: one dataclass per concern, loaded from YAML, overridable with dotted keys.
 
-Precedence, lowest to highest: dataclass defaults < the ``base:`` file(s) < the experiment
-file < ``--set key=value`` on the command line. The command line always wins; a YAML file never
-silently overrides it. Every value is type-checked and range-checked before any work starts,
-so a typo costs one line of output instead of a half-finished run.
+Precedence: defaults < ``base:`` files < the experiment file < ``--set key=value``. Every value is checked before any
+work, so a typo costs one line instead of a half-finished run.
 """
 
 from __future__ import annotations
@@ -108,9 +106,7 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsing: dict -> typed dataclasses, with one clear line per problem.
-# ---------------------------------------------------------------------------------------------
+# -- Parsing: dict -> typed dataclasses, with one clear line per problem ----------------------
 
 
 def _type_name(tp: Any) -> str:
@@ -157,8 +153,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    """A section's field types, resolved once: every trial of a sweep builds a config, and resolving the string
-    annotations was most of that."""
+    """A section's field types, resolved once: every sweep trial builds a config, and resolving was most of that."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -317,9 +312,7 @@ def _check_data_and_train(d: DataConfig, t: TrainConfig) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Files and overrides.
-# ---------------------------------------------------------------------------------------------
+# -- Files and overrides ----------------------------------------------------------------------
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

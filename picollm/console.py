@@ -1,9 +1,4 @@
-"""Where output goes: a terminal, a log file, or a notebook, and whether progress bars belong there.
-
-A progress bar in a CI log is noise (one line per refresh), so bars are on only where someone
-watches: a terminal, or a Jupyter/Colab kernel, whose stderr is not a TTY but renders bars well
-(``tqdm.auto`` picks the widget bar there).
-"""
+"""Whether progress bars belong in the output: in a terminal or a notebook, never in a log file."""
 
 from __future__ import annotations
 

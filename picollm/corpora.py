@@ -1,9 +1,4 @@
-"""Where documents come from: TinyStories (hub or local copy), text files, and two built-in generators.
-
-Each loader returns plain lists of strings; tokenizing and caching live in :mod:`picollm.data`.
-The built-in generators are deterministic (fixed seed), so every run that uses them sees the
-same documents and the validation set never moves.
-"""
+"""Where documents come from: TinyStories, text files, and two seeded built-in generators (a fixed validation set)."""
 
 from __future__ import annotations
 
@@ -26,11 +21,7 @@ HUB_HOST = "huggingface.co"
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Built-in generators (no network, no files).
-# ---------------------------------------------------------------------------------------------
-
-SYNTHETIC_PROMPT = "0 1 2 3 4"
+# -- Built-in generators (no network, no files) -----------------------------------------------
 
 
 def synthetic_sequences(n: int, seed: int = 0) -> list[str]:
@@ -93,9 +84,7 @@ def builtin_stories(n: int, seed: int = 0) -> list[str]:
     return docs
 
 
-# ---------------------------------------------------------------------------------------------
-# Plain-text files.
-# ---------------------------------------------------------------------------------------------
+# -- Plain-text files -------------------------------------------------------------------------
 
 
 def read_text_file(path: str | Path) -> list[str]:
@@ -117,9 +106,7 @@ def read_text_file(path: str | Path) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# TinyStories through `datasets`.
-# ---------------------------------------------------------------------------------------------
+# -- TinyStories through `datasets` -----------------------------------------------------------
 
 
 def is_local_path(spec: str) -> bool:
@@ -145,12 +132,7 @@ def _quiet_datasets() -> Any:
 
 
 def load_tinystories(spec: str, max_train: int | None, max_val: int | None) -> tuple[list[str], list[str] | None]:
-    """Train and validation stories (validation None when the dataset has no such split).
-
-    A hub name with a cap streams only the stories it needs instead of downloading the whole
-    dataset; a local folder in the hub's layout loads like the hub. A local path that does not
-    exist is an error, never a silent fallback to the hub.
-    """
+    """Train and validation stories (None: no such split); a missing local path is an error, not a hub fallback."""
     local = is_local_path(spec)
     if local and not Path(spec).expanduser().exists():
         raise DataError(f"data.tinystories: local dataset folder not found: {spec}")
@@ -184,9 +166,7 @@ def _take_texts(split: Any, cap: int | None, spec: str) -> list[str]:
     return [t.strip() for t in texts if t and t.strip()]
 
 
-# ---------------------------------------------------------------------------------------------
-# Reachability, bounded in time.
-# ---------------------------------------------------------------------------------------------
+# -- Reachability, bounded in time ------------------------------------------------------------
 
 
 def call_with_timeout(fn: Callable[[], T], seconds: float, default: T) -> T:

@@ -1,9 +1,7 @@
-"""The course script's flags (``pico.py``'s ``--block_size 32``, ``--input_files 3seqs.txt``, ...) as config keys.
+"""The course script's flags (``pico.py``'s ``--block_size 32``, ...) as aliases of config keys.
 
-Students arrive with the course's commands in their notes; each flag here is an alias of one dotted key and does
-exactly what ``--set KEY=VALUE`` does: it lands in the same ordered list of overrides, so the command line wins
-over the file and, for one key, the later of a flag and a ``--set`` wins. :data:`COURSE_FLAGS` is the only table
-of them (the parser, ``--help`` and ``docs/course.md`` are built or checked from it).
+Each flag does exactly what ``--set KEY=VALUE`` does, in the same ordered list of overrides. :data:`COURSE_FLAGS` is the
+only table of them (the parser, ``--help`` and ``docs/course.md`` come from or are checked against it).
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ COURSE_FLAGS: dict[str, Alias] = {
 
 
 class _CourseFlag(argparse.Action):
-    """Appends ``KEY=<value as JSON>`` to ``--set``'s list: JSON is YAML, so the value reads back exactly as given
-    (``--prompt yes`` stays the text "yes"), and the order of flags and ``--set`` on the line is kept."""
+    """Appends ``KEY=<value as JSON>`` to ``--set``'s list, in order: JSON is YAML, so ``--prompt yes`` stays "yes"."""
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
@@ -68,8 +65,7 @@ class _CourseFlag(argparse.Action):
 
 
 def add_course_flags(parser: argparse.ArgumentParser) -> None:
-    """pico.py's flags as their own group of ``--help``, each naming the key it sets. Needs ``--set`` (dest
-    ``overrides``) on the same parser."""
+    """pico.py's flags as their own ``--help`` group, each naming its key; needs ``--set`` (dest ``overrides``)."""
     group = parser.add_argument_group(
         "pico.py's flags",
         "each sets the key shown, exactly as --set KEY=VALUE does; for one key, the later\n"

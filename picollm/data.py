@@ -1,34 +1,8 @@
 """Token data: tokenize once, cache per split as uint16 on disk, memory-map, cut into windows.
 
-The cache key is a hash of everything that decides the tokens (sources, caps, file contents,
-tokenizer), so a second run or a sweep trial with the same data settings starts training after
-milliseconds of data work, and a changed input file can never be served stale. Each cached
-array carries its SHA-256; a truncated or altered file is rebuilt, not trusted.
-
-Validation is the dataset's own split when it has one, else a deterministic held-out share of
-documents. Its tokens do not depend on the model or ``block_size``, so sweep trials are compared
-on the same tokens:
-
-* **Which tokens.** A cap (``data.val_tokens``) or the periodic set (``train.eval_tokens``) is a
-  sample of *whole documents* (the split is cut at end-of-text) drawn with the fixed seed
-  :data:`VAL_SEED` across the whole split, never its first N tokens: the start of a split is one
-  stretch of similar stories and reads ~0.45 nats off on TinyStories. The periodic set is a prefix
-  of the same random order as the cap, so it is a subset of it, and the same for every run on the
-  same data. Each set remembers the document of each token, so a loss comes with a standard error
-  over documents (see :mod:`picollm.scoring`).
-* **How they are scored.** Every token after the first is scored exactly once, with real left
-  context (:func:`scoring_policy`). A model with a finite context (the k-gram: ``k - 1`` tokens
-  before the current one) reads windows of ``block_size + k - 1`` tokens and scores the last
-  ``block_size``: it sees real tokens everywhere except at the very start of the stream, and its
-  loss does not depend on ``block_size``. The LSTM and the transformer read overlapping windows of
-  ``block_size`` tokens, one every ``block_size // 2`` tokens, and score only the last
-  ``block_size // 2`` (the first window scores all): every scored token after the first window has
-  at least half a block of real context. That costs about twice the body's work of
-  non-overlapping windows, but the vocabulary head (the bulk of the cost at 50,257 ids) runs only
-  on scored tokens. The training windows of a finite-context model likewise read its ``k - 1``
-  tokens of context before their start instead of padding.
-* **Document boundaries.** Context crosses end-of-text, as in training: a story's first tokens
-  are predicted after the previous story's end, and a sample's documents sit back to back.
+The cache key hashes everything that decides the tokens, so a repeat run starts at once and a changed file is never
+served stale. Validation sets are seeded samples of whole documents, independent of the model and ``block_size``, and
+every token after the first is scored once with real left context (:func:`scoring_policy`; docs/run-record.md).
 """
 
 from __future__ import annotations
@@ -81,22 +55,15 @@ class TokenData:
 
 
 def loads_tinystories(d: DataConfig) -> bool:
-    """TinyStories is read only when it is named and has a share of the windows: a weight of 0 means not loaded
-    (no hub call, no cache key, no validation stories), as in the course's ``--tinystories_weight 0.0``."""
+    """TinyStories is read only when named with a share of the windows (``--tinystories_weight 0.0``: not loaded)."""
     return bool(d.tinystories) and d.tinystories_weight > 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Offline fallback: rewrite the config honestly instead of failing or pretending.
-# ---------------------------------------------------------------------------------------------
+# -- Offline fallback: rewrite the config honestly instead of failing or pretending -----------
 
 
 def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
-    """When allowed and the hub or tokenizer files are out of reach, switch to offline data.
-
-    Returns the config that will actually run (so the run record and ``best.yaml`` say what was
-    trained on) and a one-line note, or ``(cfg, None)`` when nothing had to change.
-    """
+    """Offline data when allowed and the hub or tokenizer is out of reach: the config that will run, and a note."""
     d = cfg.data
     if not d.offline_fallback:
         return cfg, None
@@ -122,9 +89,7 @@ def apply_offline_fallback(cfg: Config) -> tuple[Config, str | None]:
     return new, note
 
 
-# ---------------------------------------------------------------------------------------------
-# Building the cache.
-# ---------------------------------------------------------------------------------------------
+# -- Building the cache -----------------------------------------------------------------------
 
 
 def _file_sha256(path: Path) -> str:
@@ -265,11 +230,7 @@ def build_cache(d: DataConfig, tokenizer: Tokenizer, target: Path) -> None:
 
 
 def _read_cache(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """Open a cache folder, or None when it is missing, incomplete or fails its hash check.
-
-    Only those mean "rebuild": any other OSError (a permission problem, an I/O error) is a
-    :class:`DataError`, so a cache that is fine but unreadable right now is never deleted.
-    """
+    """A cache folder, or None when it must be rebuilt; any other OSError is a :class:`DataError` (never deleted)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = {}
@@ -342,17 +303,11 @@ def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, 
     return {name: 1.0 for name in groups}
 
 
-# ---------------------------------------------------------------------------------------------
-# Windows and batches.
-# ---------------------------------------------------------------------------------------------
+# -- Windows and batches ----------------------------------------------------------------------
 
 
 def window_starts(data: TokenData, block_size: int, context: int = 0) -> dict[str, np.ndarray]:
-    """Start offsets of the non-overlapping ``block_size``-target training windows of each group.
-
-    A window reads ``context`` tokens before its start (the k-gram's k - 1), so the first window
-    of a group starts ``context`` tokens in: every input it sees is a real token, never padding.
-    """
+    """Start offsets of the non-overlapping training windows of each group, ``context`` tokens in (no padding)."""
     starts = {}
     for name, (offset, length) in data.groups.items():
         count = (length - 1 - context) // block_size
@@ -383,11 +338,7 @@ def epoch_order(starts: dict[str, np.ndarray], weights: dict[str, float], rng: n
 
 
 def gather(tokens: np.ndarray, starts: np.ndarray, length: int, context: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets of windows as int64 tensors.
-
-    Each window has ``context + length`` inputs (the first ``context`` only as context) and the
-    ``length`` targets after its start: ``x`` is (B, context + length), ``y`` is (B, length).
-    """
+    """Inputs ``x`` (B, context + length) and next-token targets ``y`` (B, length) of windows, as int64."""
     rows = np.asarray(tokens[starts[:, None] - context + np.arange(context + length + 1)], dtype=np.int64)
     window = torch.from_numpy(rows)
     return window[:, :-1], window[:, context + 1 :]
@@ -406,9 +357,7 @@ def train_batches(
         yield gather(data.train, order[i * batch_size : (i + 1) * batch_size], block_size, context)
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation: which documents, and how their tokens are scored.
-# ---------------------------------------------------------------------------------------------
+# -- Validation: which documents, and how their tokens are scored -----------------------------
 
 
 @dataclass
@@ -432,8 +381,7 @@ def document_lengths(tokens: np.ndarray, eot: int) -> np.ndarray:
 def choose_documents(
     lengths: np.ndarray, max_tokens: int | None, seed: int, allowed: np.ndarray | None = None
 ) -> np.ndarray:
-    """Which documents a sample takes: a prefix of one seeded order of the ``allowed`` ones (all by default) until
-    ``max_tokens``; all of them when None or when they hold no more. A smaller sample is part of a larger one."""
+    """A prefix of one seeded order of the ``allowed`` documents up to ``max_tokens``; smaller samples nest."""
     allowed = np.ones(len(lengths), dtype=bool) if allowed is None else allowed
     if max_tokens is None or max_tokens >= int(lengths[allowed].sum()):
         return allowed.copy()
@@ -448,8 +396,7 @@ def choose_documents(
 def sample_documents(
     tokens: np.ndarray, eot: int, max_tokens: int | None, seed: int = VAL_SEED, allowed: np.ndarray | None = None
 ) -> EvalSet:
-    """Whole documents drawn at random (fixed seed) across the split (its ``allowed`` ones) until ``max_tokens``;
-    None: all. The chosen documents keep their order in the split."""
+    """Whole documents drawn with a fixed seed across the split until ``max_tokens`` (None: all), in split order."""
     lengths = document_lengths(tokens, eot)
     chosen = choose_documents(lengths, max_tokens, seed, allowed)
     where = "the split" if allowed is None else "the documents outside the validation sample"
@@ -471,9 +418,7 @@ def sample_documents(
 
 
 def test_set(data: TokenData, test_tokens: int) -> EvalSet:
-    """``data.test_tokens`` of whole validation documents that the validation sample does not hold, drawn with a seed
-    of their own: what a sweep's confirmed winner is scored on once, at the end, after every choice was made on the
-    validation sample."""
+    """``data.test_tokens`` of validation documents outside the validation sample: scored once, after every choice."""
     split = data.val_split if data.val_split is not None else data.val
     return test_sample(split, data.tokenizer.eot_id, data.val_cap, test_tokens)
 
@@ -501,11 +446,7 @@ def validation_sets(data: TokenData, eval_tokens: int | None) -> tuple[EvalSet, 
 
 @dataclass(frozen=True)
 class ScoringPolicy:
-    """How validation windows are cut: ``window`` inputs each, a new window every ``stride`` tokens.
-
-    A window scores only its last ``stride`` targets (the first window scores all), so every token
-    is scored once and, after the first window, with at least ``window - stride`` tokens of context.
-    """
+    """How validation windows are cut: ``window`` inputs every ``stride`` tokens, each scoring its last ``stride``."""
 
     window: int
     stride: int
@@ -528,11 +469,7 @@ def scoring_policy(block_size: int, context_size: int | None) -> ScoringPolicy:
 
 
 def scoring_windows(n_tokens: int, policy: ScoringPolicy) -> tuple[int, np.ndarray, np.ndarray]:
-    """Window width, window starts, and the first scored column of each window.
-
-    Windows 1.. sit ``stride`` apart; a last window that would run past the end is moved back to
-    end on the last token and scores only the targets not scored yet.
-    """
+    """Window width, starts and first scored column; a last window past the end moves back, scoring only the rest."""
     n_targets = n_tokens - 1
     width = min(policy.window, n_targets)
     stride = min(policy.stride, width)
@@ -545,11 +482,7 @@ def scoring_windows(n_tokens: int, policy: ScoringPolicy) -> tuple[int, np.ndarr
 def eval_batches(
     tokens: np.ndarray, policy: ScoringPolicy, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]:
-    """Batches of scoring windows: inputs, targets, which targets to score, and their indices.
-
-    The indices (position - 1 in ``tokens``) name each scored target once, in the order of
-    ``y[scored]``; together the batches score every token after the first exactly once.
-    """
+    """Batches of inputs, targets, the targets to score and their indices: every token after the first, once."""
     width, starts, first = scoring_windows(len(tokens), policy)
     cols = np.arange(width)
     for i in range(0, len(starts), batch_size):
@@ -559,17 +492,11 @@ def eval_batches(
         yield x, y, torch.from_numpy(scored), (s[:, None] + cols)[scored]
 
 
-# ---------------------------------------------------------------------------------------------
-# The counting baseline.
-# ---------------------------------------------------------------------------------------------
+# -- The counting baseline --------------------------------------------------------------------
 
 
 def unigram_baseline(data: TokenData) -> dict[str, float]:
-    """Entropy of the training unigram distribution and its (add-one smoothed) loss on validation, in nats.
-
-    A model whose loss is near these numbers has learned token frequencies and nothing else — the
-    model that always says "the" or end-of-text lives here.
-    """
+    """The training unigram distribution's entropy and add-one smoothed validation loss (nats): the bar to beat."""
     counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(np.float64)
     probs = counts / counts.sum()
     nonzero = probs[probs > 0]

@@ -1,8 +1,4 @@
-"""Devices: which one a run asks for, whether this machine has it, and how tensors get there.
-
-``train.device`` names a device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); one this
-machine lacks is a one-line :class:`ConfigError` before any work, not a crash in the first step.
-"""
+"""Devices: a ``train.device`` this machine lacks is a one-line :class:`ConfigError` before any work."""
 
 from __future__ import annotations
 
@@ -19,7 +15,6 @@ def _mps_available() -> bool:
 
 
 def available_devices() -> list[str]:
-    """Every device name this machine can run on."""
     names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
     return names + (["mps"] if _mps_available() else [])
 

@@ -1,9 +1,7 @@
 """Errors a user can fix, and the one place that turns them into a clean exit.
 
-Every problem caused by input (a config, a data path, a storage URL) raises a
-:class:`PicoError`. Entry points wrap their ``main`` in :func:`run_cli`, which
-prints one line naming the problem and exits with status 2: no traceback, because
-a traceback tells a user about our code, not about their mistake.
+Input problems raise a :class:`PicoError`; :func:`run_cli` prints its one line and exits with status 2, because a
+traceback is about our code, not the user's mistake.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""``python -m picollm.evaluate``: score a saved run (the command line lives in :mod:`picollm.cli.evaluate`).
-
-A module only so that ``python -m picollm.evaluate`` works; ``picollm.evaluate`` itself is the Python API's function.
-"""
+"""``python -m picollm.evaluate`` (:mod:`picollm.cli.evaluate`); ``picollm.evaluate`` itself is the API's function."""
 
 from picollm.cli import run_evaluate
 

@@ -1,9 +1,4 @@
-"""Writes that are all-or-nothing: a crash mid-write leaves the old file, never half a new one.
-
-The temporary file gets the permissions a plain ``open(path, "w")`` would give (0666 minus the
-umask), so exports and records stay readable by the group and others exactly as the user set up;
-``mkstemp`` alone would leave them at 0600.
-"""
+"""All-or-nothing writes with the permissions a plain ``open(path, "w")`` gives (not ``mkstemp``'s 0600)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""``python -m picollm.generate``: sample text from a saved run (the command line lives in :mod:`picollm.cli.generate`).
-
-A module only so that ``python -m picollm.generate`` works; ``picollm.generate`` itself is the Python API's function.
-"""
+"""``python -m picollm.generate`` (:mod:`picollm.cli.generate`); ``picollm.generate`` itself is the API's function."""
 
 from picollm.cli import run_generate
 

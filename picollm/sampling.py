@@ -1,10 +1,4 @@
-"""Text generation for every model: greedy, temperature, top-k and nucleus (top-p) sampling.
-
-Models with a cache continue from it, so each new token costs one position's work; without the
-cache the whole (cropped) context is recomputed per token, which the benchmark uses as baseline.
-
-    python -m picollm.generate results/runs/<run_id> --prompt "Once upon a time" --top-p 0.9
-"""
+"""Text generation: greedy, temperature, top-k and top-p sampling; a model's cache makes each new token cheap."""
 
 from __future__ import annotations
 

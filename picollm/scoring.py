@@ -1,19 +1,9 @@
-"""Scoring a model on validation tokens, with a standard error, and ``python -m picollm.evaluate``.
+"""Scoring a model on validation tokens, with a standard error.
 
-A validation loss is a token-weighted mean over documents: ``L = sum_d S_d / sum_d N_d`` for the
-summed loss ``S_d`` and token count ``N_d`` of each document. Tokens of one story are not
-independent (an easy story is easy throughout), so the standard error is the ratio-estimator
-(cluster) one over documents, ``sqrt(n/(n-1) * sum_d (S_d - L N_d)^2) / sum_d N_d``, not
-``std/sqrt(tokens)``, which would claim several times the real precision. It treats the
-documents as a sample of the data's distribution (no finite-population correction), so the
-whole split has an error too. :func:`score` runs the windows of :mod:`picollm.data` in batches:
-the head and the loss run only on scored tokens, and no Python loop touches single tokens.
-
-    python -m picollm.evaluate results/runs/<run_id>                        # its own validation split
-    python -m picollm.evaluate results/runs/<run_id> --set data.tinystories=path/to/tinystories
-    python -m picollm.evaluate results/runs/<run_id> --block-size 64 --out score.json
-
-:func:`evaluate_run` is the same from Python (a notebook): it returns the dict ``--out`` writes.
+A validation loss is a token-weighted mean over documents, ``L = sum_d S_d / sum_d N_d``. Tokens of one story are not
+independent, so the standard error is the ratio-estimator (cluster) one over documents,
+``sqrt(n/(n-1) * sum_d (S_d - L N_d)^2) / sum_d N_d``, not ``std/sqrt(tokens)``, which would overstate the precision
+several times. The head and the loss run only on scored tokens.
 """
 
 from __future__ import annotations
@@ -88,9 +78,7 @@ def score(
     return ratio_estimate(sums, counts)
 
 
-# ---------------------------------------------------------------------------------------------
-# Scoring a saved run.
-# ---------------------------------------------------------------------------------------------
+# -- Scoring a saved run ----------------------------------------------------------------------
 
 
 def _run_config(run_dir: Path, overrides: Sequence[str]) -> Config:
@@ -110,8 +98,7 @@ def _weights_file(run_dir: Path, which: str) -> Path:
 
 
 def validation_set_for(cfg: Config, tokenizer: Any, test: bool = False) -> EvalSet:
-    """The capped validation set of ``cfg.data`` (``test``: its test set, ``data.test_tokens``), in the ids of the
-    model's (maybe compact) vocabulary."""
+    """The capped validation set of ``cfg.data`` (``test``: its test set) in the model's (maybe compact) vocabulary."""
     if isinstance(tokenizer, CompactTokenizer):  # the model's ids, whatever data it is scored on
         cfg.data.compact_vocab = False
         data = load_token_data(cfg.data, progress=False)
@@ -137,8 +124,7 @@ def evaluate_run(
     device: str = "cpu",
     test: bool = False,
 ) -> dict[str, Any]:
-    """Score a saved run on its validation split, or another dataset's (``overrides``: ``data.*=...``); ``test``: on
-    its test set instead (``data.test_tokens`` whole documents outside the validation sample)."""
+    """Score a saved run on its validation split, another dataset's (``overrides``), or its test set (``test``)."""
     from picollm.checkpoint import load_run
 
     run_dir = Path(run_dir)

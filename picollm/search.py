@@ -1,18 +1,14 @@
 """Search spaces: the ``search:`` block of an experiment file, checked up front, sampled by Optuna.
 
-Each entry is a dotted trainer-config key and its distribution::
+Each entry is a dotted config key and its distribution::
 
     search:
       optim.name: {type: categorical, choices: [sgd, adam, adamw, rmsprop]}
       optim.lr: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}
-      model.block_size: {type: int, low: 16, high: 64, step: 16}
       model.k: {type: int, low: 1, high: 5, when: {model.type: kgram}}
-      optim.momentum: {type: float, low: 0.0, high: 0.95, when: {optim.name: sgd}}
 
-``when`` makes a parameter conditional: it is sampled only when every listed key (fixed in the
-config or sampled earlier in the block) has one of the given values. A space is refused with one
-clear line before any trial runs: empty choices, ``low > high``, a log range with ``low <= 0``,
-unknown keys, or values the trainer itself would refuse.
+``when`` samples a parameter only when every listed key has one of the given values. A bad space (empty choices,
+``low > high``, unknown keys, values the trainer would refuse) is one line before any trial runs.
 """
 
 from __future__ import annotations
@@ -186,15 +182,11 @@ def sample(trial: Any, space: list[Param], base: Mapping[str, Any]) -> dict[str,
 
 
 def apply_params(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The raw trainer config with a trial's values set."""
     return set_dotted_all(dict(base), values)
 
 
 def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
-    """The base config's own values for the searched keys: enqueued as trial 0, the baseline.
-
-    Each must lie inside its distribution, or the baseline could not be run as a trial.
-    """
+    """The base config's values for the searched keys (trial 0, the baseline); each must lie inside its distribution."""
     values = {param.key: _lookup(base, param.key) for param in space if param.active(base_view(base, param))}
     for param in space:
         if param.key in values and not param.contains(values[param.key]):

@@ -1,16 +1,8 @@
 """Optuna storage from a URL: SQLite (default), any RDB such as PostgreSQL, or a journal file.
 
-Owns three things a sweep needs from its storage, all through Optuna's and SQLAlchemy's public API:
-
-- opening it (:func:`open_storage`): Optuna's ``RDBStorage`` with its heartbeat and its
-  ``RetryHeartbeatStaleTrialCallback``, so a trial whose worker vanished is failed after ``grace_period``
-  seconds and re-queued at most ``max_retry`` times; ``pool_pre_ping`` replaces a connection that a server
-  restart or an idle timeout dropped. A read-only opener (``create=False``, the default) never creates a
-  database file that is not there.
-- a lock that every worker of every machine sharing the storage sees (:func:`claim_lock`): PostgreSQL's
-  advisory lock, MySQL's ``GET_LOCK``, and next to SQLite and journal files Optuna's own journal file lock.
-  Starting a trial under it is what keeps a study's total exact (see :mod:`picollm.sweeps.studies`).
-- masking passwords (:func:`mask_url`) in URLs and in any message that quotes one.
+:func:`open_storage` opens it with Optuna's heartbeat and capped retries of dead trials (and never creates a file when
+only reading); :func:`claim_lock` is a lock every worker on every machine sharing the storage sees, which keeps a
+study's total exact; :func:`mask_url` hides passwords in URLs and messages.
 """
 
 from __future__ import annotations
@@ -45,10 +37,7 @@ def add_storage_argument(parser: Any) -> None:
 
 
 def mask_url(text: str) -> str:
-    """Replace passwords with ``***``: ``scheme://user:PASSWORD@host`` and ``?password=PASSWORD``.
-
-    Works on whole messages too, so an error that quotes a URL can be printed as it is.
-    """
+    """Replace passwords with ``***`` in URLs or whole messages (``user:PASSWORD@``, ``?password=``)."""
     text = _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
 
@@ -96,9 +85,8 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
     path = sqlite_path(url)
     if scheme(url) == "sqlite" and path:
         _local_file(path, "SQLite file", create)
-    # Optuna creates its tables on first use; processes starting together on a fresh database race to create them
-    # (a duplicate key in PostgreSQL's catalogue, in SQLite's alembic_version), so they open one after another.
-    # A SQLite file in a read-only folder, which nobody can be creating, is opened without the lock (a file beside it).
+    # Processes starting together on a fresh database race to create Optuna's tables, so they open one after another; a
+    # SQLite file in a read-only folder, which nobody can be creating, skips the lock.
     shared = scheme(url) in SERVERS or (path and os.access(Path(path).expanduser().parent, os.W_OK))
     with claim_lock(url, "optuna-schema") if shared else contextlib.nullcontext():
         return RDBStorage(
@@ -136,11 +124,7 @@ def check_url(url: str) -> None:
 def open_storage(
     url: str, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2, create: bool = False
 ) -> Any:
-    """An Optuna storage for ``url``; malformed or unreachable storage is a one-line :class:`StorageError`.
-
-    ``create=False`` (reading a study for analysis, ``status``, ``export``) refuses a SQLite or journal
-    file that does not exist instead of leaving an empty one behind.
-    """
+    """An Optuna storage for ``url`` or a one-line :class:`StorageError`; ``create=False`` never makes a file."""
     check_url(url)
     try:
         return OPENERS[scheme(url)](
@@ -166,9 +150,7 @@ def has_heartbeat(storage: Any) -> bool:
     return isinstance(storage, RDBStorage)
 
 
-# ---------------------------------------------------------------------------------------------
-# One lock for every worker sharing a storage.
-# ---------------------------------------------------------------------------------------------
+# -- One lock for every worker sharing a storage ----------------------------------------------
 
 
 def _lock_key(name: str) -> int:
@@ -179,8 +161,7 @@ _LOCK_ENGINES: dict[str, Any] = {}  # url -> this process's engine for the harne
 
 
 def _lock_engine(url: str) -> Any:
-    """A small autocommit pool per process for the locks, kept: a fresh server connection per trial costs more than
-    the lock itself. Autocommit, so taking and releasing a lock is one round trip each."""
+    """A small autocommit pool per process for the locks, kept: a connection per trial costs more than the lock."""
     engine = _LOCK_ENGINES.get(url)
     if engine is None:
         import sqlalchemy
@@ -193,11 +174,7 @@ def _lock_engine(url: str) -> Any:
 
 
 def _forget_inherited_engines() -> None:
-    """In a forked child: new pools for the lock engines, leaving the parent's connections alone.
-
-    A forked process shares its parent's open sockets; two processes talking over one connection corrupt it or hang
-    (SQLAlchemy's "Using Connection Pools with Multiprocessing or os.fork()" prescribes ``dispose(close=False)``).
-    """
+    """In a forked child: new lock pools, leaving the parent's connections alone (``dispose(close=False)``)."""
     for engine in _LOCK_ENGINES.values():
         engine.dispose(close=False)
 

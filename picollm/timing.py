@@ -1,13 +1,8 @@
 """Where a run's wall time goes: a stopwatch over named phases.
 
-A sweep pays every fixed cost (imports, data, model build, W&B, checkpoints, storage round trips) once
-per trial, so a trial's time has to be accounted for, not guessed. Phases are *exclusive*: entering a
-phase pauses the one around it (a pruning report inside an evaluation counts as ``storage``, not twice),
-so the phases of a run add up to its wall time, and whatever no phase claimed is reported as ``other``.
-
-The trainer and the sweep objective share one :class:`Stopwatch` per run; its :meth:`Stopwatch.breakdown`
-lands in the run record's ``summary.json`` (``time_breakdown``), in the W&B summary and in the trial's
-user attributes, where ``python -m benchmarks.bench --sweep`` sums it over a study.
+A sweep pays every fixed cost once per trial, so a trial's time is accounted for, not guessed. Phases are exclusive
+(entering one pauses the one around it), so they add up to the wall time, and the unclaimed rest is ``other``. The
+breakdown lands in ``summary.json`` (``time_breakdown``), W&B and the trial's attributes.
 """
 
 from __future__ import annotations
@@ -33,11 +28,7 @@ PHASES = (
 
 
 def process_age_s() -> float | None:
-    """Seconds since this process started (Linux ``/proc``), or None where that is unknown.
-
-    Process start is before Python runs any of our code, so a stopwatch cannot see it otherwise; it is
-    what a fresh worker pays before its first trial (interpreter, torch, Optuna, opening the study).
-    """
+    """Seconds since this process started (Linux ``/proc``), or None: the start-up a stopwatch cannot see otherwise."""
     try:
         with open("/proc/self/stat", encoding="ascii") as fh:
             fields = fh.read().rpartition(")")[2].split()

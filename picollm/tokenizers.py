@@ -1,8 +1,4 @@
-"""Tokenizers: GPT-2 BPE through tiktoken (the default) and raw UTF-8 bytes (no download).
-
-Both turn a list of documents into one flat uint16 token stream with the end-of-text id
-between documents, which is all the data pipeline needs.
-"""
+"""Tokenizers: GPT-2 BPE through tiktoken and raw UTF-8 bytes, documents to one uint16 stream."""
 
 from __future__ import annotations
 
@@ -16,8 +12,7 @@ import numpy as np
 from picollm.errors import DataError
 
 EOT_TEXT = "<|endoftext|>"
-# Documents per tiktoken call: one call per story pays Python's per-call and per-int costs ~1,000 times per
-# thousand stories; chunks of 64 joined stories, returned as numpy buffers, pay them once per chunk.
+# Documents per tiktoken call: the per-call and per-int costs are paid once per chunk, not per story.
 _DOCS_PER_CHUNK = 64
 
 
@@ -77,12 +72,9 @@ class TiktokenTokenizer:
         return self._enc.encode_ordinary(text)
 
     def encode_docs(self, docs: Sequence[str]) -> np.ndarray:
-        """Every document, end-of-text after each, on all cores.
+        """Every document, end-of-text after each, in chunks on threads (tiktoken releases the GIL) into numpy buffers.
 
-        Chunks of documents joined by end-of-text are encoded on a thread each (tiktoken releases the GIL),
-        straight into numpy buffers (``encode_to_numpy``: no Python list of ints per token). A chunk holding
-        a story that itself contains the text "<|endoftext|>" is encoded story by story as ordinary text,
-        so that text stays text instead of becoming the separator id.
+        A chunk with a story containing the text "<|endoftext|>" is encoded story by story, so that text stays text.
         """
         chunks = [docs[i : i + _DOCS_PER_CHUNK] for i in range(0, len(docs), _DOCS_PER_CHUNK)]
         if not chunks:
@@ -122,9 +114,7 @@ def tiktoken_available(encoding: str = "gpt2") -> bool:
 
 
 def tiktoken_cache_dir() -> str:
-    """The folder tiktoken reads GPT-2's files from in this process (its own rule: TIKTOKEN_CACHE_DIR, else
-    DATA_GYM_CACHE_DIR, else data-gym-cache in the temporary folder); a run records it, so its files can be found
-    again offline."""
+    """The folder tiktoken reads GPT-2's files from in this process; a run records it to find them offline."""
     import tempfile
 
     folder = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")

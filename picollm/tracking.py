@@ -1,20 +1,7 @@
-"""Metrics: one tiny interface, two sinks — the local run record (always) and W&B (when enabled).
+"""Metrics: one interface, two sinks, the local run record (always) and W&B (when enabled).
 
-The trainer calls :class:`Tracker` and never knows which sinks are behind it. W&B is imported
-only when a run uses it, and training never waits on it: W&B works on its own thread, and the run
-ends once W&B holds the whole run. A W&B failure (no network, no key, a bug, a call stuck for
-``WANDB_TIMEOUT_S``) costs one warning and ``wandb_complete: false`` in summary.json: the local
-record keeps everything.
-
-Run record layout (``tracking.out_dir/<run_id>/``)::
-
-    config.yaml    resolved config, written before the first step; a valid config file
-    meta.json      run id, start time, command, git commit, library versions, device, data used
-    metrics.jsonl  one JSON object per logged row; every row has "step" and "epoch"
-    samples.jsonl  generated text samples
-    summary.json   final numbers and status (finished | pruned | failed | interrupted); with W&B on,
-                   wandb_complete (does W&B hold the whole run?) and, when not, wandb_error
-    final.pt best.pt   weights: {"model": settings, "vocab_size", "state_dict"} (weights_only loads)
+Training never waits on W&B, which works on its own thread; a W&B failure costs one warning and
+``wandb_complete: false`` in summary.json, and the local record (docs/run-record.md) keeps everything.
 """
 
 from __future__ import annotations
@@ -42,8 +29,7 @@ from picollm.errors import PicoError
 from picollm.fileio import atomic_write_bytes, atomic_write_json
 from picollm.storage import mask_url
 
-# Each metric's x-axis in W&B. Its summary is W&B's default, the last value logged: what a reader of
-# ``run.summary["val/loss"]`` expects, the same number as the run's end.
+# Each metric's x-axis in W&B; its summary is the last value logged, the run's end.
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")
 EPOCH_METRICS = (
     "val/epoch_loss",
@@ -54,14 +40,12 @@ EPOCH_METRICS = (
 )
 # Validation losses whose lowest value so far W&B also gets, as ``best/<key>`` (a curve; its summary is the minimum).
 BEST_OF = ("val/loss", "val/epoch_loss")
-# One W&B call (init, a log, finish, the run file's last write) may take this long before W&B counts as stuck
-# and the run goes on without it (override for tests). A slow W&B that keeps answering is waited for.
+# How long one W&B call may take before W&B counts as stuck and the run goes on without it (override for tests).
 WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
 # The Optuna state a trial's run ends in, by the run's status: W&B shows it next to the trial number.
 TRIAL_STATE = {"finished": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL"}
 
-# A sweep worker sets this (e.g. to ``print``) to get one line about a running trial every
-# PROGRESS_EVERY_S seconds; None keeps runs silent. A plain run has its own progress bar.
+# Set by a sweep worker (e.g. to ``print``) for a line about a running trial every PROGRESS_EVERY_S seconds.
 progress_line: Callable[[str], None] | None = None
 PROGRESS_EVERY_S = 10.0
 
@@ -100,11 +84,7 @@ def library_versions() -> dict[str, str]:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to top-level dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``).
-
-    W&B's parallel-coordinates and parameter-importance panels pick columns by config key: a
-    searched ``optim.lr`` must be a top-level key there, exactly as the search space names it.
-    """
+    """Nested dicts to top-level dotted keys, as W&B's panels and the search space name them."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -116,11 +96,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def wandb_config(cfg: Config, extra: dict[str, Any]) -> dict[str, Any]:
-    """The run's W&B config: every trainer setting plus the run's context, as dotted keys.
-
-    Context keys that share a name with a config section (``data``: the data summary) move to
-    ``<name>_summary`` rather than replace the section: a shallow merge used to lose the data settings.
-    """
+    """Every trainer setting and the run's context as dotted keys; context named like a section gets ``_summary``."""
     settings = cfg.to_dict()
     context = {f"{k}_summary" if k in settings else k: v for k, v in extra.items() if k != "argv"}
     trial = context.get("trial")
@@ -138,12 +114,7 @@ def trial_summary(extra: dict[str, Any], status: str | None) -> dict[str, Any]:
 
 
 def wait_for_run_file(run: Any) -> None:
-    """Return once a finished W&B run's ``.wandb`` file holds its exit record, which W&B writes last.
-
-    ``run.finish()`` returns before the file is complete: W&B's service keeps the last records in
-    memory until it closes the run's stream, which ``run.finish()`` only asks for. Raises TimeoutError
-    after ``WANDB_TIMEOUT_S``.
-    """
+    """Return once a finished W&B run's file holds its exit record; TimeoutError after ``WANDB_TIMEOUT_S``."""
     from picollm.wandb_offline import has_exit_record
 
     path = Path(run.settings.sync_file)
@@ -230,14 +201,10 @@ def resolve_wandb_mode(setting: str) -> str:
 
 
 class WandbSink:
-    """W&B behind the sink interface, on a worker thread of its own.
+    """W&B behind the sink interface, on its own worker thread so training never waits for it.
 
-    Every W&B call (import, init, log, finish) runs on that thread in order, so training never waits
-    for W&B while it runs. :meth:`finish` returns once W&B holds the whole run: ``run.finish()`` has
-    returned and the run's ``.wandb`` file is complete (:func:`wait_for_run_file`). The wait has no
-    overall limit, only one per call: however long the backlog, W&B is stuck only when one call has
-    not answered within ``WANDB_TIMEOUT_S``. The first error or a stuck call costs one warning, given
-    on the main thread, and :attr:`complete` stays False; the local record keeps everything either way.
+    :meth:`finish` returns once W&B holds the whole run. W&B is stuck only when one call has not answered within
+    ``WANDB_TIMEOUT_S``; an error or a stuck call costs one warning and leaves :attr:`complete` False.
     """
 
     def __init__(self, cfg: Config, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> None:
@@ -400,11 +367,7 @@ class Tracker:
         self.progress = ProgressLine(cfg.tracking.name or run_id)
 
     def _create_record(self, cfg: Config, existing: bool = False) -> JsonlSink:
-        """A new run folder with config.yaml, meta.json and the open metric files, or one line saying why not.
-
-        All or nothing: a new folder this cannot complete is removed, so no later reader trusts half a record
-        (an ``existing`` one, a resumed run's, is left as it is).
-        """
+        """A new run folder with config.yaml, meta.json and open metric files, or one line saying why not."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=existing)
         except OSError as exc:
@@ -422,8 +385,7 @@ class Tracker:
 
     @classmethod
     def reopen(cls, cfg: Config, run_dir: Path, rows: dict[str, int], extra: dict[str, Any]) -> Tracker:
-        """The record of a run that goes on from a checkpoint: its rows after it dropped, then appended to; W&B
-        resumes the same run id."""
+        """The record of a run that goes on from a checkpoint: later rows dropped; W&B resumes the same run id."""
         for name in RECORD_FILES:
             keep_first_lines(run_dir / name, run_dir / name, rows.get(name, 0))
         (run_dir / "summary.json").unlink(missing_ok=True)
@@ -463,8 +425,7 @@ class Tracker:
             sink.log_sample({"step": step, "prompt": prompt, "text": text})
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """W&B first, so the local summary says whether W&B holds the whole run (``wandb_complete``) and if not,
-        why (``wandb_error``)."""
+        """W&B first, so the local summary says whether W&B holds the whole run, and if not, why."""
         summary = {**summary, **trial_summary(self.extra, summary.get("status"))}
         if self.wandb is not None:
             self.wandb.finish(summary)

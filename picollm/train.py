@@ -1,7 +1,4 @@
-"""``python -m picollm.train``: train one small language model (the command line lives in :mod:`picollm.cli.train`).
-
-A module only so that ``python -m picollm.train`` works; ``picollm.train`` itself is the Python API's function.
-"""
+"""``python -m picollm.train`` (:mod:`picollm.cli.train`); ``picollm.train`` itself is the API's function."""
 
 from picollm.cli import run_train
 

@@ -1,16 +1,9 @@
 """Train one run: the training loop and :func:`train`, its one entry point.
 
-:func:`run_loop` is the whole training loop on one screen; the pieces it calls are short
-functions — :func:`train_step`, the periodic and epoch-end evaluations (:mod:`picollm.scoring`
-scores), sampling, branched decays and checkpoints — that share one :class:`Run` holding the run's
-parts and running numbers. :func:`train` is the one entry point: the CLI and every sweep trial call
-it, so a sweep trial is exactly a trainer run, and once its record exists, whatever fails, the
-record ends with ``summary.json`` (status ``failed`` and the reason).
-
-A run can stop anywhere and go on: a full-state checkpoint (:mod:`picollm.checkpoint`) holds
-everything the loop reads, so :func:`resume` continues a killed run in its own record and ends with
-the losses it would have had, bit for bit on a CPU, and :func:`extend` continues a finished WSD run
-from the end of its stable phase to a longer budget, as if it had been started with that budget.
+:func:`run_loop` is the loop on one screen; the pieces it calls share one :class:`Run`. The CLI and every sweep trial
+call :func:`train`, and once a run's record exists it always ends with ``summary.json``. A full-state checkpoint holds
+everything the loop reads, so :func:`resume` finishes a killed run bit for bit (on a CPU) and :func:`extend` continues a
+WSD run's stable phase to a longer budget.
 """
 
 from __future__ import annotations
@@ -84,11 +77,7 @@ def train_step(
     grad_clip: float,
     device: torch.device,
 ) -> tuple[float, float]:
-    """One forward, backward and optimiser step; returns (loss, gradient norm before clipping).
-
-    ``x`` may start with context tokens that are not scored (the k-gram's k - 1): only the last
-    ``y.shape[1]`` positions enter the loss.
-    """
+    """One optimiser step: (loss, gradient norm before clipping); ``x``'s last ``y.shape[1]`` positions are scored."""
     with autocast_for(device):
         loss = linear_cross_entropy(model(x)[:, -y.shape[1] :], model.head, y)
     optimizer.zero_grad(set_to_none=True)
@@ -133,12 +122,7 @@ def _stderr(values: list[float]) -> float:
 
 @dataclass
 class Run:
-    """One run's parts and running numbers; the loop's functions read and update it.
-
-    Everything that decides what happens next is here and goes into a full-state checkpoint
-    (:func:`training_state`): the step and token counters, the epoch with its step losses so far and the
-    data order's random state at its start, the evaluation marks and the estimates so far.
-    """
+    """One run's parts and running numbers: what decides what happens next, all in a full-state checkpoint."""
 
     cfg: Config
     data: TokenData
@@ -344,11 +328,8 @@ def save(run: Run, which: str) -> None:
 def anneal(run: Run, budget_tokens: int) -> None:
     """The loss a WSD run of ``budget_tokens`` would end with, scored now and left behind.
 
-    That run and this one share every step up to its decay, which starts here: its decay steps are
-    trained on this run's model and optimiser (over the batches that come next, as that run would see
-    them), the result scored on the whole capped set, and everything the decay touched, the random
-    state included, put back. So the value equals that run's ``final_val_loss``, and this run goes on as
-    if nothing had happened.
+    That run shares every step up to its decay, which starts here: the decay trains this run's model and optimiser on
+    the coming batches, is scored on the whole capped set, and is undone, random state included.
     """
     saved = _snapshot(run)
     total = run.budget.steps_for(budget_tokens)
@@ -459,8 +440,7 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
 
 
 def keep_state(run: Run, stable: bool = False) -> None:
-    """A full-state checkpoint (the last ``train.keep_checkpoints`` kept); ``stable``: the end of a WSD run's stable
-    phase, kept for good, where :func:`extend` branches a longer run."""
+    """A full-state checkpoint; ``stable``: a WSD run's stable-phase end, kept for :func:`extend`."""
     with run.clock.phase("checkpoints"):
         checkpoint.save_state(run.tracker.run_dir, training_state(run), run.cfg, stable=stable)
         checkpoint.prune_states(run.tracker.run_dir, run.cfg.train.keep_checkpoints)
@@ -551,11 +531,7 @@ def _prepare_data(cfg: Config) -> tuple[Config, torch.device, TokenData]:
 
 @dataclass
 class Start:
-    """Where a run starts other than at step 0: a checkpoint's state, and whose record it continues.
-
-    ``run_dir`` None: a new record (``extend``: the source's rows up to the checkpoint are copied into it);
-    else that very record, its rows after the checkpoint dropped (``resume``).
-    """
+    """Where a run starts other than at step 0: a checkpoint's state and the record it continues (None: a new one)."""
 
     state: dict[str, Any]
     source: Path
@@ -574,12 +550,8 @@ def train(
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
-    ``on_eval`` sees every periodic validation loss and ``on_anneal`` every branched decay's
-    (``train.anneal_at``); either may raise :class:`StopRun` to end the run cleanly (status ``pruned``).
-    Any error after the record exists closes it with status ``failed`` and the reason, and is re-raised;
-    Ctrl-C closes it with ``interrupted``. ``clock`` (a sweep trial's, which also times its storage calls)
-    accounts the run's time: the summary's ``time_breakdown``. ``start`` continues from a checkpoint
-    (:func:`resume`, :func:`extend`).
+    ``on_eval`` and ``on_anneal`` may raise :class:`StopRun` (status ``pruned``); any error after the record exists
+    closes it as ``failed``, Ctrl-C as ``interrupted``. ``start`` continues from a checkpoint.
     """
     clock = clock or Stopwatch()
     with clock.phase("data"):
@@ -632,11 +604,7 @@ def _open_record(cfg: Config, run_id: str | None, meta: dict[str, Any], start: S
 
 # -- continuing a run ------------------------------------------------------------------------------
 def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Continue a killed or interrupted run from its latest full-state checkpoint, in its own record.
-
-    The run ends with the losses it would have had without the interruption (bit for bit on a CPU): the
-    checkpoint holds the model, the optimiser, the counters, the data order's position and every random state.
-    """
+    """Continue a killed run from its latest full-state checkpoint, in its own record, with the same losses."""
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
     path = checkpoint.latest_state(run_dir)
@@ -645,8 +613,7 @@ def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
 
 
 def extend(run_dir: str | Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
-    """A finished WSD run continued from the end of its stable phase to ``tokens``, where it decays: a new run,
-    the same as one started with that budget (its record holds the source's rows up to the branch point)."""
+    """A finished WSD run continued from the end of its stable phase to ``tokens``: a new run, as if started so."""
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
     if cfg.optim.schedule != "wsd":

@@ -1,9 +1,4 @@
-"""Read an offline W&B run file (``run-<id>.wandb``) back into history rows, without a network.
-
-The file is a LevelDB-style log (32 KiB blocks of checksummed, possibly fragmented records) of
-W&B's protobuf ``Record`` messages. Current wandb releases read it only in their Go core, so the
-tests and ``analyze.py`` use this small reader to check what was logged.
-"""
+"""Read an offline W&B run file into history rows without a network (current wandb reads it only in Go)."""
 
 from __future__ import annotations
 
@@ -102,11 +97,7 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
 
 
 def has_exit_record(path: str | Path) -> bool:
-    """Whether the run file is complete: W&B writes the exit record last, once every other record is in.
-
-    Until W&B's service closes the run's stream it keeps the last records in memory, so a file read
-    just after ``run.finish()`` returns may still be its 7-byte header.
-    """
+    """Whether the run file is complete: W&B writes the exit record last."""
     try:
         return any(kind == "exit" for kind, _ in read_records(path))
     except (OSError, ValueError):  # not there yet, or not yet past its header

@@ -1,2 +1,1 @@
-"""Analysis of run histories and studies: loss noise, metric rankings, model diagnostics, reports
-(Markdown and self-contained HTML) and the study dashboard."""
+"""Analysis of run histories and studies: loss noise, metric rankings, diagnostics, reports and the dashboard."""

@@ -1,9 +1,4 @@
-"""Which metric ranks configurations reliably? Rank runs by noisy and steady numbers and compare.
-
-The reference is the validation loss on the whole fixed split (the same tokens for every run).
-Each other metric picks a configuration; the cost of choosing on it is how much worse that pick's
-validation loss is than the best one.
-"""
+"""Which metric ranks configurations reliably? A pick costs how much worse its validation loss is than the best."""
 
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
-"""A study in the browser: optuna-dashboard on localhost, with the whole story attached.
+"""A study in optuna-dashboard on localhost, plus picollm's figures and notes linking trials to their run records.
 
-optuna-dashboard already draws the history, importances, parallel coordinates, slices and the trial
-table from the storage. This module adds what only picollm knows, in the dashboard's own terms:
-
-- the study's figures (sweep plots, confirmation, and the report's noise, ranking and diagnostics
-  figures) uploaded as study artifacts and shown in the study's note, with a link to the HTML report;
-- a note on each finished trial linking its run record (served read-only under ``/picollm/``) and
-  its W&B run when it was online.
-
-Notes and artifacts are written to the study's storage (that is where the dashboard keeps them);
-publishing again uploads only figures whose content changed.
+Figures are study artifacts (uploaded again only when changed); run records are served read-only at ``/picollm/``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,4 @@
-"""What does the model receive, and what does it predict? Top-k next tokens against plain counting.
-
-A model that always predicts the most frequent token (end-of-text, "the", ".") has learned the
-unigram distribution and nothing else; its loss sits near the unigram baseline. This module
-shows the decoded input, the model's top-k next-token probabilities, the corpus frequencies and
-a warning when the top guess is the same token almost everywhere.
-"""
+"""What does the model see and predict? Top-k next tokens against plain counting, to catch a unigram-only model."""
 
 from __future__ import annotations
 
@@ -28,9 +22,7 @@ TOKENIZER_PROBE_S = 10.0  # offline, tiktoken fails fast; a firewalled network m
 
 
 def tiktoken_folders(run_dir: Path | None = None) -> list[Path]:
-    """Folders that may hold GPT-2's tiktoken files: the ones tiktoken reads itself (its two environment
-    variables, else its default in the temporary folder), then the one the run itself read them from
-    (``meta.json``: ``tokenizer_files``)."""
+    """Folders that may hold GPT-2's tiktoken files: tiktoken's own, then the one ``meta.json`` names."""
     named = [os.environ.get(key) for key in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")]
     candidates = [*(Path(value) for value in named if value), Path(tempfile.gettempdir(), "data-gym-cache")]
     if run_dir is not None:
@@ -49,11 +41,9 @@ def _loads() -> bool:
 
 
 def ensure_tokenizer(name: str, run_dir: Path | None = None) -> None:
-    """Make a run's tokenizer load offline when its files are on this machine, else say in one line how to.
+    """Make a run's tokenizer load offline when its files are here, else say in one line how to.
 
-    The bytes tokenizer needs no files. GPT-2's comes from tiktoken's cache: when tiktoken cannot load it as
-    configured, the first folder of :func:`tiktoken_folders` it loads from becomes ``TIKTOKEN_CACHE_DIR`` for
-    the rest of this process, so the tokenizer and the token data read the same files.
+    The first :func:`tiktoken_folders` entry that loads becomes ``TIKTOKEN_CACHE_DIR``, for the token data too.
     """
     if name != "gpt2" or _loads():
         return

@@ -1,11 +1,6 @@
-"""Figures people would rather look at than read: loss noise, false increases, rankings, predictions.
+"""Figures for loss noise, false increases, rankings and predictions, validation losses with 95% intervals.
 
-Every validation loss is drawn with its 95% sampling interval (1.96 standard errors over documents),
-so a reader sees at a glance which differences the validation set can resolve.
-
-Each ``draw_*`` function returns a matplotlib :class:`~matplotlib.figure.Figure` built without
-pyplot, so it never switches the backend of the process (a notebook keeps its inline plots) and
-shows in Jupyter when returned; each ``*_figure`` function draws and saves one as a PNG.
+``draw_*`` build a Figure without pyplot, so a notebook's backend never switches; ``*_figure`` save a PNG.
 """
 
 from __future__ import annotations
@@ -162,11 +157,7 @@ def draw_bars(labels: list[str], values: list[float], title: str, xlabel: str) -
 
 
 def draw_losses(run: Any) -> Figure:
-    """One run's curves: every step's training loss, the periodic and per-epoch validation losses.
-
-    The unigram baseline (a model that only counts tokens) is the line to beat; a curve that
-    flattens on it has learned token frequencies and nothing else.
-    """
+    """One run's step and validation losses against the unigram baseline, the line to beat."""
     fig = _new(8, 4.5)
     ax = fig.subplots()
     ax.plot(run.steps, run.losses, color="tab:blue", alpha=0.6, lw=0.8, label="train/loss")

@@ -1,32 +1,8 @@
 """How noisy is a loss curve, and when does an epoch-to-epoch "increase" mean anything?
 
-Model: the step loss is a smooth trend plus stationary noise, ``y_t = f(t) + e_t``, with ``e`` an
-AR(1) process of standard deviation sigma and lag-1 correlation rho (neighbouring batches share
-weights that moved little, so their losses can be correlated). Then:
-
-* sigma and rho come from the residuals around a Savitzky-Golay trend (quadratic, so the curve's
-  bend is not mistaken for noise), with sigma from the median absolute deviation so one spike
-  does not inflate it, corrected for the share of the noise the smoother itself absorbs;
-* an epoch of n steps has a mean whose standard error is the AR(1) block-mean error
-  (``sqrt(sigma^2/n^2 * sum_ij rho^|i-j|)``), not the naive ``std/sqrt(n)``;
-* the epoch average "goes up" although the trend went down with probability
-  ``Phi(-s*n / sd(mean_B - mean_A))`` for a per-step improvement s — small n drowns s*n in noise.
-  A Monte-Carlo simulation of the same model checks the formula.
-
-The validation losses carry two other noises that the step losses run together
-(:func:`validation_noise`):
-
-* **sampling noise of the validation estimate**: its standard error over documents (logged as
-  ``val/loss_stderr`` and ``val/epoch_loss_stderr``). A fixed set does not jitter between
-  evaluations, but its level is uncertain by this much; it shrinks as 1/sqrt(tokens), so the
-  tokens a wanted precision needs follow from the measured error and size;
-* **training noise**: the weights wander step to step. On a fixed set that is all the periodic
-  ``val/loss`` curve shows besides its trend, so the scatter of that curve around its trend
-  measures it.
-
-An epoch-to-epoch change of ``val/epoch_loss`` is called real only when it exceeds both at 95%.
-The sampling part uses ``sqrt(se_a^2 + se_b^2)``, an upper bound: the same documents are scored
-each epoch, so their errors are positively correlated and the true error of a change is smaller.
+The step loss is a smooth trend plus AR(1) noise, so an epoch mean's error is the AR(1) block-mean error, not
+``std/sqrt(n)``. A change of ``val/epoch_loss`` is real only when it exceeds both the sampling noise over documents and
+the training noise at 95% (docs/reading-losses.md).
 """
 
 from __future__ import annotations

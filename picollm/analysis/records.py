@@ -1,5 +1,4 @@
-"""Run histories from any source — local run records, offline W&B files, the W&B public API —
-into one :class:`RunHistory`, so every analysis works the same on all of them."""
+"""Run histories from run records, offline W&B files or the W&B API, as one :class:`RunHistory` for every analysis."""
 
 from __future__ import annotations
 
@@ -188,8 +187,7 @@ def load_study_runs(study: Any) -> list[RunHistory]:
 
 
 def unrecorded_trials(study: Any) -> list[str]:
-    """The completed trials :func:`load_study_runs` cannot read, each with where its record was looked for
-    (a relative ``run_dir`` is read from the folder the sweep ran in)."""
+    """The completed trials :func:`load_study_runs` cannot read, each with where its record was looked for."""
     return [
         f"t{t.number} (no run record at {t.user_attrs.get('run_dir') or 'an unrecorded folder'})"
         for t in _complete_trials(study)

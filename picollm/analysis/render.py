@@ -1,7 +1,6 @@
-"""The report written out: ``report.md`` (plain image links any viewer shows), ``report.json`` (the numbers) and,
-optionally, ``report.html``: one self-contained file, figures inlined as data URIs, styles and the copy button's few
-lines of script inline, nothing fetched from a network or a CDN, so it can be mailed, attached to a ticket or opened
-offline and still shows every figure.
+"""The report written out: ``report.md``, ``report.json`` and optionally a self-contained ``report.html``.
+
+The HTML inlines its figures and fetches nothing, so it can be mailed or opened offline.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""A study's report as a document: sections of text, tables, code and figures.
-
-The sections are built in :mod:`picollm.analysis.sections` and written by :mod:`picollm.analysis.render`;
-this module is only the document model both share, so neither depends on the other.
-"""
+"""A study's report as a document: what :mod:`.sections` builds and :mod:`.render` writes, apart."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""The sections of a report: the study's question, the ranking, the best config, whether the cheap budget
-predicts the target, the loss noise (epoch to epoch, and step losses against running averages), the metric
-rankings, the best run's diagnostics, samples and the exported files.
-
-Each builder takes what it needs (a study, run histories, the report folder for figures) and
-returns a :class:`~picollm.analysis.report.Section`, or None when it has nothing to show.
-"""
+"""The sections of a study's report; each builder returns a :class:`~.report.Section`, or None with nothing to show."""
 
 from __future__ import annotations
 
@@ -172,8 +166,7 @@ COMPARISON_VAL_TOKENS = 4096  # every epoch end scores the whole set: 180 of the
 
 
 def epoch_comparison_command(config: str) -> str:
-    """One configuration trained twice for the same 720 steps, many short epochs against two long ones, then the
-    test: the same runs the README's "Reading the losses" measured."""
+    """Two runs of one configuration for the same 720 steps, many short epochs against two long ones, then the test."""
     runs = [
         f"python -m picollm.train --config {config} --set train.max_tokens=null --set train.epochs={epochs} "
         f"--set train.max_steps_per_epoch={steps} --set data.val_tokens={COMPARISON_VAL_TOKENS} "
@@ -261,11 +254,7 @@ ONE_EPOCH = (
 def noise_section(
     runs: list[RunHistory], out_dir: Path, best: RunHistory | None, config: str, missing: list[str]
 ) -> tuple[Section | None, dict[str, Any]]:
-    """Is an epoch-to-epoch rise real? Tested on runs with several epochs; every run's step noise regardless.
-
-    ``missing`` names the runs that should be here but whose records are not (each with its reason): the section
-    says which runs it covers, so a run left out is never left out silently.
-    """
+    """Is an epoch-to-epoch rise real? Runs with several epochs are tested; ``missing`` runs are named, not skipped."""
     usable = [run for run in runs if len(run.losses) >= MIN_STEPS_FOR_NOISE]
     left_out = missing + [
         f"{r.name} ({len(r.losses)} training steps: too few to separate noise from trend)"
@@ -398,11 +387,7 @@ def figures_section(folder: Path) -> Section | None:
 
 
 def confirm_section(folder: Path) -> Section | None:
-    """``confirm.csv``/``confirm.png`` of ``sweep.py confirm``: is the winner still the winner with other seeds?
-
-    One row per configuration (mean and interval over seeds, best first), then one per run; every column of the
-    file stays in ``confirm.csv`` itself.
-    """
+    """``confirm.csv``/``confirm.png``: is the winner still the winner with other seeds?"""
     import csv
 
     if not (folder / "confirm.csv").is_file():
@@ -491,8 +476,7 @@ TRANSFER_METHOD = (
 
 
 def transfer_section(study: Any, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
-    """Does the ranking at the cheap budget predict the ranking at the target? Always a section: when it cannot
-    be measured, it says why."""
+    """Does the ranking at the cheap budget predict the target's? Always a section: it says why when it cannot tell."""
     title = "Does the cheap budget predict the target?"
     try:
         result = transfer_analysis(study)

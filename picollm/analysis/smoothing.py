@@ -1,18 +1,7 @@
-"""Step losses against a running average of them: what a run with a single epoch can say about its noise.
+"""Step losses against a running average: what a run with a single epoch can say about its noise.
 
-A run that ends inside its first pass over the data has no epoch-to-epoch change to test, but its step losses
-still measure the noise behind that question. With the model of :mod:`picollm.analysis.noise` (a smooth trend
-plus AR(1) noise of standard deviation sigma and lag-1 correlation rho), a trailing running average of the last
-W steps
-
-* scatters around the trend by the block-mean error of W steps: sigma/sqrt(W) for independent steps, more when
-  neighbouring steps are correlated (rho > 0);
-* lags the trend: it averages losses from up to W-1 steps ago, so while the loss falls by s per step it reads
-  too high by s*(W-1)/2.
-
-The window with the smallest root-mean-square error of the two (sqrt(scatter^2 + lag^2)) is the best running
-estimate of the current loss, and the scatter of a W-step window is the noise a comparison of W-step averages
-(an epoch of W steps) has to beat.
+A trailing W-step average scatters by the W-step block-mean error (:mod:`.noise`) and lags a falling trend by s*(W-1)/2;
+the best window minimises sqrt(scatter^2 + lag^2).
 """
 
 from __future__ import annotations
@@ -38,8 +27,7 @@ def running_mean(losses: np.ndarray, window: int) -> np.ndarray:
 
 
 def end_slope(trend: np.ndarray) -> float:
-    """How fast the trend falls per step over the run's last tenth (at least 2 steps): the lag that matters is
-    the one at the end, where the current loss is read."""
+    """How fast the trend falls per step over the run's last tenth, where the current loss is read."""
     m = max(2, len(trend) // 10)
     return float((trend[-m] - trend[-1]) / (m - 1))
 

@@ -1,18 +1,7 @@
 """Does the cheap budget predict the target? Rank agreement and regret of picking a configuration early.
 
-A sweep ranks configurations at a cheap token budget (``settings.budget_tokens``); the winner is then trained at
-a target budget (``settings.target_tokens``, the budget itself when unset). Whether the cheap ranking carries over
-is measured, not assumed. For every token count at which trials reported a validation loss (in a target-aware
-study an annealed WSD branch at that count, so equal counts compare across trials), and for the target itself:
-
-* the Spearman rank correlation between the configurations' losses there and their losses at the target;
-* the regret of picking there: the target loss of the configuration that looks best there minus the best
-  target loss (nats; 0 when the early pick is the target's best).
-
-A configuration's target loss is the mean of its confirmation runs at the target budget when it has any, else its
-complete trial's value (its loss at the target). Both numbers get 95% percentile-bootstrap intervals that
-resample configurations and, within a configuration with several seeds at the target, its seeds: they hold the
-seed noise of the target losses as well as the luck of which configurations were tried.
+At every reported token count and at the target: Spearman's rho with the target losses (confirmation means where there
+are any) and the regret of picking there, with bootstrap intervals over configurations and their seeds.
 """
 
 from __future__ import annotations
@@ -53,8 +42,7 @@ class Budgets:
 
 
 def rank_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman's rho of each row of ``x`` with the same row of ``y`` (average ranks for ties; NaN when a row is
-    constant, since a constant ranks nothing)."""
+    """Spearman's rho of each row of ``x`` with the same row of ``y`` (ties: average ranks; a constant row: NaN)."""
     rx = stats.rankdata(np.atleast_2d(x), axis=1)
     ry = stats.rankdata(np.atleast_2d(y), axis=1)
     rx -= rx.mean(axis=1, keepdims=True)
@@ -72,8 +60,7 @@ def regrets(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def resample(x: np.ndarray, seeds: list[list[float]], n_boot: int, rng: np.random.Generator) -> tuple:
-    """``n_boot`` bootstrap copies of (x, target means): configurations drawn with replacement, then each drawn
-    configuration's seeds drawn with replacement (independently for each draw) and averaged."""
+    """``n_boot`` bootstrap copies of (x, target means), resampling configurations and, within each, its seeds."""
     n, width = len(seeds), max(len(s) for s in seeds)
     padded = np.array([s + [0.0] * (width - len(s)) for s in seeds])
     counts = np.array([len(s) for s in seeds])

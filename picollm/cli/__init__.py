@@ -1,7 +1,4 @@
-"""The command lines: ``python -m picollm.<train|evaluate|generate>``, ``python sweep.py``, ``python analyze.py``
-and the ``picollm-*`` console scripts all run these ``main`` functions. Each is a thin layer over the library: it
-parses arguments and prints; nothing in the library imports it.
-"""
+"""The command lines: thin layers that parse arguments and print; the library never imports them."""
 
 from __future__ import annotations
 

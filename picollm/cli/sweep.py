@@ -152,8 +152,7 @@ def _confirmed(question: str) -> bool:
 
 
 def delete_command(args: argparse.Namespace) -> int:
-    """`sweep.py delete --study NAME`: the study out of the storage (and with --files its results folder); says
-    what it keeps."""
+    """`sweep.py delete --study NAME`: the study out of the storage (--files: its folder too); says what it keeps."""
     import shutil
 
     from picollm.errors import ConfigError

@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def continue_run(args: argparse.Namespace) -> dict[str, Any]:
-    """``--resume RUN_DIR`` or ``--extend-to TOKENS RUN_DIR``: the run's own config, nothing else, so a config or
-    an override given with them is refused rather than silently ignored."""
+    """``--resume``/``--extend-to``: the run's own config; a config or override given with them is refused."""
     if args.config or args.overrides or args.course_flags or (args.resume and args.extend_to):
         raise PicoError("--resume and --extend-to continue a run as it was configured: give one of them alone")
     if args.resume:
@@ -87,8 +86,7 @@ def train_or_explain(cfg: Config) -> dict[str, Any]:
 
 
 def _explained(run: Callable[[], dict[str, Any]], record: Path | None) -> dict[str, Any]:
-    """A NaN loss as one line: the trainer has closed the record as failed, and the user needs the cause and the
-    record, not a stack (a sweep, which calls the trainer itself, records such a trial as failed and goes on)."""
+    """A NaN loss as one line: the record is closed as failed; the user needs the cause and the record, not a stack."""
     try:
         return run()
     except NonFiniteLoss as exc:

@@ -1,13 +1,8 @@
-"""Model registry: ``model.type`` -> its class, each built from a :class:`ModelConfig` and a vocabulary size.
+"""Model registry: ``model.type`` -> its class, built from a :class:`ModelConfig` and a vocabulary size.
 
-Every model maps token ids (B, T) to hidden states (B, T, D) and owns a ``head`` (``nn.Linear``)
-that turns hidden states into vocabulary logits; keeping the head separate lets the loss run
-head and cross-entropy together (see :mod:`picollm.models.loss`). Each model also takes an
-optional ``cache`` dict so generation can continue a sequence without recomputing it, and says
-how much left context a prediction uses: ``context_size`` (k - 1 for the k-gram; None for models
-that use the whole window), which decides how evaluation windows are cut (:mod:`picollm.data`).
-Nothing here imports from the training code, and the registry imports a model's module (and torch) only
-when that model is built, so a config can name and check ``model.type`` without torch.
+Every model maps ids (B, T) to hidden states (B, T, D) and owns a separate ``head``, so the loss can fuse head and
+cross-entropy (:mod:`.loss`); it takes an optional generation ``cache`` and says its ``context_size`` (``k - 1`` for the
+k-gram, None for the whole window). A model's module (and torch) is imported only when it is built.
 """
 
 from __future__ import annotations

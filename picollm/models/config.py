@@ -1,9 +1,4 @@
-"""The ``model:`` section of a config: every model's settings, declared once.
-
-One flat section, as the course's ``pico.py`` has it: a sweep can search ``model.type`` and keep the other keys,
-and each model reads only the fields it uses (the comment says which). This module imports nothing, so reading a
-config never imports torch.
-"""
+"""The ``model:`` section: one flat section for every model (a sweep can search ``model.type``); imports nothing."""
 
 from __future__ import annotations
 

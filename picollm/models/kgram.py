@@ -1,10 +1,7 @@
 """k-gram MLP: the previous k tokens' embeddings, concatenated, through an MLP.
 
-All positions of a batch are computed at once: the k-token contexts are a strided view
-(``unfold``) of the left-padded input, not a Python loop over time or batch. Positions before
-the start of a sequence see a dedicated padding embedding. Training and evaluation avoid it:
-their windows start with ``context_size`` = k - 1 real tokens read before the block, and only
-the positions after that prefix are scored (see :mod:`picollm.data`).
+The k-token contexts are a strided view (``unfold``) of the left-padded input, not a Python loop. Training and
+evaluation read ``k - 1`` real tokens before each block, so only generation sees the padding embedding.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """Next-token loss without the full logits tensor, in the precision autocast asks for.
 
-The output projection to a 50257-token vocabulary dominates a small LM's step: its logits for
-a 16x128 batch are a 412 MB float32 tensor that is written, read by log-softmax, written again
-for the gradient and read back. Here the head and the cross-entropy run together over chunks of
-rows, and the gradients are formed in the same pass (the loss is a scalar, so d loss / d logits
-is known as soon as the chunk's softmax is): memory holds one chunk's logits, and the result
-equals ``F.cross_entropy(hidden @ W.T + b, targets)`` up to float rounding (tested).
-
-Precision (the GPU path, correct by construction): under autocast the three matmuls take their
-inputs in the autocast dtype (bf16: tensor cores) but accumulate *and return* float32, so the
-logits, the softmax, the loss and the weight gradient never pass through bf16 — a bf16 logit near
-10 would be off by up to 0.03 nats. CUDA does this in one cuBLAS call (``torch.mm(..., out_dtype=
-torch.float32)``); elsewhere the bf16 inputs are widened first, which gives the same sums because
-a product of two bf16 numbers is exact in float32. That is what lets the CPU tests check the bf16
-logic. Float32 matmuls on CUDA use TF32 when :func:`allow_tf32` has been called (the trainer does).
+The vocabulary head dominates a small LM's step, so head and cross-entropy run together over chunks of rows, forming the
+gradients in the same pass. Under autocast the matmuls accumulate and return float32, so nothing after them passes
+through bf16; off CUDA the bf16 inputs are widened first (the same sums), so CPU tests check it (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Logits per chunk: 2**25 floats (128 MB, ~670 rows at vocab 50257). Measured on a 2-core CPU, smaller
-# chunks are slower: every chunk re-reads the whole head weight (25 MB at 50257 x 128) for three matmuls.
+# Logits per chunk: 2**25 floats (128 MB). Smaller chunks are slower: each re-reads the whole head weight.
 _CHUNK_ELEMENTS = 1 << 25
 
 
@@ -31,10 +19,7 @@ def default_chunk_rows(vocab_size: int) -> int:
 
 
 def allow_tf32() -> None:
-    """Let float32 matmuls on CUDA use TF32 tensor cores (10-bit mantissa inputs, float32 accumulation).
-
-    Training tolerates TF32 (it is PyTorch's recommended setting for training); off CUDA this is a no-op.
-    """
+    """Let float32 matmuls on CUDA use TF32 tensor cores (PyTorch's recommendation for training)."""
     torch.set_float32_matmul_precision("high")
 
 
@@ -74,8 +59,7 @@ def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 def _chunk_nll(
     h: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row loss of one chunk (``h`` and ``w_t`` in the compute dtype), its exponentiated shifted logits
-    and their row sums (what the gradients need); everything after the matmul is float32."""
+    """Per-row loss of one chunk, its exponentiated shifted logits and their row sums (for the gradients), float32."""
     logits = mm_f32(h, w_t)
     if bias is not None:
         logits += bias.float()
@@ -142,11 +126,7 @@ def _forward(ctx, hidden, weight, bias, targets, chunk_rows, with_grad, dtype): 
 def token_losses(
     hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """The loss of each row of ``head(hidden)`` against ``targets`` (float32, no gradient), chunk by chunk.
-
-    Evaluation needs the loss of every token, not only their mean, to give a standard error. The matmul
-    runs in the autocast dtype with float32 accumulation, like :func:`linear_cross_entropy`'s.
-    """
+    """The float32 loss of each row of ``head(hidden)``, without gradient: a standard error needs per-token losses."""
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     rows = chunk_rows or default_chunk_rows(head.weight.shape[0])
@@ -162,11 +142,7 @@ def token_losses(
 def linear_cross_entropy(
     hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy (float32) of ``head(hidden)`` against ``targets``, computed chunk by chunk.
-
-    ``hidden`` is (..., D) and ``targets`` the matching (...) int64 ids. Under autocast the matmuls run in
-    the autocast dtype with float32 accumulation; the gradients come back in each input's own dtype.
-    """
+    """Mean float32 cross-entropy of ``head(hidden)`` against ``targets``, chunk by chunk."""
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     rows = chunk_rows or default_chunk_rows(head.weight.shape[0])

@@ -1,7 +1,6 @@
-"""GPT-style decoder: pre-norm blocks with RMSNorm, causal SDPA attention and an MLP.
+"""GPT-style decoder: pre-norm RMSNorm blocks, causal SDPA attention, an MLP, learned or rotary positions.
 
-Positions are learned or rotary; the output head can share the token embedding. A KV cache
-makes generation cost one token's work per new token instead of the whole context's.
+A KV cache makes generation cost one token's work per new token.
 """
 
 from __future__ import annotations

@@ -1,12 +1,4 @@
-"""Sweeps: an Optuna study whose trials are trainer runs.
-
-One module per concern: ``settings`` (the experiment file and the ``study:`` block), ``registry``
-(samplers and pruners by name), ``studies`` (opening a study, the exact total), ``fingerprint`` (one
-study = one question), ``objective`` (one trial: config -> ``train()`` -> value), ``liveness`` (dead
-trials: heartbeat, leases, capped retries), ``workers`` (the ``study.optimize`` loop, processes, GPUs,
-signals, the coordinator), ``report`` (what the terminal shows) and ``soak`` (the load test).
-The names below are the package's public interface.
-"""
+"""Sweeps: an Optuna study whose trials are trainer runs. The names below are the package's public interface."""
 
 from picollm.sweeps.report import best_value, report_lines, trial_line
 from picollm.sweeps.settings import Experiment, StudySettings, load_experiment

@@ -1,15 +1,8 @@
 """Confirming a sweep's winner: re-train the top configs and the baseline with fresh seeds.
 
-A study ranks trials by one run each, so its best trial is partly the luckiest seed. This module
-re-trains the top-K complete configurations and the baseline (trial 0) with the same few fresh seeds
-(``train.seed`` varied, everything else as in the study), scores each run on the study's whole
-validation set (the summary's ``final_val_loss``: the same tokens that ranked the trials), and answers
-with statistics instead of a single number: a mean and 95% t-interval per config, and a *paired*
-comparison (same seeds, so seed luck shared by both configs cancels) of the winner against the
-runner-up and against the baseline.
-
-Finished confirmation runs are recorded in the study's user attributes, keyed by configuration, seed
-and budget, so a re-run (or a second machine on the same storage) trains only what is missing.
+A study ranks trials by one run each, so its best trial is partly the luckiest seed. The same fresh seeds for every
+candidate give a mean and 95% t-interval per config and a paired comparison (seed luck cancels) of the winner against
+the runner-up and the baseline. Finished runs are recorded in the study, so a re-run trains only what is missing.
 """
 
 from __future__ import annotations
@@ -36,9 +29,7 @@ class NothingToConfirm(PicoError):
     """The study has no complete trial yet."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Statistics on plain numbers (no study needed: tested on synthetic values).
-# ---------------------------------------------------------------------------------------------
+# -- Statistics on plain numbers (no study needed: tested on synthetic values) ----------------
 
 
 @dataclass
@@ -113,9 +104,7 @@ def compare_words(winner: str, other: str, pair: Paired, n_seeds: int) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Candidates and their runs.
-# ---------------------------------------------------------------------------------------------
+# -- Candidates and their runs ----------------------------------------------------------------
 
 
 @dataclass
@@ -175,8 +164,7 @@ def leader(study: Any) -> Any:
 
 
 def gap_to(leader_trial: Any, other: Any) -> tuple[int | None, float] | None:
-    """How far ``other`` trails the leader where they were last measured alike: at the end when both completed,
-    else at the largest reported budget (a rung) they share; None when they share none."""
+    """How far ``other`` trails the leader where both were last measured alike (the end, else a shared rung) or None."""
     if other.value is not None and other.state.name == "COMPLETE":
         return None, other.value - leader_trial.value
     shared = set(leader_trial.intermediate_values) & set(other.intermediate_values)
@@ -187,8 +175,7 @@ def gap_to(leader_trial: Any, other: Any) -> tuple[int | None, float] | None:
 
 
 def shortlist(study: Any, leader_trial: Any, margin: float, most: int) -> list[Candidate]:
-    """Every configuration that cannot be told apart from the leader: it trails it by less than ``margin`` (the
-    95% bound of a difference between two seeds) where they were last measured alike; the closest ``most``."""
+    """The closest ``most`` configurations that trail the leader by less than ``margin``: they cannot be told apart."""
     seen = {params_key(leader_trial.params)}
     close: list[tuple[float, Candidate]] = []
     for t in _finished(study):
@@ -269,9 +256,7 @@ def train_record(raw: dict[str, Any], run_prefix: str) -> dict[str, Any]:
     return {"run_id": run_id, **{key: summary.get(key) for key in keys}}
 
 
-# ---------------------------------------------------------------------------------------------
-# Running a confirmation (resumable) and reading it back.
-# ---------------------------------------------------------------------------------------------
+# -- Running a confirmation (resumable) and reading it back -----------------------------------
 
 
 @dataclass
@@ -299,15 +284,13 @@ def _study_settings(study: Any) -> dict[str, Any]:
 
 
 def confirm_budget(study: Any, s: ConfirmSettings) -> int | None:
-    """The confirmation's budget: ``confirm.budget_tokens``, else the study's target (its cheap budget when it has
-    none), so the answer is checked at the budget it will be trained at."""
+    """``confirm.budget_tokens``, else the study's target: the answer is checked at the budget it will train at."""
     settings = _study_settings(study)
     return s.budget_tokens or settings.get("target_tokens") or settings.get("budget_tokens")
 
 
 def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = None) -> Confirmation:
-    """The candidates (``shortlisted``, else the latest confirmation's shortlist) and seeds, with every finished run
-    already recorded in the study attached."""
+    """The candidates (``shortlisted``, else the latest shortlist) and seeds, with the runs recorded already."""
     check_confirm(s)
     base = study.user_attrs.get("base")
     if not base:
@@ -328,15 +311,11 @@ def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = Non
 
 
 def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) -> Confirmation:
-    """Confirm the leader at the target budget, then every configuration that cannot be told apart from it, and the
-    baseline; each (config, seed) run is recorded in the study as soon as it finishes, so a re-run trains only what
-    is missing.
+    """Confirm the leader at the target budget, then what cannot be told apart from it, and the baseline.
 
-    First the leader's fresh seeds: their spread is the seed noise at this budget. The shortlist is every
-    configuration whose gap to the leader, where the study last measured both alike, is below the 95% bound of a
-    difference between two seeds (1.96 * sqrt(2) * that spread): a gap that small may be seed luck. Runs go to
-    ``workers`` processes at once (the sweep's own layout by default) and are scored once, at the end: they are
-    never pruned, so periodic scores would only cost time.
+    The leader's seeds measure the seed noise; a gap below the 95% bound of a two-seed difference (1.96 * sqrt(2) *
+    spread) is shortlisted. Each run is recorded as it finishes (a re-run trains only what is missing) and scored once,
+    at the end.
     """
     from picollm.sweeps.layout import choose_layout
 
@@ -358,8 +337,7 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
 
 
 def score_on_test(study: Any, conf: Confirmation) -> None:
-    """Once the choice is made: the confirmed winner's and the baseline's runs scored on the test set
-    (``data.test_tokens``), which no trial, pruning decision or ranking has seen. Recorded with each run."""
+    """The winner's and the baseline's runs scored on the test set, which no choice has seen; recorded with each run."""
     from picollm.scoring import evaluate_run
 
     if not (study.user_attrs.get("base") or {}).get("data", {}).get("test_tokens") or not conf.ranked():
@@ -381,8 +359,7 @@ def scored_on_test(conf: Confirmation) -> list[ConfigResult]:
 
 @dataclass
 class Held:
-    """A configuration's mean loss on one set over its seeds, with the standard error of that mean: the sampling
-    error of the set's documents (shared by every seed) and the spread over seeds."""
+    """A configuration's mean loss on one set over its seeds, with a standard error from the documents and the seeds."""
 
     mean: float
     stderr: float
@@ -400,8 +377,7 @@ def held_out(result: ConfigResult, key: str) -> Held | None:
 
 
 def test_lines(conf: Confirmation) -> list[str]:
-    """Validation and test figures side by side for the winner and the baseline; their difference is the
-    measured winner's curse (the validation figure was chosen on, the test figure never was)."""
+    """Validation and test figures of the winner and the baseline: their difference is the winner's curse."""
     lines = []
     for result in scored_on_test(conf) if conf.ranked() else []:
         test, val = held_out(result, "test_loss"), held_out(result, "final_val_loss")

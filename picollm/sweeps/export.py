@@ -1,11 +1,5 @@
-"""The one owner of ``results/studies/<study>/``: trials table, best config, figures, the confirmation's files and
-the study's W&B summary run.
-
-Everything is rebuilt from the study storage alone (the base config, the search space and every confirmation run
-are kept in the study's user attributes), so ``sweep.py export`` works without the experiment file and rewrites
-the same files ``sweep.py run`` wrote. ``best.yaml`` has one writer, :func:`best_yaml`: the confirmed winner once a
-confirmation has runs, else the best complete trial.
-"""
+"""The one owner of ``results/studies/<study>/``: trials table, ``best.yaml``, figures, the confirmation's files and the
+study's W&B summary run, all rebuilt from the study storage alone (so ``sweep.py export`` needs no experiment file)."""
 
 from __future__ import annotations
 
@@ -133,8 +127,7 @@ def best_config(study: Any) -> tuple[dict[str, Any], Any]:
 
 
 def standalone_config(study: Any, params: dict[str, Any], budget_tokens: int | None = None) -> dict[str, Any]:
-    """The complete trainer config of ``params`` in this study, as the trials ran it (``budget_tokens``: as the
-    confirmation ran it, at that budget), to run on its own."""
+    """The complete trainer config of ``params`` as the trials ran it (or at ``budget_tokens``), to run on its own."""
     raw = apply_params(trained_base(study), params)
     raw["tracking"].update(group=None, job_type="train", name=None)
     raw["train"]["progress"] = True
@@ -159,8 +152,7 @@ def recorded_confirmation(study: Any) -> Confirmation | None:
 
 
 def best_yaml(study: Any, conf: Confirmation | None = None) -> str:
-    """``best.yaml``: the confirmed winner's complete trainer config headed by the evidence for choosing it, or the
-    best complete trial's before any confirmation (``conf`` defaults to the recorded one)."""
+    """``best.yaml``: the confirmed winner's config headed by its evidence, or before one the best trial's."""
     conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
     run_it = "# Run it as-is: python -m picollm.train --config <this file>"
     if conf is None:
@@ -197,11 +189,7 @@ def _plots() -> dict[str, tuple[Any, str | None]]:
 
 
 def study_figures(study: Any) -> tuple[dict[str, Any], list[str]]:
-    """Optuna's study plots as matplotlib Figures by file name, and a note for each that cannot be drawn yet.
-
-    Each figure is closed in pyplot right away: it can still be saved or shown in a notebook, but
-    pyplot neither keeps it alive nor shows it a second time at the end of a notebook cell.
-    """
+    """Optuna's plots as Figures by file name, and a note for each not drawable yet; closed in pyplot."""
     import matplotlib.pyplot as plt
 
     figures, skipped = {}, []
@@ -306,8 +294,7 @@ def plot_confirmation(conf: Confirmation, path: Path) -> None:
 
 
 def export_study(study: Any, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
-    """Write trials.csv, best.yaml, the figures and, with a confirmation (``conf``, else the recorded one),
-    confirm.csv and confirm.png; returns the folder and notes on what was skipped."""
+    """Write trials.csv, best.yaml, the figures and a confirmation's csv and png; returns the folder and notes."""
     folder = Path(root) / study.study_name
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -328,8 +315,7 @@ def export_study(study: Any, root: str | Path, conf: Confirmation | None = None)
 
 
 def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers: int | None = None) -> list[str]:
-    """Train what is missing of the confirmation (``workers`` processes: the sweep's layout by default), rewrite the
-    study's files and its W&B summary run with the confirmed winner, and return the summary lines."""
+    """Train what the confirmation misses, rewrite the study's files and W&B summary run, return the summary lines."""
     from picollm.sweeps.confirm import confirm_study
 
     try:
@@ -342,10 +328,7 @@ def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers
 
 
 def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) -> str | None:
-    """One W&B run of job_type 'summary' in the study's group: the value of each trial against its number (summary:
-    the minimum), the trials table, the figures, and the answer: the confirmed winner with its interval and the
-    verdict in words when there is a confirmation (``conf``, else the recorded one), the best trial before that.
-    Returns the run id; None if W&B is off."""
+    """The study's W&B summary run: trial values, the table, figures and the answer; its id, or None if W&B is off."""
     tracking = study.user_attrs.get("base", {}).get("tracking", {})
     mode = resolve_wandb_mode(tracking.get("wandb", "auto"))
     if mode == "disabled":
@@ -396,8 +379,7 @@ def _log_study(run: Any, study: Any, folder: Path) -> None:
 
 
 def answer_summary(study: Any, conf: Confirmation | None) -> dict[str, Any]:
-    """The study's answer as summary keys: ``best/<param>`` and ``best_trial`` name the confirmed winner once there
-    is one (``answer`` says which), with its mean, interval and the verdict's sentences."""
+    """The study's answer as summary keys (``best/<param>``, ``best_trial``, its mean, interval and verdict)."""
     if conf is None:
         try:
             best = best_trial(study)

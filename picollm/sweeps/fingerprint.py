@@ -1,18 +1,9 @@
 """One study = one question: a fingerprint of everything a study does not search.
 
-A study's trials are comparable only if everything but the searched keys is the same for all of them.
-The fingerprint is a flat, ordered mapping of:
-
-1. the data identity: the token-cache hash (:func:`picollm.data.cache_key`: every data setting and the
-   input files' contents), the tokenizer, and whether the offline fallback replaced the data;
-2. the objective and budget: metric, training tokens per trial, reports to the pruner;
-3. the resolved base trainer config, minus the searched keys and minus keys that cannot change a loss
-   (:data:`HARMLESS`: tracking, progress bars, threads, device placement, cache location).
-
-The first worker stores it with the study; every later worker, resume or machine compares its own and
-refuses before it adds anything to the study, saying in words what differs (:func:`explain`): "this study was
-made offline, on the built-in stories ...; this run would train on data/tinystories ...", not
-two cache hashes.
+Trials are comparable only if all else is equal, so the fingerprint holds the data identity (token-cache hash,
+tokenizer, offline fallback), the objective and budget, and the base config minus searched and :data:`HARMLESS` keys.
+The first worker stores it; any later worker that differs is refused with the difference in words (:func:`explain`), not
+two hashes.
 """
 
 from __future__ import annotations
@@ -88,9 +79,7 @@ def differing(stored: dict[str, Any], mine: dict[str, Any]) -> list[str]:
     return [k for k in keys if stored.get(k, missing) != mine.get(k, missing)]
 
 
-# ---------------------------------------------------------------------------------------------
-# A refusal in words: what this study was made with, and what this run would change.
-# ---------------------------------------------------------------------------------------------
+# -- A refusal in words: what this study was made with, and what this run would change --------
 
 # What the data words below describe: where the tokens come from, and whether the fallback replaced them.
 SOURCE_KEYS = (
@@ -123,8 +112,7 @@ def data_words(fp: dict[str, Any]) -> str:
 
 
 def _data_phrases(stored: dict[str, Any], mine: dict[str, Any], keys: list[str]) -> list[str]:
-    """The data in words, when its sources, tokenizer or fallback differ; when only the token-cache key does and no
-    other data setting, the files under the same settings changed. (Other data settings are said as settings.)"""
+    """The data in words when its sources, tokenizer or fallback differ; else changed files."""
     theirs, ours = data_words(stored), data_words(mine)
     if theirs != ours:
         return [f"this study was made {theirs}; this run would train {ours}"]
@@ -170,8 +158,7 @@ def _setting_phrase(key: str, theirs: Any, ours: Any) -> str:
 
 
 def explain(stored: dict[str, Any], mine: dict[str, Any]) -> list[str]:
-    """What differs between a study's fingerprint and this run's, in words: the data first, then the study's own
-    settings, then the trainer settings it does not search (the first of those says why they matter)."""
+    """What differs from the study's fingerprint, in words: data, then study settings, then trainer settings."""
     keys = differing(stored, mine)
     phrases = _data_phrases(stored, mine, keys)
     hidden = {derived for key in keys for derived in DERIVED.get(key, ())}

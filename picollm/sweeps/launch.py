@@ -1,19 +1,8 @@
 """Launching a sweep's workers as a Slurm job array (or local processes) through submitit.
 
-``python sweep.py launch --config FILE --workers N`` sends N copies of the same worker that
-``sweep.py run`` runs (:func:`picollm.sweeps.workers.run_worker`) as ONE submitit job array. The
-study's storage is the only coordination between them, so it must be a database server every
-node reaches (PostgreSQL): SQLite and journal files are refused.
-
-The storage URL (and its password) travels only through the environment (``PICOLLM_STORAGE``,
-which sbatch and submitit's local executor hand to every job); the pickled job, the job name, the
-sbatch script and the logs never hold it.
-
-Preemption and time limits lose nothing. submitit turns Slurm's advance signal (USR2) into a
-call of :meth:`SweepJob.checkpoint` and a requeue; SIGTERM (``scancel``, a preemption) ends the
-job. Either way the trial it was running stays RUNNING in the storage, its heartbeat stops, and
-the study fails it and re-queues it with the same parameters (Optuna's heartbeat and retry
-callback; a dead worker on the same host is noticed at once), so the study still ends with
+The workers coordinate only through the storage, so it must be a server every node reaches (PostgreSQL). The storage URL
+travels only in the environment (``PICOLLM_STORAGE``), never in a pickle, job name, script or log. A preempted or
+timed-out job leaves its trial RUNNING; the heartbeat stops and the study fails and re-queues it, so it still ends with
 exactly ``n_trials`` finished trials.
 """
 
@@ -103,9 +92,7 @@ def check_shared_storage(url: str) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Inside a job: device, signals, the worker.
-# ---------------------------------------------------------------------------------------------
+# -- Inside a job: device, signals, the worker ------------------------------------------------
 
 
 def no_gpu_here(local_rank: int, gpus_per_node: int) -> bool:
@@ -135,10 +122,7 @@ def _leave_trial_to_heartbeat(signum: int, _frame: Any) -> None:
 
 
 class SweepJob(submitit.helpers.Checkpointable):
-    """One array job: the same worker as ``sweep.py run``, on the storage named by the environment.
-
-    Pickled by submitit, so it holds the experiment but never the storage URL.
-    """
+    """One array job: the same worker as ``sweep.py run``; pickled by submitit, so it never holds the storage URL."""
 
     def __init__(
         self,
@@ -157,8 +141,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         run_worker(self.worker_spec(job_storage(), submitit.JobEnvironment().local_rank))
 
     def worker_spec(self, storage: str, local_rank: int) -> WorkerSpec:
-        """This task's worker: its own sampler seed, and its local rank, which picks ``cuda:<rank>``
-        (the worker records the device in every trial and run record)."""
+        """This task's worker: its own sampler seed and its local rank, which picks ``cuda:<rank>``."""
         exp = with_seed(self.exp, f"{socket.gethostname()}:{os.getpid()}")  # a requeued job draws anew
         if no_gpu_here(local_rank, self.gpus_per_node):
             exp = replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": "cpu"}})
@@ -171,12 +154,7 @@ class SweepJob(submitit.helpers.Checkpointable):
 
 
 class ConfirmJob:
-    """The confirmation stage (the experiment's ``confirm:`` block) as one job of the same launcher.
-
-    It re-trains the top configurations and the baseline where the trials ran, not on the machine that submitted
-    them (often a login node); inside the job the runs share its cores or GPUs as ``sweep.py confirm`` does. It
-    returns the summary lines; the confirmation files land in the study folder as with ``sweep.py run``.
-    """
+    """The confirmation as one job of the same launcher, so it runs where the trials ran; returns the summary lines."""
 
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
@@ -189,9 +167,7 @@ class ConfirmJob:
         return confirm_and_export(study, self.exp.confirm, self.exp.study.out_dir)
 
 
-# ---------------------------------------------------------------------------------------------
-# Submitting: executors by name, what to print, waiting.
-# ---------------------------------------------------------------------------------------------
+# -- Submitting: executors by name, what to print, waiting ------------------------------------
 
 
 @dataclass
@@ -333,11 +309,7 @@ def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list
 
 
 def confirm_stage(exp: Experiment, settings: LauncherSettings) -> list[str]:
-    """Submit the confirmation as one job (one task) with a worker's resources and wait for its summary lines.
-
-    Its end is seen as the workers' is (``squeue``: no Slurm accounting needed); a job that ended without a result
-    (time limit, ``scancel``, out of memory) is one line, not a wait forever.
-    """
+    """Submit the confirmation as one job and wait for its lines; a job that ends without a result is one line."""
     executor = make_executor(settings, jobs_folder(exp) / "confirm", f"{exp.study.name}-confirm", 1)
     executor.update_parameters(tasks_per_node=1)  # one process trains the runs; it shares its cores or GPUs out
     job = executor.submit(ConfirmJob(exp))

@@ -1,19 +1,8 @@
-"""Which running trials are dead, and what happens to them: failed, then retried at most ``max_retry`` times.
+"""Which running trials are dead: they are failed, then retried at most ``max_retry`` times.
 
-A resumed sweep re-queues, the same way, its failed baseline and the trials Ctrl-C stopped (:func:`requeue_stopped`).
-
-Three detectors, one outcome (FAIL, then Optuna's ``RetryHeartbeatStaleTrialCallback`` re-queues the same
-parameters unless the trial's retry history already holds ``max_retry`` entries):
-
-- RDB storages (SQLite, PostgreSQL): Optuna's own heartbeat. Each running trial beats every
-  ``heartbeat_interval`` seconds; one silent for ``grace_period`` is failed by ``fail_stale_trials``.
-- Journal files have no heartbeat in Optuna, so a running trial holds a *lease*: its worker writes the time
-  into the trial every ``heartbeat_interval`` seconds (:class:`Lease`), and a lease older than
-  ``grace_period`` is expired by any worker (:func:`fail_expired_leases`). This is what bounds the wait on a
-  trial whose host is gone when several machines share one journal file. The comparison uses wall clocks,
-  so the hosts' clocks must agree to well within ``grace_period`` (NTP does).
-- On any storage, a trial whose worker process on *this* host no longer exists is failed at once
-  (:func:`fail_dead_local_trials`), without waiting for the grace period.
+Database storages use Optuna's heartbeat; journal files a :class:`Lease` each worker renews; on any storage a trial
+whose worker on this host is gone fails at once (docs/reliability.md). A resumed sweep re-queues its failed baseline and
+Ctrl-C'd trials the same way.
 """
 
 from __future__ import annotations
@@ -69,9 +58,7 @@ def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool
 
 
 def retry(study: Any, trial: Any, max_retry: int) -> bool:
-    """Queue a failed trial again with its parameters, as Optuna's stale-trial callback does (capped by
-    ``max_retry``): the same path for a dead worker's trial, an interrupted one and a failed baseline. False when
-    its retry history is full (the callback queues nothing then)."""
+    """Re-queue a failed trial with its parameters, as Optuna's stale-trial callback does; False when out of retries."""
     if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= max_retry:
         return False
     RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(study, trial)
@@ -79,26 +66,20 @@ def retry(study: Any, trial: Any, max_retry: int) -> bool:
 
 
 def _failed_by_its_worker(trial: Any) -> bool:
-    """Failed by the worker that ran it (an error), which queues nothing. A lost worker's trial is failed and
-    re-queued at once by whoever noticed (this module, or Optuna's heartbeat, which leaves it 'running')."""
+    """Failed by the worker that ran it (an error), which queues nothing; a lost worker's trial is re-queued at once."""
     attrs = trial.user_attrs
     return attrs.get("value_kind") == "failed" and not str(attrs.get("fail_reason", "")).startswith(LOST_WORKER)
 
 
 def _rerun_on_resume(trial: Any) -> bool:
-    """Stopped by Ctrl-C (by its worker, or by a notebook's sweep() for a trial it had just started), or the
-    baseline, failed by its worker: its parameters are worth a run, and a study needs its baseline."""
+    """Stopped by Ctrl-C, or the baseline failed by its worker: its parameters are worth a run."""
     attrs = trial.user_attrs
     return attrs.get("fail_reason") == INTERRUPTED or (attrs.get("baseline", False) and _failed_by_its_worker(trial))
 
 
 def requeue_stopped(study: Any, max_retry: int) -> tuple[list[int], list[int]]:
-    """On resume: a failed baseline and the trials stopped by Ctrl-C run again with their parameters, through
-    :func:`retry` as a dead worker's trial does; returns (the trials re-queued, those whose retries are used up).
-
-    A trial is re-queued once: one that a later trial's retry history names is done. Run it under the study's setup
-    lock, so workers starting together do not both queue the same trial.
-    """
+    """On resume: re-queue a failed baseline and Ctrl-C'd trials once each; returns (re-queued, out of retries).
+    Run under the study's setup lock, so workers starting together do not both queue one."""
     trials = study.get_trials(deepcopy=False)
     done = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     queued: list[int] = []

@@ -1,15 +1,8 @@
-"""One trial: the config for a trial -> :func:`picollm.trainer.train` -> the value Optuna ranks.
+"""One trial: the trial's config -> :func:`picollm.trainer.train` -> the value Optuna ranks.
 
-One trial is one call of the same ``train()`` the CLI uses, with the trial's values set on the
-experiment's base config and a pruning hook that reports every periodic validation loss to Optuna
-(the step is the token count, so trials with other block sizes line up). The periodic loss and the
-ranked value (``study.metric``, by default ``final_val_loss``) are measured on the same fixed
-validation set (:func:`picollm.sweeps.settings.trial_base`).
-
-Each trial records, as Optuna user attributes, what the exporter and the report read:
-``metric``, ``value_stderr``, ``value_kind`` (``final`` | ``pruned-intermediate`` | ``failed``),
-``pruned_at_tokens``, ``run_dir``, ``run_id``, ``wandb_run_id``, ``tokens``, ``duration_s``,
-``fail_reason``, ``worker``, ``device`` and ``time_breakdown`` (seconds per phase, :mod:`picollm.timing`).
+A trial is one call of the CLI's ``train()`` with a pruning hook that reports each periodic validation loss at its token
+count (so block sizes line up), on the same fixed set as the ranked value. Each trial records as user attributes what
+the exporter and the report read (``metric``, ``value_stderr``, ``value_kind``, ``run_dir``, ``time_breakdown``, ...).
 """
 
 from __future__ import annotations
@@ -63,9 +56,7 @@ def trial_config(exp: Experiment, number: int, values: dict[str, Any], device: s
 
 
 def resumable(trial: optuna.Trial, cfg: Config) -> Any:
-    """Where a retried trial (its worker died, its Slurm job was requeued, Ctrl-C stopped it) goes on: the last
-    full-state checkpoint of the run its predecessor left (the retry inherits its attributes), when that run is
-    of the same config; None to start afresh."""
+    """The last full-state checkpoint of a retried trial's predecessor run of the same config; None to start afresh."""
     from picollm import checkpoint
     from picollm.trainer import Start
 
@@ -148,9 +139,7 @@ class Objective:
         return value
 
     def stop(self, trial: optuna.Trial, reason: str) -> None:
-        """End this worker's ``study.optimize`` after this trial (Optuna lets an objective call ``study.stop``); the
-        worker loop then raises :class:`AbortSweep` with ``reason``. Decided here rather than in a callback, which
-        would re-read every finished trial from the storage."""
+        """End this worker's ``study.optimize`` after this trial, then raise :class:`AbortSweep` with ``reason``."""
         self.abort = reason
         trial.study.stop()
 
@@ -224,10 +213,7 @@ class Objective:
         return report
 
     def value(self, trial: optuna.Trial, summary: dict[str, Any], outcome: dict[str, Any]) -> float:
-        """The ranked value of a finished run, or TrialPruned carrying what the pruner saw last.
-
-        ``outcome`` (duration, tokens, status) is written with the value's own attributes: one storage write.
-        """
+        """The ranked value of a finished run, or TrialPruned with what the pruner saw last; one storage write."""
         if trial.number in self.taken_over:
             raise TakenOver(f"trial {trial.number} was marked failed by another worker")
         metric = self.exp.study.metric

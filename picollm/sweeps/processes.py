@@ -1,6 +1,4 @@
-"""Worker processes: started from a forkserver that has imported the trainer once, told apart by rank, and
-stopped cleanly on Ctrl-C, SIGTERM or an error. Used by the sweep's workers and by the confirmation's pool.
-"""
+"""Worker processes: forked from a forkserver that imported the trainer once, ranked, and stopped cleanly."""
 
 from __future__ import annotations
 
@@ -26,12 +24,8 @@ def _ignore(signum: int, frame: Any) -> None:
 def interrupts_as_keyboard(restore: bool = True) -> Iterator[None]:
     """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored while the run closes.
 
-    Later signals reach the same Python handler, which returns. Switching to ``SIG_IGN`` (or back to ``SIG_DFL``)
-    while a signal is pending would make Python print ``OSError: Signal 15 ignored due to race condition`` with a
-    traceback: a signal is caught at once but handled between bytecodes, and a terminal's Ctrl-C reaches a sweep
-    worker twice (SIGINT from the terminal, SIGTERM from the coordinator), often within one torch call.
-    ``restore=False`` is for a process that ends after the block: it keeps ignoring both signals to its end, so a
-    late one neither races nor raises KeyboardInterrupt in its exit handlers.
+    Later signals reach a handler that returns: switching to ``SIG_IGN`` with a signal pending prints
+    ``OSError: Signal 15 ignored due to race condition``. ``restore=False`` keeps ignoring both to the process's end.
     """
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     interrupted = False
@@ -57,11 +51,7 @@ def interrupts_as_keyboard(restore: bool = True) -> Iterator[None]:
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Inside :func:`interrupts_as_keyboard`: an interrupt during the block raises KeyboardInterrupt at its end.
-
-    Starting a worker must not be cut between the fork and this process's record of it: the worker would never be
-    stopped, and it never saw the Ctrl-C, which came before it existed.
-    """
+    """Inside :func:`interrupts_as_keyboard`: an interrupt in the block is raised at its end (starts get recorded)."""
     _HELD.append(False)
     try:
         yield
@@ -74,11 +64,7 @@ def interrupts_held() -> Iterator[None]:
 def stop_workers(
     procs: list[Any], grace_s: float = STOP_GRACE_S, sig: int = signal.SIGTERM, every_s: float | None = None
 ) -> None:
-    """``sig`` to every live process, then kill what is left after ``grace_s``.
-
-    Sent once by default (a sweep worker ignores a second signal while it stops); with ``every_s``, sent again at
-    that interval to the processes still alive, for a pool whose worker may only just be starting an item.
-    """
+    """``sig`` to every live process (again every ``every_s`` when given), then kill what is left after ``grace_s``."""
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and (alive := [proc for proc in procs if proc.is_alive()]):
         for proc in alive:
@@ -93,18 +79,12 @@ def stop_workers(
             proc.join()
 
 
-# What every worker imports, once for all of them: torch, the trainer, Optuna, and torch._dynamo, which torch's
-# optimisers import on their first step (about 1.5 s a process otherwise).
+# Imported once in the forkserver for every worker (torch._dynamo: torch's optimisers import it on their first step).
 WORKER_PRELOAD = ["picollm.sweeps.objective", "picollm.trainer", "torch._dynamo"]
 
 
 def worker_context() -> Any:
-    """Worker processes forked from a forkserver that has imported :data:`WORKER_PRELOAD`.
-
-    The forkserver is a fresh process that only imports, so forking it is safe (no torch thread pool has
-    started, which is why workers are never forked from the sweep's own process); each worker then starts in
-    milliseconds instead of re-importing torch, and the import is paid once per sweep, not once per worker.
-    """
+    """Workers forked from a forkserver that only imported :data:`WORKER_PRELOAD` (no torch threads yet)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")
@@ -114,13 +94,7 @@ def worker_context() -> Any:
 
 
 def _start_forkserver() -> None:
-    """Start the forkserver (if it is not running) with SIGINT blocked, which it keeps for life.
-
-    It shares the terminal, and it imports for seconds before it ignores Ctrl-C itself: a Ctrl-C then would end it
-    with a KeyboardInterrupt traceback. Its workers unblock SIGINT (:func:`adopt`); this process unblocks it at
-    once, so a Ctrl-C meanwhile is delivered here then, not lost. (Python starts its resource tracker the same way,
-    and unblocks SIGINT after: so the tracker first.)
-    """
+    """Start the forkserver with SIGINT blocked for life (a Ctrl-C as it imports: no traceback); workers unblock it."""
     from multiprocessing import forkserver, resource_tracker
 
     resource_tracker.ensure_running()
@@ -135,8 +109,7 @@ _POOL_RANK = [0]  # in a worker of `in_processes`: which of the pool's workers t
 
 
 def adopt(environ: dict[str, str] | None) -> None:
-    """A worker's start: Ctrl-C reaches it again (the forkserver blocks SIGINT), and it takes ``environ``, the
-    starting process's environment, when given."""
+    """A worker's start: Ctrl-C reaches it again, and it takes ``environ`` (the starting process's) when given."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if environ is not None:
         os.environ.clear()
@@ -163,10 +136,8 @@ def pool_rank() -> int:
 def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> Iterator[Any]:
     """``fn(item)`` for every item, in ``parallel`` worker processes (yielded as they finish) or in this one.
 
-    An executor, not a Pool: a Pool terminates its workers with SIGTERM on exit, which a sweep worker takes for
-    Ctrl-C. Each worker knows its rank (:func:`pool_rank`) and starts with this process's environment. If the
-    consumer stops early (Ctrl-C, SIGTERM, an error), the queued items are cancelled and the running ones get
-    SIGINT, which a run takes as Ctrl-C: it closes its record as interrupted and the pool ends within seconds.
+    An executor, not a Pool, whose SIGTERM on exit a sweep worker takes for Ctrl-C. If the consumer stops early, running
+    items get SIGINT and close their records as interrupted.
     """
     if parallel <= 1 or len(items) <= 1:
         yield from map(fn, items)

@@ -1,8 +1,4 @@
-"""Samplers and pruners by name: the registries a study's ``sampler:`` and ``pruner:`` keys look up.
-
-Construction errors (unknown name, bad option, missing package) become one :class:`ConfigError` line,
-so a typo in an experiment file stops the sweep before any trial.
-"""
+"""Samplers and pruners by name; a bad name, option or missing package is one :class:`ConfigError` line."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""What a sweep prints: one line per trial, a progress bar, and the best trial against the baseline.
-
-Only COMPLETE trials are ranked: a pruned trial's value is its last intermediate validation loss (shown
-as such), never compared with a finished trial's final value.
-"""
+"""What a sweep prints: trial lines, a progress bar, the best COMPLETE trial against the baseline."""
 
 from __future__ import annotations
 

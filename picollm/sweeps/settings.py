@@ -1,9 +1,4 @@
-"""The experiment: a base trainer config, a search space and the study's settings.
-
-Owns parsing and validating the ``study:`` block (:class:`StudySettings`), reading an experiment file with
-its ``--set`` overrides (:func:`load_experiment`), and the sweep's own settings on top of the trainer
-config (:func:`trial_base`: token budget, the one fixed validation set, report cadence, grouping).
-"""
+"""The experiment: a base trainer config, a search space and the study's ``study:`` and ``confirm:`` settings."""
 
 from __future__ import annotations
 
@@ -18,8 +13,7 @@ from picollm.errors import ConfigError
 from picollm.search import Param, baseline_params, parse_space
 from picollm.sweeps.registry import make_pruner, make_sampler
 
-# The value that ranks trials, from the run's summary.json. Both are measured on the study's one fixed
-# validation set (see trial_base), the same tokens the pruner sees every report.
+# The value that ranks trials, from summary.json, measured on the study's one fixed validation set.
 METRICS = {
     "final_val_loss": "validation loss at the end of the trial's budget (the default)",
     "best_val_loss": "lowest validation loss over the trial's epoch ends (a min over noisy values: biased low)",
@@ -132,13 +126,11 @@ def aims_beyond_budget(s: StudySettings) -> bool:
 
 
 def target_of(s: StudySettings) -> int | None:
-    """The budget the study's answer is for: ``target_tokens``, else ``budget_tokens``."""
     return s.target_tokens or s.budget_tokens
 
 
 def rungs(s: StudySettings) -> list[int]:
-    """The budgets below the target at which a trial is scored by a decay branched from its stable phase: the
-    cheap budget times the pruner's ``reduction_factor`` (3) to the power 0, 1, 2, ..."""
+    """Budgets below the target where a trial is scored by a branched decay: the cheap budget times 3**0, 3**1, ..."""
     if not aims_beyond_budget(s):
         return []
     factor = int(s.pruner_options.get("reduction_factor", 3))
@@ -149,9 +141,7 @@ def rungs(s: StudySettings) -> list[int]:
     return budgets
 
 
-# ---------------------------------------------------------------------------------------------
-# The `confirm:` block of an experiment file, or --top/--seeds on the command line.
-# ---------------------------------------------------------------------------------------------
+# -- The `confirm:` block of an experiment file, or --top/--seeds on the command line ---------
 
 
 @dataclass
@@ -202,8 +192,7 @@ class Experiment:
 
     @functools.cached_property
     def space(self) -> list[Param]:
-        """Parsed once per object (every trial reads it; parsing validates each choice as a config); ``replace()``
-        makes a new object, so a changed base or search is parsed anew."""
+        """Parsed once per object (parsing validates each choice); ``replace()`` makes a new object, parsed anew."""
         return parse_space(self.search, self.base)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -214,12 +203,10 @@ class Experiment:
 def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
     """The sweep's own settings on top of the trainer config.
 
-    - the token budget, so block sizes compete at equal training tokens; with ``target_tokens`` above it, a
-      WSD run to the target scored at every rung by a decay branched from its stable phase (``train.anneal_at``), so
-      the pruner always compares annealed models at equal tokens and a promoted trial goes on from where it is;
-    - ONE fixed validation set for the objective and the pruner: ``data.val_tokens`` tokens (or, when unset,
-      ``train.eval_tokens``), and the periodic evaluation uses exactly that set, so the values the pruner
-      compares and the value that ranks a finished trial are measured on the same tokens;
+    - the token budget, so block sizes compete at equal tokens; with ``target_tokens`` above it, a WSD run to the
+      target scored at every rung by a branched decay, so the pruner compares annealed models at equal tokens;
+    - ONE fixed validation set (``data.val_tokens``, else ``train.eval_tokens``) for the periodic evaluation and the
+      ranked value, so pruner and ranking see the same tokens;
     - the report cadence and the W&B grouping.
     """
     raw = copy.deepcopy(trainer)
@@ -250,10 +237,7 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
 
 
 def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:
-    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (a whole entry, new or not).
-
-    Search keys are dotted config keys themselves, so the longest existing key wins.
-    """
+    """``search.optim.lr.low=1e-4`` (one field) or ``search.optim.lr={...}`` (an entry); the longest key wins."""
     path, value = parse_override(item)
     dotted = ".".join(path[1:])
     out = copy.deepcopy(search)

@@ -1,14 +1,8 @@
 """Opening a study: storage, sampler and pruner, the stored search space and fingerprint, the exact total.
 
-A study is resumable by construction: ``n_trials`` is its total of finished (complete or pruned) trials,
-so opening it again and running continues until that total is reached.
-
-The total is exact, also with many workers on many machines. A check made after each trial (Optuna's
-``MaxTrialsCallback``) lets two workers both start "the last" trial between their checks, so
-:class:`CappedStudy` counts where trials are born: its ``ask`` holds a lock every worker of the storage
-shares (:func:`picollm.storage.claim_lock`) while it counts finished and running trials and creates (or
-dequeues) the next one. A trial beyond the total is therefore never created, so it is never recorded as
-failed either, and a worker whose ``ask`` finds the total taken stops starting trials.
+``n_trials`` is the total of finished trials, so opening a study again resumes it. A check after each trial would let
+two workers both start "the last" one, so :class:`CappedStudy` counts in ``ask``, under a lock every worker of the
+storage shares (:func:`picollm.storage.claim_lock`): a trial beyond the total is never created.
 """
 
 from __future__ import annotations
@@ -42,12 +36,8 @@ class StudyFull(Exception):
 class CappedStudy(optuna.Study):
     """An Optuna study whose ``ask`` never starts a trial beyond ``total`` (finished + running).
 
-    ``ask`` is the one hook: ``study.optimize`` starts every trial through it, so counting and starting under
-    one lock keeps the total exact. The objective checks that each trial it gets came from here
-    (:meth:`started_here`), so an Optuna whose ``optimize`` stops calling ``ask`` stops the sweep with one line
-    instead of overshooting; ``tests/test_sweep.py::test_a_full_study_starts_no_trial`` fails on such an Optuna.
-    ``storage`` is the storage as opened (the study holds Optuna's cached wrapper of it); the harness writes the
-    trials it fails through it.
+    ``study.optimize`` starts every trial through ``ask``, so counting and starting under one lock keeps the total
+    exact; the objective refuses a trial not started here (:meth:`started_here`).
     """
 
     def __init__(self, *, total: int, storage_url: str, storage: Any, **kwargs: Any) -> None:
@@ -122,14 +112,12 @@ def _opening(exp: Experiment, storage_url: str, step: Callable[[], Any]) -> Any:
 
 
 def reach_storage(exp: Experiment, storage_url: str) -> Any:
-    """The storage, opened (its database made where it is a new file) without creating the study: a bad URL or an
-    unreachable server is one line before anything else is done."""
+    """The storage, opened without creating the study: a bad URL or server is one line before anything else."""
     return _opening(exp, storage_url, lambda: _storage(exp, storage_url, create=True))
 
 
 def stored_question(storage: Any, exp: Experiment, storage_url: str) -> None:
-    """Refuse a run that the study of this name, if it exists, does not answer (its space, its fingerprint), without
-    creating or writing anything."""
+    """Refuse a run that the existing study of this name does not answer, without creating or writing anything."""
     try:
         study_id = storage.get_study_id_from_name(exp.study.name)
     except KeyError:
@@ -140,10 +128,7 @@ def stored_question(storage: Any, exp: Experiment, storage_url: str) -> None:
 
 
 def open_study(exp: Experiment, storage_url: str, create: bool, storage: Any = None) -> CappedStudy:
-    """Create or load the study; refuse one whose search space or fingerprint differs (one line each).
-
-    ``storage`` is the storage opened already (:func:`reach_storage`).
-    """
+    """Create or load the study; refuse one whose search space or fingerprint differs (one line each)."""
     study = _opening(exp, storage_url, lambda: _load(exp, storage_url, create, storage))
     if create:  # peers starting together: one records the question, the others check against it
         with claim_lock(storage_url, f"setup-{exp.study.name}"):
@@ -179,8 +164,7 @@ TRAINED_BASE = "trained_base"  # study user attribute: the base config as the tr
 
 
 def trained_base(study: Any) -> dict[str, Any]:
-    """The base config the study's trials trained with, the offline fallback applied where it was; ``best.yaml``
-    and the confirmation start from it. A study made before it was recorded has only the base as written."""
+    """The base config the trials trained with (fallback applied): ``best.yaml`` and confirmations start there."""
     return study.user_attrs.get(TRAINED_BASE) or study.user_attrs["base"]
 
 
@@ -197,12 +181,9 @@ def enqueue_baseline(study: Any, exp: Experiment) -> None:
 
 
 def sampler_seed(seed: int, salt: str | None) -> int:
-    """The sampler seed of one worker process: the study's own when ``salt`` is None, else one derived from it.
+    """A worker's sampler seed: the study's own when ``salt`` is None (the first worker of a new study), else derived.
 
-    Every process builds its own sampler; with one shared seed, workers started together, a resumed sweep and a
-    requeued job would all draw the same parameters in the same order (seen: a two-worker main job trained two
-    configurations twice each). So only the first worker of a new study keeps the seed, which keeps a one-worker
-    sweep reproducible; every other gets ``salt`` (its rank, the trials already started, a host and pid).
+    With one shared seed, workers started together or resumed would all draw the same parameters.
     """
     if salt is None:
         return seed
@@ -225,9 +206,7 @@ def finished(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-# ---------------------------------------------------------------------------------------------
-# Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API.
-# ---------------------------------------------------------------------------------------------
+# -- Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API ------
 
 
 @dataclass

@@ -1,16 +1,9 @@
 """Workers and the coordinator: the trial loop on ``study.optimize``, worker processes, devices and signals.
 
-A worker is one ``study.optimize`` loop over a :class:`~picollm.sweeps.studies.CappedStudy`, which never starts a
-trial beyond the total of ``n_trials`` complete or pruned ones; the loop ends when that total is reached.
-When every remaining trial is running elsewhere the worker waits, failing trials whose worker is gone
-(:mod:`picollm.sweeps.liveness`), so the wait is bounded by ``grace_period``.
-
-:func:`run_sweep` is the coordinator: it checks the storage, the data and the base config before the study
-exists (:func:`prepare`: a mistake is one line, not a study of failed trials), starts ``--workers`` processes
-(worker ``rank`` on ``cuda:{rank % device_count}``), shows progress, and exports the study when they stop. The
-first SIGINT or SIGTERM interrupts: the running trial is failed with reason ``interrupted`` and its run record
-closed; the coordinator forwards SIGTERM to its workers, gives them ``processes.STOP_GRACE_S`` seconds, kills what
-is left, then exports. Resuming runs those trials again (:func:`picollm.sweeps.liveness.requeue_stopped`).
+A worker loops over a :class:`~picollm.sweeps.studies.CappedStudy` until the total is reached, failing dead trials
+(:mod:`picollm.sweeps.liveness`) while it waits. :func:`run_sweep` checks everything before the study exists
+(:func:`prepare`), starts the workers, shows progress and exports. The first SIGINT or SIGTERM fails the running trials
+as ``interrupted``; resuming runs them again.
 """
 
 from __future__ import annotations
@@ -86,11 +79,7 @@ def _say_interrupted(study: Any, objective: Objective, show: Callable[[str], Non
 
 
 def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, deadline: float) -> bool:
-    """One ``study.optimize`` call; False when this worker has nothing left to start right now.
-
-    No callback runs unless trials are shown: Optuna re-reads each finished trial for its callbacks, and the stop
-    rules live in the objective (the study's cap stops the loop at the total).
-    """
+    """One ``study.optimize`` call; False when this worker has nothing left to start right now."""
     callbacks = None if show is None else [show]
     objective.current = None
     try:
@@ -106,12 +95,7 @@ def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, dea
 
 
 def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any = None) -> None:
-    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C.
-
-    A trial takes tens of seconds: the tracker prints a line about it every few seconds, so a terminal is never
-    silent for a whole trial. ``study`` is the spec's study opened already (the workers-scale bench times the
-    opening apart); by default it is opened here.
-    """
+    """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
     s = spec.exp.study
     tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False) if study is None else study
@@ -147,11 +131,7 @@ def _progress_line(line: str) -> None:
 
 
 def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> None:
-    """Entry point of a worker process: errors become one line and an exit code.
-
-    ``environ`` is the sweep's environment at the worker's start: the forkserver it is forked from keeps the one
-    it was started with, which in a notebook may be older (``WANDB_MODE`` set since, say).
-    """
+    """A worker process: errors become one line and an exit code; ``environ`` is the sweep's current environment."""
     with interrupts_as_keyboard(restore=False):  # the process ends after it
         try:
             adopt(environ)  # after the handler: it unblocks a Ctrl-C that came while the worker was forked
@@ -218,10 +198,7 @@ def _data_error(exc: OSError) -> DataError:
 
 
 def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
-    """What every trial would hit, found before the study exists: the base config's device (when the trials run on
-    this machine's devices), its data (loaded: the token cache it builds is the one the trials read), one training
-    window of its model, and the folders the sweep writes (study.out_dir, tracking.out_dir). Each a
-    :class:`PicoError`: one line."""
+    """What every trial would hit, each a one-line :class:`PicoError`: device, data, one training window, folders."""
     import torch
 
     from picollm.data import load_token_data, window_starts
@@ -262,13 +239,7 @@ def _requeue(study: Any, exp: Experiment) -> None:
 
 
 def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tuple[Experiment, Any]:
-    """Check everything before the study exists, then create or resume it.
-
-    The storage first (reached, nothing created in it: a bad URL costs nothing), then the data identity, checked
-    against the study of this name if there is one, then what the trials would hit (:func:`check_trainable`); only
-    then the study, its question, its baseline, and on resume its failed baseline and interrupted trials re-queued.
-    ``devices_here=False``: the trials run on other machines' devices (``launch``), so this one's are not checked.
-    """
+    """Check everything before the study exists (storage, data identity, :func:`check_trainable`), then open it."""
     storage = reach_storage(exp, storage_url)
     exp = _identity(exp)
     stored_question(storage, exp, storage_url)
@@ -306,11 +277,7 @@ def _work(
 
 
 def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
-    """Run (or resume) the study to ``n_trials`` finished trials, then export it.
-
-    ``workers`` processes split this machine's cores (:func:`picollm.sweeps.layout.choose_layout`); the CLI's
-    default is that function's choice of workers.
-    """
+    """Run (or resume) the study to ``n_trials`` finished trials in ``workers`` processes, then export it."""
     exp, study = prepare(exp, storage_url)
     s = exp.study
     layout = choose_layout(workers)
