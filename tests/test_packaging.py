@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,13 @@ def test_the_built_wheel_installs_the_package_and_its_commands(tmp_path: Path) -
         assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-2000:]
         return proc
 
+    # Built from a copy of what the wheel is made of: setuptools leaves build/ and *.egg-info beside its source.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "picollm", source / "picollm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "requirements.txt", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    run(*pip, "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path / "wheel"), cwd=ROOT)
+    run(*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel"), cwd=source)
     (wheel,) = (tmp_path / "wheel").glob("picollm-*.whl")
     site = tmp_path / "site"
     run(*pip, "install", "--no-deps", "--target", str(site), str(wheel))  # the dependencies are this venv's
