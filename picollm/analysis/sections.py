@@ -20,11 +20,12 @@ from picollm.analysis.figures import (
 )
 from picollm.analysis.noise import analyze_noise, overall_verdict
 from picollm.analysis.records import RunHistory, unrecorded_trials
-from picollm.analysis.report import Figure, Section, Table, cell
+from picollm.analysis.report import Figure, Section, Table
 from picollm.analysis.smoothing import WINDOWS, window_analysis, window_verdict
 from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysis
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
+from picollm.sweeps.settings import budget_words
 
 MIN_STEPS_FOR_NOISE = 8
 MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words
@@ -61,7 +62,8 @@ def study_section(study: Any, counts_lines: list[str]) -> Section:
     text = [
         f"Minimise `{s.get('metric', 'best_val_loss')}` (nats per token) over {s.get('n_trials', '?')} trials; "
         f"sampler `{s.get('sampler', '?')}`, pruner `{s.get('pruner', '?')}`, "
-        f"{cell(s.get('budget_tokens'))} training tokens per trial, {s.get('reports', '?')} reports to the pruner.",
+        f"{budget_words(s.get('budget_tokens'), s.get('target_tokens'))}, {s.get('reports', '?')} reports to the "
+        "pruner.",
         *counts_lines,
     ]
     space = Table(

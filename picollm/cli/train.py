@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set data.tinystories=path/to/tinystories\n"
         "  python -m picollm.train --input_files 3seqs.txt --tinystories_weight 0.0 --block_size 32 "
         '--prompt "0 1 2 3 4"\n'
+        "  python -m picollm.train --resume results/runs/<run_id>\n"
+        "  python -m picollm.train --config experiments/quick.yaml --set optim.schedule=wsd\n"
+        "  python -m picollm.train --extend-to 600000 results/runs/<run_id>   (a finished wsd run)\n"
         "values after '=' are read as YAML: 3e-4, true, null, [a.txt, b.txt]. The command line always "
         "wins over the file. With train.threads unset, a CPU run uses one thread (picollm.threads).",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -129,6 +129,15 @@ def target_of(s: StudySettings) -> int | None:
     return s.target_tokens or s.budget_tokens
 
 
+def budget_words(budget_tokens: int | None, target_tokens: int | None) -> str:
+    """A study's per-trial budget as its output and report say it."""
+    if not budget_tokens:
+        return "no token budget per trial"
+    if target_tokens and target_tokens > budget_tokens:
+        return f"{budget_tokens:,} to {target_tokens:,} training tokens per trial (rungs scored by branched decays)"
+    return f"{budget_tokens:,} training tokens per trial"
+
+
 def rungs(s: StudySettings) -> list[int]:
     """Budgets below the target where a trial is scored by a branched decay: the cheap budget times 3**0, 3**1, ..."""
     if not aims_beyond_budget(s):

@@ -32,7 +32,7 @@ from picollm.sweeps.liveness import fail_stale, requeue_stopped
 from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
-from picollm.sweeps.settings import Experiment
+from picollm.sweeps.settings import Experiment, budget_words
 from picollm.sweeps.studies import (
     StudyFull,
     enqueue_baseline,
@@ -283,8 +283,8 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
     layout = choose_layout(workers)
     print(
         f"study {s.name!r} in {mask_url(storage_url)}: {finished(study)}/{s.n_trials} trials finished; "
-        f"objective {s.metric}; sampler {s.sampler}, pruner {s.pruner}, {s.budget_tokens or 'no'} tokens per "
-        f"trial, {workers} worker(s) x {layout[1]} thread(s)",
+        f"objective {s.metric}; sampler {s.sampler}, pruner {s.pruner}, "
+        f"{budget_words(s.budget_tokens, s.target_tokens)}, {workers} worker(s) x {layout[1]} thread(s)",
         flush=True,
     )
     progress = Progress(study, s.n_trials)
