@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from picollm.config import load_config
-from picollm.data import CompactTokenizer
+from picollm.data import CompactTokenizer, cache_key
 from picollm.errors import DataError
 from picollm.fileio import atomic_torch_save
 from picollm.models import build_model
@@ -72,13 +74,29 @@ def _comparable(cfg_dict: dict[str, Any], same_budget: bool) -> dict[str, Any]:
     return out
 
 
-def save_state(run_dir: Path, state: dict[str, Any], cfg: Any, stable: bool = False) -> Path:
-    """Write a full-state checkpoint atomically (a kill mid-write leaves the previous ones whole)."""
+@functools.cache
+def code_version() -> str:
+    """picollm's version and a hash of its source: a run continues bit for bit only under the code that began it."""
     from picollm import __version__
 
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def save_state(run_dir: Path, state: dict[str, Any], cfg: Any, stable: bool = False) -> Path:
+    """Write a full-state checkpoint atomically (a kill mid-write leaves the previous ones whole)."""
     name = STABLE if stable else f"step-{state['step']:09d}.pt"
     path = Path(run_dir) / STATES / name
-    payload = {"format": STATE_FORMAT, "picollm": __version__, "config": cfg.to_dict(), **state}
+    payload = {
+        "format": STATE_FORMAT,
+        "picollm": code_version(),
+        "data_key": cache_key(cfg.data),
+        "config": cfg.to_dict(),
+        **state,
+    }
     atomic_torch_save(payload, path)
     return path
 
@@ -131,11 +149,11 @@ def _load(path: Path) -> dict[str, Any]:
 def load_state(path: Path, cfg: Any, same_budget: bool) -> dict[str, Any]:
     """A checkpoint's state, refused in one line when it is another picollm's, another model type's or another config's
     (``same_budget=False`` allows another ``train.max_tokens``)."""
-    from picollm import __version__
-
     state = _load(path)
-    if state["picollm"] != __version__:
-        raise DataError(f"{path}: written by picollm {state['picollm']}, this is {__version__}: start the run again")
+    if state["picollm"] != code_version():
+        raise DataError(f"{path}: written by picollm {state['picollm']}, this is {code_version()}: start the run again")
+    if state["data_key"] != cache_key(cfg.data):
+        raise DataError(f"{path}: the run's data changed since it was written (its token cache key differs)")
     saved, now = state["config"], cfg.to_dict()
     if saved["model"]["type"] != now["model"]["type"]:
         raise DataError(

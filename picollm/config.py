@@ -69,7 +69,7 @@ class TrainConfig:
     sample_tokens: int = 40
     prompt: str = "Once upon a time"
     progress: bool = True
-    checkpoint_every_tokens: int | None = None  # full-state checkpoints for --resume (null: at epoch ends only)
+    checkpoint_every_tokens: int | None = None  # full-state checkpoints for --resume (null: a tenth of the run)
     keep_checkpoints: int = 2  # the latest full-state checkpoints kept (a WSD run also keeps its stable-phase end)
     anneal_at: list[int] = field(default_factory=list)  # wsd: budgets (tokens) scored by a decay branched there
 

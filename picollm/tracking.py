@@ -282,14 +282,16 @@ class WandbSink:
                 stacklevel=3,
             )
 
-    def _with_best(self, row: dict[str, Any]) -> dict[str, Any]:
-        """``row`` plus ``best/<key>``, the lowest value so far, for each validation loss it holds."""
-        best = {}
+    def note_best(self, row: dict[str, Any]) -> None:
+        """Keep the lowest value so far of each validation loss ``row`` holds."""
         for key in BEST_OF:
             if row.get(key) is not None:
                 self._best[key] = min(row[key], self._best.get(key, math.inf))
-                best[f"best/{key}"] = self._best[key]
-        return row | best
+
+    def _with_best(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` plus ``best/<key>``, the lowest value so far, for each validation loss it holds."""
+        self.note_best(row)
+        return row | {f"best/{key}": self._best[key] for key in BEST_OF if row.get(key) is not None}
 
     def log(self, row: dict[str, Any]) -> None:
         self._warn_once()
@@ -397,6 +399,7 @@ class Tracker:
         resumed = {k: tracker.meta[k] for k in ("started", "argv", "git_commit", "host") if k in tracker.meta}
         first.setdefault("resumes", []).append({**resumed, "at_step": extra.get("resumed_at_step")})
         tracker.update_meta(**first)
+        tracker.seed_best()
         return tracker
 
     def copy_rows(self, source: Path, rows: dict[str, int]) -> None:
@@ -406,6 +409,14 @@ class Tracker:
             keep_first_lines(source / name, self.run_dir / name, rows.get(name, 0))
         self.local = JsonlSink(self.run_dir)
         self.sinks[0] = self.local
+        self.seed_best()
+
+    def seed_best(self) -> None:
+        """W&B's ``best/<key>`` curves go on from the lowest value the kept rows hold, not from the resumed step."""
+        if self.wandb is None or not (self.run_dir / "metrics.jsonl").is_file():
+            return
+        for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
+            self.wandb.note_best(json.loads(line))
 
     def record_lengths(self) -> dict[str, int]:
         """Rows written so far per file: a checkpoint keeps them, so a resumed run drops what came after."""

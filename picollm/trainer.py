@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 import math
 import sys
 import time
@@ -265,8 +266,13 @@ def evaluate_periodic(run: Run, mark: int) -> None:
     run.last_step = run.step
     row = {"tokens": run.tokens, "val/loss": run.last.loss, "val/loss_stderr": run.last.stderr}
     run.tracker.log({"step": run.step, "epoch": run.epoch, **row})
-    if run.on_eval is not None:
+    if run.on_eval is None:
+        return
+    try:
         run.on_eval(mark, run.last.loss)
+    except StopRun as stop:
+        if stop.status != "pruned" or not out_of_budget(run):
+            raise  # once the budget is spent, pruning would only throw the finished run away: it completes
 
 
 def end_epoch(run: Run, losses: list[float]) -> None:
@@ -420,6 +426,7 @@ def training_state(run: Run) -> dict[str, Any]:
         "last_epoch_train": run.last_epoch_train,
         "anneal_tokens": run.anneal_tokens,
         "records": run.tracker.record_lengths(),
+        "wall_s": time.perf_counter() - run.started,
     }
 
 
@@ -434,6 +441,7 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
     run.annealed = {int(b): _estimate(e) for b, e in state["annealed"].items()}
     run.last_epoch_train = state["last_epoch_train"]
     run.anneal_tokens = state["anneal_tokens"]
+    run.started -= state["wall_s"]  # wall_time_s and tokens_per_s count the time that led up to the checkpoint
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -536,6 +544,7 @@ class Start:
     state: dict[str, Any]
     source: Path
     run_dir: Path | None = None
+    label: str = "extended_from"  # the meta.json key naming ``source`` in a new record
 
 
 def train(
@@ -597,7 +606,8 @@ def _open_record(cfg: Config, run_id: str | None, meta: dict[str, Any], start: S
     rows = start.state["records"]
     if start.run_dir is not None:
         return Tracker.reopen(cfg, start.run_dir, rows, extra={**meta, "resumed_at_step": start.state["step"]})
-    tracker = Tracker(cfg, run_id or new_run_id(), extra={**meta, "extended_from": str(start.source)})
+    extra = {**meta, start.label: str(start.source), "resumed_at_step": start.state["step"]}
+    tracker = Tracker(cfg, run_id or new_run_id(), extra=extra)
     tracker.copy_rows(start.source, rows)
     return tracker
 
@@ -607,9 +617,18 @@ def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Continue a killed run from its latest full-state checkpoint, in its own record, with the same losses."""
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
+    if _recorded_status(run_dir) == "finished":
+        raise ConfigError(f"{run_dir}: the run finished; --extend-to TOKENS trains a wsd run further")
     path = checkpoint.latest_state(run_dir)
     state = checkpoint.load_state(path, cfg, same_budget=True)
     return train(cfg, run_id=run_dir.name, start=Start(state, run_dir, run_dir), **kwargs)
+
+
+def _recorded_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None  # killed before the record closed
 
 
 def extend(run_dir: str | Path, tokens: int, **kwargs: Any) -> dict[str, Any]:

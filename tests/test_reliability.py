@@ -120,6 +120,10 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
     path = slow_experiment(tmp_path)
     first = start_sweep(path, storage, "--study-name", name)
     killed = wait_for_running_trial(first, path, storage, name)
+    killed_dir = Path(killed.user_attrs["run_dir"])
+    deadline = time.time() + 120
+    while not list((killed_dir / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.communicate()
     study = resume(path, storage, name)
@@ -128,6 +132,10 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
     assert study.trials[killed.number].state == TrialState.FAIL
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
+    # The retry went on from the killed run's last checkpoint, in a record of its own.
+    meta = json.loads((Path(retry[0].user_attrs["run_dir"]) / "meta.json").read_text())
+    assert meta["resumed_from"] == str(killed_dir) and meta["resumed_at_step"] > 0
+    assert not (killed_dir / "summary.json").exists()
     finished_before = [t for t in study.trials if t.number < killed.number]
     assert all(t.state == TrialState.COMPLETE and t.value is not None for t in finished_before)
 

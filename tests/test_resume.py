@@ -209,6 +209,23 @@ def test_a_resumed_run_goes_on_in_the_same_offline_wandb_run(tmp_path: Path) -> 
     assert read_run_info(files[-1]).get("exit_code") == 0
 
 
+def test_a_reopened_records_best_curve_goes_on_from_its_kept_rows(tmp_path: Path) -> None:
+    from picollm.tracking import Tracker
+    from picollm.wandb_offline import read_history
+
+    cfg = load_config(None, small(tmp_path, "tracking.wandb=offline"))
+    first = Tracker(cfg, "r", extra={})
+    for step, loss in ((1, 2.0), (2, 3.0)):
+        first.log({"step": step, "epoch": 1, "val/loss": loss})
+    first.finish({"status": "interrupted"})
+    again = Tracker.reopen(cfg, first.run_dir, {"metrics.jsonl": 2}, extra={"resumed_at_step": 2})
+    again.log({"step": 3, "epoch": 1, "val/loss": 2.5})
+    again.finish({"status": "finished"})
+    files = sorted(first.run_dir.glob("wandb/*run-*/run-*.wandb"), key=lambda f: f.stat().st_mtime)
+    (best,) = [r["best/val/loss"] for r in read_history(files[-1]) if "best/val/loss" in r]
+    assert best == 2.0  # the kept rows' minimum, not the resumed sitting's 2.5
+
+
 def test_a_finished_wsd_run_extends_to_the_run_started_with_the_longer_budget(tmp_path: Path) -> None:
     whole = run(tmp_path, f"train.max_tokens={BUDGET}")
     short = run(tmp_path, "train.max_tokens=8192")
@@ -228,6 +245,9 @@ def test_resume_and_extend_refuse_what_they_cannot_continue_in_one_line(tmp_path
     with pytest.raises(ConfigError, match="no stable phase to branch from"):
         extend(cosine["run_dir"], 8192)
     run_dir = Path(short["run_dir"])
+    with pytest.raises(ConfigError, match="the run finished; --extend-to"):
+        resume(run_dir)
+    (run_dir / "summary.json").unlink()  # as a killed run leaves it
     edited = (run_dir / "config.yaml").read_text().replace("lr: 0.003", "lr: 0.002")
     (run_dir / "config.yaml").write_text(edited)
     with pytest.raises(DataError, match=r"another config \(optim.lr differs\)"):
@@ -246,10 +266,14 @@ def test_a_truncated_or_foreign_checkpoint_is_one_line(tmp_path: Path) -> None:
     torch.save(state, path)
     with pytest.raises(DataError, match=r"a checkpoint of a lstm model, this run is a transformer"):
         checkpoint.load_state(path, cfg, same_budget=True)
-    state["picollm"] = "0.0.1"
-    torch.save(state, path)
-    with pytest.raises(DataError, match=r"written by picollm 0\.0\.1"):
-        checkpoint.load_state(path, cfg, same_budget=True)
+    state["config"]["model"]["type"] = "transformer"
+    for key, value, message in (
+        ("data_key", "0" * 20, "the run's data changed"),
+        ("picollm", "0.1.0+000000000000", r"written by picollm 0\.1\.0\+000000000000"),  # another commit's code
+    ):
+        torch.save({**state, key: value}, path)
+        with pytest.raises(DataError, match=message):
+            checkpoint.load_state(path, cfg, same_budget=True)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataError, match="unreadable checkpoint"):
         checkpoint.load_state(path, cfg, same_budget=True)

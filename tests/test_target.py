@@ -60,6 +60,10 @@ def test_a_target_sweep_compares_annealed_models_at_equal_tokens(tmp_path) -> No
         if t.state == TrialState.COMPLETE:  # ran to the target and is ranked there
             assert t.user_attrs["tokens"] >= TARGET and t.value == t.intermediate_values[TARGET]
     assert any(t.state == TrialState.PRUNED for t in finished)  # the halving stopped some at a rung
+    header = (tmp_path / "studies" / "t" / "best.yaml").read_text().splitlines()[0]  # no confirm: block here
+    assert (
+        header.startswith("# Best trial of study 't'") and f"trained at {TARGET:,} tokens with schedule wsd" in header
+    )
 
     # Each rung's value is the loss a WSD run of that budget ends with: check one trial's cheap rung directly.
     some = finished[1]
@@ -121,3 +125,14 @@ def test_the_answer_is_confirmed_at_the_target_and_scored_once_on_the_test_set(t
     side_by_side = {n for n, r in rows.items() if r["test_loss"] and r["confirmed_val_loss"]}
     assert side_by_side == {winner, 0}  # trials.csv: validation and test figures of the winner and the baseline
     assert all(float(rows[n]["test_loss_stderr"]) > 0 for n in side_by_side)
+    assert all(
+        abs(float(rows[n]["val_minus_test"]) - (float(rows[n]["confirmed_val_loss"]) - float(rows[n]["test_loss"])))
+        < 1e-9
+        for n in side_by_side
+    )
+    from picollm.analysis.sections import confirm_section
+
+    report = confirm_section(tmp_path / "studies" / "t")
+    assert report is not None and len([line for line in report.text if "validation − test" in line]) == len(
+        side_by_side
+    )

@@ -129,6 +129,26 @@ def test_a_hook_can_stop_a_run_cleanly(synthetic: list[str]) -> None:
     assert summary["tokens"] < 5 * 600 * 40
 
 
+def test_a_prune_at_the_last_report_is_ignored_and_the_run_completes(synthetic: list[str]) -> None:
+    """Three reports in a 7,000-token budget, a sweep's 7,000 // 3 tokens apart: the last (at mark 6,999) comes once
+    the budget is spent, so pruning there would throw a finished run away; the one before it still stops the run."""
+    cfg = load_config(None, [*synthetic, "train.eval_every_tokens=2333", "train.max_tokens=7000", "train.epochs=5"])
+    marks: list[int] = []
+
+    def prune_at(last: int) -> object:
+        def hook(tokens: int, val: float) -> None:
+            marks.append(tokens)
+            if tokens >= last:
+                raise train_mod.StopRun("pruned", "test pruner")
+
+        return hook
+
+    finished = train_mod.train(cfg, on_eval=prune_at(6999))
+    assert marks == [2333, 4666, 6999] and finished["status"] == "finished" and finished["tokens"] >= 7000
+    marks.clear()
+    assert train_mod.train(cfg, on_eval=prune_at(4666))["status"] == "pruned" and marks == [2333, 4666]
+
+
 BAD_INPUT = [
     (["--set", "optim.lr=-1"], "optim.lr must be a positive number"),
     (["--set", "optim.name=adamx"], "optim.name: unknown value"),

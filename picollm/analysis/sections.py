@@ -427,10 +427,28 @@ def confirm_section(folder: Path) -> Section | None:
         ],
         "Every confirmation run (run folders and W&B ids are in confirm.csv):",
     )
-    section = Section("Confirmation", tables=[summary, per_run])
+    section = Section("Confirmation", text=_held_out_lines(folder), tables=[summary, per_run])
     if (folder / "confirm.png").is_file():
         section.figures.append(Figure(folder / "confirm.png", "Confirmation runs."))
     return section
+
+
+def _held_out_lines(folder: Path) -> list[str]:
+    """The winner's and the baseline's validation and test figures side by side (``trials.csv``), when the study
+    has a test split: the difference is the winner's curse, measured on tokens no choice was made on."""
+    import csv
+
+    if not (folder / "trials.csv").is_file():
+        return []
+    with open(folder / "trials.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("test_loss")]
+    return [
+        f"Trial {r['number']}{' (baseline)' if r['baseline'] == 'True' else ''}: validation "
+        f"{_fmt4(r['confirmed_val_loss'])} ± {_fmt4(r['confirmed_val_loss_stderr'])}, test {_fmt4(r['test_loss'])} ± "
+        f"{_fmt4(r['test_loss_stderr'])}; validation − test {float(r['val_minus_test']):+.4f} ± "
+        f"{_fmt4(r['val_minus_test_stderr'])} (the test set was scored once, after every choice was made)."
+        for r in rows
+    ]
 
 
 def _short(text: str) -> str:

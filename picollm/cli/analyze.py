@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "transfer",
         help="does the ranking at the cheap budget predict the ranking at the target budget?",
         description="For each token count a study's trials reported a loss at (and the target): Spearman's rank "
-        "correlation with the configurations' target losses and the regret of picking there, with 95%% bootstrap "
+        "correlation with the configurations' target losses and the regret of picking there, with 95% bootstrap "
         "intervals over configurations and their confirmation seeds.",
     )
     transfer.add_argument("--study", help="the sweep to read (required)")

@@ -376,17 +376,31 @@ def held_out(result: ConfigResult, key: str) -> Held | None:
     return Held(math.fsum(losses) / len(losses), math.sqrt(tokens**2 + seeds**2 / len(losses)), len(losses))
 
 
+def winners_curse(result: ConfigResult) -> tuple[float, float] | None:
+    """Validation minus test over the seeds scored on both, with its standard error: each seed's two losses come
+    from the same model, so the seeds enter through their paired differences; the two sets' document sampling
+    errors are independent and add."""
+    pairs = [r for r in result.runs.values() if r.get("test_loss") is not None and r.get("final_val_loss") is not None]
+    if not pairs:
+        return None
+    diffs = [r["final_val_loss"] - r["test_loss"] for r in pairs]
+    seeds = t_interval(diffs).sd ** 2 / len(diffs) if len(diffs) > 1 else 0.0
+    docs = [
+        math.fsum(r.get(f"{key}_stderr") or 0.0 for r in pairs) / len(pairs) for key in ("final_val_loss", "test_loss")
+    ]
+    return math.fsum(diffs) / len(diffs), math.sqrt(seeds + docs[0] ** 2 + docs[1] ** 2)
+
+
 def test_lines(conf: Confirmation) -> list[str]:
     """Validation and test figures of the winner and the baseline: their difference is the winner's curse."""
     lines = []
     for result in scored_on_test(conf) if conf.ranked() else []:
-        test, val = held_out(result, "test_loss"), held_out(result, "final_val_loss")
-        if test is None or val is None:
+        test, val, curse = held_out(result, "test_loss"), held_out(result, "final_val_loss"), winners_curse(result)
+        if test is None or val is None or curse is None:
             continue
-        curse = math.sqrt(val.stderr**2 + test.stderr**2)
         lines.append(
             f"{result.candidate.label}: validation {val.mean:.4f} ± {val.stderr:.4f}, test {test.mean:.4f} ± "
-            f"{test.stderr:.4f} over {test.n} seeds; validation - test {val.mean - test.mean:+.4f} ± {curse:.4f} "
+            f"{test.stderr:.4f} over {test.n} seeds; validation - test {curse[0]:+.4f} ± {curse[1]:.4f} "
             "(the winner's curse: the search chose on the validation set, never on the test set)"
         )
     return lines

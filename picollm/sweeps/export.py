@@ -26,6 +26,7 @@ from picollm.sweeps.confirm import (
     summary_lines,
     test_lines,
     verdict_lines,
+    winners_curse,
 )
 from picollm.sweeps.settings import ConfirmSettings
 from picollm.sweeps.studies import trained_base
@@ -81,7 +82,14 @@ def trial_rows(study: Any) -> tuple[list[str], list[dict[str, Any]]]:
 
 # The confirmed winner's and the baseline's rows: validation and test means over the confirmation's seeds, side by
 # side, so the table shows the winner's curse (the search chose on the first, never saw the second).
-HELD_OUT_COLUMNS = ("confirmed_val_loss", "confirmed_val_loss_stderr", "test_loss", "test_loss_stderr")
+HELD_OUT_COLUMNS = (
+    "confirmed_val_loss",
+    "confirmed_val_loss_stderr",
+    "test_loss",
+    "test_loss_stderr",
+    "val_minus_test",
+    "val_minus_test_stderr",
+)
 
 
 def trials_csv(study: Any, conf: Confirmation | None = None) -> str:
@@ -102,10 +110,10 @@ def held_out_figures(conf: Confirmation) -> dict[int, dict[str, float]]:
     """Trial number -> its confirmation's mean validation and test losses with their standard errors."""
     figures = {}
     for result in scored_on_test(conf):
-        val, test = held_out(result, "final_val_loss"), held_out(result, "test_loss")
-        if val is not None and test is not None:
+        val, test, curse = held_out(result, "final_val_loss"), held_out(result, "test_loss"), winners_curse(result)
+        if val is not None and test is not None and curse is not None:
             figures[result.candidate.number] = dict(
-                zip(HELD_OUT_COLUMNS, (val.mean, val.stderr, test.mean, test.stderr), strict=True)
+                zip(HELD_OUT_COLUMNS, (val.mean, val.stderr, test.mean, test.stderr, *curse), strict=True)
             )
     return figures
 
@@ -157,23 +165,31 @@ def best_yaml(study: Any, conf: Confirmation | None = None) -> str:
     run_it = "# Run it as-is: python -m picollm.train --config <this file>"
     if conf is None:
         cfg, best = best_config(study)
-        header = f"# Best trial of study '{study.study_name}': trial {best.number}, value {best.value:.6f}\n{run_it}\n"
+        header = (
+            f"# Best trial of study '{study.study_name}': trial {best.number}, value {best.value:.6f}, trained at "
+            f"{_budget_and_schedule(cfg)}\n{run_it}\n"
+        )
         return header + yaml.safe_dump(cfg, sort_keys=False)
     winner = conf.ranked()[0]
     cfg = standalone_config(study, winner.candidate.params, conf.budget_tokens)
-    optim = cfg["optim"]
-    schedule = optim["schedule"] + (
-        f" (decay_fraction {optim['decay_fraction']}, {optim['decay_shape']})" if optim["schedule"] == "wsd" else ""
-    )
-    budget = f"{conf.budget_tokens:,} tokens" if conf.budget_tokens else "the base config's budget"
     evidence = "\n".join(f"#   {line.strip()}" for line in summary_lines(conf))
     header = (
-        f"# Confirmed winner of study '{study.study_name}': {winner.candidate.label}, confirmed at {budget} with "
-        f"schedule {schedule}\n"
+        f"# Confirmed winner of study '{study.study_name}': {winner.candidate.label}, confirmed at "
+        f"{_budget_and_schedule(cfg)}\n"
         f"# (best mean final_val_loss over fresh seeds, not the single luckiest trial):\n{evidence}\n"
         f"{run_it}  (train.seed is the study's own; train.max_tokens is the confirmed budget)\n"
     )
     return header + yaml.safe_dump(cfg, sort_keys=False)
+
+
+def _budget_and_schedule(cfg: dict[str, Any]) -> str:
+    """'600,000 tokens with schedule wsd (decay_fraction 0.2, linear)': what best.yaml trains, said in its header."""
+    optim, tokens = cfg["optim"], cfg["train"]["max_tokens"]
+    schedule = optim["schedule"] + (
+        f" (decay_fraction {optim['decay_fraction']}, {optim['decay_shape']})" if optim["schedule"] == "wsd" else ""
+    )
+    budget = f"{tokens:,} tokens" if tokens else "the base config's epochs"
+    return f"{budget} with schedule {schedule}"
 
 
 def _plots() -> dict[str, tuple[Any, str | None]]:

@@ -56,7 +56,10 @@ def trial_config(exp: Experiment, number: int, values: dict[str, Any], device: s
 
 
 def resumable(trial: optuna.Trial, cfg: Config) -> Any:
-    """The last full-state checkpoint of a retried trial's predecessor run of the same config; None to start afresh."""
+    """The last full-state checkpoint of a retried trial's predecessor run of the same config; None to start afresh.
+
+    The retry continues in a record of its own (the predecessor's rows up to the checkpoint copied): a worker taken
+    over for a missed heartbeat may still be alive, and it closes its own record when it wakes."""
     from picollm import checkpoint
     from picollm.trainer import Start
 
@@ -65,7 +68,7 @@ def resumable(trial: optuna.Trial, cfg: Config) -> Any:
         return None
     try:
         path = checkpoint.latest_state(Path(previous))
-        return Start(checkpoint.load_state(path, cfg, same_budget=True), Path(previous), Path(previous))
+        return Start(checkpoint.load_state(path, cfg, same_budget=True), Path(previous), label="resumed_from")
     except PicoError:  # no usable checkpoint (truncated, another config): train afresh
         return None
 
@@ -153,7 +156,7 @@ class Objective:
         device = worker_device(self.rank, exp.base["train"]["device"])
         cfg = trial_config(exp, trial.number, values, device, self.threads)
         start = resumable(trial, cfg)  # a retried trial goes on from its predecessor's last checkpoint
-        run_id = start.run_dir.name if start is not None else new_run_id(f"{exp.study.name}-t{trial.number}-")
+        run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")
         run_dir = Path(cfg.tracking.out_dir) / run_id
         with self.clock.phase("storage"):
             _set(
