@@ -195,7 +195,9 @@ def test_a_resumed_run_goes_on_in_the_same_offline_wandb_run(tmp_path: Path) -> 
 
     overrides = small(tmp_path, "train.max_tokens=6144", "tracking.wandb=offline")
     child = KILLED_CHILD.format(root=str(ROOT), kill=30, overrides=overrides)
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    # The killed run has a W&B service of its own, as a run killed elsewhere would (W&B hands this process's service
+    # to its children through WANDB_SERVICE; there the killed run would hold its id until this process ended).
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline"}
     subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False, env=env)
     killed = tmp_path / "runs" / "killed"
     run_id = json.loads((killed / "meta.json").read_text())["wandb"]["run_id"]

@@ -11,6 +11,7 @@ python analyze.py dashboard --study quick                        # optuna-dashbo
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     storage, names = records.open_studies(args.storage, args.study)
     server = make_server(storage, names, args.port, Path(args.artifacts), Path(args.reports))
     where = f"http://127.0.0.1:{server.server_port}/dashboard/"
+    # Ctrl-C stops the server whatever this process inherited (a blocked SIGINT) or an import installed.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"optuna-dashboard for {', '.join(names)} at {where} (press Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
