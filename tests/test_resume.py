@@ -159,12 +159,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_losses_bit_for_bit(tmp_path:
     assert meta["resumes"][0]["at_step"] < KILL_AT_STEP and "started" in meta  # the first start is kept
 
 
-def test_the_cli_resumes_a_killed_run(tmp_path: Path) -> None:
-    overrides = small(tmp_path, "train.max_tokens=6144")
-    child = KILLED_CHILD.format(root=str(ROOT), kill=30, overrides=overrides)
-    subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
-    proc = subprocess.run(
-        [sys.executable, "-m", "picollm.train", "--resume", str(tmp_path / "runs" / "killed")],
+def train_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "picollm.train", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -172,21 +169,25 @@ def test_the_cli_resumes_a_killed_run(tmp_path: Path) -> None:
         check=False,
         env={**os.environ, "WANDB_MODE": "disabled"},
     )
+
+
+def test_the_cli_resumes_a_killed_run(tmp_path: Path) -> None:
+    overrides = small(tmp_path, "train.max_tokens=6144")
+    child = KILLED_CHILD.format(root=str(ROOT), kill=30, overrides=overrides)
+    subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
+    killed = str(tmp_path / "runs" / "killed")
+    proc = train_cli("--resume", killed)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())["status"] == "finished"
     for tokens, code in (("8192", 0), ("4096", 2)):  # a longer budget, then one below the run's own
-        extended = subprocess.run(
-            [sys.executable, "-m", "picollm.train", "--extend-to", tokens, str(tmp_path / "runs" / "killed")],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env={**os.environ, "WANDB_MODE": "disabled"},
-        )
+        extended = train_cli("--extend-to", tokens, killed)
         assert extended.returncode == code, extended.stderr
     assert extended.stderr.strip().splitlines() == [
         "error: --extend-to 4,096: the run's budget is train.max_tokens=6144; extend to more tokens than that"
+    ]
+    refused = train_cli("--resume", killed)  # it finished: nothing to resume
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: {killed}: the run finished; --extend-to TOKENS trains a wsd run further"
     ]
 
 
