@@ -69,8 +69,9 @@ def _comparable(cfg_dict: dict[str, Any], same_budget: bool) -> dict[str, Any]:
         else:
             for key in keys:
                 out.get(section, {}).pop(key, None)
-    if not same_budget:
+    if not same_budget:  # the budget: its tokens, and the epochs that must not end it first
         out["train"].pop("max_tokens", None)
+        out["train"].pop("epochs", None)
     return out
 
 

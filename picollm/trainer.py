@@ -310,7 +310,7 @@ def sample(run: Run) -> None:
     with run.clock.phase("sampling"):
         text = generate_text(run.model, run.data.tokenizer, t.prompt, s, seed=t.seed)
     run.tracker.log_sample(run.step, t.prompt, text)
-    say(run, f"[step {run.step}] {t.prompt}{text!r}")
+    say(run, f"[step {run.step}] {t.prompt}{text}".replace("\n", " "))
 
 
 def say(run: Run, line: str) -> None:
@@ -640,7 +640,12 @@ def extend(run_dir: str | Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
             f"{run_dir}: optim.schedule={cfg.optim.schedule} has no stable phase to branch from; "
             "only a wsd run can be extended (train the longer budget from the start instead)"
         )
-    if cfg.train.max_tokens is None or tokens <= cfg.train.max_tokens:
+    if cfg.train.max_tokens is None:
+        raise ConfigError(
+            f"{run_dir}: the run's budget was its epochs (train.max_tokens null); only a run with a token budget "
+            "can be extended: train one with --set train.max_tokens=N"
+        )
+    if tokens <= cfg.train.max_tokens:
         raise ConfigError(
             f"--extend-to {tokens:,}: the run's budget is train.max_tokens={cfg.train.max_tokens}; "
             "extend to more tokens than that"
@@ -648,6 +653,8 @@ def extend(run_dir: str | Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
     state = checkpoint.load_state(checkpoint.stable_state(run_dir), cfg, same_budget=False)
     raw = cfg.to_dict()
     raw["train"]["max_tokens"] = tokens
+    # The epochs grow with the budget, so that they do not end the longer run before its tokens do.
+    raw["train"]["epochs"] = max(cfg.train.epochs, math.ceil(cfg.train.epochs * tokens / cfg.train.max_tokens))
     longer = config_from_dict(raw)
     return train(longer, start=Start(state, run_dir), **kwargs)
 

@@ -240,6 +240,15 @@ def test_a_finished_wsd_run_extends_to_the_run_started_with_the_longer_budget(tm
     assert meta["extended_from"] == short["run_dir"]
 
 
+def test_extending_a_run_whose_epochs_would_end_it_first_grows_its_epochs(tmp_path: Path) -> None:
+    """One epoch (37 steps, 4,736 tokens) holds a 4,096-token budget but not 20,480: the extension gets 5."""
+    short = run(tmp_path, "train.max_tokens=4096", "train.epochs=1")
+    longer = extend(short["run_dir"], BUDGET)
+    assert longer["tokens"] >= BUDGET
+    started_so = run(tmp_path, f"train.max_tokens={BUDGET}", "train.epochs=5")
+    assert rows(longer["run_dir"]) == rows(started_so["run_dir"])
+
+
 def test_resume_and_extend_refuse_what_they_cannot_continue_in_one_line(tmp_path: Path) -> None:
     short = run(tmp_path, "train.max_tokens=4096")
     with pytest.raises(ConfigError, match="extend to more tokens"):
@@ -257,6 +266,9 @@ def test_resume_and_extend_refuse_what_they_cannot_continue_in_one_line(tmp_path
         resume(run_dir)
     with pytest.raises(DataError, match="run folder not found"):
         resume(tmp_path / "nothing-here")
+    by_epochs = run(tmp_path, "train.epochs=1")
+    with pytest.raises(ConfigError, match=r"the run's budget was its epochs \(train.max_tokens null\)"):
+        extend(by_epochs["run_dir"], 8192)
 
 
 def test_a_truncated_or_foreign_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m picollm.train --input_files 3seqs.txt --tinystories_weight 0.0 --block_size 32 "
         '--prompt "0 1 2 3 4"\n'
         "  python -m picollm.train --resume results/runs/<run_id>\n"
-        "  python -m picollm.train --config experiments/quick.yaml --set optim.schedule=wsd\n"
-        "  python -m picollm.train --extend-to 600000 results/runs/<run_id>   (a finished wsd run)\n"
+        "  python -m picollm.train --config experiments/quick.yaml --set optim.schedule=wsd "
+        "--set train.max_tokens=200000\n"
+        "  python -m picollm.train --extend-to 600000 results/runs/<run_id>   (a finished wsd run, token budget)\n"
         "values after '=' are read as YAML: 3e-4, true, null, [a.txt, b.txt]. The command line always "
         "wins over the file. With train.threads unset, a CPU run uses one thread (picollm.threads).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -92,6 +93,10 @@ def _explained(run: Callable[[], dict[str, Any]], record: Path | None) -> dict[s
     """A NaN loss as one line: the record is closed as failed; the user needs the cause and the record, not a stack."""
     try:
         return run()
+    except KeyboardInterrupt:
+        if record is not None and (record / "config.yaml").is_file():
+            print(f"run record {record}: python -m picollm.train --resume {record} continues it", file=sys.stderr)
+        raise
     except NonFiniteLoss as exc:
         where = f"; run record {record} closed as failed" if record is not None else "; its run record closed as failed"
         raise PicoError(f"{exc}{where}; try a lower optim.lr or optim.grad_clip") from None
