@@ -24,7 +24,7 @@ from picollm.errors import PicoError
 from picollm.search import apply_params, sample
 from picollm.storage import has_heartbeat, mask_url
 from picollm.sweeps.liveness import Lease, worker_id
-from picollm.sweeps.settings import Experiment, target_of
+from picollm.sweeps.settings import Experiment
 from picollm.timing import Stopwatch, take_process_start
 
 
@@ -195,8 +195,6 @@ class Objective:
     def pruning_hook(self, trial: optuna.Trial) -> Any:
         from picollm.trainer import StopRun
 
-        last_report = target_of(self.exp.study)
-
         def report(tokens: int, val_loss: float) -> None:
             try:
                 with self.clock.phase("storage"), warnings.catch_warnings():
@@ -206,9 +204,7 @@ class Objective:
             except UpdateFinishedTrialError:
                 self.taken_over.add(trial.number)
                 raise StopRun("failed", "marked failed by another worker (stale heartbeat)") from None
-            if last_report and tokens >= last_report:  # the budget is spent: the trial completes and is ranked
-                return
-            with self.clock.phase("storage"):
+            with self.clock.phase("storage"):  # once the budget is spent the trainer ignores a prune: it completes
                 prune = trial.should_prune()
             if prune:
                 raise StopRun("pruned", f"pruned at {tokens:,} tokens (val/loss {val_loss:.4f})")
