@@ -1,19 +1,20 @@
-"""Does a target-aware sweep find the answer a brute-force search at the target would, for less?
+"""Does the target sweep find what brute force at the target finds, for a third of its tokens, every time?
 
     python -m benchmarks.target_vs_brute_force --set data.tinystories=../shared/data/tinystories-sample \\
         --set data.offline_fallback=false
 
-1. The reference: a fixed pool of configurations drawn at random from the experiment's space (quick.yaml's, in
-   ``experiments/target.yaml``), each trained at the target budget with the confirmation's seeds: every
-   configuration's mean loss at the target, and the pool's best.
-2. The target-aware sweep (``experiments/target.yaml``: rungs scored by branched decays, successive halving,
-   confirmation at the target): its confirmed winner's mean at the target, and every training token it spent
-   (trials, their branched decays, the confirmation).
-3. Today's cheap sweep (``experiments/quick.yaml``: 60,000 tokens a trial, confirmation at 60,000): its confirmed
-   winner trained at the target with the same seeds, and the tokens the sweep spent.
+1. Pools (test data): for each ``--pool-seeds`` seed, ``--pool-size`` configurations drawn at random from the
+   experiment's space by a sampler of their own, plus the base config, each trained with the experiment's recipe at
+   the target with the confirmation's seeds. Each pool is measured once and cached as JSON with the code's version.
+2. Sweeps: the experiment run once per ``--study-seeds`` seed, exactly as a user runs it; every token it trained
+   (trials, their branched decays, the confirmation) is counted from the run records, not from the sweep's own line.
+3. Per pool and run: the confirmed winner's rank among the pool's configurations, its regret against the pool's best
+   (paired over the shared seeds), the share of the achievable gain (base config -> pool best), the tokens and their
+   share of the pool's; beside it random search given the same tokens (configurations of the pool trained at the
+   target with the same seeds, the best one picked), its median over 1,000 draws.
 
-Every run is scored on the same validation tokens with the same seeds, so a winner and the pool's best are compared
-by the standard error of their paired difference over seeds. Resumable: finished runs are kept in ``--out``.
+Every run is scored on the study's validation tokens with the same seeds, so two configurations are compared by the
+standard error of their paired difference. Resumable: finished runs and sweeps are kept in ``--out``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from picollm.checkpoint import code_version
 from picollm.config import add_override_argument
 from picollm.storage import DEFAULT_STORAGE
+
+RANDOM_DRAWS = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,25 +42,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.target_vs_brute_force", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--config", default="experiments/target.yaml", help="the target-aware experiment")
-    parser.add_argument("--cheap-config", default="experiments/quick.yaml", help="today's sweep at the cheap budget")
-    parser.add_argument("--pool", type=int, default=24, help="configurations in the brute-force pool (>= 16)")
+    parser.add_argument("--pool-seeds", type=int, nargs="+", default=[101, 202], help="one pool per seed (>= 2)")
+    parser.add_argument("--pool-size", type=int, default=16, help="random configurations per pool, besides the base")
+    parser.add_argument("--study-seeds", type=int, nargs="+", default=[0, 1, 2], help="one sweep per study.seed")
     parser.add_argument("--workers", type=int, default=2, help="processes training at once")
+    parser.add_argument("--only", choices=("pools", "sweeps", "all"), default="all", help="run one phase only")
+    parser.add_argument("--yardstick-s", type=float, help="../shared/bench/quick_reference.py's time, this session")
     parser.add_argument("--storage", default=DEFAULT_STORAGE.replace("optuna.db", "bench_target.db"))
-    add_override_argument(parser, "override a key of both experiments, e.g. data.tinystories=PATH (repeatable)")
+    add_override_argument(parser, "override a key of the experiment, e.g. data.tinystories=PATH (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("results/bench_target"))
     return parser
 
 
-def draw_pool(exp: Any, n: int, seed: int = 12345) -> list[dict[str, Any]]:
-    """``n`` distinct configurations from the experiment's space, drawn at random (the baseline first)."""
+def draw_pool(exp: Any, n: int, seed: int) -> list[dict[str, Any]]:
+    """The base config, then ``n`` distinct configurations drawn at random from the experiment's space."""
     import optuna
 
     from picollm.search import baseline_params, sample
     from picollm.sweeps.confirm import params_key
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    pool = {params_key(baseline_params(exp.space, exp.base)): baseline_params(exp.space, exp.base)}
-    while len(pool) < n:
+    base = baseline_params(exp.space, exp.base)
+    pool = {params_key(base): base}
+    while len(pool) < n + 1:
         params = sample(study.ask(), exp.space, exp.base)
         pool.setdefault(params_key(params), params)
     return list(pool.values())
@@ -67,25 +78,30 @@ def _train(job: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return key, train_record(raw, "bench-")
 
 
+def run_key(params: dict[str, Any], seed: int) -> str:
+    from picollm.sweeps.confirm import params_key
+
+    return f"{params_key(params)}|{seed}"
+
+
 def train_at_target(
-    exp: Any, configs: list[dict[str, Any]], seeds: list[int], workers: int, done: dict[str, Any], save: Any
-) -> dict[str, Any]:
-    """Each configuration trained at the target with each seed, as a confirmation run would be; kept in ``done``."""
-    from picollm.sweeps.confirm import params_key, run_config
+    exp: Any, configs: list[dict[str, Any]], seeds: list[int], workers: int, cache: Cache, label: str
+) -> None:
+    """Each configuration trained at the target with each seed, as a confirmation run is; kept in ``cache``."""
+    from picollm.sweeps.confirm import run_config
     from picollm.sweeps.processes import in_processes
     from picollm.sweeps.settings import target_of
 
-    target = target_of(exp.study)
     jobs = []
     for params in configs:
         for seed in seeds:
-            key = f"{params_key(params)}|{seed}"
-            if key not in done:
+            key = run_key(params, seed)
+            if key not in cache.runs:
                 raw = run_config(
                     exp.base,
                     params,
                     seed,
-                    budget_tokens=target,
+                    budget_tokens=target_of(exp.study),
                     reports=1,
                     group="bench-target",
                     job_type="reference",
@@ -94,11 +110,33 @@ def train_at_target(
                 raw["train"]["threads"] = 1
                 raw["tracking"].update(wandb="disabled", save_weights=False)
                 jobs.append((key, raw))
-    for key, record in in_processes(_train, jobs, workers):
-        done[key] = record
-        save()
-        print(f"  {len(done)} runs at the target: {record.get('final_val_loss')}", flush=True)
-    return done
+    for i, (key, record) in enumerate(in_processes(_train, jobs, workers)):
+        cache.runs[key] = record
+        cache.save()
+        print(f"  {label}: {i + 1}/{len(jobs)} runs at the target, loss {record.get('final_val_loss')}", flush=True)
+
+
+@dataclass
+class Cache:
+    """A JSON file of finished runs, with the code version that trained them."""
+
+    path: Path
+    runs: dict[str, Any]
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path, **meta: Any) -> Cache:
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            return cls(path, stored["runs"], stored["meta"])
+        return cls(path, {}, {"code_version": code_version(), **meta})
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps({"meta": self.meta, "runs": self.runs}, indent=1))
+
+
+def losses(runs: dict[str, Any], params: dict[str, Any], seeds: list[int]) -> list[float]:
+    return [runs[run_key(params, seed)]["final_val_loss"] for seed in seeds]
 
 
 def spent_tokens(study: Any) -> int:
@@ -121,16 +159,42 @@ def _summary(run_dir: str | None) -> dict[str, Any]:
         return {}
 
 
-def run_sweep_of(path: str, overrides: list[str], storage: str, workers: int) -> tuple[Any, Any]:
+def run_sweeps(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    """The experiment once per study seed, as a user runs it; its winner, tokens and wall time kept in sweeps.json."""
     from picollm.sweeps import load_experiment, open_study, run_sweep
     from picollm.sweeps.export import recorded_confirmation
 
-    exp = load_experiment(path, overrides)
-    started = time.perf_counter()
-    run_sweep(exp, storage, workers)
-    print(f"  {exp.study.name}: {time.perf_counter() - started:.0f} s", flush=True)
-    study = open_study(exp, storage, create=False)
-    return study, recorded_confirmation(study)
+    path = args.out / "sweeps.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    for seed in args.study_seeds:
+        exp = load_experiment(args.config, [*overrides, f"study.seed={seed}"])
+        name = f"{exp.study.name}-s{seed}"
+        if name in done:
+            continue
+        exp = load_experiment(args.config, [*overrides, f"study.seed={seed}", f"study.name={name}"])
+        print(f"sweep {name}", flush=True)
+        started = time.perf_counter()
+        run_sweep(exp, args.storage, args.workers)
+        wall = time.perf_counter() - started
+        study = open_study(exp, args.storage, create=False)
+        winner = recorded_confirmation(study).ranked()[0].candidate.params
+        done[name] = {"seed": seed, "winner": winner, "tokens": spent_tokens(study), "wall_s": round(wall, 1)}
+        done[name]["code_version"] = code_version()
+        path.write_text(json.dumps(done, indent=1))
+    return done
+
+
+def random_search_share(means: dict[str, float], base: float, best: float, budget_configs: int, seed: int) -> float:
+    """Random search given ``budget_configs`` configurations: median share of the gain over draws of the pool."""
+    rng = random.Random(seed)
+    names = list(means)
+    if budget_configs < 1:
+        return 0.0
+    shares = []
+    for _ in range(RANDOM_DRAWS):
+        picked = min(rng.sample(names, min(budget_configs, len(names))), key=means.get)
+        shares.append((base - means[picked]) / (base - best))
+    return statistics.median(shares)
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -138,9 +202,70 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
+def score(
+    pool: list[dict[str, Any]], known: dict[str, Any], sweeps: dict[str, Any], seeds: list[int], target: int
+) -> list[dict[str, Any]]:
+    """Each sweep's winner against one pool: rank, regret, share of the gain, tokens; random search beside it."""
+    from picollm.sweeps.confirm import params_key
+
+    means = {params_key(p): statistics.mean(losses(known, p, seeds)) for p in pool}
+    base_key = params_key(pool[0])
+    best_key = min(means, key=means.get)
+    base, best = means[base_key], means[best_key]
+    pool_tokens = sum(int(known[run_key(p, s)]["tokens"]) for p in pool for s in seeds)
+    drawn = {k: v for k, v in means.items() if k != base_key}
+    rows = []
+    for name, run in sweeps.items():
+        params = run["winner"]
+        mine = losses(known, params, seeds)
+        regret, se = paired(mine, losses(known, next(p for p in pool if params_key(p) == best_key), seeds))
+        mean = statistics.mean(mine)
+        per_config = len(seeds) * target
+        rows.append(
+            {
+                "sweep": name,
+                "rank": 1 + sum(m < mean for k, m in means.items() if k != params_key(params)),
+                "of": len(means) + (params_key(params) not in means),
+                "regret": regret,
+                "regret_se": se,
+                "share": (base - mean) / (base - best),
+                "tokens": run["tokens"],
+                "token_share": run["tokens"] / pool_tokens,
+                "random_configs": run["tokens"] // per_config,
+                "random_share": random_search_share(drawn, base, best, run["tokens"] // per_config, run["seed"]),
+                "wall_s": run["wall_s"],
+            }
+        )
+    return rows
+
+
+def table(pool_seed: int, rows: list[dict[str, Any]], yardstick: float | None) -> list[str]:
+    lines = [
+        f"pool {pool_seed}:",
+        "| sweep | winner's rank | regret (paired over seeds) | share of the gain | tokens | share of the pool's "
+        "| random search, same tokens | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        wall = f"{r['wall_s']:.0f} s" + (f" ({r['wall_s'] / yardstick:.1f}x yardstick)" if yardstick else "")
+        lines.append(
+            f"| {r['sweep']} | {r['rank']} of {r['of']} | {r['regret']:+.4f} ± {r['regret_se']:.4f} "
+            f"| {100 * r['share']:.0f}% | {r['tokens'] / 1e6:.2f} M | {100 * r['token_share']:.0f}% "
+            f"| {100 * r['random_share']:.0f}% ({r['random_configs']} configs) | {wall} |"
+        )
+    shares = [r["share"] for r in rows]
+    lines.append(
+        f"mean share of the gain {100 * statistics.mean(shares):.0f}%, lowest {100 * min(shares):.0f}%; "
+        f"mean share of the pool's tokens {100 * statistics.mean(r['token_share'] for r in rows):.0f}%; "
+        f"random search at the same tokens {100 * statistics.mean(r['random_share'] for r in rows):.0f}%"
+    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     from picollm.sweeps import load_experiment
-    from picollm.sweeps.confirm import params_key, seeds_for
+    from picollm.sweeps.confirm import seeds_for
+    from picollm.sweeps.settings import ConfirmSettings, target_of
 
     args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -151,54 +276,28 @@ def main(argv: list[str] | None = None) -> int:
         "tracking.wandb=disabled",
     ]
     exp = load_experiment(args.config, overrides)
-    seeds = seeds_for(exp.base, exp.confirm)
-    done_file = args.out / "reference.json"
-    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
-
-    def save() -> None:
-        done_file.write_text(json.dumps(done, indent=1))
-
-    print(f"1. the pool: {args.pool} configurations x seeds {seeds} at the target", flush=True)
-    pool = draw_pool(exp, args.pool)
-    train_at_target(exp, pool, seeds, args.workers, done, save)
-
-    def losses(params: dict[str, Any]) -> list[float]:
-        return [done[f"{params_key(params)}|{seed}"]["final_val_loss"] for seed in seeds]
-
-    means = sorted((statistics.mean(losses(p)), i) for i, p in enumerate(pool))
-    best = pool[means[0][1]]
-    pool_tokens = sum(int(done[f"{params_key(p)}|{s}"]["tokens"]) for p in pool for s in seeds)
-
-    print("2. the target-aware sweep", flush=True)
-    target_study, target_conf = run_sweep_of(args.config, overrides, args.storage, args.workers)
-    print("3. the cheap sweep, its winner then trained at the target", flush=True)
-    cheap_study, cheap_conf = run_sweep_of(
-        args.cheap_config, [*overrides, "study.name=cheap", "study.target_tokens=null"], args.storage, args.workers
-    )
-    answers = {"target-aware sweep": (target_study, target_conf), "cheap sweep (quick.yaml)": (cheap_study, cheap_conf)}
-    winners = {name: conf.ranked()[0].candidate.params for name, (_, conf) in answers.items()}
-    train_at_target(exp, list(winners.values()), seeds, args.workers, done, save)
-
-    lines = [
-        f"reference: {len(pool)} configurations x {len(seeds)} seeds at {exp.base['train']['max_tokens']:,} tokens "
-        f"= {pool_tokens:,} training tokens; pool best {means[0][0]:.4f} (the median configuration "
-        f"{means[len(means) // 2][0]:.4f}, the worst {means[-1][0]:.4f})",
-        "",
-        "| search | its confirmed winner at the target | vs the pool's best (paired over seeds) | within 1 s.e.? "
-        "| training tokens | share of the pool's |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, (study, _) in answers.items():
-        mine = losses(winners[name])
-        diff, se = paired(mine, losses(best))
-        spent = spent_tokens(study)
-        lines.append(
-            f"| {name} | {statistics.mean(mine):.4f} | {diff:+.4f} ± {se:.4f} | {'yes' if diff <= se else 'no'} "
-            f"| {spent:,} | {100 * spent / pool_tokens:.0f}% |"
-        )
-    table = "\n".join(lines)
-    print(table)
-    (args.out / "table.md").write_text(table + "\n")
+    seeds = seeds_for(exp.base, exp.confirm or ConfirmSettings())
+    target = target_of(exp.study)
+    pools = {}
+    for pool_seed in args.pool_seeds:
+        cache = Cache.open(args.out / f"pool-{pool_seed}.json", pool_seed=pool_seed, seeds=seeds, target=target)
+        pool = draw_pool(exp, args.pool_size, pool_seed)
+        print(f"pool {pool_seed}: {len(pool)} configurations x seeds {seeds} at {target:,} tokens", flush=True)
+        train_at_target(exp, pool, seeds, args.workers, cache, f"pool {pool_seed}")
+        pools[pool_seed] = (pool, cache)
+    if args.only == "pools":
+        return 0
+    sweeps = run_sweeps(args, overrides)
+    known = {key: run for _, cache in pools.values() for key, run in cache.runs.items()}
+    winners = Cache.open(args.out / "winners.json", seeds=seeds, target=target)
+    unmeasured = [run["winner"] for run in sweeps.values() if run_key(run["winner"], seeds[0]) not in known]
+    train_at_target(exp, unmeasured, seeds, args.workers, winners, "winners")
+    known.update(winners.runs)
+    lines = []
+    for pool_seed, (pool, _) in pools.items():
+        lines += [*table(pool_seed, score(pool, known, sweeps, seeds, target), args.yardstick_s), ""]
+    print("\n".join(lines))
+    (args.out / "table.md").write_text("\n".join(lines))
     return 0
 
 
