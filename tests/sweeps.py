@@ -41,7 +41,7 @@ def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | N
         },
     }
     for name, values in sections.items():
-        exp[name].update(values)
+        exp.setdefault(name, {}).update(values)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp, sort_keys=False))
     return path

@@ -136,3 +136,28 @@ def test_the_answer_is_confirmed_at_the_target_and_scored_once_on_the_test_set(t
     assert report is not None and len([line for line in report.text if "validation − test" in line]) == len(
         side_by_side
     )
+
+
+def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tmp_path, capsys) -> None:
+    from picollm.sweeps.budget import SPENT, plan_of
+    from picollm.sweeps.report import report_lines
+
+    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": "qmc"}
+    path = write_experiment(tmp_path, study=study, optim=WSD, confirm={"top": 1, "seeds": 2})
+    exp = load_experiment(str(path), [])
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run_sweep(exp, storage)
+    said = capsys.readouterr().out
+    assert "budget 90,000 training tokens (trials, branched decays and confirmation)" in said.splitlines()[1]
+    sweep = open_study(exp, storage, create=False)
+    plan = plan_of(exp)
+    trials = sweep.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(trials) >= 4 and not plan.room_for_trial(sweep.trials)  # the budget, not a count, ended it
+    assert any(t.state == TrialState.COMPLETE for t in trials)  # the best went on to the target
+    for t in trials:  # a trial trained its last rung's budget, and no more than the plan said it could cost there
+        index = plan.index_of(t)
+        assert plan.budgets[index] <= t.user_attrs[SPENT] <= plan.cost_to(index)
+    confirm = [r["tokens"] for k, r in sweep.user_attrs.items() if k.startswith("confirm:")]
+    spent = sum(t.user_attrs[SPENT] for t in trials) + sum(confirm)
+    assert 4 <= len(confirm) <= 6 and spent <= 90_000
+    assert f"{spent:,} training tokens spent" in report_lines(sweep)[0]

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         for trial in study.trials:
-            print(trial_line(trial, best_value(study)))
+            print(trial_line(trial, best_value(study, upto=trial)))
         print("\n".join(report_lines(study)))
         return 0
     from picollm.sweeps.export import export_study

@@ -264,12 +264,12 @@ def describe(jobs: list[Any], settings: LauncherSettings, exp: Experiment, comma
     ]
 
 
-def wait(jobs: list[Any], settings: LauncherSettings, study: Any, n_trials: int) -> None:
-    """One bar over the study's finished trials until every job has left the queue."""
+def wait(jobs: list[Any], settings: LauncherSettings, study: Any) -> None:
+    """One bar over the study's finished trials (or its token budget) until every job has left the queue."""
     from picollm.sweeps.report import Progress
 
     alive = EXECUTORS[settings.name].alive
-    progress = Progress(study, n_trials)
+    progress = Progress(study)
     try:
         while alive(jobs):
             time.sleep(POLL_S)
@@ -300,7 +300,8 @@ def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list
     executor = make_executor(settings, jobs_folder(exp), exp.study.name, args.workers)  # before any study exists
     exp, study = prepare(exp, args.storage, devices_here=False)  # as `sweep.py run`; the GPUs are the jobs' own
     print(
-        f"study {exp.study.name!r} in {mask_url(args.storage)}: {finished(study)}/{exp.study.n_trials} trials finished",
+        f"study {exp.study.name!r} in {mask_url(args.storage)}: {finished(study)}/{exp.study.n_trials or '-'} trials "
+        "finished",
         flush=True,
     )
     jobs = submit(executor, exp, settings, args)
@@ -351,12 +352,12 @@ def launch_command(exp: Experiment, args: Any) -> int:
     if not args.wait:
         return 0
     try:
-        wait(jobs, settings, study, exp.study.n_trials)
+        wait(jobs, settings, study)
     except KeyboardInterrupt:
         print("stopped waiting; the jobs go on (see 'stop:' above)", file=sys.stderr)
         return EXIT_INTERRUPTED
     folder, notes = export_study(study, exp.study.out_dir)
-    if exp.confirm is not None and finished(study) >= exp.study.n_trials:  # the job logs the W&B summary run
+    if exp.confirm is not None and study.exhausted():  # the job logs the W&B summary run
         try:
             notes += confirm_stage(exp, settings)
         except KeyboardInterrupt:
@@ -366,7 +367,7 @@ def launch_command(exp: Experiment, args: Any) -> int:
         log_study_run(study, folder)
     errors = job_errors(jobs)
     print("\n".join([*report_lines(study), *notes, *errors, f"results: {folder}/ (trials.csv, best.yaml, figures)"]))
-    if finished(study) < exp.study.n_trials:
-        done = f"{finished(study)}/{exp.study.n_trials}"
+    if not study.exhausted():
+        done = f"{finished(study)}/{exp.study.n_trials or 'the budget'}"
         raise PicoError(f"the jobs ended with {done} trials finished: see {jobs_folder(exp)}/, then launch again")
     return 0

@@ -22,7 +22,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params, sample
-from picollm.storage import has_heartbeat, mask_url
+from picollm.storage import claim_lock, has_heartbeat, mask_url
+from picollm.sweeps.budget import SPENT
 from picollm.sweeps.liveness import Lease, worker_id
 from picollm.sweeps.settings import Experiment
 from picollm.timing import Stopwatch, take_process_start
@@ -133,7 +134,7 @@ class Objective:
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
             reason = mask_url(f"{type(exc).__name__}: {exc}")[:500]
             self.failures_in_a_row += 1  # first: a sticky CUDA error can make the clean-up below raise too
-            if self.failures_in_a_row >= max(3, self.exp.study.n_trials):
+            if self.failures_in_a_row >= max(3, self.exp.study.n_trials or 10):
                 self.stop(trial, f"{self.failures_in_a_row} trials failed in a row; last: {reason}")
             _release_gpu_memory()
             _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown(), **self.ran())
@@ -183,6 +184,7 @@ class Objective:
         outcome = {
             **self.ran(),
             "tokens": summary.get("tokens"),
+            SPENT: (summary.get("tokens") or 0) + (summary.get("anneal_tokens") or 0),
             "status": summary.get("status"),
             "wandb_run_id": _wandb_run_id(run_dir),
         }
@@ -208,8 +210,18 @@ class Objective:
                 prune = trial.should_prune()
             if prune:
                 raise StopRun("pruned", f"pruned at {tokens:,} tokens (val/loss {val_loss:.4f})")
+            if not self.may_go_on(trial, tokens):
+                raise StopRun("pruned", f"stopped at {tokens:,} tokens: study.max_tokens cannot pay for the next rung")
 
         return report
+
+    def may_go_on(self, trial: optuna.Trial, tokens: int) -> bool:
+        """A trial the pruner keeps trains on to its next rung only if the study's token budget pays for it."""
+        study, plan = trial.study, trial.study.plan
+        if plan.max_tokens is None or tokens not in plan.budgets:
+            return True
+        with self.clock.phase("storage"), claim_lock(study.storage_url, f"claim-{study.study_name}"):
+            return plan.room_to_go_on(study.get_trials(deepcopy=False), trial.number, plan.budgets.index(tokens))
 
     def value(self, trial: optuna.Trial, summary: dict[str, Any], outcome: dict[str, Any]) -> float:
         """The ranked value of a finished run, or TrialPruned with what the pruner saw last; one storage write."""

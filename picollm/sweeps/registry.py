@@ -24,6 +24,11 @@ def _grid(space: list[Param]) -> dict[str, list[Any]]:
     return grid
 
 
+# Samplers whose workers must share the study's seed: the storage numbers the points of one sequence, so the study
+# tries the same configurations whichever worker asks first (Optuna's QMCSampler documents this).
+ONE_SEQUENCE = ("qmc",)
+
+
 def make_sampler(name: str, space: list[Param], seed: int, options: dict[str, Any]) -> Any:
     import optuna
 

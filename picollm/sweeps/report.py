@@ -8,7 +8,9 @@ from typing import Any
 from optuna.trial import TrialState
 
 from picollm.console import show_progress
-from picollm.sweeps.studies import counts, finished
+from picollm.sweeps.budget import SPENT, stored_plan, tried_at_target
+from picollm.sweeps.confirm import ATTR_PREFIX as CONFIRM_PREFIX
+from picollm.sweeps.studies import FINISHED, counts
 
 
 def _value_text(t: Any) -> str:
@@ -29,10 +31,11 @@ def _tail(t: Any) -> str:
 
 
 def trial_line(t: Any, best: float | None) -> str:
-    """One line per finished trial: number, state, value (± stderr), params, budget, and why when not final."""
+    """One line per finished trial: number, state, value (± stderr), params, every token it trained, and why when not
+    final."""
     params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
     best_text = f"best {best:.4f}" if best is not None else "best -"
-    tokens = t.user_attrs.get("tokens")
+    tokens = t.user_attrs.get(SPENT, t.user_attrs.get("tokens"))
     tokens_text = f" {tokens:,} tok" if tokens else ""
     return f"trial {t.number:3d} {t.state.name:8s} {_value_text(t):>8s} | {best_text} |{tokens_text} {params}{_tail(t)}"
 
@@ -41,38 +44,49 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def best_value(study: Any) -> float | None:
-    """The best COMPLETE trial's value (Optuna ranks complete trials only)."""
-    try:
-        return study.best_value
-    except ValueError:
-        return None
+def best_value(study: Any, upto: Any = None) -> float | None:
+    """The best COMPLETE trial's value (Optuna ranks complete trials only); with ``upto``, among the trials that had
+    finished when ``upto`` did, so a line never names a best that came later."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if upto is not None and upto.datetime_complete is not None:
+        complete = [t for t in complete if t.datetime_complete and t.datetime_complete <= upto.datetime_complete]
+    values = [t.value for t in complete if t.value is not None]
+    return min(values) if values else None
 
 
 class Progress:
-    """A bar over finished trials with the best value so far, and one line per finished trial."""
+    """A bar over finished trials (or over the trials' share of a token budget) with the best value so far, and one
+    line per finished trial."""
 
-    def __init__(self, study: Any, n_trials: int) -> None:
+    def __init__(self, study: Any) -> None:
         from tqdm.auto import tqdm
 
-        self.tqdm, self.study = tqdm, study
+        self.tqdm, self.study, self.plan = tqdm, study, study.plan
         self.seen = {t.number for t in study.trials if t.state.is_finished()}
+        budgeted = self.plan.max_tokens is not None
+        total = self.plan.max_tokens - self.plan.reserve if budgeted else study.total
         self.bar = tqdm(
-            total=n_trials,
-            initial=min(finished(study), n_trials),
-            unit="trial",
+            total=total,
+            unit="tok" if budgeted else "trial",
+            unit_scale=budgeted,
             dynamic_ncols=True,
             disable=not show_progress(),
         )
+        self.advance(study)
+
+    def advance(self, study: Any) -> None:
+        done = study.get_trials(deepcopy=False, states=FINISHED)
+        spent = sum(self.plan.spent(t) for t in done) if self.plan.max_tokens is not None else len(done)
+        self.bar.n = min(spent, self.bar.total)
 
     def show(self, study: Any, trial: Any) -> None:
         if trial.number in self.seen:
             return
         self.seen.add(trial.number)
-        best = best_value(study)
+        best = best_value(study, upto=trial)
         self.tqdm.write(trial_line(trial, best))
         sys.stdout.flush()  # one line per trial, also when stdout is a file
-        self.bar.n = min(finished(study), self.bar.total)
+        self.advance(study)
         self.bar.set_postfix(best=f"{best:.4f}" if best is not None else "-")
         self.bar.refresh()
 
@@ -85,13 +99,32 @@ class Progress:
         self.bar.close()
 
 
+def spent_words(study: Any) -> str:
+    """Every token the study trained (its trials, their branched decays, its confirmation runs), against its budget
+    and against training every configuration it tried once at the target."""
+    trials = study.get_trials(deepcopy=False)
+    run = sum(int(t.user_attrs.get("tokens") or 0) for t in trials)
+    total = sum(int(t.user_attrs.get(SPENT) or t.user_attrs.get("tokens") or 0) for t in trials)
+    confirm = sum(int(r.get("tokens") or 0) for k, r in study.user_attrs.items() if k.startswith(CONFIRM_PREFIX))
+    spent = total + confirm
+    parts = [
+        f"{spent:,} training tokens spent (trials {run:,}, branched decays {total - run:,}, confirmation {confirm:,})"
+    ]
+    plan = stored_plan(study)
+    if plan is not None and plan.max_tokens is not None:
+        parts.append(f"{100 * spent / plan.max_tokens:.0f}% of the budget of {plan.max_tokens:,}")
+    target = plan.budgets[-1] if plan is not None else 0
+    if target and (brute := tried_at_target(trials, target)):
+        parts.append(f"{100 * spent / brute:.0f}% of training each configuration it tried once at {target:,} tokens")
+    return "; ".join(parts)
+
+
 def report_lines(study: Any) -> list[str]:
     """The best COMPLETE trial against the baseline (trial 0, the unmodified base config)."""
     c = counts(study)
-    spent = sum(t.user_attrs.get("tokens") or 0 for t in study.trials)
     lines = [
         f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running; "
-        f"{spent:,} training tokens spent"
+        + spent_words(study)
     ]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
@@ -102,6 +135,12 @@ def report_lines(study: Any) -> list[str]:
     baseline = next((t for t in baselines if t.state == TrialState.COMPLETE), baselines[0] if baselines else None)
     params = " ".join(f"{k}={_short(v)}" for k, v in best.params.items())
     lines.append(f"best: trial {best.number} with {metric} {_value_text(best)} ({params})")
+    plan = stored_plan(study)
+    if plan is not None and len(plan.budgets) == 1 and plan.budgets[0]:
+        lines.append(
+            f"this answer is for {plan.budgets[0]:,} training tokens per run; for a longer training run, aim the sweep "
+            "at that budget with study.target_tokens (experiments/target.yaml)"
+        )
     if baseline is not None and baseline.state == TrialState.COMPLETE:
         gain = baseline.value - best.value
         lines.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ class StudySettings:
     budget_tokens: int | None = None  # training tokens per trial; with target_tokens, the cheapest rung
     target_tokens: int | None = None  # the budget the winner will be trained at (None: budget_tokens)
     reports: int = 8  # validation losses reported to the pruner per trial
-    n_trials: int = 20
+    n_trials: int | None = 20  # finished trials to reach; None: as many as max_tokens pays for
+    max_tokens: int | None = None  # every training token of the study: trials, branched decays, confirmation
     seed: int = 0
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (leases on journal files)
     grace_period: int = 30  # a trial silent for this long is failed and retried
@@ -43,6 +45,7 @@ class StudySettings:
 INT_KEYS = (
     "budget_tokens",
     "target_tokens",
+    "max_tokens",
     "reports",
     "n_trials",
     "seed",
@@ -50,7 +53,15 @@ INT_KEYS = (
     "grace_period",
     "max_retry",
 )
-POSITIVE_KEYS = ("reports", "n_trials", "heartbeat_interval", "grace_period", "budget_tokens", "target_tokens")
+POSITIVE_KEYS = (
+    "reports",
+    "n_trials",
+    "heartbeat_interval",
+    "grace_period",
+    "budget_tokens",
+    "target_tokens",
+    "max_tokens",
+)
 MULTI_FIDELITY = ("hyperband", "successive_halving")  # pruners whose rungs grow by reduction_factor
 
 
@@ -113,8 +124,12 @@ def _check_study(s: StudySettings) -> None:
             f"study.target_tokens ({s.target_tokens:,}) must be at least study.budget_tokens "
             f"({s.budget_tokens or 'unset'}), the cheap budget the sweep starts each trial at"
         )
+    if s.max_tokens is not None and s.budget_tokens is None:
+        raise ConfigError("study.max_tokens needs study.budget_tokens: a trial's cost must be known before it starts")
+    if s.n_trials is None and s.max_tokens is None:
+        raise ConfigError("study.n_trials: null needs study.max_tokens, the budget that decides how many trials run")
     if aims_beyond_budget(s) and s.pruner in MULTI_FIDELITY:
-        s.pruner_options.setdefault("min_resource", s.budget_tokens)
+        s.pruner_options.setdefault("min_resource", rungs(s)[0])
         s.pruner_options.setdefault("reduction_factor", 3)
         if s.pruner == "hyperband":
             s.pruner_options.setdefault("max_resource", s.target_tokens)
@@ -138,16 +153,22 @@ def budget_words(budget_tokens: int | None, target_tokens: int | None) -> str:
     return f"{budget_tokens:,} training tokens per trial"
 
 
+def trial_cap(s: StudySettings) -> float:
+    """The most trials the study finishes: ``n_trials``, or no count when the token budget decides."""
+    return math.inf if s.n_trials is None else s.n_trials
+
+
 def rungs(s: StudySettings) -> list[int]:
-    """Budgets below the target where a trial is scored by a branched decay: the cheap budget times 3**0, 3**1, ..."""
+    """Budgets below the target where a trial is scored by a branched decay: the target / 3, / 9, ... down to the
+    cheap budget, so the last rung is a third of the target rather than a decay just short of it."""
     if not aims_beyond_budget(s):
         return []
     factor = int(s.pruner_options.get("reduction_factor", 3))
-    budgets, budget = [], s.budget_tokens
-    while budget < s.target_tokens:
-        budgets.append(budget)
-        budget *= factor
-    return budgets
+    budgets, power = [], factor
+    while s.target_tokens // power >= s.budget_tokens:
+        budgets.insert(0, s.target_tokens // power)
+        power *= factor
+    return budgets or [s.budget_tokens]
 
 
 # -- The `confirm:` block of an experiment file, or --top/--seeds on the command line ---------
@@ -234,7 +255,7 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
         train["epochs"] = EPOCHS_FOR_TOKEN_BUDGET
         train["eval_every_tokens"] = s.target_tokens  # the rungs report annealed losses, the end its own
         train["anneal_at"] = rungs(s)
-        train["checkpoint_every_tokens"] = s.budget_tokens
+        train["checkpoint_every_tokens"] = rungs(s)[0]
     elif s.budget_tokens:
         train["max_tokens"] = s.budget_tokens
         train["epochs"] = EPOCHS_FOR_TOKEN_BUDGET
@@ -310,4 +331,19 @@ def load_experiment(
     make_sampler(settings.sampler, space, settings.seed, settings.sampler_options)
     make_pruner(settings.pruner, settings.pruner_options)
     confirm = parse_confirm(sweep["confirm"]) if "confirm" in sweep else None
-    return Experiment(base, search, settings, str(path), confirm=confirm)
+    exp = Experiment(base, search, settings, str(path), confirm=confirm)
+    _check_budget(exp)
+    return exp
+
+
+def _check_budget(exp: Experiment) -> None:
+    """A token budget must pay for the confirmation it reserves and at least one trial."""
+    from picollm.sweeps.budget import plan_of
+
+    plan = plan_of(exp)
+    if plan.max_tokens is not None and plan.max_tokens < plan.kept + plan.expected_from(-1):
+        raise ConfigError(
+            f"study.max_tokens ({plan.max_tokens:,}) cannot pay for the confirmation ({plan.reserve:,} tokens), one "
+            f"trial to the target and the first ones (at least {plan.kept + plan.expected_from(-1):,.0f} in all): "
+            "raise it, or lower confirm.top or confirm.seeds"
+        )

@@ -22,8 +22,9 @@ from picollm.errors import PicoError
 from picollm.search import baseline_params
 from picollm.storage import claim_lock, mask_url, open_storage
 from picollm.sweeps import fingerprint
-from picollm.sweeps.registry import make_pruner, make_sampler
-from picollm.sweeps.settings import Experiment, StudySettings
+from picollm.sweeps.budget import PLAN, TokenPlan, plan_of
+from picollm.sweeps.registry import ONE_SEQUENCE, make_pruner, make_sampler
+from picollm.sweeps.settings import Experiment, StudySettings, trial_cap
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -40,20 +41,31 @@ class CappedStudy(optuna.Study):
     exact; the objective refuses a trial not started here (:meth:`started_here`).
     """
 
-    def __init__(self, *, total: int, storage_url: str, storage: Any, **kwargs: Any) -> None:
+    def __init__(self, *, total: float, plan: TokenPlan, storage_url: str, storage: Any, **kwargs: Any) -> None:
         super().__init__(storage=storage, **kwargs)
-        self.total, self.storage_url, self.storage = total, storage_url, storage
+        self.total, self.plan, self.storage_url, self.storage = total, plan, storage_url, storage
         self.study_id = storage.get_study_id_from_name(self.study_name)
         self.asked: set[int] = set()
 
     def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
         with claim_lock(self.storage_url, f"claim-{self.study_name}"):
-            taken = len(self.get_trials(deepcopy=False, states=TAKEN))
+            trials = self.get_trials(deepcopy=False)
+            taken = sum(t.state in TAKEN for t in trials)
             if taken >= self.total:
                 raise StudyFull(f"{taken} of {self.total} trials are finished or running")
+            if not self.plan.room_for_trial(trials):
+                raise StudyFull(f"study.max_tokens={self.plan.max_tokens:,} cannot pay for another trial")
             trial = super().ask(fixed_distributions)
         self.asked.add(trial.number)
         return trial
+
+    def exhausted(self) -> bool:
+        """Nothing more will start: the total is finished, or no trial runs and the budget pays for no other."""
+        trials = self.get_trials(deepcopy=False)
+        if sum(t.state in FINISHED for t in trials) >= self.total:
+            return True
+        running = any(t.state == TrialState.RUNNING for t in trials)
+        return not running and not self.plan.room_for_trial(trials)
 
     def started_here(self, trial: optuna.Trial) -> None:
         """Refuse a trial that ``ask`` did not start (see the class docstring)."""
@@ -84,7 +96,8 @@ def _load(exp: Experiment, storage_url: str, create: bool, storage: Any = None) 
     if create:
         optuna.create_study(study_name=s.name, storage=storage, direction="minimize", load_if_exists=True)
     return CappedStudy(
-        total=s.n_trials,
+        total=trial_cap(s),
+        plan=plan_of(exp),
         storage_url=storage_url,
         storage=storage,
         study_name=s.name,
@@ -158,6 +171,8 @@ def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str
         study.set_user_attr("settings", asdict(exp.study))
     _check_space(stored, exp, storage_url)
     fingerprint.check(study, exp, storage_url)
+    if record:  # the budget may grow between sweeps of one study, as n_trials may
+        study.set_user_attr(PLAN, asdict(study.plan))
 
 
 TRAINED_BASE = "trained_base"  # study user attribute: the base config as the trials ran it
@@ -191,6 +206,8 @@ def sampler_seed(seed: int, salt: str | None) -> int:
 
 
 def with_seed(exp: Experiment, salt: str | None) -> Experiment:
+    if exp.study.sampler in ONE_SEQUENCE:  # every worker draws the next point of the study's one sequence
+        return exp
     return replace(exp, study=replace(exp.study, seed=sampler_seed(exp.study.seed, salt)))
 
 

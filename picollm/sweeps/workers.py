@@ -26,13 +26,14 @@ from picollm.config import config_from_dict
 from picollm.errors import ConfigError, DataError, PicoError
 from picollm.storage import claim_lock, mask_url
 from picollm.sweeps import fingerprint
+from picollm.sweeps.budget import plan_words
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
 from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.liveness import fail_stale, requeue_stopped
 from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
-from picollm.sweeps.settings import Experiment, budget_words
+from picollm.sweeps.settings import Experiment, budget_words, trial_cap
 from picollm.sweeps.studies import (
     StudyFull,
     enqueue_baseline,
@@ -74,7 +75,7 @@ def _taken_over(study: Any, objective: Objective) -> bool:
 def _say_interrupted(study: Any, objective: Objective, show: Callable[[str], None]) -> None:
     trial = _current_trial(study, objective)
     if trial is not None:
-        show(trial_line(trial, best_value(study)))
+        show(trial_line(trial, best_value(study, upto=trial)))
     show("interrupted: the running trial is failed (reason 'interrupted') and its run record closed")
 
 
@@ -100,15 +101,15 @@ def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any =
     tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False) if study is None else study
     objective = Objective(spec.exp, spec.threads, spec.rank)
-    show = on_trial or ((lambda st, t: print(trial_line(t, best_value(st)), flush=True)) if spec.verbose else None)
+    show = on_trial or (_print_trial if spec.verbose else None)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
     idle_s = IDLE_FIRST_S
     try:
-        while time.monotonic() < deadline and finished(study) < s.n_trials and objective.abort is None:
+        while time.monotonic() < deadline and not study.exhausted() and objective.abort is None:
             fail_stale(study, s.grace_period, s.max_retry)
             if _optimize_once(study, objective, show, deadline):
                 idle_s = IDLE_FIRST_S
-            elif finished(study) < s.n_trials:  # peers hold the last trials: wait, polling less often as they take
+            elif not study.exhausted():  # peers hold the last trials or the budget: wait, polling less often
                 time.sleep(idle_s)
                 idle_s = min(2 * idle_s, IDLE_MAX_S, s.heartbeat_interval)
     except KeyboardInterrupt:
@@ -116,6 +117,10 @@ def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any =
         raise
     if objective.abort is not None:
         raise AbortSweep(objective.abort)
+
+
+def _print_trial(study: Any, trial: Any) -> None:
+    print(trial_line(trial, best_value(study, upto=trial)), flush=True)
 
 
 def _to_stderr(line: str) -> None:
@@ -231,7 +236,7 @@ def _identity(exp: Experiment) -> Experiment:
 def _requeue(study: Any, exp: Experiment) -> None:
     queued, used_up = requeue_stopped(study, exp.study.max_retry)
     if queued:
-        full = finished(study) >= exp.study.n_trials  # the total holds: a queued trial waits for room
+        full = finished(study) >= trial_cap(exp.study)  # the total holds: a queued trial waits for room
         when = f" once the study has room (it has its {exp.study.n_trials}: raise --n-trials)" if full else ""
         print(f"trials {', '.join(map(str, queued))} run again with their parameters{when} (failed baseline or Ctrl-C)")
     if used_up:
@@ -277,17 +282,21 @@ def _work(
 
 
 def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
-    """Run (or resume) the study to ``n_trials`` finished trials in ``workers`` processes, then export it."""
+    """Run (or resume) the study to ``n_trials`` finished trials (or its token budget) in ``workers`` processes, then
+    export it."""
     exp, study = prepare(exp, storage_url)
     s = exp.study
     layout = choose_layout(workers)
+    count = f"{finished(study)}/{s.n_trials}" if s.n_trials is not None else f"{finished(study)}"
     print(
-        f"study {s.name!r} in {mask_url(storage_url)}: {finished(study)}/{s.n_trials} trials finished; "
+        f"study {s.name!r} in {mask_url(storage_url)}: {count} trials finished; "
         f"objective {s.metric}; sampler {s.sampler}, pruner {s.pruner}, "
         f"{budget_words(s.budget_tokens, s.target_tokens)}, {workers} worker(s) x {layout[1]} thread(s)",
         flush=True,
     )
-    progress = Progress(study, s.n_trials)
+    if study.plan.max_tokens is not None:
+        print(plan_words(study.plan), flush=True)
+    progress = Progress(study)
     interrupted = False
     with interrupts_as_keyboard():
         try:

@@ -1,0 +1,147 @@
+"""A study's budget in training tokens (``study.max_tokens``): trials, their branched decays and the confirmation.
+
+A target study's trial trains its stable phase to a rung's branch point, decays a copy there, and stops or goes on, so
+what a trial has cost once it is scored at a rung is known before it runs (:meth:`TokenPlan.cost_to`). The study
+starts a trial only when its expected cost (a third of trials go on at each rung) fits beside what the running trials
+are expected to spend and the confirmation's reserve; a trial goes past a rung only when the next rung's cost fits
+beside what every running trial has already committed to. So a study never trains more than its budget, and the
+confirmation always has its runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import TrialState
+
+SPENT = "spent_tokens"  # trial user attribute: every token the trial trained (its run and its branched decays)
+PLAN = "token_plan"  # study user attribute: the plan of the sweep that ran last, for readers without the experiment
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """What a trial costs at each budget it can be scored at, and what the study may spend."""
+
+    budgets: tuple[int, ...]  # the rungs scored by branched decays, then the trial's own budget (the target)
+    decay_fraction: float  # of each rung's budget spent decaying a copy (0 without rungs)
+    eta: int  # one trial in ``eta`` goes on at each rung
+    step_tokens: int  # the most tokens one training step can take: rounding slack per budget
+    reserve: int  # the confirmation's runs
+    max_tokens: int | None = None  # None: the study counts trials, not tokens
+
+    def cost_to(self, index: int) -> int:
+        """Tokens a trial has trained once scored at ``budgets[index]``: stable phase, decays, one step's slack each."""
+        budget, last = self.budgets[index], index == len(self.budgets) - 1
+        stable = budget if last else math.ceil((1 - self.decay_fraction) * budget)
+        decays = sum(math.ceil(self.decay_fraction * b) for b in self.budgets[: index if last else index + 1])
+        return stable + decays + (index + 1) * self.step_tokens
+
+    def expected_from(self, index: int) -> float:
+        """Expected cost of a trial that has been scored at ``budgets[index]`` (-1: not yet) and goes on."""
+        cost, chance = float(self.cost_to(index + 1)), 1.0
+        for i in range(index + 2, len(self.budgets)):
+            chance /= self.eta
+            cost += chance * (self.cost_to(i) - self.cost_to(i - 1))
+        return cost
+
+    def index_of(self, trial: Any) -> int:
+        """The last budget a running trial was scored at (-1: none yet)."""
+        steps = [s for s in trial.intermediate_values if s in self.budgets]
+        return self.budgets.index(max(steps)) if steps else -1
+
+    def spent(self, trial: Any) -> int:
+        """A finished trial's tokens; a failed one's, where its worker died before it said, up to its last rung."""
+        recorded = trial.user_attrs.get(SPENT)
+        return int(recorded) if recorded is not None else self.cost_to(max(0, self.index_of(trial)))
+
+    def ledger(self, trials: list[Any], hard: bool, skip: int | None = None) -> float:
+        """Spent by finished trials plus what running ones commit: their next rung (hard) or its expectation."""
+        total = 0.0
+        for t in trials:
+            if t.number == skip or t.state == TrialState.WAITING:
+                continue
+            if t.state == TrialState.RUNNING:
+                index = self.index_of(t)
+                total += self.cost_to(index + 1) if hard else self.expected_from(index)
+            else:
+                total += self.spent(t)
+        return total
+
+    @property
+    def kept(self) -> int:
+        """Tokens no new trial may use: the confirmation, and one trial's way to the target on top of what the
+        promotions are expected to cost (asynchronous halving lets early trials go on more often than one in eta), so
+        the best trials of the last rungs are never stopped for want of tokens that new trials took."""
+        return self.reserve + (self.cost_to(len(self.budgets) - 1) if len(self.budgets) > 1 else 0)
+
+    def room_for_trial(self, trials: list[Any]) -> bool:
+        """Does one more trial fit, at its expected cost, beside the running ones and what is kept?"""
+        if self.max_tokens is None:
+            return True
+        return self.ledger(trials, hard=False) + self.expected_from(-1) + self.kept <= self.max_tokens
+
+    def room_to_go_on(self, trials: list[Any], number: int, index: int) -> bool:
+        """May trial ``number``, scored at ``budgets[index]``, train on to the next budget? Hard costs only."""
+        if self.max_tokens is None or index + 1 >= len(self.budgets):
+            return True
+        return self.ledger(trials, hard=True, skip=number) + self.cost_to(index + 1) + self.reserve <= self.max_tokens
+
+    def trials_expected(self) -> int:
+        """About how many trials the budget starts."""
+        if self.max_tokens is None:
+            return 0
+        return max(0, int((self.max_tokens - self.kept) // self.expected_from(-1)))
+
+
+def plan_of(exp: Any) -> TokenPlan:
+    """The experiment's plan: its rungs and target, its decay, and the confirmation it reserves tokens for."""
+    from picollm.sweeps.settings import aims_beyond_budget, rungs, target_of
+
+    s, base = exp.study, exp.base
+    target = target_of(s)
+    budgets = (*rungs(s), target) if aims_beyond_budget(s) else (target or 0,)
+    blocks = [base["model"]["block_size"]]
+    for p in exp.space:
+        if p.key == "model.block_size":
+            blocks += list(p.choices) if p.type == "categorical" else [int(p.high)]
+    step_tokens = int(base["train"]["batch_size"]) * max(blocks)
+    reserve = 0
+    if exp.confirm is not None:
+        runs = (2 + exp.confirm.top) * exp.confirm.seeds  # the leader, the close ones, the baseline
+        reserve = runs * ((exp.confirm.budget_tokens or target or 0) + step_tokens)
+    return TokenPlan(
+        budgets=budgets,
+        decay_fraction=float(base["optim"]["decay_fraction"]) if aims_beyond_budget(s) else 0.0,
+        eta=int(s.pruner_options.get("reduction_factor", 3)),
+        step_tokens=step_tokens,
+        reserve=reserve,
+        max_tokens=s.max_tokens,
+    )
+
+
+def tried_at_target(trials: list[Any], target: int) -> int:
+    """Tokens to train every configuration the study tried once at the target: brute force over the same configs."""
+    import json
+
+    configs = {json.dumps(t.params, sort_keys=True, default=str) for t in trials if t.state.is_finished()}
+    return len(configs) * target
+
+
+def stored_plan(study: Any) -> TokenPlan | None:
+    """The plan the study's last sweep ran under (None for a study made before plans were recorded)."""
+    raw = study.user_attrs.get(PLAN)
+    return None if raw is None else TokenPlan(**{**raw, "budgets": tuple(raw["budgets"])})
+
+
+def plan_words(plan: TokenPlan) -> str:
+    """The budget as the sweep's first lines and the report say it, before any token is trained."""
+    rungs = plan.budgets
+    ladder = f"from {rungs[0]:,} tokens" + (
+        f", one in {plan.eta} going on at each of {', '.join(f'{b:,}' for b in rungs[1:])}" if len(rungs) > 1 else ""
+    )
+    return (
+        f"budget {plan.max_tokens:,} training tokens (trials, branched decays and confirmation): about "
+        f"{plan.trials_expected()} trials {ladder}; {plan.reserve:,} kept for the confirmation"
+    )
