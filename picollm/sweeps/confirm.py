@@ -94,10 +94,13 @@ def compare_words(winner: str, other: str, pair: Paired, n_seeds: int) -> str:
     if pair.n < 2 or math.isnan(pair.p):
         return f"{winner} vs {other}: fewer than two shared seeds, no comparison possible"
     numbers = f"{pair.diff:+.4f} nats (95% CI {pair.low:+.4f} to {pair.high:+.4f}, paired t-test p={pair.p:.3g})"
-    if pair.distinguishable and pair.diff < 0:
-        return f"{winner} beats {other} by {numbers} over {pair.n} shared seeds"
-    if pair.distinguishable:
-        return f"{winner} is worse than {other} by {numbers} over {pair.n} shared seeds"
+    if pair.distinguishable:  # a gap in words: "beats by 0.86", never "beats by -0.86"
+        verb, sign = ("beats", -1) if pair.diff < 0 else ("is worse than", 1)
+        gap = sorted((sign * pair.low, sign * pair.high))
+        return (
+            f"{winner} {verb} {other} by {sign * pair.diff:.4f} nats (95% CI {gap[0]:.4f} to {gap[1]:.4f}, "
+            f"paired t-test p={pair.p:.3g}) over {pair.n} shared seeds"
+        )
     return (
         f"{winner} and {other} cannot be told apart with {n_seeds} seeds: {numbers}; "
         f"the choice between them is a coin flip at this budget (more --seeds would be needed)"
@@ -487,7 +490,28 @@ def summary_lines(conf: Confirmation) -> list[str]:
             f"shortlist: the leader and every configuration within {conf.margin:.4f} nats of it where the study last "
             f"measured both (1.96 x sqrt(2) x the leader's seed sd {conf.seed_sd:.4f}), and the baseline"
         )
-    return lines + verdict_lines(conf) + test_lines(conf)
+    return [*lines, *verdict_lines(conf), certainty_line(conf), *test_lines(conf)]
+
+
+def certainty_line(conf: Confirmation) -> str:
+    """How sure the pick is: how many confirmed configurations lie within the seed noise of the winner."""
+    ranked = conf.ranked()
+    winner, others = ranked[0], [r for r in ranked[1:] if not r.candidate.baseline]
+    if conf.margin is None or not math.isfinite(conf.margin):
+        return "how sure: unknown (the leader's seeds gave no spread to compare with)"
+    if not others:
+        return (
+            f"how sure: clear; no other configuration came within {conf.margin:.4f} nats of the leader where the study "
+            "measured both"
+        )
+    best = winner.interval().mean
+    close = [r for r in others if r.interval().mean - best < conf.margin]
+    if not close:
+        return f"how sure: clear; the {len(others)} other confirmed configuration(s) trail by over {conf.margin:.4f}"
+    return (
+        f"how sure: {len(close)} of {len(others)} other confirmed configuration(s) within {conf.margin:.4f} nats of "
+        "the winner: equally good answers at this budget as far as these seeds can tell (more --seeds would split them)"
+    )
 
 
 def verdict_lines(conf: Confirmation) -> list[str]:
