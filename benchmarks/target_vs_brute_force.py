@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool-size", type=int, default=16, help="random configurations per pool, besides the base")
     parser.add_argument("--study-seeds", type=int, nargs="+", default=[0, 1, 2], help="one sweep per study.seed")
     parser.add_argument("--workers", type=int, default=2, help="processes training at once")
-    parser.add_argument("--only", choices=("pools", "sweeps", "all"), default="all", help="run one phase only")
+    parser.add_argument(
+        "--only", choices=("pools", "sweeps", "all"), default="all", help="run one phase only (all: score the cached)"
+    )
     parser.add_argument("--yardstick-s", type=float, help="../shared/bench/quick_reference.py's time, this session")
     parser.add_argument("--storage", default=DEFAULT_STORAGE.replace("optuna.db", "bench_target.db"))
     add_override_argument(parser, "override a key of the experiment, e.g. data.tinystories=PATH (repeatable)")
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = seeds_for(exp.base, exp.confirm or ConfirmSettings())
     target = target_of(exp.study)
     pools = {}
-    for pool_seed in args.pool_seeds:
+    for pool_seed in [] if args.only == "sweeps" else args.pool_seeds:
         cache = Cache.open(args.out / f"pool-{pool_seed}.json", pool_seed=pool_seed, seeds=seeds, target=target)
         pool = draw_pool(exp, args.pool_size, pool_seed)
         print(f"pool {pool_seed}: {len(pool)} configurations x seeds {seeds} at {target:,} tokens", flush=True)
@@ -288,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "pools":
         return 0
     sweeps = run_sweeps(args, overrides)
+    if args.only == "sweeps":
+        return 0
     known = {key: run for _, cache in pools.values() for key, run in cache.runs.items()}
     winners = Cache.open(args.out / "winners.json", seeds=seeds, target=target)
     unmeasured = [run["winner"] for run in sweeps.values() if run_key(run["winner"], seeds[0]) not in known]
