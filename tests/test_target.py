@@ -3,6 +3,8 @@ the target, a test split the search never sees."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from optuna.trial import TrialState
 
@@ -142,7 +144,7 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
     from picollm.sweeps.budget import SPENT, plan_of
     from picollm.sweeps.report import report_lines
 
-    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": "qmc"}
+    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": "sobol"}
     path = write_experiment(tmp_path, study=study, optim=WSD, confirm={"top": 1, "seeds": 2})
     exp = load_experiment(str(path), [])
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -161,3 +163,23 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
     spent = sum(t.user_attrs[SPENT] for t in trials) + sum(confirm)
     assert 4 <= len(confirm) <= 6 and spent <= 90_000
     assert f"{spent:,} training tokens spent" in report_lines(sweep)[0]
+
+
+def test_sobol_points_follow_the_trial_number_not_the_finishing_order(tmp_path) -> None:
+    """Trial n takes point n whichever worker asks: the study tries the same configurations in any order."""
+    import optuna
+
+    from picollm.search import sample
+    from picollm.sweeps.registry import make_sampler
+
+    exp = load_experiment(str(write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)), [])
+
+    def configurations(order: list[int]) -> dict[int, dict]:
+        study = optuna.create_study(sampler=make_sampler("sobol", exp.space, 0, {}))
+        trials = [study.ask() for _ in range(16)]
+        return {i: sample(trials[i], exp.space, exp.base) for i in order}
+
+    forward = configurations(list(range(16)))
+    assert forward == configurations(list(reversed(range(16))))
+    assert {p["optim.name"] for p in forward.values()} == {"sgd", "adam", "rmsprop"}
+    assert len({json.dumps(p, sort_keys=True) for p in forward.values()}) == 16  # no point twice

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import random
 import warnings
 from collections.abc import Callable
 from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from picollm.errors import ConfigError
 from picollm.search import Param
@@ -24,27 +29,81 @@ def _grid(space: list[Param]) -> dict[str, list[Any]]:
     return grid
 
 
-# Samplers whose workers must share the study's seed: the storage numbers the points of one sequence, so the study
-# tries the same configurations whichever worker asks first (Optuna's QMCSampler documents this).
-ONE_SEQUENCE = ("qmc",)
+# Samplers whose workers must share the study's seed, since they draw points of one sequence (Optuna's QMCSampler
+# documents this for its own).
+ONE_SEQUENCE = ("qmc", "sobol")
+
+
+def distribution(p: Param) -> BaseDistribution:
+    """The distribution ``Param.suggest`` asks Optuna for."""
+    if p.type == "categorical":
+        return CategoricalDistribution(list(p.choices))
+    if p.type == "float":
+        return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+
+
+def from_unit(dist: BaseDistribution, u: float) -> Any:
+    """The value at ``u`` in [0, 1) of ``dist``'s range: evenly spread points stay evenly spread."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+    low, high, step = float(dist.low), float(dist.high), getattr(dist, "step", None)
+    if dist.log:
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    elif step:  # the grid's n + 1 values, each an equal share of [0, 1)
+        n = round((high - low) / step)
+        value = low + min(math.floor(u * (n + 1)), n) * step
+    else:
+        value = low + u * (high - low)
+    if isinstance(dist, IntDistribution):
+        return int(min(max(round(value), dist.low), dist.high))
+    return min(max(value, low), high)
+
+
+class SobolSampler(optuna.samplers.BaseSampler):
+    """Scrambled Sobol points by trial number: trial n takes point n whichever worker asks for it, so a study tries the
+    same configurations in any finishing order, spread evenly over the space. Every searched key, conditional ones too,
+    has a coordinate of its own (Optuna's QMCSampler infers its space from the first finished trial, which changes with
+    the finishing order when parameters are conditional)."""
+
+    def __init__(self, space: list[Param], seed: int) -> None:
+        self.space = {p.key: distribution(p) for p in space}
+        self.seed = seed
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
+        return dict(self.space)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        from scipy.stats import qmc
+
+        engine = qmc.Sobol(len(search_space), scramble=True, seed=self.seed)
+        if trial.number:
+            engine.fast_forward(trial.number)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's note on balance below powers of two: one point is meant
+            point = engine.random(1)[0]
+        return {name: from_unit(dist, float(u)) for (name, dist), u in zip(search_space.items(), point, strict=True)}
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: BaseDistribution) -> Any:
+        """A key outside the space given: a uniform draw fixed by the seed, the trial number and the key."""
+        return from_unit(param_distribution, random.Random(f"{self.seed}:{trial.number}:{param_name}").random())
 
 
 def make_sampler(name: str, space: list[Param], seed: int, options: dict[str, Any]) -> Any:
-    import optuna
-
     samplers: dict[str, Callable[[], Any]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **options),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed, **options),
         "grid": lambda: optuna.samplers.GridSampler(_grid(space), seed=seed, **options),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, **options),
         "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, **options),
+        "sobol": lambda: SobolSampler(space, seed, **options),
     }
     return _construct("sampler", name, samplers, options)
 
 
 def make_pruner(name: str, options: dict[str, Any]) -> Any:
-    import optuna
-
     def patient() -> Any:
         opts = dict(options)
         patience = opts.pop("patience", 2)

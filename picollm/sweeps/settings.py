@@ -149,7 +149,10 @@ def budget_words(budget_tokens: int | None, target_tokens: int | None) -> str:
     if not budget_tokens:
         return "no token budget per trial"
     if target_tokens and target_tokens > budget_tokens:
-        return f"{budget_tokens:,} to {target_tokens:,} training tokens per trial (rungs scored by branched decays)"
+        first = target_tokens
+        while first // 3 >= budget_tokens:  # the cheapest rung (see rungs)
+            first //= 3
+        return f"{first:,} to {target_tokens:,} training tokens per trial (rungs scored by branched decays)"
     return f"{budget_tokens:,} training tokens per trial"
 
 
