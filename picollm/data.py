@@ -198,11 +198,13 @@ def _write_array(folder: Path, name: str, array: np.ndarray) -> str:
     return _file_sha256(folder / f"{name}.bin")
 
 
-def build_cache(d: DataConfig, tokenizer: Tokenizer, target: Path) -> None:
+def build_cache(d: DataConfig, tokenizer: Tokenizer, target: Path, progress: bool = False) -> None:
     """Tokenize every source and write the cache folder atomically (temp folder + rename)."""
-    groups, val_docs = collect_documents(d)
+    groups, val_docs = collect_documents(d)  # first: a misspelled path is its one line, after nothing else
     if not val_docs:
         raise DataError("the data has no validation documents")
+    if progress:
+        print(f"tokenizing ({d.tokenizer}) into {target} ...", file=sys.stderr)
     streams = {name: tokenizer.encode_docs(docs) for name, docs in groups.items()}
     train = np.concatenate(list(streams.values()))
     val = tokenizer.encode_docs(val_docs)
@@ -278,9 +280,7 @@ def load_token_data(d: DataConfig, progress: bool = True) -> TokenData:
         if folder.exists():  # corrupt or partial: rebuild rather than trust it
             print(f"token cache {folder} failed its check; rebuilding", file=sys.stderr)
             shutil.rmtree(folder, ignore_errors=True)
-        if progress:
-            print(f"tokenizing ({d.tokenizer}) into {folder} ...", file=sys.stderr)
-        build_cache(d, tokenizer, folder)
+        build_cache(d, tokenizer, folder, progress)
         opened = _read_cache(folder)
         if opened is None:
             raise DataError(f"could not read back the token cache at {folder}")

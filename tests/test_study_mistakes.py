@@ -88,6 +88,8 @@ def test_a_mistake_in_the_data_or_config_is_one_line_and_no_study(
     lines = err.strip().splitlines()
     assert code == 2 and lines[-1].startswith("error: ") and message in lines[-1], err
     assert "Traceback" not in err and all(not line.startswith("error") for line in lines[:-1]), err
+    if "data" in mistake or "input" in mistake:  # nothing was tokenized, so nothing says it is tokenizing
+        assert "tokenizing" not in err, err
     assert study_names(storage) == []  # no study, so no failed trials and no fingerprint to refuse the fix
     assert not (tmp_path / "runs").exists()  # no run record either
 
