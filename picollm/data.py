@@ -291,9 +291,12 @@ def load_token_data(d: DataConfig, progress: bool = True) -> TokenData:
         raise DataError("the validation split has fewer than 2 tokens")
     val = sample_documents(arrays["val"], tokenizer.eot_id, d.val_tokens).tokens
     groups = {name: (int(o), int(n)) for name, (o, n) in meta["groups"].items()}
-    return TokenData(
+    data = TokenData(
         tokenizer, arrays["train"], val, groups, mix_weights(groups, d), folder, arrays["val"], d.val_tokens
     )
+    if d.test_tokens:
+        test_set(data, d.test_tokens)  # a test set the data cannot hold is one line now, not after a sweep's trials
+    return data
 
 
 def mix_weights(groups: dict[str, tuple[int, int]], d: DataConfig) -> dict[str, float]:

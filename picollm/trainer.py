@@ -37,7 +37,6 @@ from picollm.data import (
     describe,
     load_token_data,
     scoring_policy,
-    test_set,
     train_batches,
     unigram_baseline,
     validation_sets,
@@ -530,8 +529,6 @@ def _prepare_data(cfg: Config) -> tuple[Config, torch.device, TokenData]:
     if device.type == "cuda":
         allow_tf32()
     data = load_token_data(cfg.data, progress=cfg.train.progress)
-    if cfg.data.test_tokens:
-        test_set(data, cfg.data.test_tokens)  # a test set the data cannot hold is one line now, not after a sweep
     if note:
         data.notes.append(note)
     return cfg, device, data
