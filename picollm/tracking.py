@@ -251,6 +251,13 @@ class WandbSink:
             self.run.define_metric(key, step_metric=step_metric)
         for key in BEST_OF:
             self.run.define_metric(f"best/{key}", step_metric=axis[key])
+        resumed_at = config.get("resumed_at_step")
+        if resumed_at is not None:  # W&B's rewind is a private preview, so say it where the charts are read
+            self.run.notes = (
+                f"resumed from a checkpoint at step {resumed_at}: the steps the killed sitting logged after it appear "
+                "twice in the charts; the run record's metrics.jsonl holds them once"
+            )
+            self.run.summary["resumed_at_step"] = resumed_at
 
     def _work(self) -> None:
         while True:

@@ -84,6 +84,7 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
     for kind, record in read_records(path):
         if kind == "run":
             info.update(group=record.run_group, job_type=record.job_type, name=record.display_name, id=record.run_id)
+            info["notes"] = record.notes or info.get("notes", "")
             info["config"].update(_items(record.config.update))
         elif kind == "config":
             info["config"].update(_items(record.update))

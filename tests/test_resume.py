@@ -209,7 +209,10 @@ def test_a_resumed_run_goes_on_in_the_same_offline_wandb_run(tmp_path: Path) -> 
     assert files and all(run_id in f.name for f in files)  # one W&B run, written in two sittings
     resumed_steps = [row["step"] for row in read_history(files[-1]) if "train/loss" in row]
     assert 0 < resumed_steps[0] <= 30 and resumed_steps[-1] == summary["steps"]  # from the checkpoint to the end
-    assert read_run_info(files[-1]).get("exit_code") == 0
+    info = read_run_info(files[-1])
+    assert info.get("exit_code") == 0
+    at = info["summary"]["resumed_at_step"]  # the charts say where the repeated steps begin
+    assert at < resumed_steps[0] and f"resumed from a checkpoint at step {at}" in info["notes"]
 
 
 def test_a_reopened_records_best_curve_goes_on_from_its_kept_rows(tmp_path: Path) -> None:
