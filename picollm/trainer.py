@@ -351,6 +351,7 @@ def anneal(run: Run, budget_tokens: int) -> None:
     row = {"tokens": run.tokens, "anneal_tokens": budget_tokens, "val/annealed_loss": estimate.loss}
     run.tracker.log({"step": run.step, "epoch": run.epoch, **row, "val/annealed_loss_stderr": estimate.stderr})
     say(run, f"decay branched at {run.tokens:,} tokens: val {estimate.loss:.4f} at a budget of {budget_tokens:,}")
+    keep_state(run)  # a sweep that stops the run here may promote it later: it goes on from this very step
     if run.on_anneal is not None:
         run.on_anneal(budget_tokens, estimate.loss)
 

@@ -44,10 +44,11 @@ def test_a_trial_goes_past_a_rung_only_when_the_next_rung_fits_beside_every_comm
     others = [trial(0, TrialState.COMPLETE, (1000, 3000, 9000), spent=9800), trial(1, TrialState.RUNNING)]
     me = trial(2, TrialState.RUNNING, (1000,))
     # 9,800 spent + 1,000 committed by trial 1 + 3,200 for me to rung 3,000 + 5,000 reserved = 19,000
-    assert plan.room_to_go_on([*others, me], number=2, index=0)
+    assert plan.room_to_go_on([*others, me], me, index=0)
     # to the target: 9,800 + 1,000 + 9,800 + 5,000 > 20,000
-    assert not plan.room_to_go_on([*others, trial(2, TrialState.RUNNING, (1000, 3000))], number=2, index=1)
-    assert plan.room_to_go_on([*others, me], number=2, index=2)  # at the target there is nothing left to pay
+    later = trial(2, TrialState.RUNNING, (1000, 3000))
+    assert not plan.room_to_go_on([*others, later], later, index=1)
+    assert plan.room_to_go_on([*others, me], me, index=2)  # at the target there is nothing left to pay
 
 
 def test_a_failed_trial_counts_what_it_trained_up_to_its_last_rung() -> None:
@@ -70,3 +71,24 @@ def test_a_budget_that_cannot_pay_for_the_confirmation_and_one_trial_is_one_line
     assert plan.reserve == 3 * 2 * (9216 + plan.step_tokens) and plan.budgets == (1024, 3072, 9216)
     with pytest.raises(ConfigError, match=r"study\.n_trials: null needs study\.max_tokens"):
         load_experiment(str(path), ["study.max_tokens=null", "study.n_trials=null"])
+
+
+def config(number: int, name: str, values: dict[int, float], state: TrialState = TrialState.PRUNED, **attrs: int):
+    return SimpleNamespace(number=number, params={"x": name}, state=state, intermediate_values=values, user_attrs=attrs)
+
+
+def test_halving_promotes_the_best_paused_configuration_once_its_rung_has_room() -> None:
+    from picollm.sweeps.halving import CONTINUES, FROM_RUNG, next_promotion, promotions_due
+
+    budgets = (1000, 3000, 9000)
+    two = [config(0, "a", {1000: 5.0}), config(1, "b", {1000: 4.0})]
+    assert next_promotion(two, budgets, 3) is None  # two scored: no decision yet, both wait
+    three = [*two, config(2, "c", {1000: 6.0})]
+    promoted, index = next_promotion(three, budgets, 3)
+    assert (promoted.number, index) == (1, 0) and promotions_due(three, budgets, 3) == [1, 0]
+    going = config(3, "b", {}, TrialState.RUNNING, **{CONTINUES: 1, FROM_RUNG: 0})
+    assert next_promotion([*three, going], budgets, 3) is None  # the rung's best third has gone on
+    assert promotions_due([*three, going], budgets, 3) == [0, 0]
+    six = [*three, going, *(config(4 + i, n, {1000: v}) for i, (n, v) in enumerate([("d", 4.5), ("e", 7), ("f", 8)]))]
+    promoted, index = next_promotion(six, budgets, 3)
+    assert (promoted.params, index) == ({"x": "d"}, 0)  # six scored: room for two

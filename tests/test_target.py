@@ -4,6 +4,7 @@ the target, a test split the search never sees."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -144,7 +145,7 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
     from picollm.sweeps.budget import SPENT, plan_of
     from picollm.sweeps.report import report_lines
 
-    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": "sobol"}
+    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": "sobol", "pruner": "halving"}
     path = write_experiment(tmp_path, study=study, optim=WSD, confirm={"top": 1, "seeds": 2})
     exp = load_experiment(str(path), [])
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -156,9 +157,21 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
     trials = sweep.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(trials) >= 4 and not plan.room_for_trial(sweep.trials)  # the budget, not a count, ended it
     assert any(t.state == TrialState.COMPLETE for t in trials)  # the best went on to the target
-    for t in trials:  # a trial trained its last rung's budget, and no more than the plan said it could cost there
-        index = plan.index_of(t)
-        assert plan.budgets[index] <= t.user_attrs[SPENT] <= plan.cost_to(index)
+    for (
+        t
+    ) in trials:  # no more than the plan said it could cost to its last rung (a continuation: from where it went on)
+        index, paid = plan.index_of(t), plan.paid(t)
+        assert (plan.budgets[index] if not paid else 1) <= t.user_attrs[SPENT] <= plan.cost_to(index) - paid
+    # Halving: no rung promoted more than the best third of the configurations scored there, each from where it paused.
+    for index, budget in enumerate(plan.budgets[:-1]):
+        scored = {json.dumps(t.params, sort_keys=True) for t in trials if budget in t.intermediate_values}
+        above = {json.dumps(t.params, sort_keys=True) for t in trials if plan.index_of(t) > index}
+        assert above <= scored and len(above) <= len(scored) // 3
+    for t in (t for t in trials if "continues" in t.user_attrs):
+        meta = json.loads((Path(t.user_attrs["run_dir"]) / "meta.json").read_text())
+        paused = sweep.trials[t.user_attrs["continues"]]
+        assert meta["resumed_from"] == paused.user_attrs["run_dir"] and t.params == paused.params
+    assert any("continues" in t.user_attrs for t in trials)
     confirm = [r["tokens"] for k, r in sweep.user_attrs.items() if k.startswith("confirm:")]
     spent = sum(t.user_attrs[SPENT] for t in trials) + sum(confirm)
     assert 4 <= len(confirm) <= 6 and spent <= 90_000

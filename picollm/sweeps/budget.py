@@ -16,6 +16,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from picollm.sweeps.halving import FROM_RUNG, promotions_due
+
 SPENT = "spent_tokens"  # trial user attribute: every token the trial trained (its run and its branched decays)
 PLAN = "token_plan"  # study user attribute: the plan of the sweep that ran last, for readers without the experiment
 
@@ -30,6 +32,7 @@ class TokenPlan:
     step_tokens: int  # the most tokens one training step can take: rounding slack per budget
     reserve: int  # the confirmation's runs
     max_tokens: int | None = None  # None: the study counts trials, not tokens
+    promotes: bool = False  # paused configurations go on later (pruner: halving): the rungs owe promotions
 
     def cost_to(self, index: int) -> int:
         """Tokens a trial has trained once scored at ``budgets[index]``: stable phase, decays, one step's slack each."""
@@ -47,46 +50,65 @@ class TokenPlan:
         return cost
 
     def index_of(self, trial: Any) -> int:
-        """The last budget a running trial was scored at (-1: none yet)."""
+        """The last budget a trial was scored at (-1: none yet); a continuation starts at the rung it continues from."""
         steps = [s for s in trial.intermediate_values if s in self.budgets]
-        return self.budgets.index(max(steps)) if steps else -1
+        return self.budgets.index(max(steps)) if steps else trial.user_attrs.get(FROM_RUNG, -1)
+
+    def paid(self, trial: Any) -> int:
+        """What the run a continuation goes on from had cost: its own tokens start there."""
+        rung = trial.user_attrs.get(FROM_RUNG)
+        return 0 if rung is None else self.cost_to(rung)
 
     def spent(self, trial: Any) -> int:
         """A finished trial's tokens; a failed one's, where its worker died before it said, up to its last rung."""
         recorded = trial.user_attrs.get(SPENT)
-        return int(recorded) if recorded is not None else self.cost_to(max(0, self.index_of(trial)))
+        if recorded is not None:
+            return int(recorded)
+        return max(0, self.cost_to(max(0, self.index_of(trial))) - self.paid(trial))
 
     def ledger(self, trials: list[Any], hard: bool, skip: int | None = None) -> float:
-        """Spent by finished trials plus what running ones commit: their next rung (hard) or its expectation."""
+        """Spent by finished trials plus what running and queued ones commit: their next rung (hard), or the expected
+        cost of their way on and of the promotions the rungs still owe (not hard)."""
         total = 0.0
         for t in trials:
-            if t.number == skip or t.state == TrialState.WAITING:
+            if t.number == skip:
                 continue
-            if t.state == TrialState.RUNNING:
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
                 index = self.index_of(t)
-                total += self.cost_to(index + 1) if hard else self.expected_from(index)
+                total += (self.cost_to(index + 1) if hard else self.expected_from(index)) - self.paid(t)
             else:
                 total += self.spent(t)
+        if not hard and self.promotes:
+            due = promotions_due(trials, self.budgets, self.eta)
+            total += sum(n * (self.expected_from(k) - self.cost_to(k)) for k, n in enumerate(due))
         return total
 
     @property
     def kept(self) -> int:
-        """Tokens no new trial may use: the confirmation, and one trial's way to the target on top of what the
-        promotions are expected to cost (asynchronous halving lets early trials go on more often than one in eta), so
-        the best trials of the last rungs are never stopped for want of tokens that new trials took."""
-        return self.reserve + (self.cost_to(len(self.budgets) - 1) if len(self.budgets) > 1 else 0)
+        """Tokens no new trial may use: the confirmation's; where trials cannot pause (Optuna's halving lets the first
+        trials at a rung go on), also one trial's way to the target, so the last promotions are not starved."""
+        slack = self.cost_to(len(self.budgets) - 1) if len(self.budgets) > 1 and not self.promotes else 0
+        return self.reserve + slack
 
     def room_for_trial(self, trials: list[Any]) -> bool:
-        """Does one more trial fit, at its expected cost, beside the running ones and what is kept?"""
+        """Does one more trial fit, at its expected cost, beside what the study expects to spend and keeps?"""
         if self.max_tokens is None:
             return True
         return self.ledger(trials, hard=False) + self.expected_from(-1) + self.kept <= self.max_tokens
 
-    def room_to_go_on(self, trials: list[Any], number: int, index: int) -> bool:
-        """May trial ``number``, scored at ``budgets[index]``, train on to the next budget? Hard costs only."""
+    def room_to_go_on(self, trials: list[Any], trial: Any, index: int) -> bool:
+        """May ``trial``, scored at ``budgets[index]``, train on to the next budget? Hard costs only."""
         if self.max_tokens is None or index + 1 >= len(self.budgets):
             return True
-        return self.ledger(trials, hard=True, skip=number) + self.cost_to(index + 1) + self.reserve <= self.max_tokens
+        cost = self.cost_to(index + 1) - self.paid(trial)
+        return self.ledger(trials, hard=True, skip=trial.number) + cost + self.reserve <= self.max_tokens
+
+    def room_for_promotion(self, trials: list[Any], index: int) -> bool:
+        """May a configuration paused at ``budgets[index]`` go on to the next budget? Hard costs only."""
+        if self.max_tokens is None:
+            return True
+        cost = self.cost_to(index + 1) - self.cost_to(index)
+        return self.ledger(trials, hard=True) + cost + self.reserve <= self.max_tokens
 
     def trials_expected(self) -> int:
         """About how many trials the budget starts."""
@@ -118,6 +140,7 @@ def plan_of(exp: Any) -> TokenPlan:
         step_tokens=step_tokens,
         reserve=reserve,
         max_tokens=s.max_tokens,
+        promotes=s.pruner == "halving",
     )
 
 

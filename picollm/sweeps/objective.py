@@ -74,6 +74,11 @@ def resumable(trial: optuna.Trial, cfg: Config) -> Any:
         return None
 
 
+def trained(counts: dict[str, Any]) -> int:
+    """Every token a run (or the checkpoint it went on from) has trained: its own and its branched decays'."""
+    return int(counts.get("tokens") or 0) + int(counts.get("anneal_tokens") or 0)
+
+
 def _release_gpu_memory() -> None:
     """After a failed trial (a CUDA out-of-memory error, say) hand cached blocks back before the next one."""
     import torch
@@ -184,7 +189,7 @@ class Objective:
         outcome = {
             **self.ran(),
             "tokens": summary.get("tokens"),
-            SPENT: (summary.get("tokens") or 0) + (summary.get("anneal_tokens") or 0),
+            SPENT: trained(summary) - (0 if start is None else trained(start.state)),
             "status": summary.get("status"),
             "wandb_run_id": _wandb_run_id(run_dir),
         }
@@ -221,7 +226,9 @@ class Objective:
         if plan.max_tokens is None or tokens not in plan.budgets:
             return True
         with self.clock.phase("storage"), claim_lock(study.storage_url, f"claim-{study.study_name}"):
-            return plan.room_to_go_on(study.get_trials(deepcopy=False), trial.number, plan.budgets.index(tokens))
+            trials = study.get_trials(deepcopy=False)
+            me = next(t for t in trials if t.number == trial.number)
+            return plan.room_to_go_on(trials, me, plan.budgets.index(tokens))
 
     def value(self, trial: optuna.Trial, summary: dict[str, Any], outcome: dict[str, Any]) -> float:
         """The ranked value of a finished run, or TrialPruned with what the pruner saw last; one storage write."""

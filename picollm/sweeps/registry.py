@@ -13,6 +13,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from picollm.errors import ConfigError
 from picollm.search import Param
+from picollm.sweeps.halving import CONTINUES, HalvingPruner
 
 
 def _grid(space: list[Param]) -> dict[str, list[Any]]:
@@ -61,10 +62,10 @@ def from_unit(dist: BaseDistribution, u: float) -> Any:
 
 
 class SobolSampler(optuna.samplers.BaseSampler):
-    """Scrambled Sobol points by trial number: trial n takes point n whichever worker asks for it, so a study tries the
-    same configurations in any finishing order, spread evenly over the space. Every searched key, conditional ones too,
-    has a coordinate of its own (Optuna's QMCSampler infers its space from the first finished trial, which changes with
-    the finishing order when parameters are conditional)."""
+    """Scrambled Sobol points in the order fresh trials are asked: the n-th takes point n whichever worker asks for it,
+    so a study tries the same configurations in any finishing order, spread evenly over the space. Every searched key,
+    conditional ones too, has a coordinate of its own (Optuna's QMCSampler infers its space from the first finished
+    trial, which changes with the finishing order when parameters are conditional)."""
 
     def __init__(self, space: list[Param], seed: int) -> None:
         self.space = {p.key: distribution(p) for p in space}
@@ -74,13 +75,15 @@ class SobolSampler(optuna.samplers.BaseSampler):
         return dict(self.space)
 
     def sample_relative(self, study: Any, trial: Any, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        if not search_space:
-            return {}
+        if not search_space or CONTINUES in trial.user_attrs or "baseline" in trial.user_attrs:
+            return {}  # a queued configuration: its parameters are fixed, and it takes no point
         from scipy.stats import qmc
 
+        before = study.get_trials(deepcopy=False)  # points go to fresh trials in the order they were asked
+        index = sum(t.number < trial.number and not ({CONTINUES, "baseline"} & set(t.user_attrs)) for t in before)
         engine = qmc.Sobol(len(search_space), scramble=True, seed=self.seed)
-        if trial.number:
-            engine.fast_forward(trial.number)
+        if index:
+            engine.fast_forward(index)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's note on balance below powers of two: one point is meant
             point = engine.random(1)[0]
@@ -114,6 +117,7 @@ def make_pruner(name: str, options: dict[str, Any]) -> Any:
         "median": lambda: optuna.pruners.MedianPruner(**options),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(**options),
         "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**options),
+        "halving": lambda: HalvingPruner(**options),
         "patient": patient,
         "none": lambda: optuna.pruners.NopPruner(**options),
     }

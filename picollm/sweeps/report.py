@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from picollm.console import show_progress
 from picollm.sweeps.budget import SPENT, stored_plan, tried_at_target
 from picollm.sweeps.confirm import ATTR_PREFIX as CONFIRM_PREFIX
+from picollm.sweeps.halving import CONTINUES
 from picollm.sweeps.studies import FINISHED, counts
 
 
@@ -24,10 +25,11 @@ def _tail(t: Any) -> str:
     if t.state == TrialState.FAIL:
         reason = t.user_attrs.get("fail_reason") or "worker lost (heartbeat expired)"
         return f" ({reason})"
+    went_on = f"; continues trial {t.user_attrs[CONTINUES]}" if CONTINUES in t.user_attrs else ""
     if t.state == TrialState.PRUNED:
         at = t.user_attrs.get("pruned_at_tokens")
-        return " (pruned: value is the last intermediate loss" + (f" at {at:,} tokens)" if at else ")")
-    return ""
+        return " (pruned: value is the last intermediate loss" + (f" at {at:,} tokens" if at else "") + f"{went_on})"
+    return f" ({went_on[2:]})" if went_on else ""
 
 
 def trial_line(t: Any, best: float | None) -> str:

@@ -62,7 +62,7 @@ POSITIVE_KEYS = (
     "target_tokens",
     "max_tokens",
 )
-MULTI_FIDELITY = ("hyperband", "successive_halving")  # pruners whose rungs grow by reduction_factor
+MULTI_FIDELITY = ("hyperband", "successive_halving", "halving")  # pruners whose rungs grow by reduction_factor
 
 
 def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
@@ -128,9 +128,14 @@ def _check_study(s: StudySettings) -> None:
         raise ConfigError("study.max_tokens needs study.budget_tokens: a trial's cost must be known before it starts")
     if s.n_trials is None and s.max_tokens is None:
         raise ConfigError("study.n_trials: null needs study.max_tokens, the budget that decides how many trials run")
+    if s.pruner == "halving" and not aims_beyond_budget(s):
+        raise ConfigError("study.pruner=halving needs study.target_tokens above study.budget_tokens (its rungs)")
     if aims_beyond_budget(s) and s.pruner in MULTI_FIDELITY:
-        s.pruner_options.setdefault("min_resource", rungs(s)[0])
         s.pruner_options.setdefault("reduction_factor", 3)
+        if s.pruner == "halving":
+            s.pruner_options.update(rungs=rungs(s), target=s.target_tokens)
+        else:
+            s.pruner_options.setdefault("min_resource", rungs(s)[0])
         if s.pruner == "hyperband":
             s.pruner_options.setdefault("max_resource", s.target_tokens)
 

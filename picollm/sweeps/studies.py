@@ -23,6 +23,7 @@ from picollm.search import baseline_params
 from picollm.storage import claim_lock, mask_url, open_storage
 from picollm.sweeps import fingerprint
 from picollm.sweeps.budget import PLAN, TokenPlan, plan_of
+from picollm.sweeps.halving import CONTINUES, FROM_RUNG, next_promotion
 from picollm.sweeps.registry import ONE_SEQUENCE, make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment, StudySettings, trial_cap
 
@@ -53,19 +54,37 @@ class CappedStudy(optuna.Study):
             taken = sum(t.state in TAKEN for t in trials)
             if taken >= self.total:
                 raise StudyFull(f"{taken} of {self.total} trials are finished or running")
-            if not self.plan.room_for_trial(trials):
+            queued = any(t.state == TrialState.WAITING for t in trials)  # already in the ledger: it runs next
+            if not queued and not self.promote(trials) and not self.plan.room_for_trial(trials):
                 raise StudyFull(f"study.max_tokens={self.plan.max_tokens:,} cannot pay for another trial")
             trial = super().ask(fixed_distributions)
         self.asked.add(trial.number)
         return trial
 
+    def promote(self, trials: list[Any]) -> bool:
+        """Queue the continuation of a paused configuration that now ranks among the best of its rung, if the budget
+        pays for its next rung (halving; promotions come before new trials). Under the claim lock."""
+        found = self.promotable(trials)
+        if found is None:
+            return False
+        paused, index = found
+        attrs = {CONTINUES: paused.number, FROM_RUNG: index, "run_dir": paused.user_attrs.get("run_dir")}
+        self.enqueue_trial(dict(paused.params), user_attrs=attrs)
+        return True
+
+    def promotable(self, trials: list[Any]) -> tuple[Any, int] | None:
+        if not self.plan.promotes:
+            return None
+        found = next_promotion(trials, self.plan.budgets, self.plan.eta)
+        return found if found is not None and self.plan.room_for_promotion(trials, found[1]) else None
+
     def exhausted(self) -> bool:
-        """Nothing more will start: the total is finished, or no trial runs and the budget pays for no other."""
+        """Nothing more will start: the total is finished, or no trial runs and the budget pays for nothing more."""
         trials = self.get_trials(deepcopy=False)
         if sum(t.state in FINISHED for t in trials) >= self.total:
             return True
-        running = any(t.state == TrialState.RUNNING for t in trials)
-        return not running and not self.plan.room_for_trial(trials)
+        busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+        return not busy and self.promotable(trials) is None and not self.plan.room_for_trial(trials)
 
     def started_here(self, trial: optuna.Trial) -> None:
         """Refuse a trial that ``ask`` did not start (see the class docstring)."""
