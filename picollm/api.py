@@ -171,6 +171,7 @@ class SweepResult:
     study: Any  # optuna.Study
     folder: Path  # results/studies/<name>/: trials.csv, best.yaml, figures
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C or SIGTERM stopped it; what finished is exported and the study resumes
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -236,7 +237,7 @@ def sweep(
     experiment: str | Path | Experiment,
     storage: str | None = None,
     n_trials: int | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     overrides: Sequence[str] | str = (),
     study_name: str | None = None,
     timeout_s: float | None = None,
@@ -245,20 +246,42 @@ def sweep(
 
     Why: a sweep from a notebook cell with its trials, report and plots inline. ``n_trials`` is the study's total of
     finished trials, so calling again resumes. ``storage`` defaults to ``$PICOLLM_STORAGE`` or
-    ``sqlite:///results/optuna.db``; ``workers > 1`` starts worker processes that need nothing from the notebook.
+    ``sqlite:///results/optuna.db``; ``workers`` defaults to what ``sweep.py`` uses (one per core, up to 8; one per
+    GPU), and worker processes need nothing from the notebook.
     Interrupting the kernel exports what finished and raises ``KeyboardInterrupt``; the study stays resumable.
 
         result = picollm.sweep("experiments/quick.yaml", n_trials=6, overrides=["study.budget_tokens=20000"])
         result.trials        # DataFrame, one row per trial
         result.best_config   # dict; result.best_yaml is the same as a file
     """
-    from picollm.errors import ConfigError
-    from picollm.storage import DEFAULT_STORAGE
-    from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep
+    result = run_study(experiment, storage, n_trials, workers, overrides, study_name, timeout_s)
+    if result.interrupted:
+        print(
+            f"interrupted: finished trials are exported to {result.folder}/; call sweep() again to resume",
+            file=sys.stderr,
+        )
+        raise KeyboardInterrupt
+    return result
 
-    if workers < 1 or (n_trials is not None and n_trials < 1):
+
+def run_study(
+    experiment: str | Path | Experiment,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    workers: int | None = None,
+    overrides: Sequence[str] | str = (),
+    study_name: str | None = None,
+    timeout_s: float | None = None,
+) -> SweepResult:
+    """:func:`sweep` for the command line too: the same defaults, and an interrupt said in ``interrupted``."""
+    from picollm.errors import ConfigError
+    from picollm.storage import storage_url
+    from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep
+    from picollm.sweeps.layout import choose_layout
+
+    if (workers is not None and workers < 1) or (n_trials is not None and n_trials < 1):
         raise ConfigError("workers and n_trials must be >= 1")
-    storage = storage or os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE)
+    storage = storage_url(storage)
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(str(experiment), _overrides(overrides), study_name, n_trials)
     elif overrides or study_name:
@@ -266,16 +289,11 @@ def sweep(
     elif n_trials is not None:
         experiment = replace(experiment, study=replace(experiment.study, n_trials=n_trials))
     with _own_sigterm():
-        outcome = run_sweep(experiment, storage, workers, timeout_s)
+        outcome = run_sweep(experiment, storage, workers or choose_layout()[0], timeout_s)
+    study = open_study(experiment, storage, create=False)  # reopened: worker processes wrote the trials
     if outcome.interrupted:
-        _fail_left_running(open_study(experiment, storage, create=False))
-        print(
-            f"interrupted: finished trials are exported to {outcome.folder}/; call sweep() again to resume",
-            file=sys.stderr,
-        )
-        raise KeyboardInterrupt
-    # Reopened, not kept from before: worker processes wrote the trials.
-    return SweepResult(open_study(experiment, storage, create=False), outcome.folder, outcome.notes)
+        _fail_left_running(study)
+    return SweepResult(study, outcome.folder, outcome.notes, outcome.interrupted)
 
 
 def _fail_left_running(study: Any) -> None:

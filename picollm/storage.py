@@ -26,11 +26,17 @@ _USERINFO = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@
 _QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
 
 
+def storage_url(given: str | None = None) -> str:
+    """The storage a command or a notebook means: the one given, else $PICOLLM_STORAGE (keeps a password out of shell
+    history), else SQLite under results/."""
+    return given or os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE)
+
+
 def add_storage_argument(parser: Any) -> None:
-    """``--storage URL``, defaulting to $PICOLLM_STORAGE (keeps a password out of shell history) or SQLite."""
+    """``--storage URL``, defaulting to :func:`storage_url`."""
     parser.add_argument(
         "--storage",
-        default=os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE),
+        default=storage_url(),
         help="sqlite:///path.db | postgresql://user@host/db | journal:path.log "
         f"(default: $PICOLLM_STORAGE or {DEFAULT_STORAGE})",
     )

@@ -45,9 +45,7 @@ WANDB_TIMEOUT_S = float(os.environ.get("PICOLLM_WANDB_TIMEOUT_S", "60"))
 # The Optuna state a trial's run ends in, by the run's status: W&B shows it next to the trial number.
 TRIAL_STATE = {"finished": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL"}
 
-# Set by a sweep worker (e.g. to ``print``) for a line about a running trial every PROGRESS_EVERY_S seconds.
-progress_line: Callable[[str], None] | None = None
-PROGRESS_EVERY_S = 10.0
+PROGRESS_EVERY_S = 10.0  # a sweep's running trial says how far it is at most this often
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -351,7 +349,12 @@ class Tracker:
     """The logger container the trainer talks to: fans every call out to the active sinks."""
 
     def __init__(
-        self, cfg: Config, run_id: str, extra: dict[str, Any] | None = None, run_dir: Path | None = None
+        self,
+        cfg: Config,
+        run_id: str,
+        extra: dict[str, Any] | None = None,
+        run_dir: Path | None = None,
+        on_progress: Callable[[str], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self.run_dir = run_dir or Path(cfg.tracking.out_dir) / run_id
@@ -373,7 +376,7 @@ class Tracker:
         if mode != "disabled":  # last: nothing that can fail comes after W&B's thread starts
             self.wandb = WandbSink(cfg, mode, run_id, self.run_dir, wandb_config(cfg, self.extra))
             self.sinks.append(self.wandb)
-        self.progress = ProgressLine(cfg.tracking.name or run_id)
+        self.progress = ProgressLine(cfg.tracking.name or run_id, on_progress)
 
     def _create_record(self, cfg: Config, existing: bool = False) -> JsonlSink:
         """A new run folder with config.yaml, meta.json and open metric files, or one line saying why not."""
@@ -393,7 +396,14 @@ class Tracker:
             raise PicoError(f"cannot write the run record in {self.run_dir}: {exc.strerror}") from None
 
     @classmethod
-    def reopen(cls, cfg: Config, run_dir: Path, rows: dict[str, int], extra: dict[str, Any]) -> Tracker:
+    def reopen(
+        cls,
+        cfg: Config,
+        run_dir: Path,
+        rows: dict[str, int],
+        extra: dict[str, Any],
+        on_progress: Callable[[str], None] | None = None,
+    ) -> Tracker:
         """The record of a run that goes on from a checkpoint: later rows dropped; W&B resumes the same run id."""
         for name in RECORD_FILES:
             keep_first_lines(run_dir / name, run_dir / name, rows.get(name, 0))
@@ -402,7 +412,7 @@ class Tracker:
             first = json.loads((run_dir / "meta.json").read_text())
         except (OSError, ValueError):
             first = {}
-        tracker = cls(cfg, run_dir.name, extra=extra, run_dir=run_dir)
+        tracker = cls(cfg, run_dir.name, extra=extra, run_dir=run_dir, on_progress=on_progress)
         resumed = {k: tracker.meta[k] for k in ("started", "argv", "git_commit", "host") if k in tracker.meta}
         first.setdefault("resumes", []).append({**resumed, "at_step": extra.get("resumed_at_step")})
         tracker.update_meta(**first)
@@ -462,21 +472,21 @@ class Tracker:
 
 
 class ProgressLine:
-    """At most one line every PROGRESS_EVERY_S seconds about a running run, through ``progress_line``."""
+    """At most one line every PROGRESS_EVERY_S seconds about a running run, to ``say`` (None: silent)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, say: Callable[[str], None] | None = None) -> None:
+        self.name, self.say = name, say
         self.last: dict[str, Any] = {}
         self.next_at = time.monotonic() + PROGRESS_EVERY_S
 
     def update(self, row: dict[str, Any]) -> None:
-        if progress_line is None:
+        if self.say is None:
             return
         self.last.update({k: v for k, v in row.items() if v is not None})
         if time.monotonic() < self.next_at:
             return
         self.next_at = time.monotonic() + PROGRESS_EVERY_S
-        progress_line(self.line())
+        self.say(self.line())
 
     def line(self) -> str:
         fields = [f"step {self.last.get('step', 0)}", f"{self.last.get('tokens', 0):,} tokens"]

@@ -554,11 +554,13 @@ def train(
     extra: dict[str, Any] | None = None,
     clock: Stopwatch | None = None,
     start: Start | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run end to end and return its summary (also written to ``summary.json``).
 
     ``on_eval`` and ``on_anneal`` may raise :class:`StopRun` (status ``pruned``); any error after the record exists
-    closes it as ``failed``, Ctrl-C as ``interrupted``. ``start`` continues from a checkpoint.
+    closes it as ``failed``, Ctrl-C as ``interrupted``. ``start`` continues from a checkpoint. ``on_progress`` gets a
+    line on how far the run is every few seconds (a sweep's trials, which show no progress bar).
     """
     clock = clock or Stopwatch()
     with clock.phase("data"):
@@ -579,7 +581,7 @@ def train(
         "val_set": val_set_description(periodic, full, scoring_policy(cfg.model.block_size, model.context_size)),
     }
     with clock.phase("tracking_init"):
-        tracker = _open_record(cfg, run_id, {**meta, **(extra or {})}, start)
+        tracker = _open_record(cfg, run_id, {**meta, **(extra or {})}, start, on_progress)
     run = Run(cfg, data, model, tracker, budget, device, periodic, full, on_eval, on_anneal, clock=clock)
     status, reason = "failed", ""
     try:
@@ -597,15 +599,18 @@ def train(
     return summary
 
 
-def _open_record(cfg: Config, run_id: str | None, meta: dict[str, Any], start: Start | None) -> Tracker:
+def _open_record(
+    cfg: Config, run_id: str | None, meta: dict[str, Any], start: Start | None, on_progress: Any = None
+) -> Tracker:
     """A new run record, or the record a checkpoint continues (its rows after the checkpoint dropped)."""
     if start is None:
-        return Tracker(cfg, run_id or new_run_id(), extra=meta)
+        return Tracker(cfg, run_id or new_run_id(), extra=meta, on_progress=on_progress)
     rows = start.state["records"]
     if start.run_dir is not None:
-        return Tracker.reopen(cfg, start.run_dir, rows, extra={**meta, "resumed_at_step": start.state["step"]})
+        resumed = {**meta, "resumed_at_step": start.state["step"]}
+        return Tracker.reopen(cfg, start.run_dir, rows, extra=resumed, on_progress=on_progress)
     extra = {**meta, start.label: str(start.source), "resumed_at_step": start.state["step"]}
-    tracker = Tracker(cfg, run_id or new_run_id(), extra=extra)
+    tracker = Tracker(cfg, run_id or new_run_id(), extra=extra, on_progress=on_progress)
     tracker.copy_rows(start.source, rows)
     return tracker
 

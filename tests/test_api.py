@@ -236,10 +236,10 @@ def test_sweep_twice_leaks_nothing_and_returns_a_study(tmp_path: Path) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 2}, tracking={"wandb": "offline"})
     storage = f"sqlite:///{tmp_path}/s.db"
     handler = signal.getsignal(signal.SIGTERM)
-    first = picollm.sweep(path, storage=storage)
+    first = picollm.sweep(path, storage=storage, workers=1)
     del first
     after_first = _resources()
-    result = picollm.sweep(path, storage=storage, n_trials=3)  # resumes: one more trial
+    result = picollm.sweep(path, storage=storage, n_trials=3, workers=1)  # resumes: one more trial
     assert signal.getsignal(signal.SIGTERM) is handler
     assert wandb.run is None
     assert len(result.trials) == 3 and list(result.trials.columns[:3]) == ["number", "state", "value"]
@@ -269,9 +269,9 @@ def test_interrupted_sweep_raises_and_resumes(tmp_path: Path, monkeypatch: pytes
     path = write_experiment(tmp_path, study={"n_trials": 3})
     storage = f"sqlite:///{tmp_path}/s.db"
     with pytest.raises(KeyboardInterrupt):
-        picollm.sweep(path, storage=storage)
+        picollm.sweep(path, storage=storage, workers=1)
     monkeypatch.setattr(train_module, "train", real_train)
-    result = picollm.sweep(path, storage=storage)
+    result = picollm.sweep(path, storage=storage, workers=1)
     states = list(result.trials["state"])
     assert states.count("COMPLETE") == 3 and states[0] == "COMPLETE" and states[1] == "FAIL"
     assert (tmp_path / "studies" / "t" / "trials.csv").is_file()
@@ -295,11 +295,11 @@ def test_interrupt_as_a_trial_starts_leaves_none_running(tmp_path: Path, monkeyp
     path = write_experiment(tmp_path, study={"n_trials": 2})
     storage = f"sqlite:///{tmp_path}/s.db"
     with pytest.raises(KeyboardInterrupt):
-        picollm.sweep(path, storage=storage)
+        picollm.sweep(path, storage=storage, workers=1)
     states = [t.state.name for t in optuna.load_study(study_name="t", storage=storage).trials]
     assert states == ["COMPLETE", "FAIL"]
     monkeypatch.setattr(optuna.Study, "ask", real_ask)
-    assert list(picollm.sweep(path, storage=storage).trials["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert list(picollm.sweep(path, storage=storage, workers=1).trials["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
 
 
 def test_two_worker_sweep_from_a_notebook_kernel(tmp_path: Path) -> None:

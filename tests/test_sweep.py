@@ -379,7 +379,6 @@ def test_a_running_trial_prints_progress_lines(
     from picollm import tracking
 
     monkeypatch.setattr(tracking, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(tracking, "progress_line", None)
     run_sweep(load_experiment(str(write_experiment(tmp_path)), [], n_trials=1), f"sqlite:///{tmp_path}/s.db")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  t-t0: step")]
     assert lines and "tokens" in lines[-1] and "train/loss" in lines[-1]

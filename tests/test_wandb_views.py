@@ -106,9 +106,9 @@ def test_trials_table_marks_pruned_values_and_never_ranks_them_best() -> None:
 
 def test_progress_line_reports_a_running_run(synthetic: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     lines: list[str] = []
-    monkeypatch.setattr(tracking, "progress_line", lines.append)
     monkeypatch.setattr(tracking, "PROGRESS_EVERY_S", 0.0)
-    train(load_config(None, [*synthetic, "train.max_steps_per_epoch=12", "train.epochs=1", "tracking.name=p"]))
+    cfg = load_config(None, [*synthetic, "train.max_steps_per_epoch=12", "train.epochs=1", "tracking.name=p"])
+    train(cfg, on_progress=lines.append)
     assert len(lines) >= 10 and lines[-1].startswith("  p: step ")
     assert "train/loss" in lines[-1] and "tokens/s" in lines[-1]
 

@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
+    from picollm.api import run_study
     from picollm.errors import ConfigError
-    from picollm.sweeps import best_value, load_experiment, open_study, report_lines, run_sweep, trial_line
-    from picollm.sweeps.layout import choose_layout
+    from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
 
     if (args.workers is not None and args.workers < 1) or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
@@ -101,16 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("sweep.py launch needs --workers N: the number of jobs to submit")
         return launch_command(exp, args)
     if args.command == "run":
-        workers = args.workers or choose_layout()[0]  # the measured best layout for this machine
-        outcome = run_sweep(exp, args.storage, workers, args.timeout)
-        study = open_study(exp, args.storage, create=False)
-        for line in [*report_lines(study), *outcome.notes]:
-            print(line)
-        print(
-            f"results: {outcome.folder}/ (trials.csv, best.yaml, figures); run records in "
-            f"{exp.base['tracking']['out_dir']}/"
-        )
-        return EXIT_INTERRUPTED if outcome.interrupted else 0
+        result = run_study(exp, args.storage, workers=args.workers, timeout_s=args.timeout)
+        print("\n".join([*result.report(), *result.notes]))
+        runs = exp.base["tracking"]["out_dir"]
+        print(f"results: {result.folder}/ (trials.csv, best.yaml, figures); run records in {runs}/")
+        return EXIT_INTERRUPTED if result.interrupted else 0
     study = open_study(exp, args.storage, create=False)
     if args.command == "confirm":
         print("\n".join(confirm_command(study, exp, args)))

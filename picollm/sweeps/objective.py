@@ -109,6 +109,7 @@ class Objective:
     exp: Experiment
     threads: int | None = None
     rank: int = 0
+    on_progress: Any = None  # gets a line on the running trial every few seconds
     current: Any = None
     taken_over: set[int] = field(default_factory=set)
     reported_at: dict[int, int] = field(default_factory=dict)  # trial number -> tokens at its last report
@@ -182,7 +183,14 @@ class Objective:
             with lease:
                 hook = self.pruning_hook(trial)
                 summary = train(
-                    cfg, run_id=run_id, on_eval=hook, on_anneal=hook, extra=extra, clock=self.clock, start=start
+                    cfg,
+                    run_id=run_id,
+                    on_eval=hook,
+                    on_anneal=hook,
+                    extra=extra,
+                    clock=self.clock,
+                    start=start,
+                    on_progress=self.on_progress,
                 )
         except PicoError as exc:
             raise AbortSweep(str(exc)) from None

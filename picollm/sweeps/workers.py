@@ -21,7 +21,6 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from picollm import tracking
 from picollm.config import config_from_dict
 from picollm.errors import ConfigError, DataError, PicoError
 from picollm.storage import claim_lock, mask_url
@@ -98,9 +97,8 @@ def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, dea
 def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any = None) -> None:
     """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
     s = spec.exp.study
-    tracking.progress_line = _progress_line
     study = open_study(spec.exp, spec.storage, create=False) if study is None else study
-    objective = Objective(spec.exp, spec.threads, spec.rank)
+    objective = Objective(spec.exp, spec.threads, spec.rank, on_progress=_progress_line)
     show = on_trial or (_print_trial if spec.verbose else None)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else math.inf
     idle_s = IDLE_FIRST_S
