@@ -336,17 +336,18 @@ def anneal(run: Run, budget_tokens: int) -> None:
     That run shares every step up to its decay, which starts here: the decay trains this run's model and optimiser on
     the coming batches, is scored on the whole capped set, and is undone, random state included.
     """
-    saved = _snapshot(run)
+    saved, decayed = training_state(run), 0
     total = run.budget.steps_for(budget_tokens)
     with run.clock.phase("annealing"):
         for step, batch in zip(range(run.step, total), _stream_from_here(run), strict=False):
             set_lr(run.optimizer, lr_at(step, total, run.cfg.optim))
             x, y = to_device(batch, run.device)
             train_step(run.step_model, run.optimizer, x, y, run.cfg.optim.grad_clip, run.device)
-            run.anneal_tokens += y.numel()
+            decayed += y.numel()
     with run.clock.phase("evaluation"):
         estimate = score(run.model, run.full, run.policy, run.eval_batch, run.device)
-    _restore_snapshot(run, saved)
+    restore_state(run, saved)
+    run.anneal_tokens += decayed
     run.annealed[budget_tokens] = estimate
     row = {"tokens": run.tokens, "anneal_tokens": budget_tokens, "val/annealed_loss": estimate.loss}
     run.tracker.log({"step": run.step, "epoch": run.epoch, **row, "val/annealed_loss_stderr": estimate.stderr})
@@ -369,23 +370,6 @@ def _stream_from_here(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skip = 0
 
 
-def _snapshot(run: Run) -> dict[str, Any]:
-    return {
-        "model": {k: v.detach().clone() for k, v in run.model.state_dict().items()},
-        "optimizer": copy.deepcopy(run.optimizer.state_dict()),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _restore_snapshot(run: Run, saved: dict[str, Any]) -> None:
-    run.model.load_state_dict(saved["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["torch_rng"])
-    if saved["cuda_rng"]:
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-
-
 # -- full-state checkpoints -----------------------------------------------------------------------
 def checkpoint_due(run: Run) -> bool:
     """Each ``train.checkpoint_every_tokens`` (by default a tenth of the run), except at its very end."""
@@ -405,10 +389,11 @@ def _plain(estimate: Estimate | None) -> dict[str, Any] | None:
 
 
 def training_state(run: Run) -> dict[str, Any]:
-    """Everything the loop reads, as tensors and plain values (``torch.load(weights_only=True)`` reads it back)."""
+    """Everything the loop reads, as copies (a checkpoint, or a branched decay's way back): tensors and plain values
+    that ``torch.load(weights_only=True)`` reads back."""
     return {
-        "model_state": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
-        "optimizer": run.optimizer.state_dict(),
+        "model_state": {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()},
+        "optimizer": copy.deepcopy(run.optimizer.state_dict()),
         "step": run.step,
         "tokens": run.tokens,
         "epoch": run.epoch,
@@ -431,7 +416,7 @@ def training_state(run: Run) -> dict[str, Any]:
 
 
 def restore_state(run: Run, state: dict[str, Any]) -> None:
-    """Put a checkpoint's state into a run built from the same config (the optimiser already built)."""
+    """Put a saved state into a run built from the same config (the optimiser already built)."""
     run.model.load_state_dict(state["model_state"])
     run.optimizer.load_state_dict(state["optimizer"])
     for key in ("step", "tokens", "epoch", "epoch_rng", "next_eval_mark", "next_checkpoint_mark", "last_step"):
@@ -441,7 +426,6 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
     run.annealed = {int(b): _estimate(e) for b, e in state["annealed"].items()}
     run.last_epoch_train = state["last_epoch_train"]
     run.anneal_tokens = state["anneal_tokens"]
-    run.started -= state["wall_s"]  # wall_time_s and tokens_per_s count the time that led up to the checkpoint
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -469,6 +453,7 @@ def run_to_end(run: Run, state: dict[str, Any] | None = None) -> tuple[str, str]
         raise ConfigError(f"optim.name={run.cfg.optim.name}: {exc}") from None
     if state is not None:
         restore_state(run, state)
+        run.started -= state["wall_s"]  # wall_time_s and tokens_per_s count the time that led up to the checkpoint
     run.step_model = torch.compile(run.model) if run.cfg.train.compile else run.model
     try:
         run_loop(run)
