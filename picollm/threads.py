@@ -1,21 +1,44 @@
-"""Torch threads for one run when ``train.threads`` is unset: one, on a CPU.
+"""Torch threads for one run when ``train.threads`` is unset: the cores that are free, on a CPU.
 
-For the reason a sweep runs single-threaded workers (:mod:`picollm.sweeps.layout`): on a shared machine the other
-processes are the other workers. On CUDA the CPU only feeds the GPU, so torch keeps its default.
+A lone run on a quiet machine gains from every core (the k-gram MLP at block 128 with the GPT-2 head trained 816
+tokens/s on one thread, 1,508 on two), but where other processes already hold the cores a second thread mostly waits
+for them. So the run takes the cores the 1-minute load average leaves free, at least one; a sweep's workers share
+the cores by their own rule (:mod:`picollm.sweeps.layout`). On CUDA the CPU only feeds the GPU, so torch keeps its
+default. docs/performance.md has the measurements, quiet and loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from picollm.config import Config
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def free_cores(cores: int | None = None, load: float | None = None) -> int:
+    """This process's cores less those the 1-minute load average says others are using, at least one."""
+    cores = cores or available_cores()
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this platform: assume nothing else runs
+            load = 0.0
+    return max(1, min(cores, cores - round(load)))
+
+
 def lone_run_threads(device: str) -> int | None:
-    """Torch threads for one run on ``device`` (a ``train.device``): 1 on the CPU, None (torch's default) else."""
-    return 1 if runs_on_cpu(device) else None
+    """Torch threads for one run on ``device`` (a ``train.device``): the free cores on the CPU, torch's default else."""
+    return free_cores() if runs_on_cpu(device) else None
 
 
 def runs_on_cpu(device: str) -> bool:

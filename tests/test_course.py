@@ -27,6 +27,14 @@ from picollm.threads import fit_threads, lone_run_threads
 from picollm.trainer import NonFiniteLoss
 from tests.conftest import ROOT
 
+
+@pytest.fixture(autouse=True)
+def busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every core held by other processes (a test suite's neighbours): a lone CPU run fits one thread, whatever the
+    load of the machine the tests run on."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+
+
 ALL_FLAGS = [
     *["--input_files", "a.txt", "my notes.txt"],
     *["--tinystories_weight", "0.0", "--block_size", "32", "--embed_size", "48", "--kgram_k", "4"],
@@ -223,7 +231,16 @@ def test_smoke_config_learns_to_count(out: list[str], capsys: pytest.CaptureFixt
 # --- 5. threads of a lone run ---------------------------------------------------------------------------
 
 
-def test_a_lone_cpu_run_gets_one_thread_unless_told(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_lone_cpu_run_takes_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from picollm.threads import available_cores, free_cores
+
+    assert [free_cores(2, load) for load in (0.1, 0.6, 1.4, 9.0)] == [2, 1, 1, 1]
+    assert [free_cores(8, load) for load in (0.0, 3.2, 7.9)] == [8, 5, 1]
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine: every core
+    assert fit_threads(load_config(None, ["train.device=cpu"])).train.threads == available_cores()
+
+
+def test_a_lone_cpu_run_on_a_busy_machine_gets_one_thread_unless_told(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = load_config(None, ["train.device=cpu"])
     fitted = fit_threads(cfg)
     assert fitted.train.threads == 1 and cfg.train.threads is None  # the caller's config is left as it was

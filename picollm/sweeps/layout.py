@@ -7,7 +7,7 @@ mostly waits; independent trials in separate processes never do. So CPU sweeps g
 
 from __future__ import annotations
 
-import os
+from picollm.threads import available_cores
 
 MAX_AUTO_WORKERS = 8  # each worker holds its own model, data and W&B service: memory, not cores, bounds this
 
@@ -19,14 +19,6 @@ def choose_layout(workers: int | None = None, cores: int | None = None, gpus: in
     if workers is None:
         workers = gpus if gpus else min(cores, MAX_AUTO_WORKERS)
     return workers, max(1, cores // workers)
-
-
-def available_cores() -> int:
-    """Cores this process may run on (a container's or taskset's limit, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def cuda_devices() -> int:
