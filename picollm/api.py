@@ -300,10 +300,12 @@ def _fail_left_running(study: Any) -> None:
     """Fail the trials an interrupted sweep left RUNNING in this process: a kernel lives on, so nobody else would."""
     from optuna.trial import TrialState
 
+    from picollm.sweeps.record import INTERRUPTED, TrialRecord, record_stored
+
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(trial.user_attrs.get("worker", ""))
+        worker = TrialRecord.of(trial).worker or ""
         if not worker or worker.endswith(f":{os.getpid()}"):
-            study.storage.set_trial_user_attr(study.trial_id(trial.number), "fail_reason", "interrupted")
+            record_stored(study.storage, study.trial_id(trial.number), fail_reason=INTERRUPTED)
             study.tell(trial.number, state=TrialState.FAIL)
 
 

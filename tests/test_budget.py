@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from picollm.errors import ConfigError
 from picollm.sweeps import load_experiment
-from picollm.sweeps.budget import SPENT, TokenPlan, plan_of
+from picollm.sweeps.budget import TokenPlan, plan_of
 from picollm.sweeps.settings import rungs
 from tests.sweeps import write_experiment
 
@@ -17,7 +17,7 @@ PLAN = TokenPlan(budgets=(1000, 3000, 9000), decay_fraction=0.2, eta=3, step_tok
 
 
 def trial(number: int, state: TrialState, reported: tuple[int, ...] = (), spent: int | None = None) -> SimpleNamespace:
-    attrs = {} if spent is None else {SPENT: spent}
+    attrs = {} if spent is None else {"spent_tokens": spent}
     values = dict.fromkeys(reported, 5.0)
     return SimpleNamespace(number=number, state=state, intermediate_values=values, user_attrs=attrs)
 
@@ -68,7 +68,7 @@ def test_a_budget_that_cannot_pay_for_the_confirmation_and_one_trial_is_one_line
         load_experiment(str(path), [])
     exp = load_experiment(str(path), ["study.max_tokens=200000", "study.n_trials=null"])
     plan = plan_of(exp)
-    assert plan.reserve == 3 * 2 * (9216 + plan.step_tokens) and plan.budgets == (1024, 3072, 9216)
+    assert plan.reserve == 2 * 2 * (9216 + plan.step_tokens) and plan.budgets == (1024, 3072, 9216)
     with pytest.raises(ConfigError, match=r"study\.n_trials: null needs study\.max_tokens"):
         load_experiment(str(path), ["study.max_tokens=null", "study.n_trials=null"])
 
@@ -78,7 +78,7 @@ def config(number: int, name: str, values: dict[int, float], state: TrialState =
 
 
 def test_halving_promotes_the_best_paused_configuration_once_its_rung_has_room() -> None:
-    from picollm.sweeps.halving import CONTINUES, FROM_RUNG, next_promotion, promotions_due
+    from picollm.sweeps.halving import next_promotion, promotions_due
 
     budgets = (1000, 3000, 9000)
     two = [config(0, "a", {1000: 5.0}), config(1, "b", {1000: 4.0})]
@@ -86,7 +86,7 @@ def test_halving_promotes_the_best_paused_configuration_once_its_rung_has_room()
     three = [*two, config(2, "c", {1000: 6.0})]
     promoted, index = next_promotion(three, budgets, 3)
     assert (promoted.number, index) == (1, 0) and promotions_due(three, budgets, 3) == [1, 0]
-    going = config(3, "b", {}, TrialState.RUNNING, **{CONTINUES: 1, FROM_RUNG: 0})
+    going = config(3, "b", {}, TrialState.RUNNING, continues=1, from_rung=0)
     assert next_promotion([*three, going], budgets, 3) is None  # the rung's best third has gone on
     assert promotions_due([*three, going], budgets, 3) == [0, 0]
     six = [*three, going, *(config(4 + i, n, {1000: v}) for i, (n, v) in enumerate([("d", 4.5), ("e", 7), ("f", 8)]))]

@@ -25,8 +25,8 @@ from picollm.errors import ConfigError
 from picollm.sweeps.confirm import leader
 from picollm.sweeps.export import recorded_confirmation
 from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher
-from picollm.sweeps.objective import worker_device
 from picollm.sweeps.settings import load_experiment
+from picollm.sweeps.trial import worker_device
 from tests.conftest import ROOT
 from tests.sweeps import SWEEP, sweep_cli, write_experiment
 

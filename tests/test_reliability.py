@@ -510,7 +510,8 @@ def test_retries_of_a_dead_workers_trial_stop_at_the_cap(tmp_path: Path, history
 
 
 def test_each_worker_gets_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from picollm.sweeps import objective, workers
+    from picollm.sweeps import trial as objective
+    from picollm.sweeps import workers
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

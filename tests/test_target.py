@@ -142,7 +142,7 @@ def test_the_answer_is_confirmed_at_the_target_and_scored_once_on_the_test_set(t
 
 
 def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tmp_path, capsys) -> None:
-    from picollm.sweeps.budget import SPENT, plan_of
+    from picollm.sweeps.budget import plan_of
     from picollm.sweeps.report import report_lines
 
     study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": "sobol", "pruner": "halving"}
@@ -161,7 +161,7 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
         t
     ) in trials:  # no more than the plan said it could cost to its last rung (a continuation: from where it went on)
         index, paid = plan.index_of(t), plan.paid(t)
-        assert (plan.budgets[index] if not paid else 1) <= t.user_attrs[SPENT] <= plan.cost_to(index) - paid
+        assert (plan.budgets[index] if not paid else 1) <= t.user_attrs["spent_tokens"] <= plan.cost_to(index) - paid
     # Halving: no rung promoted more than the best third of the configurations scored there, each from where it paused.
     for index, budget in enumerate(plan.budgets[:-1]):
         scored = {json.dumps(t.params, sort_keys=True) for t in trials if budget in t.intermediate_values}
@@ -173,7 +173,7 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
         assert meta["resumed_from"] == paused.user_attrs["run_dir"] and t.params == paused.params
     assert any("continues" in t.user_attrs for t in trials)
     confirm = [r["tokens"] for k, r in sweep.user_attrs.items() if k.startswith("confirm:")]
-    spent = sum(t.user_attrs[SPENT] for t in trials) + sum(confirm)
+    spent = sum(t.user_attrs["spent_tokens"] for t in trials) + sum(confirm)
     assert 4 <= len(confirm) <= 6 and spent <= 90_000
     assert f"{spent:,} training tokens spent" in report_lines(sweep)[0]
 

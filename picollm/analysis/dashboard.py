@@ -16,6 +16,7 @@ from wsgiref import simple_server
 from picollm.analysis.sections import STUDY_FIGURES, study_folder
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
+from picollm.sweeps.record import TrialRecord
 
 RUN_FILES = ("summary.json", "config.yaml", "meta.json", "metrics.jsonl", "samples.jsonl")
 REPORT_FIGURES = {
@@ -85,7 +86,8 @@ def _run_summary(run_dir: str | None) -> dict[str, Any]:
 
 def trial_note(study_name: str, trial: Any) -> str:
     """Links from a trial to its run record and W&B run (online), from its user attributes."""
-    run_dir = trial.user_attrs.get("run_dir")
+    facts = TrialRecord.of(trial)
+    run_dir = facts.run_dir
     summary = _run_summary(run_dir)
     lines = [f"### Trial {trial.number}", ""]
     if summary:
@@ -93,8 +95,8 @@ def trial_note(study_name: str, trial: Any) -> str:
         lines += [f"Run record `{run_dir}`: {files}", ""]
     elif run_dir:
         lines += [f"Run record `{run_dir}` (not on this machine)", ""]
-    wandb_id = trial.user_attrs.get("wandb_run_id") or summary.get("wandb_run_id")
-    url = trial.user_attrs.get("wandb_url") or summary.get("wandb_url")
+    wandb_id = facts.wandb_run_id or summary.get("wandb_run_id")
+    url = facts.wandb_url or summary.get("wandb_url")
     if url:
         lines.append(f"W&B run: [{wandb_id}]({url})")
     elif wandb_id:
@@ -142,7 +144,7 @@ class PicollmFiles:
             return self.reports_root / parts[1] / "report.html"
         if len(parts) == 4 and parts[0] == "run" and parts[1] in self.studies and parts[3] in RUN_FILES:
             trials = {str(t.number): t for t in self.studies[parts[1]].get_trials(deepcopy=False)}
-            run_dir = trials[parts[2]].user_attrs.get("run_dir") if parts[2] in trials else None
+            run_dir = TrialRecord.of(trials[parts[2]]).run_dir if parts[2] in trials else None
             return Path(str(run_dir), parts[3]) if run_dir else None
         return None
 

@@ -169,8 +169,14 @@ def _complete_trials(study: Any) -> list[Any]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def _run_dir(trial: Any) -> str | None:
+    from picollm.sweeps.record import TrialRecord
+
+    return TrialRecord.of(trial).run_dir
+
+
 def _has_record(trial: Any) -> bool:
-    run_dir = trial.user_attrs.get("run_dir")
+    run_dir = _run_dir(trial)
     return bool(run_dir) and Path(run_dir, "metrics.jsonl").is_file()
 
 
@@ -178,7 +184,7 @@ def load_study_runs(study: Any) -> list[RunHistory]:
     """The run records of a study's completed trials, in trial order."""
     runs = []
     for trial in filter(_has_record, _complete_trials(study)):
-        run = load_run_dir(trial.user_attrs["run_dir"])
+        run = load_run_dir(_run_dir(trial))
         run.name = f"t{trial.number}"
         runs.append(run)
     if not runs:
@@ -189,7 +195,7 @@ def load_study_runs(study: Any) -> list[RunHistory]:
 def unrecorded_trials(study: Any) -> list[str]:
     """The completed trials :func:`load_study_runs` cannot read, each with where its record was looked for."""
     return [
-        f"t{t.number} (no run record at {t.user_attrs.get('run_dir') or 'an unrecorded folder'})"
+        f"t{t.number} (no run record at {_run_dir(t) or 'an unrecorded folder'})"
         for t in _complete_trials(study)
         if not _has_record(t)
     ]

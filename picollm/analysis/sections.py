@@ -25,6 +25,7 @@ from picollm.analysis.smoothing import WINDOWS, window_analysis, window_verdict
 from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysis
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
+from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.settings import budget_words
 
 MIN_STEPS_FOR_NOISE = 8
@@ -47,7 +48,7 @@ def _data_identity(study: Any) -> Table:
     keys = ("tinystories", "max_stories", "input_files", "synthetic", "tokenizer", "compact_vocab", "val_tokens")
     rows = [[f"data.{k}", data.get(k)] for k in keys if k in data]
     for t in study.trials:
-        meta_path = Path(str(t.user_attrs.get("run_dir", "")), "meta.json")
+        meta_path = Path(str(TrialRecord.of(t).run_dir or ""), "meta.json")
         if meta_path.is_file():
             seen = json.loads(meta_path.read_text()).get("data", {})
             rows += [[f"measured: {k}", seen.get(k)] for k in ("tokenizer", "vocab_size", "train_tokens", "val_tokens")]

@@ -14,6 +14,8 @@ import numpy as np
 from scipy import stats
 
 from picollm.errors import DataError
+from picollm.sweeps.halving import config_key
+from picollm.sweeps.record import TrialRecord
 
 CONFIRM_PREFIX = "confirm:"  # study user attributes holding one confirmation run each
 MIN_TRIALS = 3  # complete trials below which there is nothing to rank
@@ -120,16 +122,22 @@ def configurations(study: Any, budgets: Budgets) -> list[Configuration]:
     from optuna.trial import TrialState
 
     confirmed = _confirmed(study, budgets.target)
-    configs = []
+    by_config: dict[str, Configuration] = {}  # a paused configuration and its continuations are one configuration
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        facts = TrialRecord.of(t)
         losses = {int(k): float(v) for k, v in t.intermediate_values.items() if math.isfinite(v)}
-        tokens = t.user_attrs.get("tokens")
-        at_target = t.state == TrialState.COMPLETE and (tokens is None or tokens >= budgets.target)
+        at_target = t.state == TrialState.COMPLETE and (facts.tokens is None or facts.tokens >= budgets.target)
         if at_target and t.value is not None and math.isfinite(t.value):
             losses[budgets.target] = float(t.value)
-        target = confirmed.get(t.number) or ([losses[budgets.target]] if budgets.target in losses else [])
-        configs.append(Configuration(t.number, losses, target, bool(t.user_attrs.get("baseline"))))
-    return configs
+        key = config_key(t.params)
+        if key in by_config:
+            losses = {**by_config[key].losses, **losses}
+        first = by_config[key].trial if key in by_config else t.number
+        target = confirmed.get(first) or confirmed.get(t.number) or []
+        target = target or ([losses[budgets.target]] if budgets.target in losses else [])
+        baseline = facts.baseline or (key in by_config and by_config[key].baseline)
+        by_config[key] = Configuration(first, losses, target, baseline)
+    return list(by_config.values())
 
 
 def cheap_row(rows: list[dict[str, Any]], budgets: Budgets) -> dict[str, Any] | None:

@@ -16,9 +16,9 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from picollm.sweeps.halving import FROM_RUNG, promotions_due
+from picollm.sweeps.halving import promotions_due
+from picollm.sweeps.record import TrialRecord
 
-SPENT = "spent_tokens"  # trial user attribute: every token the trial trained (its run and its branched decays)
 PLAN = "token_plan"  # study user attribute: the plan of the sweep that ran last, for readers without the experiment
 
 
@@ -52,16 +52,19 @@ class TokenPlan:
     def index_of(self, trial: Any) -> int:
         """The last budget a trial was scored at (-1: none yet); a continuation starts at the rung it continues from."""
         steps = [s for s in trial.intermediate_values if s in self.budgets]
-        return self.budgets.index(max(steps)) if steps else trial.user_attrs.get(FROM_RUNG, -1)
+        if steps:
+            return self.budgets.index(max(steps))
+        from_rung = TrialRecord.of(trial).from_rung
+        return -1 if from_rung is None else from_rung
 
     def paid(self, trial: Any) -> int:
         """What the run a continuation goes on from had cost: its own tokens start there."""
-        rung = trial.user_attrs.get(FROM_RUNG)
+        rung = TrialRecord.of(trial).from_rung
         return 0 if rung is None else self.cost_to(rung)
 
     def spent(self, trial: Any) -> int:
         """A finished trial's tokens; a failed one's, where its worker died before it said, up to its last rung."""
-        recorded = trial.user_attrs.get(SPENT)
+        recorded = TrialRecord.of(trial).spent_tokens
         if recorded is not None:
             return int(recorded)
         return max(0, self.cost_to(max(0, self.index_of(trial))) - self.paid(trial))
@@ -130,9 +133,8 @@ def plan_of(exp: Any) -> TokenPlan:
             blocks += list(p.choices) if p.type == "categorical" else [int(p.high)]
     step_tokens = int(base["train"]["batch_size"]) * max(blocks)
     reserve = 0
-    if exp.confirm is not None:
-        runs = (2 + exp.confirm.top) * exp.confirm.seeds  # the leader, the close ones, the baseline
-        reserve = runs * ((exp.confirm.budget_tokens or target or 0) + step_tokens)
+    if exp.confirm is not None:  # the leader and the baseline; close ones only where the budget has room left
+        reserve = 2 * exp.confirm.seeds * ((exp.confirm.budget_tokens or target or 0) + step_tokens)
     return TokenPlan(
         budgets=budgets,
         decay_fraction=float(base["optim"]["decay_fraction"]) if aims_beyond_budget(s) else 0.0,
@@ -150,6 +152,13 @@ def tried_at_target(trials: list[Any], target: int) -> int:
 
     configs = {json.dumps(t.params, sort_keys=True, default=str) for t in trials if t.state.is_finished()}
     return len(configs) * target
+
+
+def spent_so_far(study: Any, plan: TokenPlan, confirm_prefix: str) -> int:
+    """Every token the study has trained: its trials (and their decays) and its confirmation runs so far."""
+    trials = sum(plan.spent(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    runs = sum(int(r.get("tokens") or 0) for k, r in study.user_attrs.items() if k.startswith(confirm_prefix))
+    return trials + runs
 
 
 def stored_plan(study: Any) -> TokenPlan | None:

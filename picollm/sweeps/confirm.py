@@ -18,6 +18,7 @@ from typing import Any
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params
+from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.settings import ConfirmSettings, check_confirm
 
 LEVEL = 0.95  # confidence level of every interval and the threshold (1 - LEVEL) of every test
@@ -153,7 +154,7 @@ def _finished(study: Any) -> list[Any]:
 
 
 def _candidate(t: Any) -> Candidate:
-    return Candidate(t.number, dict(t.params), bool(t.user_attrs.get("baseline")), t.value)
+    return Candidate(t.number, dict(t.params), TrialRecord.of(t).baseline, t.value)
 
 
 def leader(study: Any) -> Any:
@@ -191,7 +192,7 @@ def shortlist(study: Any, leader_trial: Any, margin: float, most: int) -> list[C
 
 
 def baseline_candidate(study: Any) -> Candidate | None:
-    base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
+    base = next((t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).baseline), None)
     return None if base is None else _candidate(base)
 
 
@@ -328,7 +329,7 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     _train_missing(study, first, [leading], parallel, threads)
     seed_sd = leading.interval().sd
     margin = MARGIN_Z * math.sqrt(2) * seed_sd if math.isfinite(seed_sd) else math.inf
-    chosen = [c.number for c in shortlist(study, leader(study), margin, s.top)]
+    chosen = [c.number for c in shortlist(study, leader(study), margin, affordable(study, s, first))]
     conf = plan(study, s, shortlisted=chosen)
     conf.seed_sd, conf.margin = seed_sd, margin
     study.set_user_attr(
@@ -337,6 +338,20 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     _train_missing(study, conf, conf.results, parallel, threads)
     score_on_test(study, conf)
     return conf
+
+
+def affordable(study: Any, s: ConfirmSettings, first: Confirmation) -> int:
+    """How many close configurations the confirmation may train: ``confirm.top``, fewer where the study's token
+    budget has no room left for their runs beside the baseline's (the budget reserved the leader's and the
+    baseline's only)."""
+    from picollm.sweeps.budget import spent_so_far, stored_plan
+
+    plan = stored_plan(study)
+    if plan is None or plan.max_tokens is None:
+        return s.top
+    per_config = s.seeds * ((first.budget_tokens or 0) + plan.step_tokens)
+    left = plan.max_tokens - spent_so_far(study, plan, ATTR_PREFIX) - per_config  # the baseline's runs to come
+    return max(0, min(s.top, left // per_config)) if per_config else s.top
 
 
 def score_on_test(study: Any, conf: Confirmation) -> None:
@@ -451,8 +466,8 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
 
 def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:
     """One confirmation run in a worker process (on that worker's own GPU, with CUDA): its index and record."""
-    from picollm.sweeps.objective import worker_device
     from picollm.sweeps.processes import pool_rank
+    from picollm.sweeps.trial import worker_device
 
     i, raw, prefix = job
     raw["train"]["device"] = worker_device(pool_rank(), raw["train"]["device"])

@@ -28,6 +28,7 @@ from picollm.sweeps.confirm import (
     verdict_lines,
     winners_curse,
 )
+from picollm.sweeps.record import FAILED, FINAL, PRUNED_AT, TrialRecord
 from picollm.sweeps.settings import ConfirmSettings
 from picollm.sweeps.studies import trained_base
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
@@ -35,7 +36,7 @@ from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 # Before the searched parameters: what the value is and how precise; after them: where it came from.
 VALUE_COLUMNS = ("number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens")
 RUN_COLUMNS = ("tokens", "duration_s", "run_id", "run_dir", "wandb_run_id", "baseline", "fail_reason")
-VALUE_KIND = {"COMPLETE": "final", "PRUNED": "pruned-intermediate", "FAIL": "failed"}
+VALUE_KIND = {"COMPLETE": FINAL, "PRUNED": PRUNED_AT, "FAIL": FAILED}
 
 
 def _run_summary(run_dir: Any) -> dict[str, Any]:
@@ -55,20 +56,21 @@ def _last_intermediate(t: Any) -> tuple[int | None, float | None]:
 
 def trial_row(t: Any, metric: str) -> dict[str, Any]:
     """One trial as the table shows it: a pruned trial's value is its last intermediate value, marked so."""
-    attrs, state = t.user_attrs, t.state.name
-    summary = _run_summary(attrs.get("run_dir"))
-    metric = attrs.get("metric", metric)
+    facts, state = TrialRecord.of(t), t.state.name
+    summary = _run_summary(facts.run_dir)
+    metric = facts.metric or metric
     step, last = _last_intermediate(t)
-    kind = attrs.get("value_kind") or VALUE_KIND.get(state, state.lower())
-    value = t.value if state == "COMPLETE" else (last if kind == "pruned-intermediate" else None)
-    stderr = attrs.get("value_stderr")
+    kind = facts.value_kind or VALUE_KIND.get(state, state.lower())
+    value = t.value if state == "COMPLETE" else (last if kind == PRUNED_AT else None)
+    stderr = facts.value_stderr
     if stderr is None and state == "COMPLETE":
         stderr = summary.get(f"{metric}_stderr")
     row = {"number": t.number, "state": state, "value_kind": kind, "value": value, "value_stderr": stderr}
-    row |= {"metric": metric, "pruned_at_tokens": attrs.get("pruned_at_tokens", step if state == "PRUNED" else None)}
+    pruned_at = facts.pruned_at_tokens if facts.pruned_at_tokens is not None else (step if state == "PRUNED" else None)
+    row |= {"metric": metric, "pruned_at_tokens": pruned_at}
     row |= t.params
     for key in RUN_COLUMNS:
-        row[key] = attrs[key] if attrs.get(key) is not None else summary.get(key)
+        row[key] = getattr(facts, key) if getattr(facts, key) not in (None, False) else summary.get(key)
     return row
 
 

@@ -16,8 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-CONTINUES = "continues"  # trial user attribute: the trial whose paused run this one goes on from
-FROM_RUNG = "from_rung"  # trial user attribute: the index of the rung that paused run stopped at
+from picollm.sweeps.record import TrialRecord
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -44,7 +43,8 @@ def furthest(trials: list[Any], budgets: tuple[int, ...]) -> dict[str, tuple[int
         if t.state == TrialState.FAIL:
             continue
         reached = [budgets.index(s) for s in t.intermediate_values if s in budgets]
-        index = max(reached, default=t.user_attrs.get(FROM_RUNG, -1))
+        from_rung = TrialRecord.of(t).from_rung
+        index = max(reached, default=-1 if from_rung is None else from_rung)
         busy = t.state in (TrialState.RUNNING, TrialState.WAITING)
         key = config_key(t.params)
         before = out.get(key, (-2, None, False))

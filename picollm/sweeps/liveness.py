@@ -8,8 +8,6 @@ Ctrl-C'd trials the same way.
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from typing import Any
 
@@ -19,18 +17,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from picollm.storage import has_heartbeat
-
-INTERRUPTED = "interrupted"  # fail_reason of a trial stopped by Ctrl-C or SIGTERM (objective.py, api.py)
-LOST_WORKER = ("worker process died", "worker lost")  # fail_reason of a trial whose worker this module found gone
-
-
-def host() -> str:
-    """This machine's name in trial records; PICOLLM_WORKER_HOST overrides it where hostnames repeat."""
-    return os.environ.get("PICOLLM_WORKER_HOST") or socket.gethostname()
-
-
-def worker_id() -> str:
-    return f"{host()}:{os.getpid()}"
+from picollm.sweeps.record import FAILED, INTERRUPTED, LOST_WORKER, TrialRecord, host, record_stored
 
 
 def _pid_alive(pid: int) -> bool:
@@ -47,8 +34,7 @@ def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool
     """Fail a RUNNING trial with ``reason`` and re-queue it (capped); False if another worker was first."""
     storage, trial_id = study.storage, study.trial_id(trial.number)
     try:  # the reason first: a finished trial cannot be written to any more
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        storage.set_trial_user_attr(trial_id, "value_kind", "failed")
+        record_stored(storage, trial_id, fail_reason=reason, value_kind=FAILED)
         if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
@@ -65,16 +51,10 @@ def retry(study: Any, trial: Any, max_retry: int) -> bool:
     return True
 
 
-def _failed_by_its_worker(trial: Any) -> bool:
-    """Failed by the worker that ran it (an error), which queues nothing; a lost worker's trial is re-queued at once."""
-    attrs = trial.user_attrs
-    return attrs.get("value_kind") == "failed" and not str(attrs.get("fail_reason", "")).startswith(LOST_WORKER)
-
-
 def _rerun_on_resume(trial: Any) -> bool:
     """Stopped by Ctrl-C, or the baseline failed by its worker: its parameters are worth a run."""
-    attrs = trial.user_attrs
-    return attrs.get("fail_reason") == INTERRUPTED or (attrs.get("baseline", False) and _failed_by_its_worker(trial))
+    facts = TrialRecord.of(trial)  # a lost worker's trial was re-queued at once; an error queues nothing
+    return facts.fail_reason == INTERRUPTED or (facts.baseline and facts.failed_by_its_worker)
 
 
 def requeue_stopped(study: Any, max_retry: int) -> tuple[list[int], list[int]]:
@@ -91,7 +71,7 @@ def requeue_stopped(study: Any, max_retry: int) -> tuple[list[int], list[int]]:
 
 
 def _local_owner_dead(trial: Any) -> bool:
-    owner_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    owner_host, _, pid = str(TrialRecord.of(trial).worker or "").rpartition(":")
     return owner_host == host() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
 
 
@@ -106,9 +86,10 @@ def fail_expired_leases(study: Any, grace_period: float, max_retry: int) -> list
     """Journal storage: fail and re-queue RUNNING trials whose lease is older than ``grace_period``."""
     now, expired = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        renewed = t.user_attrs.get("lease") or (t.datetime_start.timestamp() if t.datetime_start else now)
+        facts = TrialRecord.of(t)
+        renewed = facts.lease or (t.datetime_start.timestamp() if t.datetime_start else now)
         if now - renewed > grace_period:
-            owner = t.user_attrs.get("worker")
+            owner = facts.worker
             reason = f"{LOST_WORKER[1]}: no lease renewal for {now - renewed:.0f}s (worker {owner})"
             if _fail_and_retry(study, t, reason, max_retry):
                 expired.append(t.number)
@@ -122,31 +103,3 @@ def fail_stale(study: Any, grace_period: float, max_retry: int) -> None:
         optuna.storages.fail_stale_trials(study)
     else:
         fail_expired_leases(study, grace_period, max_retry)
-
-
-class Lease:
-    """Renews a trial's lease every ``interval`` seconds on a daemon thread, while the trial trains."""
-
-    def __init__(self, trial: Any, interval: float) -> None:
-        self.trial, self.interval = trial, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._renew, daemon=True, name="picollm-lease")
-
-    def _renew(self) -> None:
-        while True:
-            try:
-                self.trial.set_user_attr("lease", time.time())
-            except UpdateFinishedTrialError:
-                return  # another worker failed it; the objective finds out at its next report
-            except Exception:  # a transient storage error: try again next interval
-                pass
-            if self.stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> Lease:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)

@@ -80,7 +80,7 @@ def stop_workers(
 
 
 # Imported once in the forkserver for every worker (torch._dynamo: torch's optimisers import it on their first step).
-WORKER_PRELOAD = ["picollm.sweeps.objective", "picollm.trainer", "torch._dynamo"]
+WORKER_PRELOAD = ["picollm.sweeps.trial", "picollm.trainer", "torch._dynamo"]
 
 
 def worker_context() -> Any:

@@ -13,7 +13,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from picollm.errors import ConfigError
 from picollm.search import Param
-from picollm.sweeps.halving import CONTINUES, HalvingPruner
+from picollm.sweeps.halving import HalvingPruner
+from picollm.sweeps.record import TrialRecord
 
 
 def _grid(space: list[Param]) -> dict[str, list[Any]]:
@@ -75,12 +76,12 @@ class SobolSampler(optuna.samplers.BaseSampler):
         return dict(self.space)
 
     def sample_relative(self, study: Any, trial: Any, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        if not search_space or CONTINUES in trial.user_attrs or "baseline" in trial.user_attrs:
+        if not search_space or _queued(trial):
             return {}  # a queued configuration: its parameters are fixed, and it takes no point
         from scipy.stats import qmc
 
         before = study.get_trials(deepcopy=False)  # points go to fresh trials in the order they were asked
-        index = sum(t.number < trial.number and not ({CONTINUES, "baseline"} & set(t.user_attrs)) for t in before)
+        index = sum(t.number < trial.number and not _queued(t) for t in before)
         engine = qmc.Sobol(len(search_space), scramble=True, seed=self.seed)
         if index:
             engine.fast_forward(index)
@@ -92,6 +93,12 @@ class SobolSampler(optuna.samplers.BaseSampler):
     def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: BaseDistribution) -> Any:
         """A key outside the space given: a uniform draw fixed by the seed, the trial number and the key."""
         return from_unit(param_distribution, random.Random(f"{self.seed}:{trial.number}:{param_name}").random())
+
+
+def _queued(trial: Any) -> bool:
+    """The baseline or a continuation: queued with its parameters."""
+    facts = TrialRecord.of(trial)
+    return facts.baseline or facts.continues is not None
 
 
 def make_sampler(name: str, space: list[Param], seed: int, options: dict[str, Any]) -> Any:

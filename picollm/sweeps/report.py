@@ -8,26 +8,27 @@ from typing import Any
 from optuna.trial import TrialState
 
 from picollm.console import show_progress
-from picollm.sweeps.budget import SPENT, stored_plan, tried_at_target
+from picollm.sweeps.budget import stored_plan, tried_at_target
 from picollm.sweeps.confirm import ATTR_PREFIX as CONFIRM_PREFIX
-from picollm.sweeps.halving import CONTINUES
+from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.studies import FINISHED, counts
 
 
 def _value_text(t: Any) -> str:
     if t.value is None:
         return "-"
-    stderr = t.user_attrs.get("value_stderr")
+    stderr = TrialRecord.of(t).value_stderr
     return f"{t.value:.4f}" + (f"±{stderr:.4f}" if isinstance(stderr, float) else "")
 
 
 def _tail(t: Any) -> str:
     if t.state == TrialState.FAIL:
-        reason = t.user_attrs.get("fail_reason") or "worker lost (heartbeat expired)"
+        reason = TrialRecord.of(t).fail_reason or "worker lost (heartbeat expired)"
         return f" ({reason})"
-    went_on = f"; continues trial {t.user_attrs[CONTINUES]}" if CONTINUES in t.user_attrs else ""
+    facts = TrialRecord.of(t)
+    went_on = f"; continues trial {facts.continues}" if facts.continues is not None else ""
     if t.state == TrialState.PRUNED:
-        at = t.user_attrs.get("pruned_at_tokens")
+        at = facts.pruned_at_tokens
         return " (pruned: value is the last intermediate loss" + (f" at {at:,} tokens" if at else "") + f"{went_on})"
     return f" ({went_on[2:]})" if went_on else ""
 
@@ -37,7 +38,8 @@ def trial_line(t: Any, best: float | None) -> str:
     final."""
     params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
     best_text = f"best {best:.4f}" if best is not None else "best -"
-    tokens = t.user_attrs.get(SPENT, t.user_attrs.get("tokens"))
+    facts = TrialRecord.of(t)
+    tokens = facts.spent_tokens if facts.spent_tokens is not None else facts.tokens
     tokens_text = f" {tokens:,} tok" if tokens else ""
     return f"trial {t.number:3d} {t.state.name:8s} {_value_text(t):>8s} | {best_text} |{tokens_text} {params}{_tail(t)}"
 
@@ -105,12 +107,14 @@ def spent_words(study: Any) -> str:
     """Every token the study trained (its trials, their branched decays, its confirmation runs), against its budget
     and against training every configuration it tried once at the target."""
     trials = study.get_trials(deepcopy=False)
-    run = sum(int(t.user_attrs.get("tokens") or 0) for t in trials)
-    total = sum(int(t.user_attrs.get(SPENT) or t.user_attrs.get("tokens") or 0) for t in trials)
+    facts = [TrialRecord.of(t) for t in trials]
+    total = sum(int(f.spent_tokens if f.spent_tokens is not None else f.tokens or 0) for f in facts)
+    decays = sum(int(f.decay_tokens or 0) for f in facts)
     confirm = sum(int(r.get("tokens") or 0) for k, r in study.user_attrs.items() if k.startswith(CONFIRM_PREFIX))
     spent = total + confirm
     parts = [
-        f"{spent:,} training tokens spent (trials {run:,}, branched decays {total - run:,}, confirmation {confirm:,})"
+        f"{spent:,} training tokens spent (trials {total - decays:,}, branched decays {decays:,}, "
+        f"confirmation {confirm:,})"
     ]
     plan = stored_plan(study)
     if plan is not None and plan.max_tokens is not None:
@@ -132,8 +136,8 @@ def report_lines(study: Any) -> list[str]:
     if not complete:
         return [*lines, "no trial has completed yet"]
     best = min(complete, key=lambda t: t.value)
-    metric = best.user_attrs.get("metric", "value")
-    baselines = [t for t in study.trials if t.user_attrs.get("baseline")]  # a retried baseline keeps the mark
+    metric = TrialRecord.of(best).metric or "value"
+    baselines = [t for t in study.trials if TrialRecord.of(t).baseline]  # a retried baseline keeps the mark
     baseline = next((t for t in baselines if t.state == TrialState.COMPLETE), baselines[0] if baselines else None)
     params = " ".join(f"{k}={_short(v)}" for k, v in best.params.items())
     lines.append(f"best: trial {best.number} with {metric} {_value_text(best)} ({params})")

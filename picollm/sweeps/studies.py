@@ -23,7 +23,8 @@ from picollm.search import baseline_params
 from picollm.storage import claim_lock, mask_url, open_storage
 from picollm.sweeps import fingerprint
 from picollm.sweeps.budget import PLAN, TokenPlan, plan_of
-from picollm.sweeps.halving import CONTINUES, FROM_RUNG, next_promotion
+from picollm.sweeps.halving import next_promotion
+from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.registry import ONE_SEQUENCE, make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment, StudySettings, trial_cap
 
@@ -68,8 +69,8 @@ class CappedStudy(optuna.Study):
         if found is None:
             return False
         paused, index = found
-        attrs = {CONTINUES: paused.number, FROM_RUNG: index, "run_dir": paused.user_attrs.get("run_dir")}
-        self.enqueue_trial(dict(paused.params), user_attrs=attrs)
+        facts = TrialRecord(continues=paused.number, from_rung=index, run_dir=TrialRecord.of(paused).run_dir)
+        self.enqueue_trial(dict(paused.params), user_attrs=facts.queued())
         return True
 
     def promotable(self, trials: list[Any]) -> tuple[Any, int] | None:
@@ -211,7 +212,8 @@ def record_trained_base(study: Any, exp: Experiment) -> None:
 def enqueue_baseline(study: Any, exp: Experiment) -> None:
     """Trial 0 is the base config itself, so every study shows its gain over the default."""
     if not study.trials:
-        study.enqueue_trial(baseline_params(exp.space, exp.base), user_attrs={"baseline": True}, skip_if_exists=True)
+        facts = TrialRecord(baseline=True).queued()
+        study.enqueue_trial(baseline_params(exp.space, exp.base), user_attrs=facts, skip_if_exists=True)
 
 
 def sampler_seed(seed: int, salt: str | None) -> int:

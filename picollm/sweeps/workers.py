@@ -29,7 +29,6 @@ from picollm.sweeps.budget import plan_words
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
 from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.liveness import fail_stale, requeue_stopped
-from picollm.sweeps.objective import AbortSweep, Objective
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.settings import Experiment, budget_words, trial_cap
@@ -43,6 +42,7 @@ from picollm.sweeps.studies import (
     stored_question,
     with_seed,
 )
+from picollm.sweeps.trial import AbortSweep, Objective
 
 IDLE_FIRST_S, IDLE_MAX_S = 0.02, 2.0  # a worker with nothing to start polls the study at these intervals
 ShowTrial = Callable[[Any, Any], None]  # an Optuna callback showing a finished trial

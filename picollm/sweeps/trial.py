@@ -1,17 +1,18 @@
-"""One trial: the trial's config -> :func:`picollm.trainer.train` -> the value Optuna ranks.
+"""One trial: the trial's config -> :func:`picollm.trainer.train` -> the value Optuna ranks, its facts recorded.
 
-A trial is one call of the CLI's ``train()`` with a pruning hook that reports each periodic validation loss at its token
-count (so block sizes line up), on the same fixed set as the ranked value. Each trial records as user attributes what
-the exporter and the report read (``metric``, ``value_stderr``, ``value_kind``, ``run_dir``, ``time_breakdown``, ...).
+A trial is one call of :func:`picollm.trainer.train` with a pruning hook that reports each periodic validation loss at
+its token count (so block sizes line up), on the same fixed set as the ranked value; what it did goes to its
+:class:`~picollm.sweeps.record.TrialRecord`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import warnings
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,14 @@ from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.search import apply_params, sample
 from picollm.storage import claim_lock, has_heartbeat, mask_url
-from picollm.sweeps.budget import SPENT
-from picollm.sweeps.liveness import Lease, worker_id
+from picollm.sweeps.record import FAILED, FINAL, INTERRUPTED, PRUNED_AT, RUNNING, TrialRecord, record, worker_id, write
 from picollm.sweeps.settings import Experiment
 from picollm.timing import Stopwatch, take_process_start
+
+
+def trained(counts: dict[str, Any]) -> int:
+    """Every token a run (or the checkpoint it went on from) has trained: its own and its branched decays'."""
+    return int(counts.get("tokens") or 0) + int(counts.get("anneal_tokens") or 0)
 
 
 class AbortSweep(PicoError):
@@ -64,7 +69,7 @@ def resumable(trial: optuna.Trial, cfg: Config) -> Any:
     from picollm import checkpoint
     from picollm.trainer import Start
 
-    previous = trial.user_attrs.get("run_dir")
+    previous = TrialRecord.of(trial).run_dir
     if not previous or not (Path(previous) / checkpoint.STATES).is_dir():
         return None
     try:
@@ -74,24 +79,12 @@ def resumable(trial: optuna.Trial, cfg: Config) -> Any:
         return None
 
 
-def trained(counts: dict[str, Any]) -> int:
-    """Every token a run (or the checkpoint it went on from) has trained: its own and its branched decays'."""
-    return int(counts.get("tokens") or 0) + int(counts.get("anneal_tokens") or 0)
-
-
 def _release_gpu_memory() -> None:
     """After a failed trial (a CUDA out-of-memory error, say) hand cached blocks back before the next one."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _set(trial: Any, **attrs: Any) -> None:
-    """Record attributes; a trial another worker already finished cannot take them, which is fine here."""
-    with suppress(UpdateFinishedTrialError):
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
 
 
 def _wandb_run_id(run_dir: Path) -> str | None:
@@ -131,11 +124,11 @@ class Objective:
         except TakenOver:
             raise
         except KeyboardInterrupt:
-            _set(trial, fail_reason="interrupted", value_kind="failed", **self.ran())
+            record(trial, fail_reason=INTERRUPTED, value_kind=FAILED, **self.ran())
             raise
         except AbortSweep as exc:  # bad data or config: every other trial would fail the same way
             self.stop(trial, mask_url(str(exc)))  # first: the writes below may fail too
-            _set(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind="failed", **self.ran())
+            record(trial, fail_reason=mask_url(str(exc)), abort=True, value_kind=FAILED, **self.ran())
             raise
         except Exception as exc:  # recorded with the trial, so `status` and trials.csv say why
             reason = mask_url(f"{type(exc).__name__}: {exc}")[:500]
@@ -143,7 +136,7 @@ class Objective:
             if self.failures_in_a_row >= max(3, self.exp.study.n_trials or 10):
                 self.stop(trial, f"{self.failures_in_a_row} trials failed in a row; last: {reason}")
             _release_gpu_memory()
-            _set(trial, fail_reason=reason, value_kind="failed", time_breakdown=self.clock.breakdown(), **self.ran())
+            record(trial, fail_reason=reason, value_kind=FAILED, time_breakdown=self.clock.breakdown(), **self.ran())
             raise
         self.failures_in_a_row = 0
         return value
@@ -166,7 +159,7 @@ class Objective:
         run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")
         run_dir = Path(cfg.tracking.out_dir) / run_id
         with self.clock.phase("storage"):
-            _set(
+            record(
                 trial,
                 worker=worker_id(),
                 device=cfg.train.device,
@@ -174,7 +167,7 @@ class Objective:
                 run_dir=str(run_dir),
                 metric=exp.study.metric,
                 fail_reason="",  # a retried trial starts with its failed original's attributes
-                value_kind="running",
+                value_kind=RUNNING,
             )
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
         lease = nullcontext() if has_heartbeat(trial.study.storage) else Lease(trial, exp.study.heartbeat_interval)
@@ -197,7 +190,9 @@ class Objective:
         outcome = {
             **self.ran(),
             "tokens": summary.get("tokens"),
-            SPENT: trained(summary) - (0 if start is None else trained(start.state)),
+            "spent_tokens": trained(summary) - (0 if start is None else trained(start.state)),
+            "decay_tokens": int(summary.get("anneal_tokens") or 0)
+            - (0 if start is None else start.state["anneal_tokens"]),
             "status": summary.get("status"),
             "wandb_run_id": _wandb_run_id(run_dir),
         }
@@ -245,10 +240,10 @@ class Objective:
         metric = self.exp.study.metric
         if summary["status"] == "pruned":
             with self.clock.phase("storage"):
-                _set(
+                record(
                     trial,
                     **outcome,
-                    value_kind="pruned-intermediate",
+                    value_kind=PRUNED_AT,
                     pruned_at_tokens=self.reported_at.get(trial.number),
                     value_stderr=summary.get("last_val_loss_stderr"),
                     time_breakdown=self.clock.breakdown(),  # every storage call before this last write
@@ -260,5 +255,33 @@ class Objective:
         with self.clock.phase("storage"):
             breakdown = self.clock.breakdown()  # every storage call before this last write
             stderr = summary.get(f"{metric}_stderr")
-            _set(trial, **outcome, value_kind="final", value_stderr=stderr, time_breakdown=breakdown)
+            record(trial, **outcome, value_kind=FINAL, value_stderr=stderr, time_breakdown=breakdown)
         return float(value)
+
+
+class Lease:
+    """Renews a trial's lease every ``interval`` seconds on a daemon thread, while the trial trains."""
+
+    def __init__(self, trial: Any, interval: float) -> None:
+        self.trial, self.interval = trial, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True, name="picollm-lease")
+
+    def _renew(self) -> None:
+        while True:
+            try:
+                write(self.trial, lease=time.time())
+            except UpdateFinishedTrialError:
+                return  # another worker failed it; the objective finds out at its next report
+            except Exception:  # a transient storage error: try again next interval
+                pass
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Lease:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
