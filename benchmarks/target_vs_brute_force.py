@@ -142,21 +142,28 @@ def losses(runs: dict[str, Any], params: dict[str, Any], seeds: list[int]) -> li
 
 
 def spent_tokens(study: Any) -> int:
-    """Every training token a study cost: its trials with their branched decays, and its confirmation runs."""
+    """Every training token a study cost, read from its run records rather than its own count: each trial's run and
+    branched decays (a run that went on from another's checkpoint less what that one had trained), and its
+    confirmation runs."""
+    from picollm.sweeps.record import TrialRecord
+    from picollm.sweeps.trial import trained
+
     total = 0
     for trial in study.trials:
-        summary = _summary(trial.user_attrs.get("run_dir"))
-        total += int(summary.get("tokens") or trial.user_attrs.get("tokens") or 0)
-        total += int(summary.get("anneal_tokens") or 0)
+        run_dir = TrialRecord.of(trial).run_dir
+        total += trained(_read(run_dir, "summary.json"))
+        source = _read(run_dir, "meta.json").get("resumed_from")
+        if source:
+            total -= trained(_read(source, "summary.json"))
     for key, record in study.user_attrs.items():
         if key.startswith("confirm:"):
             total += int(record.get("tokens") or 0)
     return total
 
 
-def _summary(run_dir: str | None) -> dict[str, Any]:
+def _read(run_dir: str | None, name: str) -> dict[str, Any]:
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text()) if run_dir else {}
+        return json.loads((Path(run_dir) / name).read_text()) if run_dir else {}
     except (OSError, ValueError):
         return {}
 
