@@ -9,15 +9,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from picollm.checks import at_least, one_of, problems, within
 from picollm.errors import ConfigError
 from picollm.models import MODELS
 from picollm.models.config import ModelConfig
@@ -25,7 +25,7 @@ from picollm.optim import DECAY_SHAPES, OPTIMIZERS, SCHEDULES, OptimConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 TOKENIZERS = ("gpt2", "bytes")
-POSITIONS = ("learned", "rotary")
+T = TypeVar("T")
 # Sections of an experiment file that belong to the sweep, not to the trainer.
 SWEEP_SECTIONS = ("search", "study", "launcher", "confirm")
 
@@ -35,17 +35,17 @@ class DataConfig:
     """Where tokens come from and how they are split."""
 
     tinystories: str | None = "roneneldan/TinyStories"  # hub name or local folder; null skips it
-    tinystories_weight: float = 1.0  # share of training windows drawn from TinyStories when mixing
+    tinystories_weight: float = within(0, 1, 1.0, "[]")  # share of training windows drawn from TinyStories when mixing
     input_files: list[str] = field(default_factory=list)  # plain text, one example per line
-    synthetic: int = 0  # number of built-in counting/arithmetic sequences (0 = none)
-    builtin_stories: int = 0  # number of built-in template stories, the offline stand-in (0 = none)
-    tokenizer: str = "gpt2"  # gpt2 (tiktoken) | bytes (UTF-8 bytes + end-of-text, no download)
+    synthetic: int = at_least(0, 0)  # number of built-in counting/arithmetic sequences (0 = none)
+    builtin_stories: int = at_least(0, 0)  # number of built-in template stories, the offline stand-in (0 = none)
+    tokenizer: str = one_of(TOKENIZERS, "gpt2")  # gpt2 (tiktoken) | bytes (UTF-8 bytes + end-of-text, no download)
     compact_vocab: bool = False  # keep only token ids seen in training (+ end-of-text, + unknown)
-    max_stories: int | None = None  # cap on TinyStories training stories (streamed from the hub)
-    max_val_stories: int | None = None  # cap on TinyStories validation stories
-    val_fraction: float = 0.1  # held-out share for sources without a validation split
-    val_tokens: int | None = None  # cap on the validation tokens scored by val/epoch_loss
-    test_tokens: int | None = None  # a test set: validation documents outside that sample, scored only at the end
+    max_stories: int | None = at_least(1, None)  # cap on TinyStories training stories (streamed from the hub)
+    max_val_stories: int | None = at_least(1, None)  # cap on TinyStories validation stories
+    val_fraction: float = within(0, 1, 0.1, "()")  # held-out share for sources without a validation split
+    val_tokens: int | None = at_least(1, None)  # cap on the validation tokens scored by val/epoch_loss
+    test_tokens: int | None = at_least(1, None)  # a test set: validation documents outside that sample, scored last
     cache_dir: str = "results/cache"
     offline_fallback: bool = False  # hub/tokenizer unreachable -> built-in corpus + bytes tokenizer
 
@@ -54,23 +54,23 @@ class DataConfig:
 class TrainConfig:
     """Budget, evaluation cadence and reproducibility."""
 
-    batch_size: int = 16
-    epochs: int = 1
-    max_steps_per_epoch: int | None = None
-    max_tokens: int | None = None  # total training tokens; trials with other block sizes stay comparable
-    eval_every: int = 50  # steps between val/loss evaluations on the fixed subset
-    eval_every_tokens: int | None = None  # or: evaluate each time this many more tokens are seen
-    eval_tokens: int | None = 8192  # size of that fixed sample of whole documents (null: the whole capped set)
+    batch_size: int = at_least(1, 16)
+    epochs: int = at_least(1, 1)
+    max_steps_per_epoch: int | None = at_least(1, None)
+    max_tokens: int | None = at_least(1, None)  # total training tokens; trials with other block sizes stay comparable
+    eval_every: int = at_least(1, 50)  # steps between val/loss evaluations on the fixed subset
+    eval_every_tokens: int | None = at_least(1, None)  # or: evaluate each time this many more tokens are seen
+    eval_tokens: int | None = at_least(1, 8192)  # that fixed sample of whole documents (null: the whole capped set)
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch CPU threads (None = torch's default)
+    threads: int | None = at_least(1, None)  # torch CPU threads (None: picollm.threads decides)
     compile: bool = False  # torch.compile the model
-    sample_every: int = 0  # steps between text samples (0 = only at the end)
-    sample_tokens: int = 40
+    sample_every: int = at_least(0, 0)  # steps between text samples (0 = only at the end)
+    sample_tokens: int = at_least(1, 40)
     prompt: str = "Once upon a time"
     progress: bool = True
-    checkpoint_every_tokens: int | None = None  # full-state checkpoints for --resume (null: a tenth of the run)
-    keep_checkpoints: int = 2  # the latest full-state checkpoints kept (a WSD run also keeps its stable-phase end)
+    checkpoint_every_tokens: int | None = at_least(1, None)  # full-state checkpoints for --resume (null: a tenth)
+    keep_checkpoints: int = at_least(1, 2)  # the latest full-state checkpoints kept (WSD: also its stable-phase end)
     anneal_at: list[int] = field(default_factory=list)  # wsd: budgets (tokens) scored by a decay branched there
 
 
@@ -78,7 +78,7 @@ class TrainConfig:
 class TrackingConfig:
     """Where metrics go: always a local run record, and W&B unless disabled."""
 
-    wandb: str = "auto"  # auto | online | offline | disabled
+    wandb: str = one_of(WANDB_MODES, "auto")  # auto | online | offline | disabled
     project: str = "picollm"
     entity: str | None = None
     group: str | None = None
@@ -133,6 +133,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str | int | float) and not isinstance(value, bool):
@@ -153,12 +157,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    """A section's field types, resolved once: every sweep trial builds a config, and resolving was most of that."""
+    """A block's field types, resolved once: every sweep trial builds a config, and resolving was most of that."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _build_section(cls: type, raw: Any, section: str) -> Any:
+def from_block(cls: type[T], raw: Any, section: str) -> T:
+    """The dataclass ``cls`` from a YAML block: unknown keys, wrong types, values that break a field's declared rule
+    (:mod:`picollm.checks`) and what the block's own ``check()`` refuses are one :class:`ConfigError` line each."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -168,8 +174,13 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown key {section}.{unknown[0]} (known keys in {section}: {', '.join(sorted(known))})")
-    kwargs = {name: _coerce(value, hints[name], f"{section}.{name}") for name, value in raw.items()}
-    return cls(**kwargs)
+    block = cls(**{name: _coerce(value, hints[name], f"{section}.{name}") for name, value in raw.items()})
+    found = problems(block, section)
+    if not found and hasattr(block, "check"):
+        found = [line] if (line := block.check()) else []
+    if found:
+        raise ConfigError(found[0])
+    return block
 
 
 SECTIONS: dict[str, type] = {
@@ -188,7 +199,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' (known: {', '.join(SECTIONS)})")
-    cfg = Config(**{name: _build_section(cls, raw.get(name), name) for name, cls in SECTIONS.items()})
+    cfg = Config(**{name: from_block(cls, raw.get(name), name) for name, cls in SECTIONS.items()})
     validate(cfg)
     return cfg
 
@@ -204,11 +215,8 @@ def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Refuse impossible values before any work starts (one line naming the key)."""
+    """What ties sections together, and the names registries hold (each section's own rules ran as it was read)."""
     _check_names(cfg)
-    _check_sizes(cfg)
-    _check_model(cfg.model)
-    _check_optim(cfg.optim)
     _check_data_and_train(cfg.data, cfg.train)
     _check_anneal(cfg.train, cfg.optim)
 
@@ -231,77 +239,9 @@ def _check_names(cfg: Config) -> None:
     _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _check_choice("optim.decay_shape", cfg.optim.decay_shape, DECAY_SHAPES)
-    _check_choice("data.tokenizer", cfg.data.tokenizer, TOKENIZERS)
-    _check_choice("model.positions", cfg.model.positions, POSITIONS)
-    _check_choice("tracking.wandb", cfg.tracking.wandb, WANDB_MODES)
-
-
-def _check_sizes(cfg: Config) -> None:
-    d, m, t = cfg.data, cfg.model, cfg.train
-    positive = {
-        "model.block_size": m.block_size,
-        "model.embed_size": m.embed_size,
-        "model.k": m.k,
-        "model.hidden_size": m.hidden_size,
-        "model.num_layers": m.num_layers,
-        "model.n_heads": m.n_heads,
-        "model.mlp_ratio": m.mlp_ratio,
-        "train.batch_size": t.batch_size,
-        "train.epochs": t.epochs,
-        "train.eval_every": t.eval_every,
-        "train.eval_tokens": t.eval_tokens,
-        "train.eval_every_tokens": t.eval_every_tokens,
-        "train.sample_tokens": t.sample_tokens,
-        "train.max_steps_per_epoch": t.max_steps_per_epoch,
-        "train.max_tokens": t.max_tokens,
-        "train.threads": t.threads,
-        "train.checkpoint_every_tokens": t.checkpoint_every_tokens,
-        "train.keep_checkpoints": t.keep_checkpoints,
-        "data.test_tokens": d.test_tokens,
-        "data.max_stories": d.max_stories,
-        "data.max_val_stories": d.max_val_stories,
-        "data.val_tokens": d.val_tokens,
-    }
-    for key, value in positive.items():
-        _require(value is None or value >= 1, f"{key} must be >= 1, got {value}")
-
-
-def _check_model(m: ModelConfig) -> None:
-    _require(m.num_inner_layers >= 0, f"model.num_inner_layers must be >= 0, got {m.num_inner_layers}")
-    _require(
-        m.embed_size % m.n_heads == 0 or m.type != "transformer",
-        f"model.embed_size ({m.embed_size}) must be divisible by model.n_heads ({m.n_heads})",
-    )
-    _require(
-        m.positions != "rotary" or (m.embed_size // m.n_heads) % 2 == 0,
-        "model.positions=rotary needs an even head size (embed_size / n_heads)",
-    )
-    _require(math.isfinite(m.dropout) and 0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
-
-
-def _check_optim(o: OptimConfig) -> None:
-    for key, value in {"optim.lr": o.lr, "optim.eps": o.eps}.items():
-        _require(math.isfinite(value) and value > 0, f"{key} must be a positive number, got {value}")
-    for key, value in {
-        "optim.weight_decay": o.weight_decay,
-        "optim.momentum": o.momentum,
-        "optim.grad_clip": o.grad_clip,
-    }.items():
-        _require(math.isfinite(value) and value >= 0, f"{key} must be >= 0, got {value}")
-    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
-        _require(math.isfinite(value) and 0 <= value < 1, f"{key} must be in [0, 1), got {value}")
-    _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
-    _require(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    _require(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-    _require(0 < o.decay_fraction < 1, f"optim.decay_fraction must be in (0, 1), got {o.decay_fraction}")
 
 
 def _check_data_and_train(d: DataConfig, t: TrainConfig) -> None:
-    _require(0 <= d.tinystories_weight <= 1, f"data.tinystories_weight must be in [0, 1], got {d.tinystories_weight}")
-    _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
-    for key, value in {"data.synthetic": d.synthetic, "data.builtin_stories": d.builtin_stories}.items():
-        _require(value >= 0, f"{key} must be >= 0, got {value}")
-    _require(t.sample_every >= 0, f"train.sample_every must be >= 0, got {t.sample_every}")
     _require(
         bool(d.tinystories) or bool(d.input_files) or d.synthetic > 0 or d.builtin_stories > 0,
         "no data: set data.tinystories, data.input_files, data.synthetic or data.builtin_stories",

@@ -64,7 +64,7 @@ def test_identical_differences_are_certain_and_identical_runs_are_not() -> None:
         ({"seeds": 1}, "confirm.seeds must be >= 2"),
         ({"top": 0}, "confirm.top must be >= 1"),
         ({"tops": 3}, "unknown key confirm.tops"),
-        ({"seeds": "three"}, "confirm.seeds: expected a whole number"),
+        ({"seeds": "three"}, "confirm.seeds: expected a number"),
         ([3], "confirm: expected a mapping"),
     ],
 )

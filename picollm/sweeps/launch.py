@@ -22,7 +22,8 @@ from typing import Any
 
 import submitit
 
-from picollm.config import _build_section, apply_overrides, load_raw
+from picollm.checks import above, at_least
+from picollm.config import apply_overrides, from_block, load_raw
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError
 from picollm.storage import mask_url
 from picollm.sweeps.settings import Experiment
@@ -44,12 +45,12 @@ class LauncherSettings:
 
     name: str = "slurm"  # slurm | local (submitit's local executor: tests, a laptop)
     partition: str | None = None
-    timeout_min: int = 60  # per job; submitit requeues on a time limit and the sweep goes on
-    cpus_per_task: int | None = None
-    gpus_per_node: int = 0
-    tasks_per_node: int = 1  # each task is one worker; with G GPUs and G tasks, one GPU each
-    mem_gb: float | None = None
-    array_parallelism: int | None = None  # how many array jobs run at once (default: all)
+    timeout_min: int = above(0, 60)  # per job; submitit requeues on a time limit and the sweep goes on
+    cpus_per_task: int | None = above(0, None)
+    gpus_per_node: int = at_least(0, 0)
+    tasks_per_node: int = above(0, 1)  # each task is one worker; with G GPUs and G tasks, one GPU each
+    mem_gb: float | None = above(0, None)
+    array_parallelism: int | None = above(0, None)  # how many array jobs run at once (default: all)
     sbatch: dict[str, Any] = field(default_factory=dict)  # free extras: {account: x, qos: y}
     setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load ...)
 
@@ -59,19 +60,11 @@ def parse_launcher(raw: Any) -> LauncherSettings:
     if not isinstance(raw, dict | None):
         raise ConfigError(f"launcher: expected a mapping of keys, got {raw!r}")
     raw = dict(raw or {})
-    sbatch = raw.pop("sbatch", None) or {}
-    if not isinstance(sbatch, dict):
-        raise ConfigError(f"launcher.sbatch: expected a mapping of sbatch options, got {sbatch!r}")
-    settings = _build_section(LauncherSettings, raw, "launcher")
-    settings.sbatch = sbatch
+    if raw.get("sbatch") is None:
+        raw.pop("sbatch", None)
+    settings = from_block(LauncherSettings, raw, "launcher")
     if settings.name not in EXECUTORS:
         raise ConfigError(f"launcher.name: unknown launcher {settings.name!r} (choose from {', '.join(EXECUTORS)})")
-    for key in ("timeout_min", "cpus_per_task", "tasks_per_node", "mem_gb", "array_parallelism"):
-        value = getattr(settings, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"launcher.{key} must be > 0, got {value}")
-    if settings.gpus_per_node < 0:
-        raise ConfigError(f"launcher.gpus_per_node must be >= 0, got {settings.gpus_per_node}")
     return settings
 
 

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from picollm.config import apply_overrides, config_from_dict, load_raw, parse_override, read_yaml, split_experiment
+from picollm.checks import at_least, one_of, problems
+from picollm.config import (
+    apply_overrides,
+    config_from_dict,
+    from_block,
+    load_raw,
+    parse_override,
+    read_yaml,
+    split_experiment,
+)
 from picollm.errors import ConfigError
 from picollm.search import Param, baseline_params, parse_space
 from picollm.sweeps.registry import make_pruner, make_sampler
@@ -24,44 +33,45 @@ EPOCHS_FOR_TOKEN_BUDGET = 1000  # with a token budget, epochs only bound it from
 
 @dataclass
 class StudySettings:
+    """The experiment file's ``study:`` block: what a sweep ranks, how it samples and prunes, what it may spend."""
+
     name: str
-    metric: str = "final_val_loss"
-    sampler: str = "tpe"
+    metric: str = one_of(tuple(METRICS), "final_val_loss")
+    sampler: str = "tpe"  # a name of picollm.sweeps.registry's; its options below
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner: str = "median"
     pruner_options: dict[str, Any] = field(default_factory=dict)
-    budget_tokens: int | None = None  # training tokens per trial; with target_tokens, the cheapest rung
-    target_tokens: int | None = None  # the budget the winner will be trained at (None: budget_tokens)
-    reports: int = 8  # validation losses reported to the pruner per trial
-    n_trials: int | None = 20  # finished trials to reach; None: as many as max_tokens pays for
-    max_tokens: int | None = None  # every training token of the study: trials, branched decays, confirmation
+    budget_tokens: int | None = at_least(1, None)  # training tokens per trial; with target_tokens, the cheapest rung
+    target_tokens: int | None = at_least(1, None)  # the budget the winner will be trained at (None: budget_tokens)
+    reports: int = at_least(1, 8)  # validation losses reported to the pruner per trial
+    n_trials: int | None = at_least(1, 20)  # finished trials to reach; None: as many as max_tokens pays for
+    max_tokens: int | None = at_least(1, None)  # every training token of the study: trials, decays, confirmation
     seed: int = 0
-    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (leases on journal files)
-    grace_period: int = 30  # a trial silent for this long is failed and retried
-    max_retry: int = 2  # retries of a trial whose worker died, then it stays failed
+    heartbeat_interval: int = at_least(1, 10)  # seconds between a running trial's heartbeats (leases on journals)
+    grace_period: int = at_least(1, 30)  # a trial silent for this long is failed and retried
+    max_retry: int = at_least(0, 2)  # retries of a trial whose worker died, then it stays failed
     out_dir: str = "results/studies"  # exports land in <out_dir>/<name>/
 
+    def check(self) -> str | None:
+        """What ties two of its fields together (the fields' own rules are declared with them)."""
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            return f"study.name: use letters, digits, '-', '_' and '.', got {self.name!r}"
+        if self.grace_period <= self.heartbeat_interval:
+            return "study.grace_period must be longer than study.heartbeat_interval"
+        if self.target_tokens is not None and (self.budget_tokens is None or self.target_tokens < self.budget_tokens):
+            return (
+                f"study.target_tokens ({self.target_tokens:,}) must be at least study.budget_tokens "
+                f"({self.budget_tokens or 'unset'}), the cheap budget the sweep starts each trial at"
+            )
+        if self.max_tokens is not None and self.budget_tokens is None:
+            return "study.max_tokens needs study.budget_tokens: a trial's cost must be known before it starts"
+        if self.n_trials is None and self.max_tokens is None:
+            return "study.n_trials: null needs study.max_tokens, the budget that decides how many trials run"
+        if self.pruner == "halving" and not aims_beyond_budget(self):
+            return "study.pruner=halving needs study.target_tokens above study.budget_tokens (its rungs)"
+        return None
 
-INT_KEYS = (
-    "budget_tokens",
-    "target_tokens",
-    "max_tokens",
-    "reports",
-    "n_trials",
-    "seed",
-    "heartbeat_interval",
-    "grace_period",
-    "max_retry",
-)
-POSITIVE_KEYS = (
-    "reports",
-    "n_trials",
-    "heartbeat_interval",
-    "grace_period",
-    "budget_tokens",
-    "target_tokens",
-    "max_tokens",
-)
+
 MULTI_FIDELITY = ("hyperband", "successive_halving", "halving")  # pruners whose rungs grow by reduction_factor
 
 
@@ -75,62 +85,17 @@ def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
     raise ConfigError(f"study.{key}: expected a name or {{name: ..., option: value}}, got {raw!r}")
 
 
-def _whole(key: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or value != int(value):
-        raise ConfigError(f"study.{key}: expected a whole number, got {value!r}")
-    return int(value)
-
-
 def parse_study(raw: Any, default_name: str) -> StudySettings:
     """The ``study:`` block, checked: unknown keys, wrong types and impossible values are one line."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+    if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"study: expected a mapping of settings (name, metric, sampler, ...), got {raw!r}")
-    raw = dict(raw)
-    s = StudySettings(name=str(raw.pop("name", default_name)))
-    if "sampler" in raw:
-        s.sampler, s.sampler_options = _named(raw.pop("sampler"), "sampler")
-    if "pruner" in raw:
-        s.pruner, s.pruner_options = _named(raw.pop("pruner"), "pruner")
-    for key, value in raw.items():
-        if key in ("metric", "out_dir"):
-            setattr(s, key, str(value))
-        elif key in INT_KEYS:
-            setattr(s, key, _whole(key, value))
-        else:
-            raise ConfigError(f"unknown key study.{key}")
-    _check_study(s)
-    return s
-
-
-def _check_study(s: StudySettings) -> None:
-    if s.metric not in METRICS:
-        raise ConfigError(f"study.metric: unknown value {s.metric!r} (choose from {', '.join(METRICS)})")
-    if not s.name or not all(c.isalnum() or c in "-_." for c in s.name):
-        raise ConfigError(f"study.name: use letters, digits, '-', '_' and '.', got {s.name!r}")
-    for key in POSITIVE_KEYS:
-        value = getattr(s, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"study.{key} must be >= 1, got {value}")
-    if s.max_retry is None or s.max_retry < 0:
-        raise ConfigError(f"study.max_retry must be >= 0, got {s.max_retry}")
-    if s.grace_period <= s.heartbeat_interval:
-        raise ConfigError("study.grace_period must be longer than study.heartbeat_interval")
-    if s.target_tokens is not None and (s.budget_tokens is None or s.target_tokens < s.budget_tokens):
-        raise ConfigError(
-            f"study.target_tokens ({s.target_tokens:,}) must be at least study.budget_tokens "
-            f"({s.budget_tokens or 'unset'}), the cheap budget the sweep starts each trial at"
-        )
-    if s.max_tokens is not None and s.budget_tokens is None:
-        raise ConfigError("study.max_tokens needs study.budget_tokens: a trial's cost must be known before it starts")
-    if s.n_trials is None and s.max_tokens is None:
-        raise ConfigError("study.n_trials: null needs study.max_tokens, the budget that decides how many trials run")
-    if s.pruner == "halving" and not aims_beyond_budget(s):
-        raise ConfigError("study.pruner=halving needs study.target_tokens above study.budget_tokens (its rungs)")
-    if aims_beyond_budget(s) and s.pruner in MULTI_FIDELITY:
+    raw = {"name": default_name, **(raw or {})}
+    raw["name"] = str(raw["name"])
+    for key in ("sampler", "pruner"):
+        if key in raw:
+            raw[key], raw[f"{key}_options"] = _named(raw[key], key)
+    s = from_block(StudySettings, raw, "study")
+    if aims_beyond_budget(s) and s.pruner in MULTI_FIDELITY:  # the rungs the pruner halves at
         s.pruner_options.setdefault("reduction_factor", 3)
         if s.pruner == "halving":
             s.pruner_options.update(rungs=rungs(s), target=s.target_tokens)
@@ -138,6 +103,7 @@ def _check_study(s: StudySettings) -> None:
             s.pruner_options.setdefault("min_resource", rungs(s)[0])
         if s.pruner == "hyperband":
             s.pruner_options.setdefault("max_resource", s.target_tokens)
+    return s
 
 
 def aims_beyond_budget(s: StudySettings) -> bool:
@@ -184,36 +150,26 @@ def rungs(s: StudySettings) -> list[int]:
 
 @dataclass
 class ConfirmSettings:
-    top: int = 3  # complete configs to re-train, best first (the baseline comes on top of these)
-    seeds: int = 3  # fresh seeds per config: an interval needs at least two
+    """The experiment file's ``confirm:`` block, or ``--top``/``--seeds`` on the command line."""
+
+    top: int = at_least(1, 3)  # complete configs to re-train, best first (the baseline comes on top of these)
+    seeds: int = at_least(2, 3, "an interval needs two runs")  # fresh seeds per config
     first_seed: int | None = None  # None: the base config's train.seed + 1, ...
-    budget_tokens: int | None = None  # None: the study's own budget per trial
+    budget_tokens: int | None = at_least(1, None)  # None: the study's own budget per trial
 
 
 def parse_confirm(raw: Any) -> ConfirmSettings:
     """Read a ``confirm:`` block (``{}`` or ``null`` for the defaults); one line per mistake."""
-    if raw is None:
-        return ConfirmSettings()
-    if not isinstance(raw, dict):
+    if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"confirm: expected a mapping such as {{top: 3, seeds: 3}}, got {raw!r}")
-    settings = ConfirmSettings()
-    for key, value in raw.items():
-        if key not in settings.__dataclass_fields__:
-            raise ConfigError(f"unknown key confirm.{key} (known: {', '.join(settings.__dataclass_fields__)})")
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError(f"confirm.{key}: expected a whole number, got {value!r}")
-        setattr(settings, key, value)
-    check_confirm(settings)
-    return settings
+    return from_block(ConfirmSettings, raw, "confirm")
 
 
 def check_confirm(s: ConfirmSettings) -> None:
-    if s.top < 1:
-        raise ConfigError(f"confirm.top must be >= 1, got {s.top}")
-    if s.seeds < 2:
-        raise ConfigError(f"confirm.seeds must be >= 2 (an interval needs two runs), got {s.seeds}")
-    if s.budget_tokens is not None and s.budget_tokens < 1:
-        raise ConfigError(f"confirm.budget_tokens must be >= 1, got {s.budget_tokens}")
+    """Settings changed after reading (``--top``, ``--seeds``): the block's rules again."""
+    found = problems(s, "confirm")
+    if found:
+        raise ConfigError(found[0])
 
 
 @dataclass
