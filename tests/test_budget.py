@@ -92,3 +92,14 @@ def test_halving_promotes_the_best_paused_configuration_once_its_rung_has_room()
     six = [*three, going, *(config(4 + i, n, {1000: v}) for i, (n, v) in enumerate([("d", 4.5), ("e", 7), ("f", 8)]))]
     promoted, index = next_promotion(six, budgets, 3)
     assert (promoted.params, index) == ({"x": "d"}, 0)  # six scored: room for two
+
+
+def test_a_study_too_thin_to_halve_still_takes_its_best_to_the_target() -> None:
+    from picollm.sweeps.halving import last_promotion
+
+    budgets = (1000, 3000, 9000)
+    thin = [config(0, "a", {1000: 5.0, 3000: 4.5}), config(1, "b", {1000: 4.0, 3000: 4.2}), config(2, "c", {1000: 6})]
+    promoted, index = last_promotion(thin, budgets)
+    assert (promoted.params, index) == ({"x": "b"}, 1)  # the best of the highest rung reached
+    done = [*thin, config(3, "b", {9000: 3.9}, TrialState.COMPLETE, continues=1, from_rung=1)]
+    assert last_promotion(done, budgets) is None  # an answer at the target exists

@@ -75,6 +75,20 @@ def next_promotion(trials: list[Any], budgets: tuple[int, ...], eta: int) -> tup
     return None
 
 
+def last_promotion(trials: list[Any], budgets: tuple[int, ...]) -> tuple[Any, int] | None:
+    """When nothing runs and no new trial fits, and no configuration reached the target: the best paused one of the
+    highest rung goes on, so the study ends with an answer at the target even where its rungs were too thin to halve."""
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    ends = furthest(trials, budgets)
+    for index in reversed(range(len(budgets) - 1)):
+        scores = scores_at(trials, budgets[index])
+        paused = [(scores[k], t) for k, (at, t, busy) in ends.items() if at == index and t.state == TrialState.PRUNED]
+        if paused:
+            return min(paused, key=lambda pair: pair[0])[1], index
+    return None
+
+
 def promotions_due(trials: list[Any], budgets: tuple[int, ...], eta: int) -> list[int]:
     """How many configurations each rung will still promote as it stands (its best ``n // eta``, less those gone on)."""
     due = []
