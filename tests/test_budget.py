@@ -51,8 +51,9 @@ def test_a_trial_goes_past_a_rung_only_when_the_next_rung_fits_beside_every_comm
     assert plan.room_to_go_on([*others, me], me, index=2)  # at the target there is nothing left to pay
 
 
-def test_a_failed_trial_counts_what_it_trained_up_to_its_last_rung() -> None:
-    assert PLAN.spent(trial(0, TrialState.FAIL, (1000, 3000))) == PLAN.cost_to(1)
+def test_a_failed_trial_that_did_not_say_counts_up_to_its_next_rung() -> None:
+    assert PLAN.spent(trial(0, TrialState.FAIL, (1000, 3000))) == PLAN.cost_to(2)  # it may have trained on to there
+    assert PLAN.spent(trial(0, TrialState.FAIL, (1000, 3000, 9000))) == PLAN.cost_to(2)  # scored at the target
     assert PLAN.spent(trial(0, TrialState.FAIL, (1000,), spent=777)) == 777
 
 
@@ -103,3 +104,18 @@ def test_a_study_too_thin_to_halve_still_takes_its_best_to_the_target() -> None:
     assert (promoted.params, index) == ({"x": "b"}, 1)  # the best of the highest rung reached
     done = [*thin, config(3, "b", {9000: 3.9}, TrialState.COMPLETE, continues=1, from_rung=1)]
     assert last_promotion(done, budgets) is None  # an answer at the target exists
+
+
+def test_a_failed_run_neither_scores_its_rung_nor_is_promoted_again() -> None:
+    from picollm.sweeps.halving import next_promotion, promotions_due
+
+    budgets = (1000, 3000, 9000)
+    rung = [config(0, "a", {1000: 5.0}), config(1, "b", {1000: 4.0}), config(2, "c", {1000: 6.0})]
+    nan_at_rung = config(3, "d", {1000: 1.0}, TrialState.FAIL)  # failed as it was scored: not a score
+    assert next_promotion([*rung, nan_at_rung], budgets, 3)[0].number == 1
+    failed_continuation = config(4, "b", {}, TrialState.FAIL, continues=1, from_rung=0)
+    assert next_promotion([*rung, failed_continuation], budgets, 3) is None  # the same state would fail again
+    assert promotions_due([*rung, failed_continuation], budgets, 3) == [0, 0]
+    plan = TokenPlan(**{**PLAN.__dict__, "promotes": True, "max_tokens": 10**6})
+    scored_at_target = trial(5, TrialState.RUNNING, (1000, 3000, 9000))  # saving its weights: nothing more to train
+    assert plan.ledger([scored_at_target], hard=True) == plan.cost_to(2)

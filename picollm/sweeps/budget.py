@@ -43,7 +43,8 @@ class TokenPlan:
 
     def expected_from(self, index: int) -> float:
         """Expected cost of a trial that has been scored at ``budgets[index]`` (-1: not yet) and goes on."""
-        cost, chance = float(self.cost_to(index + 1)), 1.0
+        last = len(self.budgets) - 1
+        cost, chance = float(self.cost_to(min(index + 1, last))), 1.0
         for i in range(index + 2, len(self.budgets)):
             chance /= self.eta
             cost += chance * (self.cost_to(i) - self.cost_to(i - 1))
@@ -62,12 +63,14 @@ class TokenPlan:
         rung = TrialRecord.of(trial).from_rung
         return 0 if rung is None else self.cost_to(rung)
 
+    def next_cost(self, trial: Any) -> int:
+        """What a trial has trained by its next rung (by the target, once scored there), less what it inherited."""
+        return self.cost_to(min(self.index_of(trial) + 1, len(self.budgets) - 1)) - self.paid(trial)
+
     def spent(self, trial: Any) -> int:
-        """A finished trial's tokens; a failed one's, where its worker died before it said, up to its last rung."""
+        """A finished trial's tokens; a failed one's, which its worker did not say, up to its next rung."""
         recorded = TrialRecord.of(trial).spent_tokens
-        if recorded is not None:
-            return int(recorded)
-        return max(0, self.cost_to(max(0, self.index_of(trial))) - self.paid(trial))
+        return int(recorded) if recorded is not None else self.next_cost(trial)
 
     def ledger(self, trials: list[Any], hard: bool, skip: int | None = None) -> float:
         """Spent by finished trials plus what running and queued ones commit: their next rung (hard), or the expected
@@ -77,8 +80,7 @@ class TokenPlan:
             if t.number == skip:
                 continue
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
-                index = self.index_of(t)
-                total += (self.cost_to(index + 1) if hard else self.expected_from(index)) - self.paid(t)
+                total += self.next_cost(t) if hard else self.expected_from(self.index_of(t)) - self.paid(t)
             else:
                 total += self.spent(t)
         if not hard and self.promotes:

@@ -24,8 +24,12 @@ def config_key(params: dict[str, Any]) -> str:
 
 
 def scores_at(trials: list[Any], budget: int) -> dict[str, float]:
-    """Each configuration's loss at the rung ``budget``, from whichever of its trials reported it."""
-    return {config_key(t.params): t.intermediate_values[budget] for t in trials if budget in t.intermediate_values}
+    """Each configuration's loss at the rung ``budget``, from whichever of its trials that did not fail reported it."""
+    return {
+        config_key(t.params): t.intermediate_values[budget]
+        for t in trials
+        if budget in t.intermediate_values and t.state != TrialState.FAIL
+    }
 
 
 def promotable(scores: dict[str, float], gone_on: set[str], key: str, eta: int) -> bool:
@@ -36,16 +40,17 @@ def promotable(scores: dict[str, float], gone_on: set[str], key: str, eta: int) 
 
 
 def furthest(trials: list[Any], budgets: tuple[int, ...]) -> dict[str, tuple[int, Any, bool]]:
-    """Each configuration's furthest rung index reached (-1: none), the trial that reached it, and whether one of its
-    trials is running or queued (then it is on its way, not paused)."""
+    """Each configuration's furthest rung index reached (-1: none), the trial that reached it, and whether it is not
+    paused: one of its trials runs or is queued (it is on its way), or a continuation of it failed (going on again
+    from the same state would fail the same way)."""
     out: dict[str, tuple[int, Any, bool]] = {}
     for t in trials:
-        if t.state == TrialState.FAIL:
+        facts = TrialRecord.of(t)
+        if t.state == TrialState.FAIL and facts.continues is None:
             continue
         reached = [budgets.index(s) for s in t.intermediate_values if s in budgets]
-        from_rung = TrialRecord.of(t).from_rung
-        index = max(reached, default=-1 if from_rung is None else from_rung)
-        busy = t.state in (TrialState.RUNNING, TrialState.WAITING)
+        index = max(reached, default=-1 if facts.from_rung is None else facts.from_rung)
+        busy = t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
         key = config_key(t.params)
         before = out.get(key, (-2, None, False))
         best = (index, t) if index > before[0] else before[:2]

@@ -52,12 +52,12 @@ class CappedStudy(optuna.Study):
     def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
         with claim_lock(self.storage_url, f"claim-{self.study_name}"):
             trials = self.get_trials(deepcopy=False)
-            taken = sum(t.state in TAKEN for t in trials)
-            if taken >= self.total:
-                raise StudyFull(f"{taken} of {self.total} trials are finished or running")
             queued = any(t.state == TrialState.WAITING for t in trials)  # already in the ledger: it runs next
-            if not queued and not self.promote(trials) and not self.plan.room_for_trial(trials):
-                raise StudyFull(f"study.max_tokens={self.plan.max_tokens:,} cannot pay for another trial")
+            if not queued and not self.promote(trials):
+                if self.fresh(trials, TAKEN) >= self.total:
+                    raise StudyFull(f"{self.total} trials are finished or running")
+                if not self.plan.room_for_trial(trials):
+                    raise StudyFull(f"study.max_tokens={self.plan.max_tokens:,} cannot pay for another trial")
             trial = super().ask(fixed_distributions)
         self.asked.add(trial.number)
         return trial
@@ -78,17 +78,26 @@ class CappedStudy(optuna.Study):
             return None
         found = next_promotion(trials, self.plan.budgets, self.plan.eta)
         idle = not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-        if found is None and idle and not self.plan.room_for_trial(trials):
+        if found is None and idle and self.no_new_trial(trials):
             found = last_promotion(trials, self.plan.budgets)
         return found if found is not None and self.plan.room_for_promotion(trials, found[1]) else None
 
+    def fresh(self, trials: list[Any], states: tuple[TrialState, ...]) -> int:
+        """Trials in ``states`` that tried a configuration of their own: what ``n_trials`` counts (a continuation of a
+        paused configuration is not one)."""
+        return sum(t.state in states and TrialRecord.of(t).continues is None for t in trials)
+
+    def no_new_trial(self, trials: list[Any]) -> bool:
+        return self.fresh(trials, TAKEN) >= self.total or not self.plan.room_for_trial(trials)
+
     def exhausted(self) -> bool:
-        """Nothing more will start: the total is finished, or no trial runs and the budget pays for nothing more."""
+        """Nothing more will start: no trial runs or waits, none is due a promotion, and the total is finished or the
+        budget pays for no new trial."""
         trials = self.get_trials(deepcopy=False)
-        if sum(t.state in FINISHED for t in trials) >= self.total:
-            return True
         busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-        return not busy and self.promotable(trials) is None and not self.plan.room_for_trial(trials)
+        if not busy and self.fresh(trials, FINISHED) >= self.total and not self.plan.promotes:
+            return True
+        return not busy and self.promotable(trials) is None and self.no_new_trial(trials)
 
     def started_here(self, trial: optuna.Trial) -> None:
         """Refuse a trial that ``ask`` did not start (see the class docstring)."""

@@ -69,14 +69,21 @@ def resumable(trial: optuna.Trial, cfg: Config) -> Any:
     from picollm import checkpoint
     from picollm.trainer import Start
 
-    previous = TrialRecord.of(trial).run_dir
-    if not previous or not (Path(previous) / checkpoint.STATES).is_dir():
-        return None
-    try:
-        path = checkpoint.latest_state(Path(previous))
-        return Start(checkpoint.load_state(path, cfg, same_budget=True), Path(previous), label="resumed_from")
-    except PicoError:  # no usable checkpoint (truncated, another config): train afresh
-        return None
+    facts = TrialRecord.of(trial)
+    sources = [facts.run_dir]
+    if facts.continues is not None:  # a retried continuation that died before its own first checkpoint
+        sources.append(TrialRecord.of(trial.study.get_trials(deepcopy=False)[facts.continues]).run_dir)
+    for previous in filter(None, sources):
+        if not (Path(previous) / checkpoint.STATES).is_dir():
+            continue
+        try:
+            path = checkpoint.latest_state(Path(previous))
+            return Start(checkpoint.load_state(path, cfg, same_budget=True), Path(previous), label="resumed_from")
+        except PicoError:  # no usable checkpoint (truncated, another config): look further, or train afresh
+            continue
+    if facts.continues is not None:  # afresh it would cost what the budget counted as paid
+        raise RuntimeError(f"no usable checkpoint of trial {facts.continues}'s paused run to go on from")
+    return None
 
 
 def _release_gpu_memory() -> None:
