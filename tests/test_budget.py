@@ -95,15 +95,18 @@ def test_halving_promotes_the_best_paused_configuration_once_its_rung_has_room()
     assert (promoted.params, index) == ({"x": "d"}, 0)  # six scored: room for two
 
 
-def test_a_study_too_thin_to_halve_still_takes_its_best_to_the_target() -> None:
+def test_the_last_rung_sends_its_best_to_the_target_at_the_end_then_the_next_while_paid() -> None:
     from picollm.sweeps.halving import last_promotion
 
     budgets = (1000, 3000, 9000)
-    thin = [config(0, "a", {1000: 5.0, 3000: 4.5}), config(1, "b", {1000: 4.0, 3000: 4.2}), config(2, "c", {1000: 6})]
-    promoted, index = last_promotion(thin, budgets)
-    assert (promoted.params, index) == ({"x": "b"}, 1)  # the best of the highest rung reached
-    done = [*thin, config(3, "b", {9000: 3.9}, TrialState.COMPLETE, continues=1, from_rung=1)]
-    assert last_promotion(done, budgets) is None  # an answer at the target exists
+    top = [config(0, "a", {1000: 5.0, 3000: 4.5}), config(1, "b", {1000: 4.0, 3000: 4.2}), config(2, "c", {1000: 6})]
+    promoted, index = last_promotion(top, budgets, most=None)
+    assert (promoted.params, index) == ({"x": "b"}, 1)  # the best of every configuration that reached the last rung
+    done = [*top, config(3, "b", {9000: 3.9}, TrialState.COMPLETE, continues=1, from_rung=1)]
+    assert last_promotion(done, budgets, most=1) is None  # without a token budget: one in eta, at least one
+    assert last_promotion(done, budgets, most=None)[0].params == {"x": "a"}  # with one: the next best, while it pays
+    thin = [config(0, "a", {1000: 5.0}), config(1, "b", {1000: 4.0})]
+    assert last_promotion(thin, budgets, most=None)[0].params == {"x": "b"}  # too thin to halve: still an answer
 
 
 def test_a_failed_run_neither_scores_its_rung_nor_is_promoted_again() -> None:

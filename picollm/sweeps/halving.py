@@ -66,9 +66,10 @@ def rung(trials: list[Any], budgets: tuple[int, ...], index: int) -> tuple[dict[
 
 
 def next_promotion(trials: list[Any], budgets: tuple[int, ...], eta: int) -> tuple[Any, int] | None:
-    """A paused configuration that now ranks among the best of its rung, highest rung first: (its trial, rung index)."""
+    """A paused configuration that now ranks among the best of its rung, highest rung first: (its trial, rung index).
+    The last rung before the target promotes only at the end (:func:`last_promotion`)."""
     ends = furthest(trials, budgets)
-    for index in reversed(range(len(budgets) - 1)):
+    for index in reversed(range(len(budgets) - 2)):
         scores, gone_on = rung(trials, budgets, index)
         paused = [
             (scores[key], t)
@@ -80,26 +81,37 @@ def next_promotion(trials: list[Any], budgets: tuple[int, ...], eta: int) -> tup
     return None
 
 
-def last_promotion(trials: list[Any], budgets: tuple[int, ...]) -> tuple[Any, int] | None:
-    """When nothing runs and no new trial fits, and no configuration reached the target: the best paused one of the
-    highest rung goes on, so the study ends with an answer at the target even where its rungs were too thin to halve."""
-    if any(t.state == TrialState.COMPLETE for t in trials):
-        return None
+def last_promotion(trials: list[Any], budgets: tuple[int, ...], most: int | None) -> tuple[Any, int] | None:
+    """Once nothing runs and no new trial fits: the best paused configuration of the highest rung reached goes on to
+    the target, then the next best, while the budget pays (``most``: at most that many, without a token budget).
+
+    The last rung is decided here, among every configuration that reached it, and not as they arrive: the first to
+    arrive would take the rung's places, and a better one that came later would never reach the target."""
     ends = furthest(trials, budgets)
     for index in reversed(range(len(budgets) - 1)):
-        scores = scores_at(trials, budgets[index])
-        paused = [(scores[k], t) for k, (at, t, busy) in ends.items() if at == index and t.state == TrialState.PRUNED]
+        scores, gone_on = rung(trials, budgets, index)
+        paused = [
+            (scores[k], t)
+            for k, (at, t, busy) in ends.items()
+            if at == index and not busy and t.state == TrialState.PRUNED
+        ]
+        if most is not None and len(gone_on) >= most:
+            return None
         if paused:
             return min(paused, key=lambda pair: pair[0])[1], index
+        if gone_on:  # this rung has sent its best on already: nothing lower to take
+            return None
     return None
 
 
 def promotions_due(trials: list[Any], budgets: tuple[int, ...], eta: int) -> list[int]:
-    """How many configurations each rung will still promote as it stands (its best ``n // eta``, less those gone on)."""
+    """How many configurations each rung will still promote as it stands (its best ``n // eta``, less those gone on;
+    the last rung at least one, at the end)."""
     due = []
     for index in range(len(budgets) - 1):
         scores, gone_on = rung(trials, budgets, index)
-        due.append(max(0, len(scores) // eta - len(gone_on)))
+        quota = max(1, len(scores) // eta) if index == len(budgets) - 2 and scores else len(scores) // eta
+        due.append(max(0, quota - len(gone_on)))
     return due
 
 
@@ -113,5 +125,7 @@ class HalvingPruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step not in self.budgets[:-1]:
             return False
+        if step == self.budgets[-2]:  # the last rung is decided at the end, among all that reached it
+            return True
         scores, gone_on = rung(study.get_trials(deepcopy=False), self.budgets, self.budgets.index(step))
         return not promotable(scores, gone_on, config_key(trial.params), self.eta)

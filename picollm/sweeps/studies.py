@@ -23,7 +23,7 @@ from picollm.search import baseline_params
 from picollm.storage import claim_lock, mask_url, open_storage
 from picollm.sweeps import fingerprint
 from picollm.sweeps.budget import PLAN, TokenPlan, plan_of
-from picollm.sweeps.halving import last_promotion, next_promotion
+from picollm.sweeps.halving import last_promotion, next_promotion, scores_at
 from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.registry import ONE_SEQUENCE, make_pruner, make_sampler
 from picollm.sweeps.settings import Experiment, StudySettings, trial_cap
@@ -79,7 +79,9 @@ class CappedStudy(optuna.Study):
         found = next_promotion(trials, self.plan.budgets, self.plan.eta)
         idle = not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
         if found is None and idle and self.no_new_trial(trials):
-            found = last_promotion(trials, self.plan.budgets)
+            scored = len(scores_at(trials, self.plan.budgets[-2]))
+            most = None if self.plan.max_tokens is not None else max(1, scored // self.plan.eta)
+            found = last_promotion(trials, self.plan.budgets, most)
         return found if found is not None and self.plan.room_for_promotion(trials, found[1]) else None
 
     def fresh(self, trials: list[Any], states: tuple[TrialState, ...]) -> int:
