@@ -2,7 +2,7 @@
 
 A lone run on a quiet machine gains from every core (the k-gram MLP at block 128 with the GPT-2 head trained 816
 tokens/s on one thread, 1,508 on two), but where other processes already hold the cores a second thread mostly waits
-for them. So the run takes the cores the 1-minute load average leaves free, at least one; a sweep's workers share
+for them. So the run takes the cores that other running tasks leave free, at least one; a sweep's workers share
 the cores by their own rule (:mod:`picollm.sweeps.layout`). On CUDA the CPU only feeds the GPU, so torch keeps its
 default. docs/performance.md has the measurements, quiet and loaded.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,14 +27,33 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def running_elsewhere(samples: int = 5, every_s: float = 0.02) -> float:
+    """Tasks running on the machine now besides this one: the median of a few reads of Linux's ``procs_running``.
+
+    The 1-minute load average trails a busy minute for minutes: measured right after a benchmark, a quiet machine
+    still read 1.5 to 1.9, and a lone run took one thread where two trained 56% faster. Elsewhere it is the fallback.
+    """
+    counts = []
+    try:
+        for i in range(samples):
+            if i:
+                time.sleep(every_s)
+            with open("/proc/stat", encoding="ascii") as stat:
+                counts += [int(line.split()[1]) for line in stat if line.startswith("procs_running")]
+    except (OSError, ValueError):
+        counts = []
+    if counts:
+        return max(0.0, statistics.median(counts) - 1)  # this process is one of them
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # no load average on this platform: assume nothing else runs
+        return 0.0
+
+
 def free_cores(cores: int | None = None, load: float | None = None) -> int:
-    """This process's cores less those the 1-minute load average says others are using, at least one."""
+    """This process's cores less those other tasks are using now (``load``), at least one."""
     cores = cores or available_cores()
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # no load average on this platform: assume nothing else runs
-            load = 0.0
+    load = running_elsewhere() if load is None else load
     return max(1, min(cores, cores - round(load)))
 
 

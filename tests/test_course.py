@@ -32,7 +32,9 @@ from tests.conftest import ROOT
 def busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every core held by other processes (a test suite's neighbours): a lone CPU run fits one thread, whatever the
     load of the machine the tests run on."""
-    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    from picollm import threads
+
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: 64.0)
 
 
 ALL_FLAGS = [
@@ -236,7 +238,9 @@ def test_a_lone_cpu_run_takes_the_free_cores(monkeypatch: pytest.MonkeyPatch) ->
 
     assert [free_cores(2, load) for load in (0.1, 0.6, 1.4, 9.0)] == [2, 1, 1, 1]
     assert [free_cores(8, load) for load in (0.0, 3.2, 7.9)] == [8, 5, 1]
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine: every core
+    from picollm import threads
+
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: 0.0)  # a quiet machine: every core
     assert fit_threads(load_config(None, ["train.device=cpu"])).train.threads == available_cores()
 
 
