@@ -278,6 +278,7 @@ def run_study(
     from picollm.storage import storage_url
     from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep
     from picollm.sweeps.layout import choose_layout
+    from picollm.sweeps.liveness import fail_dead_local_trials
 
     if (workers is not None and workers < 1) or (n_trials is not None and n_trials < 1):
         raise ConfigError("workers and n_trials must be >= 1")
@@ -291,8 +292,9 @@ def run_study(
     with _own_sigterm():
         outcome = run_sweep(experiment, storage, workers or choose_layout()[0], timeout_s)
     study = open_study(experiment, storage, create=False)  # reopened: worker processes wrote the trials
-    if outcome.interrupted:
+    if outcome.interrupted:  # a kernel lives on, so nobody else would fail them
         _fail_left_running(study)
+        fail_dead_local_trials(study, experiment.study.max_retry)  # workers stopped before they closed theirs
     return SweepResult(study, outcome.folder, outcome.notes, outcome.interrupted)
 
 

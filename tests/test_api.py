@@ -332,7 +332,7 @@ def test_kernel_interrupt_stops_a_sweep_cleanly_and_the_next_call_resumes(tmp_pa
 
     path = write_experiment(tmp_path, study={"n_trials": 50})
     storage = f"sqlite:///{tmp_path}/s.db"
-    call = f"import picollm\nresult = picollm.sweep({str(path)!r}, storage={storage!r}, n_trials={{n}})"
+    call = f"import picollm\nresult = picollm.sweep({str(path)!r}, storage={storage!r}, n_trials={{n}}, workers=1)"
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
 
     def reply_to(msg_id: str) -> dict:

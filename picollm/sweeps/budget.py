@@ -123,12 +123,12 @@ class TokenPlan:
 
 
 def plan_of(exp: Any) -> TokenPlan:
-    """The experiment's plan: its rungs and target, its decay, and the confirmation it reserves tokens for."""
-    from picollm.sweeps.settings import aims_beyond_budget, rungs, target_of
-
+    """The experiment's plan: its rungs (the decays its trials branch, ``train.anneal_at``) and target, its decay, and
+    the confirmation it reserves tokens for."""
     s, base = exp.study, exp.base
-    target = target_of(s)
-    budgets = (*rungs(s), target) if aims_beyond_budget(s) else (target or 0,)
+    target = s.target_tokens or s.budget_tokens
+    rungs = tuple(base["train"].get("anneal_at") or ())
+    budgets = (*rungs, target) if rungs else (target or 0,)
     blocks = [base["model"]["block_size"]]
     for p in exp.space:
         if p.key == "model.block_size":
@@ -139,7 +139,7 @@ def plan_of(exp: Any) -> TokenPlan:
         reserve = 2 * exp.confirm.seeds * ((exp.confirm.budget_tokens or target or 0) + step_tokens)
     return TokenPlan(
         budgets=budgets,
-        decay_fraction=float(base["optim"]["decay_fraction"]) if aims_beyond_budget(s) else 0.0,
+        decay_fraction=float(base["optim"]["decay_fraction"]) if rungs else 0.0,
         eta=int(s.pruner_options.get("reduction_factor", 3)),
         step_tokens=step_tokens,
         reserve=reserve,

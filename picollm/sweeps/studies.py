@@ -54,8 +54,8 @@ class CappedStudy(optuna.Study):
             trials = self.get_trials(deepcopy=False)
             queued = any(t.state == TrialState.WAITING for t in trials)  # already in the ledger: it runs next
             if not queued and not self.promote(trials):
-                if self.fresh(trials, TAKEN) >= self.total:
-                    raise StudyFull(f"{self.total} trials are finished or running")
+                if (taken := self.fresh(trials, TAKEN)) >= self.total:
+                    raise StudyFull(f"{taken} of {self.total} trials are finished or running")
                 if not self.plan.room_for_trial(trials):
                     raise StudyFull(f"study.max_tokens={self.plan.max_tokens:,} cannot pay for another trial")
             trial = super().ask(fixed_distributions)
