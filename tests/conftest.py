@@ -83,7 +83,6 @@ def synthetic(out: list[str]) -> list[str]:
 # --- fault-injection bookkeeping: `@pytest.mark.fault("class")` tests are summed up per class ---
 _FAULTS: dict[str, list[bool]] = {}
 _SKIPPED: dict[str, int] = {}
-_FAULT_OF: dict[str, str] = {}  # test id -> fault class
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,7 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    fault = _FAULT_OF.get(report.nodeid)
+    fault = dict(report.user_properties).get("fault")  # set at collection; travels with the report from xdist workers
     if not fault:
         return
     if report.skipped:  # never injected: counted apart, so a skip never reads as survival
@@ -112,7 +111,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
         mark = item.get_closest_marker("fault")
         if mark:
-            _FAULT_OF[item.nodeid] = mark.args[0]
+            item.user_properties.append(("fault", mark.args[0]))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
