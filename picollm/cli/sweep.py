@@ -26,8 +26,10 @@ An experiment file is a trainer config plus two blocks:
   search:  dotted config keys and their distributions, e.g.
              optim.lr: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}
              model.k: {type: int, low: 1, high: 5, when: {model.type: kgram}}
-  study:   name, metric, sampler (tpe|random|grid|cmaes|qmc), pruner
-           (median|hyperband|successive_halving|patient|none), budget_tokens, n_trials, seed
+  study:   name, metric, sampler (tpe|random|grid|cmaes|qmc|sobol), pruner
+           (median|hyperband|successive_halving|halving|patient|none), budget_tokens,
+           target_tokens (rungs scored by branched decays up to it), n_trials, seed,
+           max_tokens (what the whole study may train; n_trials: null lets it decide)
 
 Trials are ranked by study.metric (default final_val_loss) on one fixed validation set.
 
