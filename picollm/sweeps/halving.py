@@ -65,19 +65,25 @@ def rung(trials: list[Any], budgets: tuple[int, ...], index: int) -> tuple[dict[
     return scores, gone_on
 
 
+def best_paused(ends: dict[str, tuple[int, Any, bool]], scores: dict[str, float], index: int, keep: Any) -> Any:
+    """The best-scoring configuration paused at rung ``index`` that ``keep(key)`` admits: its trial (None: none)."""
+    paused = [
+        (scores[key], t)
+        for key, (at, t, busy) in ends.items()
+        if at == index and not busy and t.state == TrialState.PRUNED and keep(key)
+    ]
+    return min(paused, key=lambda pair: pair[0])[1] if paused else None
+
+
 def next_promotion(trials: list[Any], budgets: tuple[int, ...], eta: int) -> tuple[Any, int] | None:
     """A paused configuration that now ranks among the best of its rung, highest rung first: (its trial, rung index).
     The last rung before the target promotes only at the end (:func:`last_promotion`)."""
     ends = furthest(trials, budgets)
     for index in reversed(range(len(budgets) - 2)):
         scores, gone_on = rung(trials, budgets, index)
-        paused = [
-            (scores[key], t)
-            for key, (at, t, busy) in ends.items()
-            if at == index and not busy and t.state == TrialState.PRUNED and promotable(scores, gone_on, key, eta)
-        ]
-        if paused:
-            return min(paused, key=lambda pair: pair[0])[1], index
+        found = best_paused(ends, scores, index, lambda key, s=scores, g=gone_on: promotable(s, g, key, eta))
+        if found is not None:
+            return found, index
     return None
 
 
@@ -90,15 +96,11 @@ def last_promotion(trials: list[Any], budgets: tuple[int, ...], most: int | None
     ends = furthest(trials, budgets)
     for index in reversed(range(len(budgets) - 1)):
         scores, gone_on = rung(trials, budgets, index)
-        paused = [
-            (scores[k], t)
-            for k, (at, t, busy) in ends.items()
-            if at == index and not busy and t.state == TrialState.PRUNED
-        ]
         if most is not None and len(gone_on) >= most:
             return None
-        if paused:
-            return min(paused, key=lambda pair: pair[0])[1], index
+        found = best_paused(ends, scores, index, lambda key: True)
+        if found is not None:
+            return found, index
         if gone_on:  # this rung has sent its best on already: nothing lower to take
             return None
     return None
