@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from picollm.config import config_from_dict
 from picollm.errors import ConfigError
 from picollm.search import apply_params
-from picollm.sweeps import load_experiment, open_study, run_sweep
+from picollm.sweeps import load_experiment, open_study, report_lines, run_sweep
 from picollm.sweeps.settings import rungs
 from picollm.trainer import train
 from tests.sweeps import write_experiment
@@ -197,3 +197,14 @@ def test_sobol_points_follow_the_trial_number_not_the_finishing_order(tmp_path) 
     assert forward == configurations(list(reversed(range(16))))
     assert {p["optim.name"] for p in forward.values()} == {"sgd", "adam", "rmsprop"}
     assert len({json.dumps(p, sort_keys=True) for p in forward.values()}) == 16  # no point twice
+
+
+def test_a_larger_budget_resumes_the_study_where_the_smaller_one_ended(tmp_path) -> None:
+    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 70_000, "sampler": "sobol", "pruner": "halving"}
+    path = write_experiment(tmp_path, study=study, optim=WSD)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run_sweep(load_experiment(str(path), []), storage)
+    first = len(open_study(load_experiment(str(path), []), storage, create=False).trials)
+    run_sweep(load_experiment(str(path), ["study.max_tokens=120000"]), storage)  # the budget is no new question
+    again = open_study(load_experiment(str(path), ["study.max_tokens=120000"]), storage, create=False)
+    assert len(again.trials) > first and "of the budget of 120,000" in " ".join(report_lines(again))
