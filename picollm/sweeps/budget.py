@@ -16,7 +16,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from picollm.sweeps.halving import promotions_due
+from picollm.sweeps.halving import config_key, promotions_due
 from picollm.sweeps.record import TrialRecord
 
 PLAN = "token_plan"  # study user attribute: the plan of the sweep that ran last, for readers without the experiment
@@ -150,17 +150,18 @@ def plan_of(exp: Any) -> TokenPlan:
 
 def tried_at_target(trials: list[Any], target: int) -> int:
     """Tokens to train every configuration the study tried once at the target: brute force over the same configs."""
-    import json
+    return len({config_key(t.params) for t in trials if t.state.is_finished()}) * target
 
-    configs = {json.dumps(t.params, sort_keys=True, default=str) for t in trials if t.state.is_finished()}
-    return len(configs) * target
+
+def confirmation_tokens(study: Any, confirm_prefix: str) -> int:
+    """The tokens of the confirmation runs recorded so far (study attributes named ``confirm_prefix...``)."""
+    return sum(int(r.get("tokens") or 0) for k, r in study.user_attrs.items() if k.startswith(confirm_prefix))
 
 
 def spent_so_far(study: Any, plan: TokenPlan, confirm_prefix: str) -> int:
     """Every token the study has trained: its trials (and their decays) and its confirmation runs so far."""
     trials = sum(plan.spent(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-    runs = sum(int(r.get("tokens") or 0) for k, r in study.user_attrs.items() if k.startswith(confirm_prefix))
-    return trials + runs
+    return trials + confirmation_tokens(study, confirm_prefix)
 
 
 def stored_plan(study: Any) -> TokenPlan | None:

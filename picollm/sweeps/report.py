@@ -8,7 +8,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from picollm.console import show_progress
-from picollm.sweeps.budget import stored_plan, tried_at_target
+from picollm.sweeps.budget import confirmation_tokens, stored_plan, tried_at_target
 from picollm.sweeps.confirm import ATTR_PREFIX as CONFIRM_PREFIX
 from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.studies import FINISHED, counts
@@ -110,7 +110,7 @@ def spent_words(study: Any) -> str:
     facts = [TrialRecord.of(t) for t in trials]
     total = sum(int(f.spent_tokens if f.spent_tokens is not None else f.tokens or 0) for f in facts)
     decays = sum(int(f.decay_tokens or 0) for f in facts)
-    confirm = sum(int(r.get("tokens") or 0) for k, r in study.user_attrs.items() if k.startswith(CONFIRM_PREFIX))
+    confirm = confirmation_tokens(study, CONFIRM_PREFIX)
     spent = total + confirm
     parts = [
         f"{spent:,} training tokens spent (trials {total - decays:,}, branched decays {decays:,}, "
