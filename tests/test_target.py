@@ -145,7 +145,8 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
     from picollm.sweeps.budget import plan_of
     from picollm.sweeps.report import report_lines
 
-    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": "sobol", "pruner": "halving"}
+    sampler = {"name": "sobol", "tpe_after": 4}  # target.yaml's sampler: Sobol points, then TPE
+    study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 90_000, "sampler": sampler, "pruner": "halving"}
     path = write_experiment(tmp_path, study=study, optim=WSD, confirm={"top": 1, "seeds": 2})
     exp = load_experiment(str(path), [])
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -157,9 +158,8 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
     trials = sweep.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(trials) >= 4 and not plan.room_for_trial(sweep.trials)  # the budget, not a count, ended it
     assert any(t.state == TrialState.COMPLETE for t in trials)  # the best went on to the target
-    for (
-        t
-    ) in trials:  # no more than the plan said it could cost to its last rung (a continuation: from where it went on)
+    # No more than the plan said it could cost to its last rung (a continuation: from where it went on).
+    for t in trials:
         index, paid = plan.index_of(t), plan.paid(t)
         assert (plan.budgets[index] if not paid else 1) <= t.user_attrs["spent_tokens"] <= plan.cost_to(index) - paid
     # Halving: no rung below the last promoted more than the best third of the configurations scored there (the last
@@ -197,6 +197,44 @@ def test_sobol_points_follow_the_trial_number_not_the_finishing_order(tmp_path) 
     assert forward == configurations(list(reversed(range(16))))
     assert {p["optim.name"] for p in forward.values()} == {"sgd", "adam", "rmsprop"}
     assert len({json.dumps(p, sort_keys=True) for p in forward.values()}) == 16  # no point twice
+
+
+def test_sobol_then_tpe_looks_again_near_the_first_half_s_best(tmp_path) -> None:
+    """``tpe_after``: the first trials are the Sobol sampler's very points; later ones crowd near the best of them,
+    pruned (paused) trials ranked by the rung they reached, as halving leaves them."""
+    import math
+
+    import optuna
+
+    from picollm.search import sample
+    from picollm.sweeps.registry import make_sampler
+
+    exp = load_experiment(str(write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)), [])
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def loss(params: dict) -> float:  # best at rmsprop, lr 3e-3, block 16
+        miss = abs(math.log10(params["optim.lr"] / 3e-3)) + (params["optim.name"] != "rmsprop")
+        return 3.0 + miss + 0.1 * (params["model.block_size"] != 16)
+
+    def run(options: dict) -> list[dict]:
+        study = optuna.create_study(sampler=make_sampler("sobol", exp.space, 0, options))
+        tried = []
+        for _ in range(40):
+            trial = study.ask()
+            params = sample(trial, exp.space, exp.base)
+            tried.append(params)
+            value = loss(params)
+            if value < 3.6:  # the best go on to the target; the rest pause at the rung, as halving leaves them
+                study.tell(trial, value)
+            else:
+                trial.report(value, step=CHEAP)
+                study.tell(trial, state=TrialState.PRUNED)
+        return tried
+
+    sobol, hybrid = run({}), run({"tpe_after": 16})
+    assert hybrid[:16] == sobol[:16]
+    near = [sum(loss(p) < 3.6 for p in tried[16:]) for tried in (sobol, hybrid)]
+    assert near[1] >= 2 * near[0] + 4, near
 
 
 def test_a_larger_budget_resumes_the_study_where_the_smaller_one_ended(tmp_path) -> None:
