@@ -277,14 +277,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` updated by ``override``, recursing into nested mappings."""
+    """Return ``base`` updated by ``override``, recursing into nested mappings. A sampler or pruner of another name
+    (``sampler: {name: sobol, ...}`` over ``{name: tpe, ...}``) replaces its base's whole: options belong to their
+    name."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if _merges(key, out.get(key), value):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+NAMED_WITH_OPTIONS = ("sampler", "pruner")
+
+
+def _merges(key: str, base: Any, override: Any) -> bool:
+    if not (isinstance(override, dict) and isinstance(base, dict)):
+        return False
+    return key not in NAMED_WITH_OPTIONS or override.get("name", base.get("name")) == base.get("name")
 
 
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -41,6 +41,20 @@ def test_experiment_inherits_base_and_command_line_wins(tmp_path: Path) -> None:
     assert (cfg.optim.name, cfg.model.block_size, cfg.optim.lr) == ("sgd", 64, 0.5)
 
 
+def test_a_sampler_of_another_name_replaces_the_base_s_with_its_options(tmp_path: Path) -> None:
+    """Options belong to their sampler: sobol over a tpe base takes none of tpe's options; the same name merges."""
+    from picollm.sweeps import load_experiment
+
+    base = "study: {sampler: {name: tpe, n_startup_trials: 4}, pruner: {name: median, n_startup_trials: 3}}\n"
+    space = "search: {optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}}\n"
+    (tmp_path / "base.yaml").write_text(space + base)
+    (tmp_path / "other.yaml").write_text("base: base.yaml\nstudy: {sampler: {name: sobol, tpe_after: 8}}\n")
+    (tmp_path / "same.yaml").write_text("base: base.yaml\nstudy: {pruner: {n_warmup_steps: 5}}\n")
+    other, same = (load_experiment(str(tmp_path / f"{n}.yaml"), []).study for n in ("other", "same"))
+    assert (other.sampler, other.sampler_options) == ("sobol", {"tpe_after": 8})
+    assert (same.pruner, same.pruner_options) == ("median", {"n_startup_trials": 3, "n_warmup_steps": 5})
+
+
 def test_resolved_config_is_itself_a_valid_config(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "experiments" / "smoke.yaml", ["optim.lr=0.02"])
     save_config(cfg, tmp_path / "resolved.yaml")
@@ -53,13 +67,18 @@ def shipped_experiments() -> list[Path]:
 
 
 def test_shipped_experiments_load() -> None:
+    from picollm.config import load_raw
     from picollm.sweeps import load_experiment
+    from picollm.sweeps.registry import make_pruner, make_sampler
 
-    assert {"quick.yaml", "base.yaml", "smoke.yaml"} <= {p.name for p in shipped_experiments()}
+    assert {"quick.yaml", "base.yaml", "smoke.yaml", "target.yaml"} <= {p.name for p in shipped_experiments()}
     for path in shipped_experiments():
         assert isinstance(load_config(path), Config), path
-        if "search" in yaml.safe_load(path.read_text()):
-            assert load_experiment(str(path), []).study.n_trials >= 1, path
+        if "search" in load_raw(path):  # a sweep, its own or its base's: its sampler and pruner are built as named
+            s = load_experiment(str(path), []).study
+            assert (s.n_trials or 0) >= 1 or s.max_tokens, path
+            assert make_sampler(s.sampler, load_experiment(str(path), []).space, s.seed, s.sampler_options), path
+            assert make_pruner(s.pruner, s.pruner_options), path
 
 
 def test_a_users_broken_draft_does_not_break_the_suite() -> None:
