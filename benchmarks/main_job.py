@@ -183,7 +183,7 @@ def bench_layouts(config: str, overrides: list[str], runs: int, cores: int) -> d
     thread scaling and the cores' contention are all in the wall time.
     """
     from picollm.config import load_raw, split_experiment
-    from picollm.sweeps.settings import parse_study
+    from picollm.sweeps.experiment import parse_study
 
     study = parse_study(split_experiment(load_raw(config))[1].get("study"), "bench")
     budget = [f"train.max_tokens={study.budget_tokens}", "train.epochs=1000"] if study.budget_tokens else []

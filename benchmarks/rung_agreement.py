@@ -44,8 +44,8 @@ def spearman(a: list[float], b: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     from picollm.sweeps import load_experiment
     from picollm.sweeps.confirm import run_config
+    from picollm.sweeps.experiment import target_of
     from picollm.sweeps.processes import in_processes
-    from picollm.sweeps.settings import target_of
 
     args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

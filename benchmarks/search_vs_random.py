@@ -36,7 +36,7 @@ import numpy as np
 from picollm.config import add_override_argument
 from picollm.errors import ConfigError, PicoError, run_cli
 from picollm.fileio import atomic_write_json, atomic_write_text
-from picollm.storage import add_storage_argument
+from picollm.sweeps.study import add_storage_argument
 
 GOAL_TOKEN_SHARE = 0.5  # TPE + pruning should match random search's median best with at most this share of tokens
 
@@ -119,8 +119,8 @@ def jobs(args: argparse.Namespace, out: Path) -> list[Job]:
 
 def run_job(job: Job, n_trials: int, threads: int) -> str:
     """Run (or resume) one study to ``n_trials`` finished trials, one trial at a time."""
+    from picollm.sweeps.experiment import load_experiment
     from picollm.sweeps.processes import interrupts_as_keyboard
-    from picollm.sweeps.settings import load_experiment
     from picollm.sweeps.workers import WorkerSpec, prepare, run_worker
 
     exp, _ = prepare(load_experiment(job.config, list(job.overrides), job.name, n_trials), job.storage)
@@ -197,8 +197,7 @@ def load_traces(todo: list[Job], n_trials: int) -> tuple[list[Trace], list[str]]
     """The studies that reached ``n_trials`` (equal trial counts or no comparison), and the names of the rest."""
     import optuna
 
-    from picollm.storage import open_storage
-    from picollm.sweeps.studies import quiet_optuna
+    from picollm.sweeps.study import open_storage, quiet_optuna
 
     quiet_optuna()
     storage = open_storage(todo[0].storage)
@@ -320,8 +319,8 @@ def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[st
     from tqdm.auto import tqdm
 
     from picollm.sweeps.confirm import params_key, run_config
+    from picollm.sweeps.experiment import load_experiment
     from picollm.sweeps.processes import in_processes
-    from picollm.sweeps.settings import load_experiment
     from picollm.sweeps.workers import resolve_offline
 
     path = out / "horizon.json"

@@ -32,7 +32,7 @@ from typing import Any
 
 from picollm.checkpoint import code_version
 from picollm.config import add_override_argument
-from picollm.storage import DEFAULT_STORAGE
+from picollm.sweeps.study import DEFAULT_STORAGE
 
 RANDOM_DRAWS = 1000
 
@@ -60,8 +60,8 @@ def draw_pool(exp: Any, n: int, seed: int) -> list[dict[str, Any]]:
     """The base config, then ``n`` distinct configurations drawn at random from the experiment's space."""
     import optuna
 
-    from picollm.search import baseline_params, sample
     from picollm.sweeps.confirm import params_key
+    from picollm.sweeps.experiment import baseline_params, sample
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -91,8 +91,8 @@ def train_at_target(
 ) -> None:
     """Each configuration trained at the target with each seed, as a confirmation run is; kept in ``cache``."""
     from picollm.sweeps.confirm import run_config
+    from picollm.sweeps.experiment import target_of
     from picollm.sweeps.processes import in_processes
-    from picollm.sweeps.settings import target_of
 
     jobs = []
     for params in configs:
@@ -274,7 +274,7 @@ def table(pool_seed: int, rows: list[dict[str, Any]], yardstick: float | None) -
 def main(argv: list[str] | None = None) -> int:
     from picollm.sweeps import load_experiment
     from picollm.sweeps.confirm import seeds_for
-    from picollm.sweeps.settings import ConfirmSettings, target_of
+    from picollm.sweeps.experiment import ConfirmSettings, target_of
 
     args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

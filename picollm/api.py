@@ -275,10 +275,9 @@ def run_study(
 ) -> SweepResult:
     """:func:`sweep` for the command line too: the same defaults, and an interrupt said in ``interrupted``."""
     from picollm.errors import ConfigError
-    from picollm.storage import storage_url
     from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep
     from picollm.sweeps.layout import choose_layout
-    from picollm.sweeps.liveness import fail_dead_local_trials
+    from picollm.sweeps.study import fail_dead_local_trials, storage_url
 
     if (workers is not None and workers < 1) or (n_trials is not None and n_trials < 1):
         raise ConfigError("workers and n_trials must be >= 1")

@@ -6,8 +6,19 @@ traceback is about our code, not the user's mistake.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+
+# Secrets in URLs and messages: ``user:PASSWORD@`` and ``?password=`` (and its kin).
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """Replace passwords with ``***`` in URLs or whole messages (``user:PASSWORD@``, ``?password=``)."""
+    text = _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
 
 
 class PicoError(Exception):

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from picollm.config import Config, save_config
-from picollm.errors import PicoError
+from picollm.errors import PicoError, mask_url
 from picollm.fileio import atomic_write_bytes, atomic_write_json
-from picollm.storage import mask_url
 
 # Each metric's x-axis in W&B; its summary is the last value logged, the run's end.
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")

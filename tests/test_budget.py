@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from picollm.errors import ConfigError
 from picollm.sweeps import load_experiment
 from picollm.sweeps.budget import TokenPlan, plan_of
-from picollm.sweeps.settings import rungs
+from picollm.sweeps.experiment import rungs
 from tests.sweeps import write_experiment
 
 PLAN = TokenPlan(budgets=(1000, 3000, 9000), decay_fraction=0.2, eta=3, step_tokens=0, reserve=0, max_tokens=None)

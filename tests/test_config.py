@@ -69,7 +69,7 @@ def shipped_experiments() -> list[Path]:
 def test_shipped_experiments_load() -> None:
     from picollm.config import load_raw
     from picollm.sweeps import load_experiment
-    from picollm.sweeps.registry import make_pruner, make_sampler
+    from picollm.sweeps.experiment import make_pruner, make_sampler
 
     assert {"quick.yaml", "base.yaml", "smoke.yaml", "target.yaml"} <= {p.name for p in shipped_experiments()}
     for path in shipped_experiments():

@@ -14,7 +14,7 @@ import yaml
 import picollm.cli.sweep as sweep_module
 from picollm.errors import ConfigError, run_cli
 from picollm.sweeps.confirm import compare_words, paired_test, t_interval
-from picollm.sweeps.settings import parse_confirm
+from picollm.sweeps.experiment import parse_confirm
 
 
 def test_t_interval_matches_the_textbook_value() -> None:

@@ -23,9 +23,9 @@ from optuna.trial import TrialState
 
 from picollm.errors import ConfigError
 from picollm.sweeps.confirm import leader
+from picollm.sweeps.experiment import load_experiment
 from picollm.sweeps.export import recorded_confirmation
 from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher
-from picollm.sweeps.settings import load_experiment
 from picollm.sweeps.trial import worker_device
 from tests.conftest import ROOT
 from tests.sweeps import SWEEP, sweep_cli, write_experiment

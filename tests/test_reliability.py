@@ -31,9 +31,9 @@ from picollm.cli import train as train_cli
 from picollm.config import load_config
 from picollm.data import load_token_data
 from picollm.errors import ConfigError, PicoError, run_cli
-from picollm.search import parse_space
 from picollm.sweeps import load_experiment, open_study, run_sweep
-from picollm.sweeps.studies import counts
+from picollm.sweeps.experiment import parse_space
+from picollm.sweeps.study import counts
 from tests.conftest import ROOT, postgres_url
 from tests.sweeps import SWEEP, sweep_cli, write_experiment
 
@@ -495,7 +495,7 @@ def test_a_falsely_failed_live_trial_does_not_crash_its_worker(tmp_path: Path, m
 @pytest.mark.fault("worker killed (SIGKILL)")
 @pytest.mark.parametrize(("history", "retried"), [([], True), ([0, 1], False)])
 def test_retries_of_a_dead_workers_trial_stop_at_the_cap(tmp_path: Path, history: list[int], retried: bool) -> None:
-    from picollm.sweeps.liveness import fail_dead_local_trials, host
+    from picollm.sweeps.study import fail_dead_local_trials, host
 
     path = write_experiment(tmp_path, study={"n_trials": 3, "max_retry": 2})
     study = open_study(load_experiment(str(path), []), storage_url("sqlite", tmp_path), create=True)
@@ -576,6 +576,6 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
 
 
 def open_storage_for(url: str) -> object:
-    from picollm.storage import open_storage
+    from picollm.sweeps.study import open_storage
 
     return open_storage(url, heartbeat_interval=1, grace_period=3, max_retry=2)

@@ -1,4 +1,4 @@
-"""picollm.storage: Optuna's own storages opened from a URL, the storage-wide lock, and what survives a fork."""
+"""Storage (picollm.sweeps.study): Optuna's own storages from a URL, the storage-wide lock, what survives a fork."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 
 from picollm.errors import StorageError
-from picollm.storage import claim_lock, open_storage
+from picollm.sweeps.study import claim_lock, open_storage
 from tests.conftest import postgres_url
 
 KINDS = ["sqlite", "journal", "postgresql"]
@@ -34,7 +34,7 @@ def test_a_database_storage_is_optunas_own_with_its_heartbeat(tmp_path: Path, ki
 
 
 def test_a_new_database_is_opened_under_the_schema_lock(monkeypatch: pytest.MonkeyPatch) -> None:
-    import picollm.storage as storage_mod
+    import picollm.sweeps.study as storage_mod
 
     locks: list[str] = []
     claim = storage_mod.claim_lock

@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 
 import picollm.cli.sweep as sweep_module
 from picollm.errors import run_cli
-from picollm.sweeps import fingerprint, load_experiment, open_study, run_sweep
+from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.report import report_lines
-from picollm.sweeps.studies import counts
+from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refuse_mix
 from tests.conftest import ROOT, SAMPLE, needs_sample
 from tests.sweeps import SWEEP, write_experiment
 
@@ -121,12 +121,12 @@ def _fingerprint(tmp: Path, overrides: list[str], offline: bool = False) -> dict
     exp = load_experiment(str(write_experiment(tmp)), overrides)
     if offline:  # the built-in stories in place of an unreachable hub, as the offline fallback records it
         exp.extra["offline_fallback"] = "offline: simulated"
-    return fingerprint.fingerprint(exp)
+    return fingerprint(exp)
 
 
 def _explained(stored: dict, mine: dict) -> str:
-    with pytest.raises(fingerprint.FingerprintMismatch) as refused:
-        fingerprint.refuse_mix(stored, _with(mine), "sqlite:///s.db")
+    with pytest.raises(FingerprintMismatch) as refused:
+        refuse_mix(stored, _with(mine), "sqlite:///s.db")
     message = str(refused.value)
     assert "\n" not in message and "python sweep.py delete --study t" in message and "--study-name" in message
     assert not re.search(r"[0-9a-f]{20}", message), message  # no cache hash

@@ -14,7 +14,7 @@ import picollm.cli.sweep as sweep_module
 from picollm.config import load_config
 from picollm.errors import run_cli
 from picollm.sweeps import load_experiment, open_study, run_sweep
-from picollm.sweeps import studies as study_mod
+from picollm.sweeps import study as study_mod
 from picollm.sweeps.export import export_study
 from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
@@ -330,7 +330,7 @@ def test_an_explicit_empty_search_is_refused_not_inherited(tmp_path: Path, capsy
 
 
 def test_quoted_yes_and_no_stay_strings_in_a_trial() -> None:
-    from picollm.search import apply_params
+    from picollm.sweeps.experiment import apply_params
 
     base = load_config(None, ["data.tinystories=null", "data.synthetic=10"]).to_dict()
     raw = apply_params(base, {"train.prompt": "no", "tracking.name": "null", "optim.lr": 1e-3})

@@ -11,9 +11,8 @@ from optuna.trial import TrialState
 
 from picollm.config import config_from_dict
 from picollm.errors import ConfigError
-from picollm.search import apply_params
 from picollm.sweeps import load_experiment, open_study, report_lines, run_sweep
-from picollm.sweeps.settings import rungs
+from picollm.sweeps.experiment import apply_params, rungs
 from picollm.trainer import train
 from tests.sweeps import write_experiment
 
@@ -183,8 +182,7 @@ def test_sobol_points_follow_the_trial_number_not_the_finishing_order(tmp_path) 
     """Trial n takes point n whichever worker asks: the study tries the same configurations in any order."""
     import optuna
 
-    from picollm.search import sample
-    from picollm.sweeps.registry import make_sampler
+    from picollm.sweeps.experiment import make_sampler, sample
 
     exp = load_experiment(str(write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)), [])
 
@@ -206,8 +204,7 @@ def test_sobol_then_tpe_looks_again_near_the_first_half_s_best(tmp_path) -> None
 
     import optuna
 
-    from picollm.search import sample
-    from picollm.sweeps.registry import make_sampler
+    from picollm.sweeps.experiment import make_sampler, sample
 
     exp = load_experiment(str(write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)), [])
     optuna.logging.set_verbosity(optuna.logging.ERROR)

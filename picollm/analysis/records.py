@@ -132,8 +132,8 @@ def load_study(study_name: str, storage: str) -> Any:
     """A finished or running sweep, opened read-only for analysis."""
     import optuna
 
-    from picollm.storage import mask_url, open_storage
-    from picollm.sweeps.studies import quiet_optuna
+    from picollm.errors import mask_url
+    from picollm.sweeps.study import open_storage, quiet_optuna
 
     quiet_optuna()
     try:
@@ -146,8 +146,8 @@ def open_studies(storage_url: str, study_name: str | None) -> tuple[Any, list[st
     """A storage and the study names in it to show (one, or all): a missing study is one line."""
     import optuna
 
-    from picollm.storage import mask_url, open_storage
-    from picollm.sweeps.studies import quiet_optuna
+    from picollm.errors import mask_url
+    from picollm.sweeps.study import open_storage, quiet_optuna
 
     quiet_optuna()
     storage = open_storage(storage_url)

@@ -25,8 +25,8 @@ from picollm.analysis.smoothing import WINDOWS, window_analysis, window_verdict
 from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysis
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
+from picollm.sweeps.experiment import budget_words
 from picollm.sweeps.record import TrialRecord
-from picollm.sweeps.settings import budget_words
 
 MIN_STEPS_FOR_NOISE = 8
 MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from picollm.errors import ConfigError, DataError
+from picollm.errors import ConfigError, DataError, mask_url
 from picollm.fileio import atomic_write_json
-from picollm.storage import add_storage_argument, mask_url
+from picollm.sweeps.study import add_storage_argument
 
 EPILOG = """\
 Sources (noise, compare, report): run record folders (results/runs/<run_id>), offline W&B files

@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 from picollm.config import add_override_argument
-from picollm.errors import EXIT_INTERRUPTED
-from picollm.storage import add_storage_argument, mask_url
+from picollm.errors import EXIT_INTERRUPTED, mask_url
+from picollm.sweeps.study import add_storage_argument
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]:
     """`sweep.py confirm`: the experiment's confirm: block (or the defaults), with --top/--seeds on top."""
+    from picollm.sweeps.experiment import ConfirmSettings, check_confirm
     from picollm.sweeps.export import confirm_and_export
-    from picollm.sweeps.settings import ConfirmSettings, check_confirm
 
     s = dataclasses.replace(exp.confirm or ConfirmSettings())
     s.top = args.top if args.top is not None else s.top
@@ -153,8 +153,8 @@ def delete_command(args: argparse.Namespace) -> int:
     import shutil
 
     from picollm.errors import ConfigError
-    from picollm.sweeps.settings import load_experiment
-    from picollm.sweeps.studies import delete_stored, find_study
+    from picollm.sweeps.experiment import load_experiment
+    from picollm.sweeps.study import delete_stored, find_study
 
     name = args.study_name or (load_experiment(args.config, args.overrides).study.name if args.config else None)
     if not name:

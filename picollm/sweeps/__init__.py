@@ -1,8 +1,8 @@
 """Sweeps: an Optuna study whose trials are trainer runs. The names below are the package's public interface."""
 
+from picollm.sweeps.experiment import Experiment, StudySettings, load_experiment
 from picollm.sweeps.report import best_value, report_lines, trial_line
-from picollm.sweeps.settings import Experiment, StudySettings, load_experiment
-from picollm.sweeps.studies import open_study
+from picollm.sweeps.study import open_study
 from picollm.sweeps.workers import WorkerSpec, run_sweep, run_worker
 
 __all__ = [

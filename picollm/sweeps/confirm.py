@@ -17,9 +17,8 @@ from typing import Any
 
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
-from picollm.search import apply_params
+from picollm.sweeps.experiment import ConfirmSettings, apply_params, check_confirm
 from picollm.sweeps.record import TrialRecord
-from picollm.sweeps.settings import ConfirmSettings, check_confirm
 
 LEVEL = 0.95  # confidence level of every interval and the threshold (1 - LEVEL) of every test
 ATTR_PREFIX = "confirm:"  # study user attributes holding one finished confirmation run each
@@ -435,7 +434,7 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
     from tqdm.auto import tqdm
 
     from picollm.sweeps.processes import in_processes
-    from picollm.sweeps.studies import TRAINED_BASE
+    from picollm.sweeps.study import TRAINED_BASE
 
     base = study.user_attrs.get(TRAINED_BASE) or _offline_resolved(study.user_attrs["base"])
     todo = [(r, seed) for seed in conf.seeds for r in results if seed not in r.runs]

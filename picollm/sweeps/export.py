@@ -15,7 +15,6 @@ import yaml
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_text
-from picollm.search import apply_params
 from picollm.sweeps.confirm import (
     SETTINGS_ATTR,
     Confirmation,
@@ -28,9 +27,9 @@ from picollm.sweeps.confirm import (
     verdict_lines,
     winners_curse,
 )
+from picollm.sweeps.experiment import ConfirmSettings, apply_params
 from picollm.sweeps.record import FAILED, FINAL, PRUNED_AT, TrialRecord
-from picollm.sweeps.settings import ConfirmSettings
-from picollm.sweeps.studies import trained_base
+from picollm.sweeps.study import trained_base
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
 # Before the searched parameters: what the value is and how precise; after them: where it came from.

@@ -24,10 +24,9 @@ import submitit
 
 from picollm.checks import above, at_least
 from picollm.config import apply_overrides, from_block, load_raw
-from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError
-from picollm.storage import mask_url
-from picollm.sweeps.settings import Experiment
-from picollm.sweeps.studies import with_seed
+from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError, mask_url
+from picollm.sweeps.experiment import Experiment
+from picollm.sweeps.study import with_seed
 from picollm.sweeps.workers import WorkerSpec
 
 STORAGE_ENV = "PICOLLM_STORAGE"
@@ -154,7 +153,7 @@ class ConfirmJob:
 
     def __call__(self) -> list[str]:
         from picollm.sweeps.export import confirm_and_export
-        from picollm.sweeps.studies import open_study
+        from picollm.sweeps.study import open_study
 
         study = open_study(self.exp, job_storage(), create=False)
         return confirm_and_export(study, self.exp.confirm, self.exp.study.out_dir)
@@ -286,7 +285,7 @@ def job_errors(jobs: list[Any]) -> list[str]:
 
 def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list[Any], Any]:
     """Check the storage and the launcher, create the study (trial 0 = the base config), submit, say how to follow."""
-    from picollm.sweeps.studies import finished
+    from picollm.sweeps.study import finished
     from picollm.sweeps.workers import prepare
 
     check_shared_storage(args.storage)
@@ -338,7 +337,7 @@ def launch_command(exp: Experiment, args: Any) -> int:
     """``sweep.py launch``: submit, print how to follow; with ``--wait`` follow to the end and export."""
     from picollm.sweeps.export import export_study, log_study_run
     from picollm.sweeps.report import report_lines
-    from picollm.sweeps.studies import finished
+    from picollm.sweeps.study import finished
 
     settings = load_launcher(args.config, args.overrides)
     jobs, study = launch(exp, settings, args)

@@ -11,7 +11,7 @@ from picollm.console import show_progress
 from picollm.sweeps.budget import confirmation_tokens, stored_plan, tried_at_target
 from picollm.sweeps.confirm import ATTR_PREFIX as CONFIRM_PREFIX
 from picollm.sweeps.record import TrialRecord
-from picollm.sweeps.studies import FINISHED, counts
+from picollm.sweeps.study import FINISHED, counts
 
 
 def _value_text(t: Any) -> str:

@@ -21,11 +21,10 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
 from picollm.config import Config, config_from_dict
-from picollm.errors import PicoError
-from picollm.search import apply_params, sample
-from picollm.storage import claim_lock, has_heartbeat, mask_url
+from picollm.errors import PicoError, mask_url
+from picollm.sweeps.experiment import Experiment, apply_params, sample
 from picollm.sweeps.record import FAILED, FINAL, INTERRUPTED, PRUNED_AT, RUNNING, TrialRecord, record, worker_id, write
-from picollm.sweeps.settings import Experiment
+from picollm.sweeps.study import claim_lock, has_heartbeat
 from picollm.timing import Stopwatch, take_process_start
 
 

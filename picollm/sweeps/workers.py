@@ -1,7 +1,7 @@
 """Workers and the coordinator: the trial loop on ``study.optimize``, worker processes, devices and signals.
 
-A worker loops over a :class:`~picollm.sweeps.studies.CappedStudy` until the total is reached, failing dead trials
-(:mod:`picollm.sweeps.liveness`) while it waits. :func:`run_sweep` checks everything before the study exists
+A worker loops over a :class:`~picollm.sweeps.study.CappedStudy` until the total is reached, failing dead trials
+(:mod:`picollm.sweeps.study`) while it waits. :func:`run_sweep` checks everything before the study exists
 (:func:`prepare`), starts the workers, shows progress and exports. The first SIGINT or SIGTERM fails the running trials
 as ``interrupted``; resuming runs them again.
 """
@@ -22,23 +22,24 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from picollm.config import config_from_dict
-from picollm.errors import ConfigError, DataError, PicoError
-from picollm.storage import claim_lock, mask_url
-from picollm.sweeps import fingerprint
+from picollm.errors import ConfigError, DataError, PicoError, mask_url
 from picollm.sweeps.budget import plan_words
+from picollm.sweeps.experiment import Experiment, budget_words, trial_cap
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
 from picollm.sweeps.layout import choose_layout
-from picollm.sweeps.liveness import fail_stale, requeue_stopped
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
-from picollm.sweeps.settings import Experiment, budget_words, trial_cap
-from picollm.sweeps.studies import (
+from picollm.sweeps.study import (
     StudyFull,
+    claim_lock,
     enqueue_baseline,
+    fail_stale,
+    fingerprint,
     finished,
     open_study,
     reach_storage,
     record_trained_base,
+    requeue_stopped,
     stored_question,
     with_seed,
 )
@@ -226,7 +227,7 @@ def _identity(exp: Experiment) -> Experiment:
     """The experiment with the data that will really run (offline fallback resolved) and its fingerprint."""
     exp = resolve_offline(exp)
     try:
-        return replace(exp, fingerprint=fingerprint.fingerprint(exp))
+        return replace(exp, fingerprint=fingerprint(exp))
     except OSError as exc:  # hashing an input file that cannot be read
         raise _data_error(exc) from None
 
