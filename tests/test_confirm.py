@@ -130,7 +130,7 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys
 
     from picollm.analysis.sections import confirm_section
 
-    summary, per_run = confirm_section(folder).tables  # the report: a row per configuration, then per run
+    summary, per_run = confirm_section(study, folder).tables  # the report: a row per configuration, then per run
     assert summary.rows[0][1].split()[0] == winner["trial"] and len(summary.rows) == len(expected)
     assert any(row[1] == "0 (baseline)" for row in summary.rows) and len(per_run.rows) == len(rows)
 

@@ -25,7 +25,9 @@ from picollm.analysis.smoothing import WINDOWS, window_analysis, window_verdict
 from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysis
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
+from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import budget_words
+from picollm.sweeps.export import recorded_confirmation
 from picollm.sweeps.record import TrialRecord
 
 MIN_STEPS_FOR_NOISE = 8
@@ -379,94 +381,68 @@ STUDY_FIGURES = {
 }
 
 
-def figures_section(folder: Path) -> Section | None:
+def figures_section(study: Any, folder: Path) -> Section | None:
     """The sweep's own plots, and the confirmation (best configs re-run with other seeds) when present."""
     figures = [Figure(folder / name, caption) for name, caption in STUDY_FIGURES.items() if (folder / name).is_file()]
     section = Section("Study figures", figures=figures)
-    confirm = confirm_section(folder)
+    confirm = confirm_section(study, folder)
     if confirm is not None:
         section.subsections.append(confirm)
     return section if figures or confirm else None
 
 
-def confirm_section(folder: Path) -> Section | None:
-    """``confirm.csv``/``confirm.png``: is the winner still the winner with other seeds?"""
-    import csv
-
-    if not (folder / "confirm.csv").is_file():
+def confirm_section(study: Any, folder: Path) -> Section | None:
+    """Is the winner still the winner with other seeds? The study's recorded confirmation, as the sweep ranked it."""
+    conf = recorded_confirmation(study)
+    if conf is None:
         return None
-    with open(folder / "confirm.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        runs, fields = list(reader), list(reader.fieldnames or [])
-    if not runs or "rank" not in fields:
-        return None
-    params = fields[fields.index("rank") + 1 :]
-    first: dict[str, dict[str, str]] = {}
-    for run in runs:
-        first.setdefault(run["trial"], run)
-    configs = sorted(first.values(), key=lambda r: float(r["rank"] or "inf"))
+    ranked = conf.ranked()
+    params = list(dict.fromkeys(k for r in conf.results for k in r.candidate.params))
     summary = Table(
         ["rank", "trial", "mean final_val_loss", "95% CI over seeds", "runs", *params],
         [
             [
-                c["rank"] or "-",
-                c["trial"] + (" (baseline)" if c["baseline"] == "True" else ""),
-                _fmt4(c["config_mean"]),
-                f"[{_fmt4(c['config_ci_low'])}, {_fmt4(c['config_ci_high'])}]",
-                sum(r["trial"] == c["trial"] for r in runs),
-                *(_short(c[p]) for p in params),
+                rank,
+                f"{r.candidate.number}" + (" (baseline)" if r.candidate.baseline else ""),
+                f"{r.interval().mean:.4f}",
+                f"[{r.interval().low:.4f}, {r.interval().high:.4f}]",
+                len(r.runs),
+                *(_short(r.candidate.params.get(p)) for p in params),
             ]
-            for c in configs
+            for rank, r in enumerate(ranked, 1)
         ],
         "Each configuration re-trained with fresh seeds, best mean first (best.yaml is the first row):",
     )
     per_run = Table(
         ["trial", "seed", "final_val_loss", "± stderr", "status"],
         [
-            [r["trial"], r["seed"], _fmt4(r["final_val_loss"]), _fmt4(r["final_val_loss_stderr"]), r["status"]]
-            for r in runs
+            [
+                r.candidate.number,
+                seed,
+                _fmt4(run.get("final_val_loss")),
+                _fmt4(run.get("final_val_loss_stderr")),
+                run.get("status", "-"),
+            ]
+            for r in conf.results
+            for seed, run in sorted(r.runs.items())
         ],
         "Every confirmation run (run folders and W&B ids are in confirm.csv):",
     )
-    section = Section("Confirmation", text=_held_out_lines(folder), tables=[summary, per_run])
+    section = Section("Confirmation", text=test_lines(conf), tables=[summary, per_run])
     if (folder / "confirm.png").is_file():
         section.figures.append(Figure(folder / "confirm.png", "Confirmation runs."))
     return section
 
 
-def _held_out_lines(folder: Path) -> list[str]:
-    """The winner's and the baseline's validation and test figures side by side (``trials.csv``), when the study
-    has a test split: the difference is the winner's curse, measured on tokens no choice was made on."""
-    import csv
-
-    if not (folder / "trials.csv").is_file():
-        return []
-    with open(folder / "trials.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("test_loss")]
-    return [
-        f"Trial {r['number']}{' (baseline)' if r['baseline'] == 'True' else ''}: validation "
-        f"{_fmt4(r['confirmed_val_loss'])} ± {_fmt4(r['confirmed_val_loss_stderr'])}, test {_fmt4(r['test_loss'])} ± "
-        f"{_fmt4(r['test_loss_stderr'])}; validation − test {float(r['val_minus_test']):+.4f} ± "
-        f"{_fmt4(r['val_minus_test_stderr'])} (the test set was scored once, after every choice was made)."
-        for r in rows
-    ]
-
-
-def _short(text: str) -> str:
+def _short(value: Any) -> str:
     """A parameter as the trial lines show it: floats to 3 significant digits."""
-    if not text:
+    if value is None:
         return "-"
-    try:
-        return text if float(text).is_integer() and "." not in text else f"{float(text):.3g}"
-    except ValueError:
-        return text
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _fmt4(text: str) -> str:
-    try:
-        return f"{float(text):.4f}"
-    except ValueError:
-        return text or "-"
+def _fmt4(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
 
 
 def _study_sections(study: Any) -> tuple[list[Section], str | None]:
@@ -477,7 +453,7 @@ def _study_sections(study: Any) -> tuple[list[Section], str | None]:
     header, rows = trial_rows(study)
     params = [p["key"] for p in study.user_attrs.get("space", [])]
     sections = [study_section(study, study_report_lines(study)), ranking_section(header, rows, params)]
-    figures = figures_section(study_folder(study))
+    figures = figures_section(study, study_folder(study))
     sections += [figures] if figures is not None else []
     try:
         best = best_trial(study)
