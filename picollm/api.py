@@ -24,6 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from picollm.errors import ConfigError, DataError
+from picollm.threads import fit_threads
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -72,7 +75,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | str = ()) ->
 
         cfg = picollm.load_config("experiments/quick.yaml", ["optim.lr=3e-3", "model.type=lstm"])
     """
-    from picollm.config import load_config as load
+    from picollm.config import load_config as load  # yaml: import picollm loads no config
 
     return load(path, _overrides(overrides))
 
@@ -95,14 +98,14 @@ class TrainResult:
         """Every row of ``metrics.jsonl``: step rows (train/loss, lr, ...), eval rows, epoch rows."""
         import pandas as pd
 
-        from picollm.analysis.records import read_jsonl
+        from picollm.analysis.records import read_jsonl  # numpy: import picollm stays light
 
         return pd.DataFrame(read_jsonl(self.run_dir / "metrics.jsonl"))
 
     def plot(self) -> Figure:
         """Training loss per step, validation losses and the unigram baseline, as a Figure."""
-        from picollm.analysis.figures import draw_losses
-        from picollm.analysis.records import load_run_dir
+        from picollm.analysis.figures import draw_losses  # matplotlib: import picollm stays light
+        from picollm.analysis.records import load_run_dir  # numpy: import picollm stays light
 
         return draw_losses(load_run_dir(self.run_dir))
 
@@ -119,7 +122,7 @@ class TrainResult:
 
 
 def _as_config(cfg: Config | str | Path | None, overrides: Sequence[str] | str) -> Config:
-    from picollm.config import Config, apply_overrides, config_from_dict
+    from picollm.config import Config, apply_overrides, config_from_dict  # yaml: import picollm loads no config
 
     if isinstance(cfg, Config):
         return config_from_dict(apply_overrides(cfg.to_dict(), _overrides(overrides))) if overrides else cfg
@@ -137,24 +140,19 @@ def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) 
         run.history.tail()   # DataFrame of metrics.jsonl
         run.plot()           # Figure: train/loss, val/loss, val/epoch_loss, unigram baseline
     """
-    from picollm.threads import fit_threads
-    from picollm.trainer import train as run
+    from picollm.trainer import train as run  # torch: import picollm stays light
 
     summary = run(fit_threads(_as_config(cfg, overrides)))
     return TrainResult.from_run_dir(summary["run_dir"])
 
 
 def _weights(which: str) -> str:
-    from picollm.errors import ConfigError
-
     if which not in ("best", "final"):
         raise ConfigError(f"weights: choose best or final, got {which!r}")
     return which
 
 
 def _run_dir(run: str | Path | TrainResult) -> Path:
-    from picollm.errors import DataError
-
     path = run.run_dir if isinstance(run, TrainResult) else Path(run)
     if not path.is_dir():
         raise DataError(f"no such run record: {path}")
@@ -178,7 +176,7 @@ class SweepResult:
         """One row per trial: number, state, value, every searched parameter, tokens, run record."""
         import pandas as pd
 
-        from picollm.sweeps.export import trial_rows
+        from picollm.sweeps.export import trial_rows  # optuna: import picollm stays light
 
         header, rows = trial_rows(self.study)
         return pd.DataFrame(rows, columns=header)
@@ -186,7 +184,7 @@ class SweepResult:
     @property
     def best_config(self) -> dict[str, Any] | None:
         """The best trial's complete trainer config (what ``best.yaml`` holds); None before any completes."""
-        from picollm.sweeps.export import best_config
+        from picollm.sweeps.export import best_config  # optuna: import picollm stays light
 
         try:
             return best_config(self.study)[0]
@@ -200,13 +198,13 @@ class SweepResult:
 
     def report(self) -> list[str]:
         """The lines ``sweep.py`` prints: trial counts, tokens spent, the best trial against the baseline."""
-        from picollm.sweeps import report_lines
+        from picollm.sweeps import report_lines  # optuna: import picollm stays light
 
         return report_lines(self.study)
 
     def plots(self) -> dict[str, Figure]:
         """Optuna's optimisation history, parameter importances and intermediate values as Figures."""
-        from picollm.sweeps.export import study_figures
+        from picollm.sweeps.export import study_figures  # optuna: import picollm stays light
 
         return study_figures(self.study)[0]
 
@@ -274,10 +272,9 @@ def run_study(
     timeout_s: float | None = None,
 ) -> SweepResult:
     """:func:`sweep` for the command line too: the same defaults, and an interrupt said in ``interrupted``."""
-    from picollm.errors import ConfigError
-    from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep
-    from picollm.sweeps.layout import choose_layout
-    from picollm.sweeps.study import fail_dead_local_trials, storage_url
+    from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep  # optuna: import picollm stays light
+    from picollm.sweeps.layout import choose_layout  # optuna: import picollm stays light
+    from picollm.sweeps.study import fail_dead_local_trials, storage_url  # optuna: import picollm stays light
 
     if (workers is not None and workers < 1) or (n_trials is not None and n_trials < 1):
         raise ConfigError("workers and n_trials must be >= 1")
@@ -301,7 +298,7 @@ def _fail_left_running(study: Any) -> None:
     """Fail the trials an interrupted sweep left RUNNING in this process: a kernel lives on, so nobody else would."""
     from optuna.trial import TrialState
 
-    from picollm.sweeps.record import INTERRUPTED, TrialRecord, record_stored
+    from picollm.sweeps.record import INTERRUPTED, TrialRecord, record_stored  # optuna: import picollm stays light
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = TrialRecord.of(trial).worker or ""
@@ -323,7 +320,7 @@ def evaluate(
 
         picollm.evaluate(run)["loss"]
     """
-    from picollm.scoring import evaluate_run
+    from picollm.scoring import evaluate_run  # torch: import picollm stays light
 
     return evaluate_run(_run_dir(run), _overrides(overrides), block_size)
 
@@ -363,10 +360,9 @@ def noise(*runs: str | Path | TrainResult, simulate: bool = True) -> NoiseResult
         result = picollm.noise(short_run, long_run)
         result.epochs        # DataFrame of epoch means and intervals
     """
-    from picollm.analysis.figures import draw_false_increase, draw_noise
-    from picollm.analysis.noise import analyze_noise, overall_verdict
-    from picollm.analysis.records import load_run_dir
-    from picollm.errors import ConfigError, DataError
+    from picollm.analysis.figures import draw_false_increase, draw_noise  # matplotlib: import picollm stays light
+    from picollm.analysis.noise import analyze_noise, overall_verdict  # scipy: import picollm stays light
+    from picollm.analysis.records import load_run_dir  # numpy: import picollm stays light
 
     if not runs:
         raise ConfigError("noise() needs at least one run record")
@@ -403,7 +399,7 @@ class InspectResult:
     @property
     def figures(self) -> list[Figure]:
         """Bars of the top-k next-token probabilities and of the corpus' token frequencies."""
-        from picollm.analysis.figures import draw_bars
+        from picollm.analysis.figures import draw_bars  # matplotlib: import picollm stays light
 
         d = self.data
         return [
@@ -422,7 +418,7 @@ class InspectResult:
         ]
 
     def __repr__(self) -> str:
-        from picollm.analysis.diagnose import inspect_lines
+        from picollm.analysis.diagnose import inspect_lines  # torch: import picollm stays light
 
         return "\n".join(inspect_lines(self.data))
 
@@ -446,7 +442,7 @@ def inspect(
         result = picollm.inspect(run, position=20)
         result.top           # DataFrame: token, id, prob
     """
-    from picollm.analysis.diagnose import inspect_run
+    from picollm.analysis.diagnose import inspect_run  # torch: import picollm stays light
 
     return InspectResult(inspect_run(_run_dir(run), batch, position, top, _weights(weights)))
 
@@ -469,8 +465,8 @@ def generate(
 
         print(picollm.generate(run, "Once upon a time", max_new_tokens=60, top_p=0.9))
     """
-    from picollm.checkpoint import load_run
-    from picollm.sampling import Sampling, generate_text
+    from picollm.checkpoint import load_run  # torch: import picollm stays light
+    from picollm.sampling import Sampling, generate_text  # torch: import picollm stays light
 
     model, tokenizer = load_run(_run_dir(run), _weights(weights))
     return generate_text(model, tokenizer, prompt, Sampling(max_new_tokens, temperature, top_k, top_p, greedy), seed)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from picollm import __version__
 from picollm.config import load_config
 from picollm.data import CompactTokenizer, cache_key
 from picollm.errors import DataError
@@ -78,8 +79,6 @@ def _comparable(cfg_dict: dict[str, Any], same_budget: bool) -> dict[str, Any]:
 @functools.cache
 def code_version() -> str:
     """picollm's version and a hash of its source: a run continues bit for bit only under the code that began it."""
-    from picollm import __version__
-
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
     for path in sorted(package.rglob("*.py")):

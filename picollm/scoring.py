@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from picollm.checkpoint import load_run
 from picollm.config import Config, load_config
 from picollm.data import (
     CompactTokenizer,
@@ -125,8 +126,6 @@ def evaluate_run(
     test: bool = False,
 ) -> dict[str, Any]:
     """Score a saved run on its validation split, another dataset's (``overrides``), or its test set (``test``)."""
-    from picollm.checkpoint import load_run
-
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir, overrides)
     torch_device = resolve_device(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -115,7 +116,5 @@ def tiktoken_available(encoding: str = "gpt2") -> bool:
 
 def tiktoken_cache_dir() -> str:
     """The folder tiktoken reads GPT-2's files from in this process; a run records it to find them offline."""
-    import tempfile
-
     folder = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
     return os.path.abspath(folder or os.path.join(tempfile.gettempdir(), "data-gym-cache"))

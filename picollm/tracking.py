@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from picollm.config import Config, save_config
 from picollm.errors import PicoError, mask_url
 from picollm.fileio import atomic_write_bytes, atomic_write_json
+from picollm.wandb_offline import has_exit_record
 
 # Each metric's x-axis in W&B; its summary is the last value logged, the run's end.
 STEP_METRICS = ("train/loss", "lr", "tokens", "tokens_per_s", "grad_norm", "val/loss", "val/loss_stderr")
@@ -112,8 +113,6 @@ def trial_summary(extra: dict[str, Any], status: str | None) -> dict[str, Any]:
 
 def wait_for_run_file(run: Any) -> None:
     """Return once a finished W&B run's file holds its exit record; TimeoutError after ``WANDB_TIMEOUT_S``."""
-    from picollm.wandb_offline import has_exit_record
-
     path = Path(run.settings.sync_file)
     deadline, pause = time.monotonic() + WANDB_TIMEOUT_S, 0.01
     while not has_exit_record(path):

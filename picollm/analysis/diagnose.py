@@ -13,6 +13,7 @@ import torch
 
 from picollm.checkpoint import load_run
 from picollm.config import load_config
+from picollm.corpora import call_with_timeout
 from picollm.data import load_token_data, unigram_baseline
 from picollm.errors import DataError
 from picollm.tokenizers import tiktoken_available
@@ -35,8 +36,6 @@ def tiktoken_folders(run_dir: Path | None = None) -> list[Path]:
 
 
 def _loads() -> bool:
-    from picollm.corpora import call_with_timeout
-
     return call_with_timeout(tiktoken_available, TOKENIZER_PROBE_S, False)
 
 

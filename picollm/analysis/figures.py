@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from picollm.analysis.noise import Z95, fit_noise
+from picollm.analysis.smoothing import running_mean
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -205,8 +206,6 @@ def windows_figure(runs: list[Any], results: list[dict[str, Any]], path: Path) -
 
 def draw_windows(runs: list[Any], results: list[dict[str, Any]]) -> Figure:
     """One small panel per run: every step's loss and its running average over the run's best window."""
-    from picollm.analysis.smoothing import running_mean
-
     cols = min(4, len(runs))
     rows = -(-len(runs) // cols)
     fig = _new(3.3 * cols, 2.6 * rows)

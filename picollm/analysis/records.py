@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from picollm.errors import DataError
+from picollm.errors import DataError, mask_url
+from picollm.wandb_offline import read_history, read_run_info
 
 
 @dataclass
@@ -92,8 +93,6 @@ def load_run_dir(path: str | Path) -> RunHistory:
 
 def load_wandb_file(path: str | Path) -> RunHistory:
     """An offline ``run-<id>.wandb`` file: the same history W&B would show."""
-    from picollm.wandb_offline import read_history, read_run_info
-
     info = read_run_info(path)
     return from_rows(info.get("name") or Path(path).stem, read_history(path), info.get("config", {}), {}, str(path))
 
@@ -132,8 +131,7 @@ def load_study(study_name: str, storage: str) -> Any:
     """A finished or running sweep, opened read-only for analysis."""
     import optuna
 
-    from picollm.errors import mask_url
-    from picollm.sweeps.study import open_storage, quiet_optuna
+    from picollm.sweeps.study import open_storage, quiet_optuna  # optuna: reading run folders needs none
 
     quiet_optuna()
     try:
@@ -146,8 +144,7 @@ def open_studies(storage_url: str, study_name: str | None) -> tuple[Any, list[st
     """A storage and the study names in it to show (one, or all): a missing study is one line."""
     import optuna
 
-    from picollm.errors import mask_url
-    from picollm.sweeps.study import open_storage, quiet_optuna
+    from picollm.sweeps.study import open_storage, quiet_optuna  # optuna: reading run folders needs none
 
     quiet_optuna()
     storage = open_storage(storage_url)
@@ -170,7 +167,7 @@ def _complete_trials(study: Any) -> list[Any]:
 
 
 def _run_dir(trial: Any) -> str | None:
-    from picollm.sweeps.record import TrialRecord
+    from picollm.sweeps.record import TrialRecord  # optuna: reading run folders needs none
 
     return TrialRecord.of(trial).run_dir
 
@@ -203,6 +200,6 @@ def unrecorded_trials(study: Any) -> list[str]:
 
 def study_report_lines(study: Any) -> list[str]:
     """The sweep's own summary of a study (counts, tokens spent, best against the baseline)."""
-    from picollm.sweeps import report_lines
+    from picollm.sweeps import report_lines  # optuna: reading run folders needs none
 
     return report_lines(study)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from picollm.analysis import diagnose
 from picollm.analysis.compare import compare_lines, compare_runs
 from picollm.analysis.figures import (
     bar_figure,
@@ -19,15 +20,15 @@ from picollm.analysis.figures import (
     windows_figure,
 )
 from picollm.analysis.noise import analyze_noise, overall_verdict
-from picollm.analysis.records import RunHistory, unrecorded_trials
-from picollm.analysis.report import Figure, Section, Table
+from picollm.analysis.records import RunHistory, study_report_lines, unrecorded_trials
+from picollm.analysis.report import Figure, Report, Section, Table
 from picollm.analysis.smoothing import WINDOWS, window_analysis, window_verdict
 from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysis
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import budget_words
-from picollm.sweeps.export import recorded_confirmation
+from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
 from picollm.sweeps.record import TrialRecord
 
 MIN_STEPS_FOR_NOISE = 8
@@ -319,14 +320,12 @@ def compare_section(runs: list[RunHistory], out_dir: Path) -> tuple[Section | No
 
 def diagnostics_section(run: RunHistory, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
     """What the best run predicts: top-k next tokens, the unigram baseline, a collapse warning."""
-    from picollm.analysis.diagnose import inspect_run
-
     title = f"Diagnostics of the best run ({run.name})"
     if run.run_dir is None:
         where = f"its run record ({run.source}) is not a folder on this machine"
         return Section(title, text=[f"No diagnostics: {where}."]), None
     try:
-        result = inspect_run(run.run_dir)
+        result = diagnose.inspect_run(run.run_dir)  # looked up here: tests patch it
     except PicoError as exc:
         return Section(title, text=[f"No diagnostics for this run: {exc}."]), None
     fig = bar_figure(
@@ -447,9 +446,6 @@ def _fmt4(value: Any) -> str:
 
 def _study_sections(study: Any) -> tuple[list[Section], str | None]:
     """The study's own sections and the name of its best trial's run (``t<number>``)."""
-    from picollm.analysis.records import study_report_lines
-    from picollm.sweeps.export import best_trial, best_yaml, trial_rows
-
     header, rows = trial_rows(study)
     params = [p["key"] for p in study.user_attrs.get("space", [])]
     sections = [study_section(study, study_report_lines(study)), ranking_section(header, rows, params)]
@@ -499,8 +495,6 @@ def _epoch_config(study: Any, best: RunHistory | None) -> str:
 
 def build_report(name: str, runs: list[RunHistory], out_dir: Path, study: Any = None, html: bool = False) -> Any:
     """Every section that has something to show, in reading order."""
-    from picollm.analysis.report import Report
-
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, best_name = _study_sections(study) if study is not None else ([], None)
     scored = [r for r in runs if r.val_epoch_loss() is not None]

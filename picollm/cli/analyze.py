@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from picollm.analysis import records
+from picollm.analysis.diagnose import inspect_lines, inspect_run
+from picollm.analysis.render import write_report
 from picollm.errors import ConfigError, DataError, mask_url
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.study import add_storage_argument
@@ -93,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_sources(args: argparse.Namespace) -> list[Any]:
-    from picollm.analysis import records
-
     given = sum(bool(x) for x in (args.runs, args.study, args.wandb))
     if given != 1:
         raise ConfigError("give exactly one source: run folders, --study NAME, or --wandb ENTITY/PROJECT")
@@ -111,9 +112,9 @@ def load_sources(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
-    from picollm.analysis.figures import false_increase_figure, noise_figure
-    from picollm.analysis.noise import analyze_noise, overall_verdict
-    from picollm.analysis.smoothing import window_analysis, window_line
+    from picollm.analysis.figures import false_increase_figure, noise_figure  # matplotlib: --help stays light
+    from picollm.analysis.noise import analyze_noise, overall_verdict  # scipy: --help stays light
+    from picollm.analysis.smoothing import window_analysis, window_line  # scipy: --help stays light
 
     runs = load_sources(args)
     out = Path(args.out)
@@ -147,8 +148,8 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from picollm.analysis.compare import compare_lines, compare_runs
-    from picollm.analysis.figures import compare_figure
+    from picollm.analysis.compare import compare_lines, compare_runs  # scipy: --help stays light
+    from picollm.analysis.figures import compare_figure  # matplotlib: --help stays light
 
     try:
         result = compare_runs(load_sources(args), args.last_n)
@@ -164,8 +165,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from picollm.analysis.diagnose import inspect_lines, inspect_run
-    from picollm.analysis.figures import bar_figure
+    from picollm.analysis.figures import bar_figure  # matplotlib: --help stays light
 
     result = inspect_run(args.run_dir, args.batch, args.position, args.top, args.weights)
     out = Path(args.out)
@@ -191,9 +191,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from picollm.analysis import records
-    from picollm.analysis.figures import transfer_figure
-    from picollm.analysis.transfer import transfer_analysis, transfer_lines
+    from picollm.analysis.figures import transfer_figure  # matplotlib: --help stays light
+    from picollm.analysis.transfer import transfer_analysis, transfer_lines  # scipy: --help stays light
 
     if not args.study:
         raise ConfigError("transfer needs --study NAME (and --storage URL for a study outside the default storage)")
@@ -212,9 +211,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from picollm.analysis import records
-    from picollm.analysis.render import write_report
-    from picollm.analysis.sections import build_report
+    from picollm.analysis.sections import build_report  # matplotlib, scipy: --help stays light
 
     study = records.load_study(args.study, args.storage) if args.study else None
     runs = records.load_study_runs(study) if study is not None else load_sources(args)
@@ -229,8 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from picollm.analysis import records
-    from picollm.analysis.dashboard import make_server
+    from picollm.analysis.dashboard import make_server  # matplotlib, scipy: --help stays light
 
     storage, names = records.open_studies(args.storage, args.study)
     server = make_server(storage, names, args.port, Path(args.artifacts), Path(args.reports))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from picollm.checkpoint import load_run
 from picollm.sampling import Sampling, check_sampling, generate_text
 
 
@@ -25,8 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from picollm.checkpoint import load_run
-
     args = build_parser().parse_args(argv)
     s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy)
     check_sampling(s, args.num_samples)

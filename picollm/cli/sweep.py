@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from typing import Any
 
+from picollm.api import run_study
 from picollm.config import add_override_argument
-from picollm.errors import EXIT_INTERRUPTED, mask_url
-from picollm.sweeps.study import add_storage_argument
+from picollm.errors import EXIT_INTERRUPTED, ConfigError, mask_url
+from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
+from picollm.sweeps.experiment import ConfirmSettings, check_confirm
+from picollm.sweeps.export import confirm_and_export, export_study
+from picollm.sweeps.study import add_storage_argument, delete_stored, find_study
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
@@ -87,17 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
-    from picollm.api import run_study
-    from picollm.errors import ConfigError
-    from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
-
     if (args.workers is not None and args.workers < 1) or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
     if args.command == "delete":
         return delete_command(args)
     exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
     if args.command == "launch":
-        from picollm.sweeps.launch import launch_command
+        from picollm.sweeps.launch import launch_command  # submitit: sweep.py --help stays light
 
         if args.workers is None:
             raise ConfigError("sweep.py launch needs --workers N: the number of jobs to submit")
@@ -117,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
             print(trial_line(trial, best_value(study, upto=trial)))
         print("\n".join(report_lines(study)))
         return 0
-    from picollm.sweeps.export import export_study
-
     folder, notes = export_study(study, exp.study.out_dir)  # best.yaml stays the confirmed winner, if there is one
     print("\n".join([*notes, f"exported to {folder}/"]))
     return 0
@@ -126,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]:
     """`sweep.py confirm`: the experiment's confirm: block (or the defaults), with --top/--seeds on top."""
-    from picollm.sweeps.experiment import ConfirmSettings, check_confirm
-    from picollm.sweeps.export import confirm_and_export
-
     s = dataclasses.replace(exp.confirm or ConfirmSettings())
     s.top = args.top if args.top is not None else s.top
     s.seeds = args.seeds if args.seeds is not None else s.seeds
@@ -139,8 +135,6 @@ def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]
 def _confirmed(question: str) -> bool:
     """Ask on the terminal; without one, refuse (a script says --yes)."""
     if not sys.stdin.isatty():
-        from picollm.errors import ConfigError
-
         raise ConfigError("sweep.py delete asks before it deletes, and there is no terminal to ask on: add --yes")
     try:
         return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
@@ -150,12 +144,6 @@ def _confirmed(question: str) -> bool:
 
 def delete_command(args: argparse.Namespace) -> int:
     """`sweep.py delete --study NAME`: the study out of the storage (--files: its folder too); says what it keeps."""
-    import shutil
-
-    from picollm.errors import ConfigError
-    from picollm.sweeps.experiment import load_experiment
-    from picollm.sweeps.study import delete_stored, find_study
-
     name = args.study_name or (load_experiment(args.config, args.overrides).study.name if args.config else None)
     if not name:
         raise ConfigError("sweep.py delete needs --study NAME (or --config, whose study.name it deletes)")

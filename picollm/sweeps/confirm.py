@@ -15,10 +15,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from picollm import data, trainer
 from picollm.config import config_from_dict
 from picollm.errors import PicoError
+from picollm.scoring import evaluate_run
+from picollm.sweeps.budget import spent_so_far, stored_plan
 from picollm.sweeps.experiment import ConfirmSettings, apply_params, check_confirm
+from picollm.sweeps.layout import choose_layout
+from picollm.sweeps.processes import in_processes, pool_rank
 from picollm.sweeps.record import TrialRecord
+from picollm.sweeps.study import TRAINED_BASE
+from picollm.sweeps.trial import worker_device
+from picollm.tracking import new_run_id
 
 LEVEL = 0.95  # confidence level of every interval and the threshold (1 - LEVEL) of every test
 ATTR_PREFIX = "confirm:"  # study user attributes holding one finished confirmation run each
@@ -245,12 +253,9 @@ def run_config(
 
 def train_record(raw: dict[str, Any], run_prefix: str) -> dict[str, Any]:
     """Train one confirmation run (no pruning) and keep what the statistics and exports need."""
-    from picollm.tracking import new_run_id
-    from picollm.trainer import train
-
     cfg, run_id = config_from_dict(raw), new_run_id(run_prefix)
     try:
-        summary = train(cfg, run_id=run_id)
+        summary = trainer.train(cfg, run_id=run_id)  # looked up here: tests patch it
     except PicoError:
         raise  # bad data or config: every run would fail the same way
     except Exception as exc:  # a diverging seed is a result (no loss), not a reason to stop confirming
@@ -320,8 +325,6 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     spread) is shortlisted. Each run is recorded as it finishes (a re-run trains only what is missing) and scored once,
     at the end.
     """
-    from picollm.sweeps.layout import choose_layout
-
     parallel, threads = choose_layout(workers)
     first = plan(study, s, shortlisted=[])
     leading = first.results[0]
@@ -343,8 +346,6 @@ def affordable(study: Any, s: ConfirmSettings, first: Confirmation) -> int:
     """How many close configurations the confirmation may train: ``confirm.top``, fewer where the study's token
     budget has no room left for their runs beside the baseline's (the budget reserved the leader's and the
     baseline's only)."""
-    from picollm.sweeps.budget import spent_so_far, stored_plan
-
     plan = stored_plan(study)
     if plan is None or plan.max_tokens is None:
         return s.top
@@ -355,8 +356,6 @@ def affordable(study: Any, s: ConfirmSettings, first: Confirmation) -> int:
 
 def score_on_test(study: Any, conf: Confirmation) -> None:
     """The winner's and the baseline's runs scored on the test set, which no choice has seen; recorded with each run."""
-    from picollm.scoring import evaluate_run
-
     if not (study.user_attrs.get("base") or {}).get("data", {}).get("test_tokens") or not conf.ranked():
         return
     for result in scored_on_test(conf):
@@ -433,9 +432,6 @@ def _finite(value: float) -> float | None:
 def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], parallel: int, threads: int) -> None:
     from tqdm.auto import tqdm
 
-    from picollm.sweeps.processes import in_processes
-    from picollm.sweeps.study import TRAINED_BASE
-
     base = study.user_attrs.get(TRAINED_BASE) or _offline_resolved(study.user_attrs["base"])
     todo = [(r, seed) for seed in conf.seeds for r in results if seed not in r.runs]
     jobs = []
@@ -465,9 +461,6 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
 
 def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:
     """One confirmation run in a worker process (on that worker's own GPU, with CUDA): its index and record."""
-    from picollm.sweeps.processes import pool_rank
-    from picollm.sweeps.trial import worker_device
-
     i, raw, prefix = job
     raw["train"]["device"] = worker_device(pool_rank(), raw["train"]["device"])
     return i, train_record(raw, prefix)
@@ -475,9 +468,7 @@ def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, A
 
 def _offline_resolved(base: dict[str, Any]) -> dict[str, Any]:
     """A study made before the trained base was recorded: the data its trials used, probed again here."""
-    from picollm.data import apply_offline_fallback
-
-    cfg, note = apply_offline_fallback(config_from_dict(base))
+    cfg, note = data.apply_offline_fallback(config_from_dict(base))  # looked up here: tests patch it
     if note:
         print(note, file=sys.stderr, flush=True)
     return cfg.to_dict()

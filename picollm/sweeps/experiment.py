@@ -43,6 +43,7 @@ from picollm.config import (
     split_experiment,
 )
 from picollm.errors import ConfigError
+from picollm.sweeps.budget import plan_of
 from picollm.sweeps.halving import HalvingPruner
 from picollm.sweeps.record import TrialRecord
 
@@ -669,8 +670,6 @@ def load_experiment(
 
 def _check_budget(exp: Experiment) -> None:
     """A token budget must pay for the confirmation it reserves and at least one trial."""
-    from picollm.sweeps.budget import plan_of
-
     plan = plan_of(exp)
     if plan.max_tokens is not None and plan.max_tokens < plan.kept + plan.expected_from(-1):
         raise ConfigError(

@@ -19,6 +19,7 @@ from picollm.sweeps.confirm import (
     SETTINGS_ATTR,
     Confirmation,
     NothingToConfirm,
+    confirm_study,
     held_out,
     plan,
     scored_on_test,
@@ -333,8 +334,6 @@ def export_study(study: Any, root: str | Path, conf: Confirmation | None = None)
 
 def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers: int | None = None) -> list[str]:
     """Train what the confirmation misses, rewrite the study's files and W&B summary run, return the summary lines."""
-    from picollm.sweeps.confirm import confirm_study
-
     try:
         conf = confirm_study(study, s, workers)
     except NothingToConfirm as exc:

@@ -26,8 +26,10 @@ from picollm.checks import above, at_least
 from picollm.config import apply_overrides, from_block, load_raw
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError, mask_url
 from picollm.sweeps.experiment import Experiment
-from picollm.sweeps.study import with_seed
-from picollm.sweeps.workers import WorkerSpec
+from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
+from picollm.sweeps.report import Progress, report_lines
+from picollm.sweeps.study import finished, open_study, with_seed
+from picollm.sweeps.workers import WorkerSpec, prepare, run_worker
 
 STORAGE_ENV = "PICOLLM_STORAGE"
 POLL_S = 2.0
@@ -127,8 +129,6 @@ class SweepJob(submitit.helpers.Checkpointable):
         self.timeout_s = timeout_s
 
     def __call__(self) -> None:
-        from picollm.sweeps.workers import run_worker
-
         signal.signal(signal.SIGTERM, _leave_trial_to_heartbeat)
         run_worker(self.worker_spec(job_storage(), submitit.JobEnvironment().local_rank))
 
@@ -152,9 +152,6 @@ class ConfirmJob:
         self.exp = exp
 
     def __call__(self) -> list[str]:
-        from picollm.sweeps.export import confirm_and_export
-        from picollm.sweeps.study import open_study
-
         study = open_study(self.exp, job_storage(), create=False)
         return confirm_and_export(study, self.exp.confirm, self.exp.study.out_dir)
 
@@ -258,8 +255,6 @@ def describe(jobs: list[Any], settings: LauncherSettings, exp: Experiment, comma
 
 def wait(jobs: list[Any], settings: LauncherSettings, study: Any) -> None:
     """One bar over the study's finished trials (or its token budget) until every job has left the queue."""
-    from picollm.sweeps.report import Progress
-
     alive = EXECUTORS[settings.name].alive
     progress = Progress(study)
     try:
@@ -285,9 +280,6 @@ def job_errors(jobs: list[Any]) -> list[str]:
 
 def launch(exp: Experiment, settings: LauncherSettings, args: Any) -> tuple[list[Any], Any]:
     """Check the storage and the launcher, create the study (trial 0 = the base config), submit, say how to follow."""
-    from picollm.sweeps.study import finished
-    from picollm.sweeps.workers import prepare
-
     check_shared_storage(args.storage)
     executor = make_executor(settings, jobs_folder(exp), exp.study.name, args.workers)  # before any study exists
     exp, study = prepare(exp, args.storage, devices_here=False)  # as `sweep.py run`; the GPUs are the jobs' own
@@ -335,10 +327,6 @@ def follow_command(args: Any) -> list[str]:
 
 def launch_command(exp: Experiment, args: Any) -> int:
     """``sweep.py launch``: submit, print how to follow; with ``--wait`` follow to the end and export."""
-    from picollm.sweeps.export import export_study, log_study_run
-    from picollm.sweeps.report import report_lines
-    from picollm.sweeps.study import finished
-
     settings = load_launcher(args.config, args.overrides)
     jobs, study = launch(exp, settings, args)
     if not args.wait:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import forkserver, resource_tracker
 from typing import Any
 
 STOP_GRACE_S = 8.0  # after SIGTERM, workers get this long to close their trials before they are killed
@@ -85,8 +88,6 @@ WORKER_PRELOAD = ["picollm.sweeps.trial", "picollm.trainer", "torch._dynamo"]
 
 def worker_context() -> Any:
     """Workers forked from a forkserver that only imported :data:`WORKER_PRELOAD` (no torch threads yet)."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(WORKER_PRELOAD)
     _start_forkserver()
@@ -95,8 +96,6 @@ def worker_context() -> Any:
 
 def _start_forkserver() -> None:
     """Start the forkserver with SIGINT blocked for life (a Ctrl-C as it imports: no traceback); workers unblock it."""
-    from multiprocessing import forkserver, resource_tracker
-
     resource_tracker.ensure_running()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
@@ -142,8 +141,6 @@ def in_processes(fn: Callable[[Any], Any], items: list[Any], parallel: int) -> I
     if parallel <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     ctx, workers = worker_context(), min(parallel, len(items))
     ranks = ctx.Queue()
     for rank in range(workers):

@@ -39,6 +39,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from picollm.config import TrackingConfig, config_from_dict
+from picollm.data import cache_key
 from picollm.errors import PicoError, StorageError, mask_url
 from picollm.sweeps.budget import PLAN, TokenPlan, plan_of
 from picollm.sweeps.experiment import (
@@ -288,8 +289,6 @@ def _harmless(key: str) -> bool:
 
 def fingerprint(exp: Experiment) -> dict[str, Any]:
     """The fingerprint of ``exp`` (after the offline fallback was resolved, so the data is what will run)."""
-    from picollm.data import cache_key
-
     cfg = config_from_dict(exp.base)
     searched = {p.key for p in exp.space}
     s = exp.study

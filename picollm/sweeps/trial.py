@@ -20,12 +20,15 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
+from picollm import checkpoint, trainer
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError, mask_url
 from picollm.sweeps.experiment import Experiment, apply_params, sample
 from picollm.sweeps.record import FAILED, FINAL, INTERRUPTED, PRUNED_AT, RUNNING, TrialRecord, record, worker_id, write
 from picollm.sweeps.study import claim_lock, has_heartbeat
 from picollm.timing import Stopwatch, take_process_start
+from picollm.tracking import new_run_id
+from picollm.trainer import Start, StopRun
 
 
 def trained(counts: dict[str, Any]) -> int:
@@ -65,9 +68,6 @@ def resumable(trial: optuna.Trial, cfg: Config) -> Any:
 
     The retry continues in a record of its own (the predecessor's rows up to the checkpoint copied): a worker taken
     over for a missed heartbeat may still be alive, and it closes its own record when it wakes."""
-    from picollm import checkpoint
-    from picollm.trainer import Start
-
     facts = TrialRecord.of(trial)
     sources = [facts.run_dir]
     if facts.continues is not None:  # a retried continuation that died before its own first checkpoint
@@ -153,9 +153,6 @@ class Objective:
         trial.study.stop()
 
     def run(self, trial: optuna.Trial) -> float:
-        from picollm.tracking import new_run_id
-        from picollm.trainer import train
-
         trial.study.started_here(trial)
         exp = self.exp
         values = sample(trial, exp.space, exp.base)
@@ -181,7 +178,7 @@ class Objective:
         try:
             with lease:
                 hook = self.pruning_hook(trial)
-                summary = train(
+                summary = trainer.train(  # looked up here: tests patch it
                     cfg,
                     run_id=run_id,
                     on_eval=hook,
@@ -209,8 +206,6 @@ class Objective:
         return {} if self.started is None else {"duration_s": round(time.perf_counter() - self.started, 2)}
 
     def pruning_hook(self, trial: optuna.Trial) -> Any:
-        from picollm.trainer import StopRun
-
         def report(tokens: int, val_loss: float) -> None:
             try:
                 with self.clock.phase("storage"), warnings.catch_warnings():

@@ -21,8 +21,12 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+import picollm.data
 from picollm.config import config_from_dict
+from picollm.data import load_token_data, window_starts
+from picollm.device import resolve_device
 from picollm.errors import ConfigError, DataError, PicoError, mask_url
+from picollm.models import build_model
 from picollm.sweeps.budget import plan_words
 from picollm.sweeps.experiment import Experiment, budget_words, trial_cap
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
@@ -176,9 +180,7 @@ class SweepOutcome:
 
 def resolve_offline(exp: Experiment) -> Experiment:
     """Probe the hub and tokenizer once for the whole sweep, not once per trial; say so when falling back."""
-    from picollm.data import apply_offline_fallback
-
-    cfg, note = apply_offline_fallback(config_from_dict(exp.base))
+    cfg, note = picollm.data.apply_offline_fallback(config_from_dict(exp.base))  # looked up here: tests patch it
     if note is None:
         return exp
     print(note, file=sys.stderr, flush=True)
@@ -204,10 +206,6 @@ def _data_error(exc: OSError) -> DataError:
 def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
     """What every trial would hit, each a one-line :class:`PicoError`: device, data, one training window, folders."""
     import torch
-
-    from picollm.data import load_token_data, window_starts
-    from picollm.device import resolve_device
-    from picollm.models import build_model
 
     cfg = config_from_dict(exp.base)
     if devices_here:
