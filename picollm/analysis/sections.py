@@ -27,9 +27,9 @@ from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysi
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.confirm import test_lines
-from picollm.sweeps.experiment import budget_words
+from picollm.sweeps.experiment import StudySettings, budget_words
 from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
-from picollm.sweeps.record import TrialRecord
+from picollm.sweeps.record import StudyRecord, TrialRecord
 
 MIN_STEPS_FOR_NOISE = 8
 MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words
@@ -47,7 +47,7 @@ def _describe_param(p: dict[str, Any]) -> str:
 
 def _data_identity(study: Any) -> Table:
     """What the trials trained and were scored on: the data settings, and a run's measured data."""
-    data = study.user_attrs.get("base", {}).get("data", {})
+    data = StudyRecord.of(study).base.get("data", {})
     keys = ("tinystories", "max_stories", "input_files", "synthetic", "tokenizer", "compact_vocab", "val_tokens")
     rows = [[f"data.{k}", data.get(k)] for k in keys if k in data]
     for t in study.trials:
@@ -62,17 +62,18 @@ def _data_identity(study: Any) -> Table:
 
 def study_section(study: Any, counts_lines: list[str]) -> Section:
     """The question the study asks: space, budget, metric, data."""
-    s = study.user_attrs.get("settings", {})
+    facts = StudyRecord.of(study)
+    s = facts.settings
     text = [
         f"Minimise `{s.get('metric', 'best_val_loss')}` (nats per token) over {s.get('n_trials', '?')} trials; "
         f"sampler `{s.get('sampler', '?')}`, pruner `{s.get('pruner', '?')}`, "
-        f"{budget_words(s.get('budget_tokens'), s.get('target_tokens'))}, {s.get('reports', '?')} reports to the "
+        f"{budget_words(StudySettings.stored(s))}, {s.get('reports', '?')} reports to the "
         "pruner.",
         *counts_lines,
     ]
     space = Table(
         ["parameter", "searched over"],
-        [[p["key"], _describe_param(p)] for p in study.user_attrs.get("space", [])],
+        [[p["key"], _describe_param(p)] for p in facts.space],
         "Search space:",
     )
     return Section("The study", text=text, tables=[space, _data_identity(study)])
@@ -370,7 +371,7 @@ def files_section(folders: list[Path], report_files: list[Path]) -> Section:
 
 def study_folder(study: Any) -> Path:
     """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``)."""
-    return Path(study.user_attrs.get("settings", {}).get("out_dir", "results/studies"), study.study_name)
+    return Path(StudyRecord.of(study).settings.get("out_dir", "results/studies"), study.study_name)
 
 
 STUDY_FIGURES = {
@@ -447,7 +448,7 @@ def _fmt4(value: Any) -> str:
 def _study_sections(study: Any) -> tuple[list[Section], str | None]:
     """The study's own sections and the name of its best trial's run (``t<number>``)."""
     header, rows = trial_rows(study)
-    params = [p["key"] for p in study.user_attrs.get("space", [])]
+    params = StudyRecord.of(study).param_keys
     sections = [study_section(study, study_report_lines(study)), ranking_section(header, rows, params)]
     figures = figures_section(study, study_folder(study))
     sections += [figures] if figures is not None else []

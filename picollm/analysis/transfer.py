@@ -15,9 +15,8 @@ from scipy import stats
 
 from picollm.errors import DataError
 from picollm.sweeps.halving import config_key
-from picollm.sweeps.record import TrialRecord
+from picollm.sweeps.record import StudyRecord, TrialRecord
 
-CONFIRM_PREFIX = "confirm:"  # study user attributes holding one confirmation run each
 MIN_TRIALS = 3  # complete trials below which there is nothing to rank
 MIN_EVIDENCE = 4  # configurations measured at both budgets below which the report says the evidence is missing
 N_BOOTSTRAP = 2000
@@ -98,7 +97,7 @@ def agreement(x: np.ndarray, seeds: list[list[float]], n_boot: int = N_BOOTSTRAP
 
 
 def budgets_of(study: Any) -> Budgets:
-    settings = study.user_attrs.get("settings") or {}
+    settings = StudyRecord.of(study).settings
     budget = settings.get("budget_tokens")
     if not budget:
         raise DataError(f"study {study.study_name!r} has no budget_tokens in its settings: it was not made by sweep.py")
@@ -108,8 +107,8 @@ def budgets_of(study: Any) -> Budgets:
 def _confirmed(study: Any, target: int) -> dict[int, list[float]]:
     """Each trial's confirmation losses at the target budget (usable runs only)."""
     out: dict[int, list[float]] = {}
-    for key, run in study.user_attrs.items():
-        if not key.startswith(CONFIRM_PREFIX) or not isinstance(run, dict) or run.get("budget_tokens") != target:
+    for run in StudyRecord.of(study).confirm_runs.values():
+        if not isinstance(run, dict) or run.get("budget_tokens") != target:
             continue
         loss = run.get("final_val_loss")
         if isinstance(loss, int | float) and math.isfinite(loss) and run.get("status") != "failed":

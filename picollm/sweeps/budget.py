@@ -17,9 +17,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from picollm.sweeps.halving import config_key, promotions_due
-from picollm.sweeps.record import TrialRecord
-
-PLAN = "token_plan"  # study user attribute: the plan of the sweep that ran last, for readers without the experiment
+from picollm.sweeps.record import StudyRecord, TrialRecord
 
 
 @dataclass(frozen=True)
@@ -153,20 +151,20 @@ def tried_at_target(trials: list[Any], target: int) -> int:
     return len({config_key(t.params) for t in trials if t.state.is_finished()}) * target
 
 
-def confirmation_tokens(study: Any, confirm_prefix: str) -> int:
-    """The tokens of the confirmation runs recorded so far (study attributes named ``confirm_prefix...``)."""
-    return sum(int(r.get("tokens") or 0) for k, r in study.user_attrs.items() if k.startswith(confirm_prefix))
+def confirmation_tokens(study: Any) -> int:
+    """The tokens of the confirmation runs recorded so far."""
+    return sum(int(run.get("tokens") or 0) for run in StudyRecord.of(study).confirm_runs.values())
 
 
-def spent_so_far(study: Any, plan: TokenPlan, confirm_prefix: str) -> int:
+def spent_so_far(study: Any, plan: TokenPlan) -> int:
     """Every token the study has trained: its trials (and their decays) and its confirmation runs so far."""
     trials = sum(plan.spent(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-    return trials + confirmation_tokens(study, confirm_prefix)
+    return trials + confirmation_tokens(study)
 
 
 def stored_plan(study: Any) -> TokenPlan | None:
     """The plan the study's last sweep ran under (None for a study made before plans were recorded)."""
-    raw = study.user_attrs.get(PLAN)
+    raw = StudyRecord.of(study).token_plan
     return None if raw is None else TokenPlan(**{**raw, "budgets": tuple(raw["budgets"])})
 
 

@@ -23,14 +23,11 @@ from picollm.sweeps.budget import spent_so_far, stored_plan
 from picollm.sweeps.experiment import ConfirmSettings, apply_params, check_confirm
 from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.processes import in_processes, pool_rank
-from picollm.sweeps.record import TrialRecord
-from picollm.sweeps.study import TRAINED_BASE
+from picollm.sweeps.record import StudyRecord, TrialRecord, record_confirm_run, record_study
 from picollm.sweeps.trial import worker_device
 from picollm.tracking import new_run_id
 
 LEVEL = 0.95  # confidence level of every interval and the threshold (1 - LEVEL) of every test
-ATTR_PREFIX = "confirm:"  # study user attributes holding one finished confirmation run each
-SETTINGS_ATTR = "confirm_settings"  # the latest confirmation's settings, so `sweep.py export` can redo its files
 
 
 class NothingToConfirm(PicoError):
@@ -287,28 +284,25 @@ class Confirmation:
         return paired_test(a.losses(shared), b.losses(shared))
 
 
-def _study_settings(study: Any) -> dict[str, Any]:
-    return dict(study.user_attrs.get("settings") or {})
-
-
 def confirm_budget(study: Any, s: ConfirmSettings) -> int | None:
     """``confirm.budget_tokens``, else the study's target: the answer is checked at the budget it will train at."""
-    settings = _study_settings(study)
+    settings = StudyRecord.of(study).settings
     return s.budget_tokens or settings.get("target_tokens") or settings.get("budget_tokens")
 
 
 def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = None) -> Confirmation:
     """The candidates (``shortlisted``, else the latest shortlist) and seeds, with the runs recorded already."""
     check_confirm(s)
-    base = study.user_attrs.get("base")
+    facts = StudyRecord.of(study)
+    base = facts.base
     if not base:
         raise PicoError(f"study {study.study_name!r} has no stored base config: it was not made by sweep.py")
-    stored_settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+    stored_settings = facts.confirm_settings or {}
     if shortlisted is None:
         shortlisted = stored_settings.get("shortlist", [])
     budget = confirm_budget(study, s)
     seeds = seeds_for(base, s)
-    stored = {k[len(ATTR_PREFIX) :]: v for k, v in study.user_attrs.items() if k.startswith(ATTR_PREFIX)}
+    stored = facts.confirm_runs
     results = []
     for cand in candidates(study, shortlisted):
         keys = {seed: run_key(cand.params, seed, budget) for seed in seeds}
@@ -334,8 +328,8 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     chosen = [c.number for c in shortlist(study, leader(study), margin, affordable(study, s, first))]
     conf = plan(study, s, shortlisted=chosen)
     conf.seed_sd, conf.margin = seed_sd, margin
-    study.set_user_attr(
-        SETTINGS_ATTR, {**asdict(s), "shortlist": chosen, "seed_sd": seed_sd, "margin": _finite(margin)}
+    record_study(
+        study, confirm_settings={**asdict(s), "shortlist": chosen, "seed_sd": seed_sd, "margin": _finite(margin)}
     )
     _train_missing(study, conf, conf.results, parallel, threads)
     score_on_test(study, conf)
@@ -350,13 +344,13 @@ def affordable(study: Any, s: ConfirmSettings, first: Confirmation) -> int:
     if plan is None or plan.max_tokens is None:
         return s.top
     per_config = s.seeds * ((first.budget_tokens or 0) + plan.step_tokens)
-    left = plan.max_tokens - spent_so_far(study, plan, ATTR_PREFIX) - per_config  # the baseline's runs to come
+    left = plan.max_tokens - spent_so_far(study, plan) - per_config  # the baseline's runs to come
     return max(0, min(s.top, left // per_config)) if per_config else s.top
 
 
 def score_on_test(study: Any, conf: Confirmation) -> None:
     """The winner's and the baseline's runs scored on the test set, which no choice has seen; recorded with each run."""
-    if not (study.user_attrs.get("base") or {}).get("data", {}).get("test_tokens") or not conf.ranked():
+    if not StudyRecord.of(study).base.get("data", {}).get("test_tokens") or not conf.ranked():
         return
     for result in scored_on_test(conf):
         for seed, record in result.runs.items():
@@ -364,7 +358,7 @@ def score_on_test(study: Any, conf: Confirmation) -> None:
                 continue
             scored = evaluate_run(record["run_dir"], weights="final", test=True)
             record.update(test_loss=scored["loss"], test_loss_stderr=scored["stderr"], test_tokens=scored["tokens"])
-            study.set_user_attr(ATTR_PREFIX + run_key(result.candidate.params, seed, conf.budget_tokens), record)
+            record_confirm_run(study, run_key(result.candidate.params, seed, conf.budget_tokens), record)
 
 
 def scored_on_test(conf: Confirmation) -> list[ConfigResult]:
@@ -432,7 +426,8 @@ def _finite(value: float) -> float | None:
 def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], parallel: int, threads: int) -> None:
     from tqdm.auto import tqdm
 
-    base = study.user_attrs.get(TRAINED_BASE) or _offline_resolved(study.user_attrs["base"])
+    facts = StudyRecord.of(study)
+    base = facts.trained_base or _offline_resolved(facts.base)
     todo = [(r, seed) for seed in conf.seeds for r in results if seed not in r.runs]
     jobs = []
     for i, (result, seed) in enumerate(todo):
@@ -454,7 +449,7 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
         for i, record in in_processes(_confirm_run, jobs, parallel):
             result, seed = todo[i]
             record = {"trial": result.candidate.number, "seed": seed, "budget_tokens": conf.budget_tokens, **record}
-            study.set_user_attr(ATTR_PREFIX + run_key(result.candidate.params, seed, conf.budget_tokens), record)
+            record_confirm_run(study, run_key(result.candidate.params, seed, conf.budget_tokens), record)
             result.runs[seed] = record
             bar.update()
 

@@ -420,6 +420,11 @@ class StudySettings:
     max_retry: int = at_least(0, 2)  # retries of a trial whose worker died, then it stays failed
     out_dir: str = "results/studies"  # exports land in <out_dir>/<name>/
 
+    @classmethod
+    def stored(cls, settings: dict[str, Any]) -> StudySettings:
+        """The settings a study stored (``asdict`` of these), keys of other versions left out."""
+        return cls(**{k: v for k, v in settings.items() if k in cls.__dataclass_fields__})
+
     def check(self) -> str | None:
         """What ties two of its fields together (the fields' own rules are declared with them)."""
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -483,16 +488,13 @@ def target_of(s: StudySettings) -> int | None:
     return s.target_tokens or s.budget_tokens
 
 
-def budget_words(budget_tokens: int | None, target_tokens: int | None) -> str:
+def budget_words(s: StudySettings) -> str:
     """A study's per-trial budget as its output and report say it."""
-    if not budget_tokens:
+    if not s.budget_tokens:
         return "no token budget per trial"
-    if target_tokens and target_tokens > budget_tokens:
-        first = target_tokens
-        while first // 3 >= budget_tokens:  # the cheapest rung (see rungs)
-            first //= 3
-        return f"{first:,} to {target_tokens:,} training tokens per trial (rungs scored by branched decays)"
-    return f"{budget_tokens:,} training tokens per trial"
+    if aims_beyond_budget(s):
+        return f"{rungs(s)[0]:,} to {s.target_tokens:,} training tokens per trial (rungs scored by branched decays)"
+    return f"{s.budget_tokens:,} training tokens per trial"
 
 
 def trial_cap(s: StudySettings) -> float:

@@ -16,7 +16,6 @@ from picollm.config import config_from_dict
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_text
 from picollm.sweeps.confirm import (
-    SETTINGS_ATTR,
     Confirmation,
     NothingToConfirm,
     confirm_study,
@@ -29,7 +28,7 @@ from picollm.sweeps.confirm import (
     winners_curse,
 )
 from picollm.sweeps.experiment import ConfirmSettings, apply_params
-from picollm.sweeps.record import FAILED, FINAL, PRUNED_AT, TrialRecord
+from picollm.sweeps.record import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
 from picollm.sweeps.study import trained_base
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
@@ -76,8 +75,9 @@ def trial_row(t: Any, metric: str) -> dict[str, Any]:
 
 def trial_rows(study: Any) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per trial with every searched parameter as a column."""
-    param_keys = [p["key"] for p in study.user_attrs.get("space", [])]
-    metric = study.user_attrs.get("settings", {}).get("metric", "best_val_loss")
+    facts = StudyRecord.of(study)
+    param_keys = facts.param_keys
+    metric = facts.settings.get("metric", "best_val_loss")
     header = [*VALUE_COLUMNS, *param_keys, *RUN_COLUMNS]
     return header, [trial_row(t, metric) for t in study.trials]
 
@@ -150,7 +150,7 @@ def standalone_config(study: Any, params: dict[str, Any], budget_tokens: int | N
 
 def recorded_confirmation(study: Any) -> Confirmation | None:
     """The study's latest confirmation as recorded (no training), or None when it has none with a finished run."""
-    stored = study.user_attrs.get(SETTINGS_ATTR)
+    stored = StudyRecord.of(study).confirm_settings
     if not stored:
         return None
     try:
@@ -345,7 +345,8 @@ def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers
 
 def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) -> str | None:
     """The study's W&B summary run: trial values, the table, figures and the answer; its id, or None if W&B is off."""
-    tracking = study.user_attrs.get("base", {}).get("tracking", {})
+    facts = StudyRecord.of(study)
+    tracking = facts.base.get("tracking", {})
     mode = resolve_wandb_mode(tracking.get("wandb", "auto"))
     if mode == "disabled":
         return None
@@ -360,7 +361,7 @@ def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) ->
             name=f"{study.study_name}-summary",
             mode=mode,
             dir=str(folder),
-            config=flatten({"study": study.user_attrs.get("settings", {})}) | {"space": study.user_attrs.get("space")},
+            config=flatten({"study": facts.settings}) | {"space": facts.space},
             settings=wandb.Settings(silent=True, console="off"),
             reinit="create_new",
         )

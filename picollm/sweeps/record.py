@@ -1,8 +1,10 @@
-"""A trial's facts: one typed record, written to Optuna's user attributes and read back here only.
+"""What a study and its trials store in Optuna's user attributes: typed records, written and read back here only.
 
 Every fact a trial carries (where its run record is, what it spent, why it failed, which paused run it continues) is a
 field of :class:`TrialRecord`, written by :func:`record` and read back by :meth:`TrialRecord.of`: the objective, the
-study's liveness checks, the export, the report, the analysis and the API all go through it.
+study's liveness checks, the export, the report, the analysis and the API all go through it. What a study keeps of
+itself (its space, base config, settings, fingerprint, token plan and confirmation runs) is a :class:`StudyRecord`,
+written by :func:`record_study` and :func:`record_confirm_run`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import os
 import socket
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
@@ -103,3 +105,56 @@ def host() -> str:
 
 def worker_id() -> str:
     return f"{host()}:{os.getpid()}"
+
+
+CONFIRM_RUN = "confirm:"  # the prefix of the study attributes holding one finished confirmation run each
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What a study keeps of itself, as its workers and its confirmation wrote it (empty or None: not written)."""
+
+    space: list[dict[str, Any]] = field(default_factory=list)  # the search space, described
+    base: dict[str, Any] = field(default_factory=dict)  # the base config as the experiment gives it
+    settings: dict[str, Any] = field(default_factory=dict)  # the study: block
+    fingerprint: dict[str, Any] | None = None  # what the study answers: one study, one question
+    trained_base: dict[str, Any] | None = None  # the base config as the trials ran it (offline fallback resolved)
+    token_plan: dict[str, Any] | None = None  # the token budget's plan of the sweep that ran last
+    confirm_settings: dict[str, Any] | None = None  # the latest confirmation's settings and shortlist
+    confirm_runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run key -> finished confirmation run
+
+    @classmethod
+    def of(cls, study: Any) -> StudyRecord:
+        return cls.from_attrs(study.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StudyRecord:
+        """The record in a study's user attributes (as ``storage.get_study_user_attrs`` returns them)."""
+        runs = {key[len(CONFIRM_RUN) :]: run for key, run in attrs.items() if key.startswith(CONFIRM_RUN)}
+        known = {f.name: attrs[f.name] for f in STUDY_FACTS if f.name in attrs and attrs[f.name] is not None}
+        return cls(**known, confirm_runs=runs)
+
+    @property
+    def param_keys(self) -> list[str]:
+        return [p["key"] for p in self.space]
+
+    @property
+    def ran_base(self) -> dict[str, Any]:
+        """The base config as the trials ran it, else as given."""
+        return self.trained_base or self.base
+
+
+STUDY_FACTS = [f for f in dataclasses.fields(StudyRecord) if f.name != "confirm_runs"]
+
+
+def record_study(study: Any, **facts: Any) -> None:
+    """Write facts of a study (fields of :class:`StudyRecord`, confirmation runs apart)."""
+    unknown = set(facts) - {f.name for f in STUDY_FACTS}
+    if unknown:
+        raise TypeError(f"not a study fact: {', '.join(sorted(unknown))}")
+    for key, value in facts.items():
+        study.set_user_attr(key, value)
+
+
+def record_confirm_run(study: Any, key: str, run: dict[str, Any]) -> None:
+    study.set_user_attr(CONFIRM_RUN + key, run)

@@ -9,7 +9,6 @@ from optuna.trial import TrialState
 
 from picollm.console import show_progress
 from picollm.sweeps.budget import confirmation_tokens, stored_plan, tried_at_target
-from picollm.sweeps.confirm import ATTR_PREFIX as CONFIRM_PREFIX
 from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.study import FINISHED, counts
 
@@ -110,7 +109,7 @@ def spent_words(study: Any) -> str:
     facts = [TrialRecord.of(t) for t in trials]
     total = sum(int(f.spent_tokens if f.spent_tokens is not None else f.tokens or 0) for f in facts)
     decays = sum(int(f.decay_tokens or 0) for f in facts)
-    confirm = confirmation_tokens(study, CONFIRM_PREFIX)
+    confirm = confirmation_tokens(study)
     spent = total + confirm
     parts = [
         f"{spent:,} training tokens spent (trials {total - decays:,}, branched decays {decays:,}, "

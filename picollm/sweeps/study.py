@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from picollm.config import TrackingConfig, config_from_dict
 from picollm.data import cache_key
 from picollm.errors import PicoError, StorageError, mask_url
-from picollm.sweeps.budget import PLAN, TokenPlan, plan_of
+from picollm.sweeps.budget import TokenPlan, plan_of
 from picollm.sweeps.experiment import (
     ONE_SEQUENCE,
     Experiment,
@@ -52,7 +52,16 @@ from picollm.sweeps.experiment import (
     trial_cap,
 )
 from picollm.sweeps.halving import last_promotion, next_promotion, scores_at
-from picollm.sweeps.record import FAILED, INTERRUPTED, LOST_WORKER, TrialRecord, host, record_stored
+from picollm.sweeps.record import (
+    FAILED,
+    INTERRUPTED,
+    LOST_WORKER,
+    StudyRecord,
+    TrialRecord,
+    host,
+    record_stored,
+    record_study,
+)
 
 DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 SQLITE_TIMEOUT_S = 60  # many workers on one SQLite file wait for the lock instead of failing
@@ -442,9 +451,9 @@ def check_fingerprint(study: Any, exp: Experiment, storage_url: str) -> None:
     """Store the fingerprint with a new study, or refuse a sweep whose fingerprint differs (one line)."""
     if exp.fingerprint is None:
         return
-    stored = study.user_attrs.get("fingerprint")
+    stored = StudyRecord.of(study).fingerprint
     if stored is None:
-        study.set_user_attr("fingerprint", exp.fingerprint)
+        record_study(study, fingerprint=exp.fingerprint)
         return
     refuse_mix(stored, exp, storage_url)
 
@@ -675,9 +684,9 @@ def stored_question(storage: Any, exp: Experiment, storage_url: str) -> None:
         study_id = storage.get_study_id_from_name(exp.study.name)
     except KeyError:
         return
-    attrs = storage.get_study_user_attrs(study_id)
-    _check_space(attrs.get("space"), exp, storage_url)
-    refuse_mix(attrs.get("fingerprint"), exp, storage_url)
+    facts = StudyRecord.from_attrs(storage.get_study_user_attrs(study_id))
+    _check_space(facts.space or None, exp, storage_url)
+    refuse_mix(facts.fingerprint, exp, storage_url)
 
 
 def open_study(exp: Experiment, storage_url: str, create: bool, storage: Any = None) -> CappedStudy:
@@ -704,29 +713,24 @@ def _check_space(stored: Any, exp: Experiment, storage_url: str) -> None:
 
 
 def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str, record: bool = True) -> None:
-    stored = study.user_attrs.get("space")
+    stored = StudyRecord.of(study).space or None
     if stored is None and record:
-        study.set_user_attr("space", _described(exp))
-        study.set_user_attr("base", exp.base)
-        study.set_user_attr("settings", asdict(exp.study))
+        record_study(study, space=_described(exp), base=exp.base, settings=asdict(exp.study))
     _check_space(stored, exp, storage_url)
     check_fingerprint(study, exp, storage_url)
     if record:  # the budget may grow between sweeps of one study, as n_trials may
-        study.set_user_attr(PLAN, asdict(study.plan))
-
-
-TRAINED_BASE = "trained_base"  # study user attribute: the base config as the trials ran it
+        record_study(study, token_plan=asdict(study.plan))
 
 
 def trained_base(study: Any) -> dict[str, Any]:
     """The base config the trials trained with (fallback applied): ``best.yaml`` and confirmations start there."""
-    return study.user_attrs.get(TRAINED_BASE) or study.user_attrs["base"]
+    return StudyRecord.of(study).ran_base
 
 
 def record_trained_base(study: Any, exp: Experiment) -> None:
     """Once per study (the fingerprint makes every later worker's data the same): what the trials really use."""
-    if TRAINED_BASE not in study.user_attrs:
-        study.set_user_attr(TRAINED_BASE, exp.base)
+    if StudyRecord.of(study).trained_base is None:
+        record_study(study, trained_base=exp.base)
 
 
 def enqueue_baseline(study: Any, exp: Experiment) -> None:
@@ -794,7 +798,8 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
             "nothing was deleted"
         )
     study = optuna.load_study(study_name=name, storage=storage)
-    settings, base = study.user_attrs.get("settings", {}), study.user_attrs.get("base", {})
+    facts = StudyRecord.of(study)
+    settings, base = facts.settings, facts.base
     out_dir = settings.get("out_dir") or StudySettings.out_dir
     runs_dir = base.get("tracking", {}).get("out_dir") or TrackingConfig.out_dir
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed

@@ -288,7 +288,7 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
     print(
         f"study {s.name!r} in {mask_url(storage_url)}: {count} trials finished; "
         f"objective {s.metric}; sampler {s.sampler}, pruner {s.pruner}, "
-        f"{budget_words(s.budget_tokens, s.target_tokens)}, {workers} worker(s) x {layout[1]} thread(s)",
+        f"{budget_words(s)}, {workers} worker(s) x {layout[1]} thread(s)",
         flush=True,
     )
     if study.plan.max_tokens is not None:
