@@ -226,6 +226,8 @@ def test_sobol_then_tpe_looks_again_near_the_first_half_s_best(tmp_path) -> None
                 study.tell(trial, state=TrialState.PRUNED)
         return tried
 
+    with pytest.raises(ConfigError, match="tpe_after must be a whole number of trials >= 0, got -1"):
+        make_sampler("sobol", exp.space, 0, {"tpe_after": -1})
     sobol, hybrid = run({}), run({"tpe_after": 16})
     assert hybrid[:16] == sobol[:16]
     near = [sum(loss(p) < 3.6 for p in tried[16:]) for tried in (sobol, hybrid)]

@@ -283,6 +283,8 @@ class SobolSampler(optuna.samplers.BaseSampler):
     and the second half looks again near the first half's best."""
 
     def __init__(self, space: list[Param], seed: int, tpe_after: int | None = None) -> None:
+        if tpe_after is not None and (isinstance(tpe_after, bool) or not isinstance(tpe_after, int) or tpe_after < 0):
+            raise ValueError(f"tpe_after must be a whole number of trials >= 0, got {tpe_after!r}")
         self.space = {p.key: distribution(p) for p in space}
         self.seed = seed
         self.tpe_after = tpe_after
