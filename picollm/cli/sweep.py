@@ -34,7 +34,9 @@ An experiment file is a trainer config plus two blocks:
   study:   name, metric, sampler (tpe|random|grid|cmaes|qmc|sobol), pruner
            (median|hyperband|successive_halving|halving|patient|none), budget_tokens,
            target_tokens (rungs scored by branched decays up to it), n_trials, seed,
-           max_tokens (what the whole study may train; n_trials: null lets it decide)
+           max_tokens (what the whole study may train; n_trials: null lets it decide).
+           Options go with the name: sampler: {name: sobol, tpe_after: 32} (Sobol points, then
+           Optuna's multivariate TPE after the first 32 fresh trials; experiments/target.yaml)
 
 Trials are ranked by study.metric (default final_val_loss) on one fixed validation set.
 
