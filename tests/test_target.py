@@ -40,6 +40,7 @@ def test_rungs_grow_by_the_reduction_factor_up_to_the_target(tmp_path) -> None:
     [
         ({"budget_tokens": 4096, "target_tokens": 2048}, WSD, r"study\.target_tokens \(2,048\) must be at least"),
         (TARGET_STUDY, {"schedule": "cosine"}, "needs optim.schedule: wsd"),
+        ({**TARGET_STUDY, "sampler": "sobol", "pruner": "hyperband"}, WSD, "would take the same point"),
     ],
 )
 def test_a_target_the_sweep_cannot_aim_at_is_one_line(tmp_path, study: dict, optim: dict, message: str) -> None:

@@ -64,10 +64,11 @@ def study_section(study: Any, counts_lines: list[str]) -> Section:
     """The question the study asks: space, budget, metric, data."""
     facts = StudyRecord.of(study)
     s = facts.settings
+    budget = budget_words(StudySettings.stored({"name": study.study_name, **s}))
     text = [
         f"Minimise `{s.get('metric', 'best_val_loss')}` (nats per token) over {s.get('n_trials', '?')} trials; "
         f"sampler `{s.get('sampler', '?')}`, pruner `{s.get('pruner', '?')}`, "
-        f"{budget_words(StudySettings.stored(s))}, {s.get('reports', '?')} reports to the "
+        f"{budget}, {s.get('reports', '?')} reports to the "
         "pruner.",
         *counts_lines,
     ]
@@ -397,20 +398,23 @@ def confirm_section(study: Any, folder: Path) -> Section | None:
     if conf is None:
         return None
     ranked = conf.ranked()
+    unscored = [r for r in conf.results if r.runs and r not in ranked]  # every run of it failed
     params = list(dict.fromkeys(k for r in conf.results for k in r.candidate.params))
+
+    def row(rank: str, r: Any) -> list[Any]:
+        scored = r in ranked
+        return [
+            rank,
+            f"{r.candidate.number}" + (" (baseline)" if r.candidate.baseline else ""),
+            f"{r.interval().mean:.4f}" if scored else "-",
+            f"[{r.interval().low:.4f}, {r.interval().high:.4f}]" if scored else "-",
+            len(r.runs),
+            *(_short(r.candidate.params.get(p)) for p in params),
+        ]
+
     summary = Table(
         ["rank", "trial", "mean final_val_loss", "95% CI over seeds", "runs", *params],
-        [
-            [
-                rank,
-                f"{r.candidate.number}" + (" (baseline)" if r.candidate.baseline else ""),
-                f"{r.interval().mean:.4f}",
-                f"[{r.interval().low:.4f}, {r.interval().high:.4f}]",
-                len(r.runs),
-                *(_short(r.candidate.params.get(p)) for p in params),
-            ]
-            for rank, r in enumerate(ranked, 1)
-        ],
+        [*(row(str(i), r) for i, r in enumerate(ranked, 1)), *(row("-", r) for r in unscored)],
         "Each configuration re-trained with fresh seeds, best mean first (best.yaml is the first row):",
     )
     per_run = Table(

@@ -298,9 +298,11 @@ class SobolSampler(optuna.samplers.BaseSampler):
             tpe = None
             if self.tpe_after is not None and not _queued(trial) and _fresh_index(study, trial) >= self.tpe_after:
                 seed = random.Random(f"{self.seed}:{trial.number}").randrange(2**32)
-                tpe = optuna.samplers.TPESampler(
-                    seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=0
-                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group, constant_liar
+                    tpe = optuna.samplers.TPESampler(
+                        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=0
+                    )
             self._trial_tpe = (trial.number, tpe)
         return self._trial_tpe[1]
 
@@ -444,6 +446,11 @@ class StudySettings:
             return "study.n_trials: null needs study.max_tokens, the budget that decides how many trials run"
         if self.pruner == "halving" and not aims_beyond_budget(self):
             return "study.pruner=halving needs study.target_tokens above study.budget_tokens (its rungs)"
+        if self.sampler in ONE_SEQUENCE and self.pruner == "hyperband":
+            return (
+                f"study.sampler={self.sampler} numbers the study's trials, and pruner hyperband shows a sampler only "
+                "its bracket's: trials of two brackets would take the same point (use pruner halving)"
+            )
         return None
 
 
