@@ -90,8 +90,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _own_core()
     config.addinivalue_line("markers", "fault(name): a fault-injection test of the named fault class")
     config.addinivalue_line("markers", "slow: minutes long (the soak test); run with --slow")
+
+
+def _own_core() -> None:
+    """Under pytest-xdist, each test process keeps to one core of its own, and so do the processes it starts: a run
+    that sampled the machine as free would otherwise take both cores while the other test process trains too."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:
+        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
