@@ -30,6 +30,7 @@ from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import StudySettings, budget_words
 from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
 from picollm.sweeps.record import StudyRecord, TrialRecord
+from picollm.sweeps.report import short
 
 MIN_STEPS_FOR_NOISE = 8
 MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words
@@ -409,7 +410,7 @@ def confirm_section(study: Any, folder: Path) -> Section | None:
             f"{r.interval().mean:.4f}" if scored else "-",
             f"[{r.interval().low:.4f}, {r.interval().high:.4f}]" if scored else "-",
             len(r.runs),
-            *(_short(r.candidate.params.get(p)) for p in params),
+            *(short(r.candidate.params.get(p)) for p in params),
         ]
 
     summary = Table(
@@ -436,13 +437,6 @@ def confirm_section(study: Any, folder: Path) -> Section | None:
     if (folder / "confirm.png").is_file():
         section.figures.append(Figure(folder / "confirm.png", "Confirmation runs."))
     return section
-
-
-def _short(value: Any) -> str:
-    """A parameter as the trial lines show it: floats to 3 significant digits."""
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _fmt4(value: Any) -> str:

@@ -35,7 +35,7 @@ def _tail(t: Any) -> str:
 def trial_line(t: Any, best: float | None) -> str:
     """One line per finished trial: number, state, value (± stderr), params, every token it trained, and why when not
     final."""
-    params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+    params = " ".join(f"{k}={short(v)}" for k, v in t.params.items())
     best_text = f"best {best:.4f}" if best is not None else "best -"
     facts = TrialRecord.of(t)
     tokens = facts.spent_tokens if facts.spent_tokens is not None else facts.tokens
@@ -43,7 +43,10 @@ def trial_line(t: Any, best: float | None) -> str:
     return f"trial {t.number:3d} {t.state.name:8s} {_value_text(t):>8s} | {best_text} |{tokens_text} {params}{_tail(t)}"
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """A parameter as the trial lines show it: floats to 3 significant digits, a missing one as '-'."""
+    if value is None:
+        return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
@@ -138,7 +141,7 @@ def report_lines(study: Any) -> list[str]:
     metric = TrialRecord.of(best).metric or "value"
     baselines = [t for t in study.trials if TrialRecord.of(t).baseline]  # a retried baseline keeps the mark
     baseline = next((t for t in baselines if t.state == TrialState.COMPLETE), baselines[0] if baselines else None)
-    params = " ".join(f"{k}={_short(v)}" for k, v in best.params.items())
+    params = " ".join(f"{k}={short(v)}" for k, v in best.params.items())
     lines.append(f"best: trial {best.number} with {metric} {_value_text(best)} ({params})")
     plan = stored_plan(study)
     if plan is not None and len(plan.budgets) == 1 and plan.budgets[0]:
