@@ -70,13 +70,12 @@ class TrialRecord:
 
 
 FACTS = [f for f in dataclasses.fields(TrialRecord) if f.name != "number"]
-_NAMES = {f.name for f in FACTS}
 
 
-def _checked(facts: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(facts) - _NAMES
+def _checked(facts: dict[str, Any], known: list[dataclasses.Field[Any]] = FACTS, kind: str = "trial") -> dict[str, Any]:
+    unknown = set(facts) - {f.name for f in known}
     if unknown:
-        raise TypeError(f"not a trial fact: {', '.join(sorted(unknown))}")
+        raise TypeError(f"not a {kind} fact: {', '.join(sorted(unknown))}")
     return facts
 
 
@@ -149,10 +148,7 @@ STUDY_FACTS = [f for f in dataclasses.fields(StudyRecord) if f.name != "confirm_
 
 def record_study(study: Any, **facts: Any) -> None:
     """Write facts of a study (fields of :class:`StudyRecord`, confirmation runs apart)."""
-    unknown = set(facts) - {f.name for f in STUDY_FACTS}
-    if unknown:
-        raise TypeError(f"not a study fact: {', '.join(sorted(unknown))}")
-    for key, value in facts.items():
+    for key, value in _checked(facts, STUDY_FACTS, "study").items():
         study.set_user_attr(key, value)
 
 
