@@ -288,39 +288,40 @@ class SobolSampler(optuna.samplers.BaseSampler):
         self.space = {p.key: distribution(p) for p in space}
         self.seed = seed
         self.tpe_after = tpe_after
-        self._trial_tpe: tuple[int, Any] | None = None  # (trial number, its TPE sampler, None in the Sobol half)
+        self._trial: tuple[int, int | None, Any] | None = None  # a trial's number, fresh index and TPE sampler
 
-    def _tpe(self, study: Any, trial: Any) -> Any:
-        """The TPE sampler that proposes ``trial``, or None where a Sobol point does. Each trial gets one seeded by
-        the study's seed and its number: workers share the study's seed, and a shared random stream would let two
-        of them propose the same point from the same history."""
-        if self._trial_tpe is None or self._trial_tpe[0] != trial.number:
+    def _place(self, study: Any, trial: Any) -> tuple[int | None, Any]:
+        """``trial``'s index among fresh trials (None: queued) and the TPE sampler that proposes it (None: a Sobol
+        point does), worked out once per trial. Each TPE is seeded by the study's seed and the trial's number: workers
+        share the study's seed, and a shared random stream would let two of them propose the same point from the same
+        history."""
+        if self._trial is None or self._trial[0] != trial.number:
+            index = None if _queued(trial) else _fresh_index(study, trial)
             tpe = None
-            if self.tpe_after is not None and not _queued(trial) and _fresh_index(study, trial) >= self.tpe_after:
+            if index is not None and self.tpe_after is not None and index >= self.tpe_after:
                 seed = random.Random(f"{self.seed}:{trial.number}").randrange(2**32)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group, constant_liar
                     tpe = optuna.samplers.TPESampler(
                         seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=0
                     )
-            self._trial_tpe = (trial.number, tpe)
-        return self._trial_tpe[1]
+            self._trial = (trial.number, index, tpe)
+        return self._trial[1], self._trial[2]
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
-        tpe = self._tpe(study, trial)
+        _, tpe = self._place(study, trial)
         if tpe is not None:
             return tpe.infer_relative_search_space(study, trial)
         return dict(self.space)
 
     def sample_relative(self, study: Any, trial: Any, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        if not search_space or _queued(trial):
+        index, tpe = self._place(study, trial)
+        if not search_space or index is None:
             return {}  # a queued configuration: its parameters are fixed, and it takes no point
-        tpe = self._tpe(study, trial)
         if tpe is not None:
             return tpe.sample_relative(study, trial, search_space)
         from scipy.stats import qmc
 
-        index = _fresh_index(study, trial)
         engine = qmc.Sobol(len(search_space), scramble=True, seed=self.seed)
         if index:
             engine.fast_forward(index)
@@ -332,7 +333,7 @@ class SobolSampler(optuna.samplers.BaseSampler):
     def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: BaseDistribution) -> Any:
         """A key outside the space given: TPE's own draw in the model-based half, else a uniform draw fixed by the
         seed, the trial number and the key."""
-        tpe = self._tpe(study, trial)
+        _, tpe = self._place(study, trial)
         if tpe is not None:
             return tpe.sample_independent(study, trial, param_name, param_distribution)
         return from_unit(param_distribution, random.Random(f"{self.seed}:{trial.number}:{param_name}").random())
