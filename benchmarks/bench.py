@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(sweep_table(results))
     elif args.layouts:
         from benchmarks.main_job import bench_layouts, layouts_table
-        from picollm.sweeps.layout import available_cores
+        from picollm.threads import available_cores
 
         results = bench_layouts(args.config, args.overrides, args.runs, available_cores())
         print(layouts_table(results))

@@ -5,7 +5,7 @@
   start to its exit; then every trial's ``time_breakdown`` (see :mod:`picollm.timing`) summed over the study
   and the share of trial time spent in training steps and the evaluation the objective needs.
 * ``--layouts``: the same trial run as workers x threads layouts on this machine's cores (e.g. 1 x 2 and
-  2 x 1 on 2 cores), so the sweep's automatic choice (:func:`picollm.sweeps.layout.choose_layout`) is measured.
+  2 x 1 on 2 cores), so the sweep's automatic choice (:func:`picollm.threads.choose_layout`) is measured.
 * ``--processes``: whole trainer processes: the trainer's k-gram MLP against the naive course implementation,
   tokens per second of wall time from process start to exit.
 

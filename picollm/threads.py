@@ -1,9 +1,9 @@
-"""Torch threads for one run when ``train.threads`` is unset: the cores that are free, on a CPU.
+"""How runs use the cores: torch threads for one run when ``train.threads`` is unset, workers x threads for a sweep.
 
 A lone run on a quiet machine gains from every core (the k-gram MLP at block 128 with the GPT-2 head trained 816
 tokens/s on one thread, 1,508 on two), but where other processes already hold the cores a second thread mostly waits
 for them. So the run takes the cores that other running tasks leave free, at least one; a sweep's workers share
-the cores by their own rule (:mod:`picollm.sweeps.layout`). On CUDA the CPU only feeds the GPU, so torch keeps its
+the cores by their own rule (:func:`choose_layout`). On CUDA the CPU only feeds the GPU, so torch keeps its
 default. docs/performance.md has the measurements, quiet and loaded.
 """
 
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from picollm.config import Config
+
+MAX_AUTO_WORKERS = 8  # each sweep worker holds its own model, data and W&B service: memory, not cores, bounds this
 
 
 def available_cores() -> int:
@@ -77,3 +79,21 @@ def fit_threads(cfg: Config) -> Config:
         return cfg
     threads = lone_run_threads(cfg.train.device)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+
+
+def choose_layout(workers: int | None = None, cores: int | None = None, gpus: int | None = None) -> tuple[int, int]:
+    """A sweep's ``(workers, torch threads per worker)`` for ``cores`` CPU cores and ``gpus`` CUDA devices (default:
+    here). A small model's step is a few small ops at which every thread of a process meets, so on shared cores a
+    second thread mostly waits; independent trials in separate processes never do. So CPU sweeps get one
+    single-threaded worker per core (up to ``MAX_AUTO_WORKERS``), CUDA sweeps one worker per GPU."""
+    cores = cores or available_cores()
+    gpus = cuda_devices() if gpus is None else gpus
+    if workers is None:
+        workers = gpus if gpus else min(cores, MAX_AUTO_WORKERS)
+    return workers, max(1, cores // workers)
+
+
+def cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -30,7 +30,6 @@ from picollm.models import build_model
 from picollm.sweeps.budget import plan_words
 from picollm.sweeps.experiment import Experiment, budget_words, trial_cap
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
-from picollm.sweeps.layout import choose_layout
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.study import (
@@ -48,6 +47,7 @@ from picollm.sweeps.study import (
     with_seed,
 )
 from picollm.sweeps.trial import AbortSweep, Objective
+from picollm.threads import choose_layout
 
 IDLE_FIRST_S, IDLE_MAX_S = 0.02, 2.0  # a worker with nothing to start polls the study at these intervals
 ShowTrial = Callable[[Any, Any], None]  # an Optuna callback showing a finished trial

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from picollm.sweeps.layout import MAX_AUTO_WORKERS, available_cores, choose_layout
+from picollm.threads import MAX_AUTO_WORKERS, available_cores, choose_layout
 
 
 @pytest.mark.parametrize(
