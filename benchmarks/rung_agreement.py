@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     exp = load_experiment(args.config, overrides)
     target = target_of(exp.study)
     rungs = [target // f for f in FACTORS]
-    seed = int(exp.base["train"]["seed"])
+    seed = exp.base.train.seed
     cache = Cache.open(args.out / f"dev-pool-{args.pool_seed}.json", pool_seed=args.pool_seed, rungs=rungs)
     pool = draw_pool(exp, args.pool_size, args.pool_seed)
     jobs = []
     for params in pool:
         if run_key(params, seed) not in cache.runs:
-            raw = run_config(
+            cfg = run_config(
                 exp.base,
                 params,
                 seed,
@@ -69,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                 job_type="reference",
                 name="rungs",
             )
-            raw["train"].update(threads=1, anneal_at=sorted(rungs))
-            raw["tracking"].update(wandb="disabled", save_weights=False)
-            jobs.append((run_key(params, seed), raw))
+            cfg = cfg.with_values(
+                {"train.threads": 1, "train.anneal_at": sorted(rungs), "tracking.wandb": "disabled"}
+                | {"tracking.save_weights": False}
+            )
+            jobs.append((run_key(params, seed), cfg))
     for i, (key, record) in enumerate(in_processes(_train_with_rungs, jobs, args.workers)):
         cache.runs[key] = record
         cache.save()
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train_with_rungs(job: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def _train_with_rungs(job: tuple[str, Any]) -> tuple[str, dict[str, Any]]:
     """One run, with its branched decays' losses read back from its summary."""
     import json
 

@@ -330,18 +330,18 @@ def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[st
     todo = []
     for value, params in top:
         if params_key(params) not in _read_json(path):
-            raw = run_config(
+            cfg = run_config(
                 exp.base,
                 params,
-                exp.base["train"]["seed"],
+                exp.base.train.seed,
                 budget_tokens=long_budget,
                 reports=args.reports,
                 group=exp.study.name,
                 job_type="horizon",
                 name=None,
             )
-            raw["train"]["threads"] = 1 if args.parallel > 1 else None
-            todo.append((raw, value, params))
+            cfg.train.threads = 1 if args.parallel > 1 else None
+            todo.append((cfg, value, params))
     for key, record in tqdm(
         in_processes(_long_run, todo, args.parallel),
         total=len(todo),
@@ -357,11 +357,11 @@ def horizon(args: argparse.Namespace, traces: list[Trace], out: Path) -> dict[st
     return {"budget": args.budget_tokens, "long_budget": long_budget, "rows": rows, "tau": tau, "p": p}
 
 
-def _long_run(item: tuple[dict[str, Any], float, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def _long_run(item: tuple[Any, float, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     from picollm.sweeps.confirm import params_key, train_record
 
-    raw, value, params = item
-    return params_key(params), {"params": params, "short": value, **train_record(raw, "horizon-")}
+    cfg, value, params = item
+    return params_key(params), {"params": params, "short": value, **train_record(cfg, "horizon-")}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -73,11 +73,11 @@ def draw_pool(exp: Any, n: int, seed: int) -> list[dict[str, Any]]:
     return list(pool.values())
 
 
-def _train(job: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def _train(job: tuple[str, Any]) -> tuple[str, dict[str, Any]]:
     from picollm.sweeps.confirm import train_record
 
-    key, raw = job
-    return key, train_record(raw, "bench-")
+    key, cfg = job
+    return key, train_record(cfg, "bench-")
 
 
 def run_key(params: dict[str, Any], seed: int) -> str:
@@ -99,7 +99,7 @@ def train_at_target(
         for seed in seeds:
             key = run_key(params, seed)
             if key not in cache.runs:
-                raw = run_config(
+                cfg = run_config(
                     exp.base,
                     params,
                     seed,
@@ -109,9 +109,9 @@ def train_at_target(
                     job_type="reference",
                     name=f"ref-s{seed}",
                 )
-                raw["train"]["threads"] = 1
-                raw["tracking"].update(wandb="disabled", save_weights=False)
-                jobs.append((key, raw))
+                cfg.train.threads = 1
+                cfg.tracking.wandb, cfg.tracking.save_weights = "disabled", False
+                jobs.append((key, cfg))
     for i, (key, record) in enumerate(in_processes(_train, jobs, workers)):
         cache.runs[key] = record
         cache.save()
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "tracking.wandb=disabled",
     ]
     exp = load_experiment(args.config, overrides)
-    seeds = seeds_for(exp.base, exp.confirm or ConfirmSettings())
+    seeds = seeds_for(exp.base.train.seed, exp.confirm or ConfirmSettings())
     target = target_of(exp.study)
     pools = {}
     for pool_seed in [] if args.only == "sweeps" else args.pool_seeds:

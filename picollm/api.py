@@ -187,7 +187,7 @@ class SweepResult:
         from picollm.sweeps.export import best_config  # optuna: import picollm stays light
 
         try:
-            return best_config(self.study)[0]
+            return best_config(self.study)[0].to_dict()
         except ValueError:
             return None
 

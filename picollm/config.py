@@ -102,6 +102,33 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def get(self, key: str) -> Any:
+        """The value at a dotted key (``optim.lr``); None for a key no section declares, as in a YAML file."""
+        section, _, name = key.partition(".")
+        block = getattr(self, section, None) if section in SECTIONS else None
+        return getattr(block, name, None) if block is not None and name in _hints(type(block)) else None
+
+    def with_values(self, values: typing.Mapping[str, Any]) -> Config:
+        """A new config with the dotted keys of ``values`` set, each changed section checked as if read from YAML
+        (a sweep trial's parameters, a launcher's device): the config stays typed instead of going through a dict."""
+        changed: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            section, _, name = key.partition(".")
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown section '{section}' (known: {', '.join(SECTIONS)})")
+            if not name or "." in name:
+                raise ConfigError(f"{key}: not a config key (a section, then one of its fields)")
+            changed.setdefault(section, {})[name] = value
+        blocks = {
+            name: from_block(SECTIONS[name], {**dataclasses.asdict(getattr(self, name)), **changed[name]}, name)
+            if name in changed
+            else copy.deepcopy(getattr(self, name))
+            for name in SECTIONS
+        }
+        cfg = Config(**blocks)
+        validate(cfg)
+        return cfg
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
@@ -157,7 +184,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    """A block's field types, resolved once: every sweep trial builds a config, and resolving was most of that."""
+    """A block's field types, resolved once per class: resolving them is most of reading a block."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -326,21 +353,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A copy of ``raw`` with the dotted ``key`` set to ``value`` as it is (no YAML round trip)."""
-    return set_dotted_all(raw, {key: value})
-
-
-def set_dotted_all(raw: dict[str, Any], values: typing.Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``raw`` with every dotted key of ``values`` set (one copy, however many keys)."""
     out = copy.deepcopy(raw)
-    for key, value in values.items():
-        path = key.split(".")
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{key}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+    *path, last = key.split(".")
+    node = out
+    for part in path:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is not a section")
+        node = child
+    node[last] = value
     return out
 
 

@@ -55,6 +55,23 @@ def test_a_sampler_of_another_name_replaces_the_base_s_with_its_options(tmp_path
     assert (same.pruner, same.pruner_options) == ("median", {"n_startup_trials": 3, "n_warmup_steps": 5})
 
 
+def test_with_values_gives_a_checked_copy_and_leaves_the_original() -> None:
+    base = load_config(None, ["data.synthetic=10", "data.tinystories=null"])
+    cfg = base.with_values({"optim.lr": "3e-4", "model.block_size": 8.0, "tracking.name": None})
+    assert (cfg.optim.lr, cfg.model.block_size, cfg.tracking.name) == (3e-4, 8, None)
+    assert (base.optim.lr, base.model.block_size) != (3e-4, 8)
+    cfg.train.seed = 7  # every section is the copy's own, changed or not
+    assert base.train.seed != 7 and cfg.get("train.seed") == 7 and cfg.get("train.nope") is None
+    for values, message in [
+        ({"optim.lr": -1.0}, "optim.lr"),
+        ({"optim.nope": 1}, "unknown key optim.nope"),
+        ({"modle.type": "lstm"}, "unknown section 'modle'"),
+        ({"train.anneal_at": [10]}, "train.anneal_at needs optim.schedule=wsd"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            base.with_values(values)
+
+
 def test_resolved_config_is_itself_a_valid_config(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "experiments" / "smoke.yaml", ["optim.lr=0.02"])
     save_config(cfg, tmp_path / "resolved.yaml")

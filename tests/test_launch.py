@@ -123,14 +123,14 @@ def test_each_task_trains_on_its_own_gpu_or_says_it_uses_the_cpu(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     specs = [job.worker_spec("postgresql://db/x", local_rank) for local_rank in (0, 1)]
-    assert [worker_device(s.rank, s.exp.base["train"]["device"]) for s in specs] == ["cuda:0", "cuda:1"]
+    assert [worker_device(s.rank, s.exp.base.train.device) for s in specs] == ["cuda:0", "cuda:1"]
     assert specs[0].exp.study.seed != exp.study.seed  # each task samples with its own seed
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     spec = job.worker_spec("postgresql://db/x", local_rank=1)
-    assert worker_device(spec.rank, spec.exp.base["train"]["device"]) == "cpu"
-    assert exp.base["train"]["device"] == "auto"  # the task's copy changed, not the experiment
+    assert worker_device(spec.rank, spec.exp.base.train.device) == "cpu"
+    assert exp.base.train.device == "auto"  # the task's copy changed, not the experiment
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["launcher: no CUDA device on this node, task 1 trains on the CPU"]
 

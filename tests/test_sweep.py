@@ -332,9 +332,9 @@ def test_an_explicit_empty_search_is_refused_not_inherited(tmp_path: Path, capsy
 def test_quoted_yes_and_no_stay_strings_in_a_trial() -> None:
     from picollm.sweeps.experiment import apply_params
 
-    base = load_config(None, ["data.tinystories=null", "data.synthetic=10"]).to_dict()
-    raw = apply_params(base, {"train.prompt": "no", "tracking.name": "null", "optim.lr": 1e-3})
-    assert (raw["train"]["prompt"], raw["tracking"]["name"], raw["optim"]["lr"]) == ("no", "null", 1e-3)
+    base = load_config(None, ["data.tinystories=null", "data.synthetic=10"])
+    cfg = apply_params(base, {"train.prompt": "no", "tracking.name": "null", "optim.lr": 1e-3})
+    assert (cfg.train.prompt, cfg.tracking.name, cfg.optim.lr) == ("no", "null", 1e-3)
 
 
 def _offline_machine(monkeypatch: pytest.MonkeyPatch) -> None:

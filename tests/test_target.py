@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from picollm.config import config_from_dict
 from picollm.errors import ConfigError
 from picollm.sweeps import load_experiment, open_study, report_lines, run_sweep
 from picollm.sweeps.experiment import apply_params, rungs
@@ -31,8 +30,7 @@ def test_rungs_grow_by_the_reduction_factor_up_to_the_target(tmp_path) -> None:
     exp = load_experiment(str(write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)), [])
     assert rungs(exp.study) == [1024, 3072]
     assert exp.study.pruner_options == {"min_resource": CHEAP, "reduction_factor": 3}
-    train = exp.base["train"]
-    assert (train["max_tokens"], train["anneal_at"]) == (TARGET, [1024, 3072])
+    assert (exp.base.train.max_tokens, exp.base.train.anneal_at) == (TARGET, [1024, 3072])
 
 
 @pytest.mark.parametrize(
@@ -70,10 +68,8 @@ def test_a_target_sweep_compares_annealed_models_at_equal_tokens(tmp_path) -> No
 
     # Each rung's value is the loss a WSD run of that budget ends with: check one trial's cheap rung directly.
     some = finished[1]
-    raw = apply_params(exp.base, some.params)
-    raw["train"].update(max_tokens=CHEAP, anneal_at=[], eval_every_tokens=CHEAP)
-    raw["tracking"]["out_dir"] = str(tmp_path / "check")
-    alone = train(config_from_dict(raw))
+    values = {"train.max_tokens": CHEAP, "train.anneal_at": [], "train.eval_every_tokens": CHEAP}
+    alone = train(apply_params(exp.base, {**some.params, **values, "tracking.out_dir": str(tmp_path / "check")}))
     assert alone["final_val_loss"] == some.intermediate_values[1024]
 
 

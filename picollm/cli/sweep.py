@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         result = run_study(exp, args.storage, workers=args.workers, timeout_s=args.timeout)
         print("\n".join([*result.report(), *result.notes]))
-        runs = exp.base["tracking"]["out_dir"]
+        runs = exp.base.tracking.out_dir
         print(f"results: {result.folder}/ (trials.csv, best.yaml, figures); run records in {runs}/")
         return EXIT_INTERRUPTED if result.interrupted else 0
     study = open_study(exp, args.storage, create=False)

@@ -125,19 +125,19 @@ def plan_of(exp: Any) -> TokenPlan:
     the confirmation it reserves tokens for."""
     s, base = exp.study, exp.base
     target = s.target_tokens or s.budget_tokens
-    rungs = tuple(base["train"].get("anneal_at") or ())
+    rungs = tuple(base.train.anneal_at)
     budgets = (*rungs, target) if rungs else (target or 0,)
-    blocks = [base["model"]["block_size"]]
+    blocks = [base.model.block_size]
     for p in exp.space:
         if p.key == "model.block_size":
             blocks += list(p.choices) if p.type == "categorical" else [int(p.high)]
-    step_tokens = int(base["train"]["batch_size"]) * max(blocks)
+    step_tokens = base.train.batch_size * max(blocks)
     reserve = 0
     if exp.confirm is not None:  # the leader and the baseline; close ones only where the budget has room left
         reserve = 2 * exp.confirm.seeds * ((exp.confirm.budget_tokens or target or 0) + step_tokens)
     return TokenPlan(
         budgets=budgets,
-        decay_fraction=float(base["optim"]["decay_fraction"]) if rungs else 0.0,
+        decay_fraction=base.optim.decay_fraction if rungs else 0.0,
         eta=int(s.pruner_options.get("reduction_factor", 3)),
         step_tokens=step_tokens,
         reserve=reserve,

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from picollm import data, trainer
-from picollm.config import config_from_dict
+from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.scoring import evaluate_run
 from picollm.sweeps.budget import spent_so_far, stored_plan
@@ -218,14 +218,14 @@ def run_key(params: dict[str, Any], seed: int, budget_tokens: int | None) -> str
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def seeds_for(base: dict[str, Any], s: ConfirmSettings) -> list[int]:
-    """Fresh seeds: never the study's own train.seed, so no confirmation run repeats a trial."""
-    first = s.first_seed if s.first_seed is not None else int(base["train"]["seed"]) + 1
+def seeds_for(study_seed: int, s: ConfirmSettings) -> list[int]:
+    """Fresh seeds: never the study's own ``train.seed``, so no confirmation run repeats a trial."""
+    first = s.first_seed if s.first_seed is not None else study_seed + 1
     return [first + i for i in range(s.seeds)]
 
 
 def run_config(
-    base: dict[str, Any],
+    base: Config,
     params: dict[str, Any],
     seed: int,
     *,
@@ -234,23 +234,27 @@ def run_config(
     group: str,
     job_type: str,
     name: str,
-) -> dict[str, Any]:
+) -> Config:
     """A study config with other values, seed and budget, ready for ``train()``."""
-    raw = apply_params(base, params)
-    raw["train"]["seed"] = seed
+    values: dict[str, Any] = {
+        **params,
+        "train.seed": seed,
+        "train.anneal_at": [],  # a trial's rungs: a confirmation is scored at its own end only
+        "tracking.group": group,
+        "tracking.job_type": job_type,
+        "tracking.name": name,
+    }
     if budget_tokens:
-        raw["train"]["max_tokens"] = budget_tokens
-        raw["train"]["eval_every_tokens"] = max(1, budget_tokens // max(1, reports))
-    raw["train"]["anneal_at"] = []  # a trial's rungs: a confirmation is scored at its own end only
-    if raw["data"].get("test_tokens"):
-        raw["tracking"]["save_weights"] = True  # the winner's and the baseline's runs are scored on the test set
-    raw["tracking"].update(group=group, job_type=job_type, name=name)
-    return config_from_dict(raw).to_dict()
+        values["train.max_tokens"] = budget_tokens
+        values["train.eval_every_tokens"] = max(1, budget_tokens // max(1, reports))
+    if base.data.test_tokens:
+        values["tracking.save_weights"] = True  # the winner's and the baseline's runs are scored on the test set
+    return apply_params(base, values)
 
 
-def train_record(raw: dict[str, Any], run_prefix: str) -> dict[str, Any]:
+def train_record(cfg: Config, run_prefix: str) -> dict[str, Any]:
     """Train one confirmation run (no pruning) and keep what the statistics and exports need."""
-    cfg, run_id = config_from_dict(raw), new_run_id(run_prefix)
+    run_id = new_run_id(run_prefix)
     try:
         summary = trainer.train(cfg, run_id=run_id)  # looked up here: tests patch it
     except PicoError:
@@ -301,7 +305,7 @@ def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = Non
     if shortlisted is None:
         shortlisted = stored_settings.get("shortlist", [])
     budget = confirm_budget(study, s)
-    seeds = seeds_for(base, s)
+    seeds = seeds_for(int(base["train"]["seed"]), s)
     stored = facts.confirm_runs
     results = []
     for cand in candidates(study, shortlisted):
@@ -427,12 +431,12 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
     from tqdm.auto import tqdm
 
     facts = StudyRecord.of(study)
-    base = facts.trained_base or _offline_resolved(facts.base)
+    base = config_from_dict(facts.trained_base) if facts.trained_base else _offline_resolved(facts.base)
     todo = [(r, seed) for seed in conf.seeds for r in results if seed not in r.runs]
     jobs = []
     for i, (result, seed) in enumerate(todo):
         name = f"{study.study_name}-confirm-t{result.candidate.number}-s{seed}"
-        raw = run_config(
+        cfg = run_config(
             base,
             result.candidate.params,
             seed,
@@ -442,8 +446,8 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
             job_type="confirm",
             name=name,
         )
-        raw["train"]["threads"] = raw["train"]["threads"] or threads
-        jobs.append((i, raw, f"{name}-"))
+        cfg.train.threads = cfg.train.threads or threads
+        jobs.append((i, cfg, f"{name}-"))
     quiet = not todo or not sys.stderr.isatty()
     with tqdm(total=len(todo), unit="run", desc=f"confirm {study.study_name}", disable=quiet) as bar:
         for i, record in in_processes(_confirm_run, jobs, parallel):
@@ -454,19 +458,19 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
             bar.update()
 
 
-def _confirm_run(job: tuple[int, dict[str, Any], str]) -> tuple[int, dict[str, Any]]:
+def _confirm_run(job: tuple[int, Config, str]) -> tuple[int, dict[str, Any]]:
     """One confirmation run in a worker process (on that worker's own GPU, with CUDA): its index and record."""
-    i, raw, prefix = job
-    raw["train"]["device"] = worker_device(pool_rank(), raw["train"]["device"])
-    return i, train_record(raw, prefix)
+    i, cfg, prefix = job
+    cfg.train.device = worker_device(pool_rank(), cfg.train.device)
+    return i, train_record(cfg, prefix)
 
 
-def _offline_resolved(base: dict[str, Any]) -> dict[str, Any]:
+def _offline_resolved(base: dict[str, Any]) -> Config:
     """A study made before the trained base was recorded: the data its trials used, probed again here."""
     cfg, note = data.apply_offline_fallback(config_from_dict(base))  # looked up here: tests patch it
     if note:
         print(note, file=sys.stderr, flush=True)
-    return cfg.to_dict()
+    return cfg
 
 
 def summary_lines(conf: Confirmation) -> list[str]:

@@ -32,14 +32,13 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from picollm.checks import at_least, one_of, problems
 from picollm.config import (
+    Config,
     apply_overrides,
     config_from_dict,
     from_block,
     load_raw,
     parse_override,
     read_yaml,
-    set_dotted,
-    set_dotted_all,
     split_experiment,
 )
 from picollm.errors import ConfigError
@@ -102,15 +101,6 @@ class Param:
         return out
 
 
-def _lookup(raw: Mapping[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _number(spec: Mapping[str, Any], name: str, key: str) -> float:
     value = spec.get(name)
     if isinstance(value, str):
@@ -159,7 +149,7 @@ def _parse_param(key: str, spec: Any) -> Param:
     return Param(key, kind, low=low, high=high, log=log, step=step, when=when)
 
 
-def parse_space(search: Any, base: Mapping[str, Any]) -> list[Param]:
+def parse_space(search: Any, base: Config) -> list[Param]:
     """Parse and check a ``search:`` block against the resolved trainer config it will modify."""
     if not isinstance(search, Mapping) or not search:
         raise ConfigError("search: expected a non-empty mapping of config keys to distributions")
@@ -167,7 +157,7 @@ def parse_space(search: Any, base: Mapping[str, Any]) -> list[Param]:
     known: set[str] = set()
     for param in params:
         for cond in param.when:
-            if cond not in known and _lookup(base, cond) is None:
+            if cond not in known and base.get(cond) is None:
                 raise ConfigError(f"search.{param.key}: 'when' refers to unknown key {cond}")
         for value in _edge_values(param):
             _check_value(base, param.key, value)
@@ -182,10 +172,10 @@ def _edge_values(param: Param) -> tuple[Any, ...]:
     return cast(param.low), cast(param.high)
 
 
-def _check_value(base: Mapping[str, Any], key: str, value: Any) -> None:
+def _check_value(base: Config, key: str, value: Any) -> None:
     """The trainer must accept every value the space can produce (checked at the range edges)."""
     try:
-        config_from_dict(set_dotted(dict(base), key, value))
+        base.with_values({key: value})
     except ConfigError as exc:
         hint = ""
         if value is None or isinstance(value, bool):  # YAML reads yes/no/on/off/true/false/null unquoted
@@ -193,12 +183,12 @@ def _check_value(base: Mapping[str, Any], key: str, value: Any) -> None:
         raise ConfigError(f"search.{key}: value {value!r} is refused by the trainer ({exc}){hint}") from None
 
 
-def sample(trial: Any, space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
+def sample(trial: Any, space: list[Param], base: Config) -> dict[str, Any]:
     """The trial's values for the active parameters, by dotted key."""
     values: dict[str, Any] = {}
 
     def current(key: str) -> Any:
-        return values[key] if key in values else _lookup(base, key)
+        return values[key] if key in values else base.get(key)
 
     for param in space:
         if param.active({key: current(key) for key in param.when}):
@@ -206,13 +196,13 @@ def sample(trial: Any, space: list[Param], base: Mapping[str, Any]) -> dict[str,
     return values
 
 
-def apply_params(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    return set_dotted_all(dict(base), values)
+def apply_params(base: Config, values: Mapping[str, Any]) -> Config:
+    return base.with_values(values)
 
 
-def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, Any]:
+def baseline_params(space: list[Param], base: Config) -> dict[str, Any]:
     """The base config's values for the searched keys (trial 0, the baseline); each must lie inside its distribution."""
-    values = {param.key: _lookup(base, param.key) for param in space if param.active(base_view(base, param))}
+    values = {param.key: base.get(param.key) for param in space if param.active(base_view(base, param))}
     for param in space:
         if param.key in values and not param.contains(values[param.key]):
             raise ConfigError(
@@ -222,8 +212,8 @@ def baseline_params(space: list[Param], base: Mapping[str, Any]) -> dict[str, An
     return values
 
 
-def base_view(base: Mapping[str, Any], param: Param) -> dict[str, Any]:
-    return {key: _lookup(base, key) for key in param.when}
+def base_view(base: Config, param: Param) -> dict[str, Any]:
+    return {key: base.get(key) for key in param.when}
 
 
 def _grid(space: list[Param]) -> dict[str, list[Any]]:
@@ -556,7 +546,7 @@ def check_confirm(s: ConfirmSettings) -> None:
 class Experiment:
     """Everything a worker needs; plain data, so it pickles into worker processes."""
 
-    base: dict[str, Any]  # the resolved trainer config every trial starts from
+    base: Config  # the resolved trainer config every trial starts from
     search: dict[str, Any]  # the raw search block (parsed in each process)
     study: StudySettings
     source: str = ""
@@ -574,7 +564,7 @@ class Experiment:
         return {key: value for key, value in self.__dict__.items() if key != "space"}
 
 
-def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
+def trial_base(trainer: dict[str, Any], s: StudySettings) -> Config:
     """The sweep's own settings on top of the trainer config.
 
     - the token budget, so block sizes compete at equal tokens; with ``target_tokens`` above it, a WSD run to the
@@ -607,7 +597,7 @@ def trial_base(trainer: dict[str, Any], s: StudySettings) -> dict[str, Any]:
     train["progress"] = False
     tracking = raw.setdefault("tracking", {})
     tracking.update(group=s.name, job_type="trial")
-    return config_from_dict(raw).to_dict()
+    return config_from_dict(raw)
 
 
 def override_search(search: dict[str, Any], item: str) -> dict[str, Any]:

@@ -10,9 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from picollm.config import config_from_dict
+from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_text
 from picollm.sweeps.confirm import (
@@ -130,22 +128,26 @@ def best_trial(study: Any) -> Any:
     return min(complete, key=lambda t: (t.value, t.number))
 
 
-def best_config(study: Any) -> tuple[dict[str, Any], Any]:
+def best_config(study: Any) -> tuple[Config, Any]:
     """The best trial's complete trainer config, set up to run on its own (not as a trial)."""
     best = best_trial(study)
     return standalone_config(study, best.params), best
 
 
-def standalone_config(study: Any, params: dict[str, Any], budget_tokens: int | None = None) -> dict[str, Any]:
+def standalone_config(study: Any, params: dict[str, Any], budget_tokens: int | None = None) -> Config:
     """The complete trainer config of ``params`` as the trials ran it (or at ``budget_tokens``), to run on its own."""
-    raw = apply_params(trained_base(study), params)
-    raw["tracking"].update(group=None, job_type="train", name=None)
-    raw["train"]["progress"] = True
-    raw["train"]["anneal_at"] = []  # the sweep's rungs: a run of its own needs none
+    values: dict[str, Any] = {
+        **params,
+        "tracking.group": None,
+        "tracking.job_type": "train",
+        "tracking.name": None,
+        "train.progress": True,
+        "train.anneal_at": [],  # the sweep's rungs: a run of its own needs none
+    }
     if budget_tokens:
-        raw["train"]["max_tokens"] = budget_tokens
-        raw["train"]["eval_every_tokens"] = budget_tokens
-    return config_from_dict(raw).to_dict()
+        values["train.max_tokens"] = budget_tokens
+        values["train.eval_every_tokens"] = budget_tokens
+    return apply_params(config_from_dict(trained_base(study)), values)
 
 
 def recorded_confirmation(study: Any) -> Confirmation | None:
@@ -171,7 +173,7 @@ def best_yaml(study: Any, conf: Confirmation | None = None) -> str:
             f"# Best trial of study '{study.study_name}': trial {best.number}, value {best.value:.6f}, trained at "
             f"{_budget_and_schedule(cfg)}\n{run_it}\n"
         )
-        return header + yaml.safe_dump(cfg, sort_keys=False)
+        return header + cfg.to_yaml()
     winner = conf.ranked()[0]
     cfg = standalone_config(study, winner.candidate.params, conf.budget_tokens)
     evidence = "\n".join(f"#   {line.strip()}" for line in summary_lines(conf))
@@ -181,14 +183,14 @@ def best_yaml(study: Any, conf: Confirmation | None = None) -> str:
         f"# (best mean final_val_loss over fresh seeds, not the single luckiest trial):\n{evidence}\n"
         f"{run_it}  (train.seed is the study's own; train.max_tokens is the confirmed budget)\n"
     )
-    return header + yaml.safe_dump(cfg, sort_keys=False)
+    return header + cfg.to_yaml()
 
 
-def _budget_and_schedule(cfg: dict[str, Any]) -> str:
+def _budget_and_schedule(cfg: Config) -> str:
     """'600,000 tokens with schedule wsd (decay_fraction 0.2, linear)': what best.yaml trains, said in its header."""
-    optim, tokens = cfg["optim"], cfg["train"]["max_tokens"]
-    schedule = optim["schedule"] + (
-        f" (decay_fraction {optim['decay_fraction']}, {optim['decay_shape']})" if optim["schedule"] == "wsd" else ""
+    optim, tokens = cfg.optim, cfg.train.max_tokens
+    schedule = optim.schedule + (
+        f" (decay_fraction {optim.decay_fraction}, {optim.decay_shape})" if optim.schedule == "wsd" else ""
     )
     budget = f"{tokens:,} tokens" if tokens else "the base config's epochs"
     return f"{budget} with schedule {schedule}"

@@ -136,7 +136,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         """This task's worker: its own sampler seed and its local rank, which picks ``cuda:<rank>``."""
         exp = with_seed(self.exp, f"{socket.gethostname()}:{os.getpid()}")  # a requeued job draws anew
         if no_gpu_here(local_rank, self.gpus_per_node):
-            exp = replace(exp, base={**exp.base, "train": {**exp.base["train"], "device": "cpu"}})
+            exp = replace(exp, base=exp.base.with_values({"train.device": "cpu"}))
         return WorkerSpec(exp, storage, self.timeout_s, self.threads, rank=local_rank)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -38,7 +38,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from picollm.config import TrackingConfig, config_from_dict
+from picollm.config import TrackingConfig
 from picollm.data import cache_key
 from picollm.errors import PicoError, StorageError, mask_url
 from picollm.sweeps.budget import TokenPlan, plan_of
@@ -298,7 +298,7 @@ def _harmless(key: str) -> bool:
 
 def fingerprint(exp: Experiment) -> dict[str, Any]:
     """The fingerprint of ``exp`` (after the offline fallback was resolved, so the data is what will run)."""
-    cfg = config_from_dict(exp.base)
+    cfg = exp.base
     searched = {p.key for p in exp.space}
     s = exp.study
     out: dict[str, Any] = {
@@ -311,7 +311,7 @@ def fingerprint(exp: Experiment) -> dict[str, Any]:
     }
     if s.target_tokens:  # only where set: a study without one keeps the fingerprint it was made with
         out["objective.target_tokens"] = s.target_tokens
-    for key, value in _flatten(exp.base).items():
+    for key, value in _flatten(exp.base.to_dict()).items():
         if key not in searched and not _harmless(key):
             out[f"config.{key}"] = value
     return out
@@ -715,7 +715,7 @@ def _check_space(stored: Any, exp: Experiment, storage_url: str) -> None:
 def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str, record: bool = True) -> None:
     stored = StudyRecord.of(study).space or None
     if stored is None and record:
-        record_study(study, space=_described(exp), base=exp.base, settings=asdict(exp.study))
+        record_study(study, space=_described(exp), base=exp.base.to_dict(), settings=asdict(exp.study))
     _check_space(stored, exp, storage_url)
     check_fingerprint(study, exp, storage_url)
     if record:  # the budget may grow between sweeps of one study, as n_trials may
@@ -730,7 +730,7 @@ def trained_base(study: Any) -> dict[str, Any]:
 def record_trained_base(study: Any, exp: Experiment) -> None:
     """Once per study (the fingerprint makes every later worker's data the same): what the trials really use."""
     if StudyRecord.of(study).trained_base is None:
-        record_study(study, trained_base=exp.base)
+        record_study(study, trained_base=exp.base.to_dict())
 
 
 def enqueue_baseline(study: Any, exp: Experiment) -> None:

@@ -21,7 +21,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
 from picollm import checkpoint, trainer
-from picollm.config import Config, config_from_dict
+from picollm.config import Config
 from picollm.errors import PicoError, mask_url
 from picollm.sweeps.experiment import Experiment, apply_params, sample
 from picollm.sweeps.record import FAILED, FINAL, INTERRUPTED, PRUNED_AT, RUNNING, TrialRecord, record, worker_id, write
@@ -55,7 +55,7 @@ def worker_device(rank: int, configured: str) -> str:
 
 def trial_config(exp: Experiment, number: int, values: dict[str, Any], device: str, threads: int | None) -> Config:
     """The trainer config of trial ``number``: the base config, the trial's values, its name and device."""
-    cfg = config_from_dict(apply_params(exp.base, values))
+    cfg = apply_params(exp.base, values)
     cfg.tracking.name = f"{exp.study.name}-t{number}"
     cfg.train.device = device
     if threads and not cfg.train.threads:
@@ -156,7 +156,7 @@ class Objective:
         trial.study.started_here(trial)
         exp = self.exp
         values = sample(trial, exp.space, exp.base)
-        device = worker_device(self.rank, exp.base["train"]["device"])
+        device = worker_device(self.rank, exp.base.train.device)
         cfg = trial_config(exp, trial.number, values, device, self.threads)
         start = resumable(trial, cfg)  # a retried trial goes on from its predecessor's last checkpoint
         run_id = new_run_id(f"{exp.study.name}-t{trial.number}-")

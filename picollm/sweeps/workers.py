@@ -22,7 +22,6 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 import picollm.data
-from picollm.config import config_from_dict
 from picollm.data import load_token_data, window_starts
 from picollm.device import resolve_device
 from picollm.errors import ConfigError, DataError, PicoError, mask_url
@@ -180,11 +179,11 @@ class SweepOutcome:
 
 def resolve_offline(exp: Experiment) -> Experiment:
     """Probe the hub and tokenizer once for the whole sweep, not once per trial; say so when falling back."""
-    cfg, note = picollm.data.apply_offline_fallback(config_from_dict(exp.base))  # looked up here: tests patch it
+    cfg, note = picollm.data.apply_offline_fallback(exp.base)  # looked up here: tests patch it
     if note is None:
         return exp
     print(note, file=sys.stderr, flush=True)
-    return replace(exp, base=cfg.to_dict(), extra={**exp.extra, "offline_fallback": note})
+    return replace(exp, base=cfg, extra={**exp.extra, "offline_fallback": note})
 
 
 def _writable(folder: Path, key: str) -> None:
@@ -207,7 +206,7 @@ def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
     """What every trial would hit, each a one-line :class:`PicoError`: device, data, one training window, folders."""
     import torch
 
-    cfg = config_from_dict(exp.base)
+    cfg = exp.base
     if devices_here:
         resolve_device(cfg.train.device)
     try:
