@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picollm.models import build_model
+from picollm.models import MODELS, build_model, context_size
+from picollm.models.config import ModelConfig
 from picollm.models.loss import linear_cross_entropy
 from picollm.sampling import Sampling, filter_logits, generate
 
@@ -31,6 +32,14 @@ def test_chunked_loss_and_gradients_match_cross_entropy(bias: bool, chunk_rows: 
     assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
     for a, b in zip(mine, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_context_size_from_the_config_is_the_built_model_s(model_type: str, k: int) -> None:
+    cfg = ModelConfig(**{**SMALL, "type": model_type, "k": k})
+    assert context_size(cfg) == build_model(cfg, 50).context_size
+    assert context_size(cfg) == (k - 1 if model_type == "kgram" else None)
 
 
 def test_chunked_loss_with_tied_weights_matches() -> None:

@@ -15,11 +15,16 @@ from picollm.models.config import ModelConfig
 
 
 class KGramMLP(nn.Module):
+    @staticmethod
+    def context_of(cfg: ModelConfig) -> int:
+        """Tokens before the current one that a prediction uses."""
+        return cfg.k - 1
+
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.block_size = cfg.block_size
-        self.context_size = cfg.k - 1  # tokens before the current one that a prediction uses
+        self.context_size = self.context_of(cfg)
         self.pad_id = vocab_size  # one extra embedding row for "before the start"
         self.embed = nn.Embedding(vocab_size + 1, cfg.embed_size)
         layers: list[nn.Module] = []

@@ -9,6 +9,7 @@ as ``interrupted``; resuming runs them again.
 from __future__ import annotations
 
 import math
+import multiprocessing.connection
 import os
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import picollm.data
 from picollm.data import load_token_data, window_starts
 from picollm.device import resolve_device
 from picollm.errors import ConfigError, DataError, PicoError, mask_url
-from picollm.models import build_model
+from picollm.models import context_size
 from picollm.sweeps.budget import plan_words
 from picollm.sweeps.experiment import Experiment, budget_words, trial_cap
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
@@ -158,8 +159,8 @@ def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> N
         with interrupts_held():  # every worker started is known, so stopped (a start waits for the forkserver)
             for proc in procs:
                 proc.start()
-        while any(proc.is_alive() for proc in procs):
-            time.sleep(1.0)
+        while alive := [proc.sentinel for proc in procs if proc.is_alive()]:
+            multiprocessing.connection.wait(alive, timeout=1.0)  # a second's progress, or a worker's end at once
             progress.poll(study)
     except KeyboardInterrupt:
         stop_workers(procs)
@@ -204,8 +205,6 @@ def _data_error(exc: OSError) -> DataError:
 
 def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
     """What every trial would hit, each a one-line :class:`PicoError`: device, data, one training window, folders."""
-    import torch
-
     cfg = exp.base
     if devices_here:
         resolve_device(cfg.train.device)
@@ -213,9 +212,7 @@ def check_trainable(exp: Experiment, devices_here: bool = True) -> None:
         data = load_token_data(cfg.data)
     except OSError as exc:  # an input file or cache folder that cannot be read or written
         raise _data_error(exc) from None
-    with torch.device("meta"):  # the model's shape only: no memory, no time
-        context = build_model(cfg.model, data.vocab_size).context_size or 0
-    window_starts(data, cfg.model.block_size, context)
+    window_starts(data, cfg.model.block_size, context_size(cfg.model) or 0)
     _writable(Path(exp.study.out_dir) / exp.study.name, "study.out_dir")
     _writable(Path(cfg.tracking.out_dir), "tracking.out_dir")
 
