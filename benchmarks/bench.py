@@ -120,12 +120,13 @@ def bench_training(
     repeats: int,
     vocab: int = VOCAB,
     compile_model: bool = False,
+    warmup: int = 2,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model({**settings, "block_size": block}, vocab).to(device)
     step_model = torch.compile(model) if compile_model else model
     reset_peak_memory(device)
-    seconds = timed(train_step_fn(step_model, batch, block, vocab, device), device, warmup=2, repeats=repeats)
+    seconds = timed(train_step_fn(step_model, batch, block, vocab, device), device, warmup=warmup, repeats=repeats)
     return {
         "tokens_per_s": batch * block / seconds,
         "step_s": seconds,
@@ -169,9 +170,9 @@ def bench_naive_kgram(repeats: int) -> dict[str, Any]:
     return {"tokens_per_s": x.numel() / seconds}
 
 
-def bench_matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+def bench_matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
     """FLOP/s of a large square matmul, best of several: the practical peak of this device and dtype."""
-    n = 8192 if device.type == "cuda" else 3072
+    n = n or (8192 if device.type == "cuda" else 3072)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = min(timed(lambda: a @ b, device, warmup=1 if i else 2, repeats=1) for i in range(5))
@@ -291,9 +292,13 @@ def bench_startup(tmp: Path, repeats: int) -> dict[str, Any]:
         "tracking.wandb=offline",
         "tracking.save_weights=false",
     ]
+    from picollm.config import load_config
+    from picollm.data import load_token_data
+
+    load_token_data(load_config(None, overrides).data, progress=False)  # the cache the runs find warm
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     fresh, later = [], []
-    for i in range(repeats + 1):  # the first run builds the cache
+    for _ in range(repeats):
         start = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-c", STARTUP_PROBE, *overrides],
@@ -308,7 +313,7 @@ def bench_startup(tmp: Path, repeats: int) -> dict[str, Any]:
             if line.startswith("FIRST_STEP"):
                 seen.append((time.perf_counter() - start, float(line.split()[1])))
         proc.wait()
-        if i and len(seen) == 2:
+        if len(seen) == 2:
             fresh.append(seen[0][0])
             later.append(seen[1][1])
     return {
@@ -318,7 +323,7 @@ def bench_startup(tmp: Path, repeats: int) -> dict[str, Any]:
 
 
 def run_benchmarks(device: torch.device, quick: bool) -> dict[str, Any]:
-    repeats = 2 if quick else 7
+    repeats, warmup = (2, 1) if quick else (7, 2)
     batch, block = REFERENCE["batch"], REFERENCE["block"]
     results: dict[str, Any] = {
         "device": str(device),
@@ -331,14 +336,14 @@ def run_benchmarks(device: torch.device, quick: bool) -> dict[str, Any]:
         "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    peak = bench_matmul_peak(device, dtype)
+    peak = bench_matmul_peak(device, dtype, n=2048 if quick and device.type == "cpu" else None)
     results["matmul_peak_flops"] = peak
-    training = {name: bench_training(s, device, batch, block, repeats) for name, s in MODELS.items()}
+    training = {name: bench_training(s, device, batch, block, repeats, warmup=warmup) for name, s in MODELS.items()}
     if not quick:
         training["transformer_larger"] = bench_training(LARGER, device, batch, block, repeats)
     compact_vocab = 6000  # about the ids the TinyStories sample uses
     training["transformer_compact_vocab"] = bench_training(
-        MODELS["transformer"], device, batch, block, repeats, compact_vocab
+        MODELS["transformer"], device, batch, block, repeats, compact_vocab, warmup=warmup
     )
     results["training"] = training
     tr = training["transformer"]
@@ -432,7 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller corpora, shorter generations (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repeats and warm-ups, a smaller matmul and corpora, shorter generations (CI)",
+    )
     parser.add_argument("--sweep", action="store_true", help="time the main job (quick.yaml) end to end instead")
     parser.add_argument("--layouts", action="store_true", help="time workers x threads layouts on this machine")
     parser.add_argument("--runs", type=int, default=4, help="--layouts: trials per layout (default 4)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing.pool
 import os
 import subprocess
 import sys
@@ -48,6 +49,14 @@ def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | N
 
 
 SWEEP = str(ROOT / "sweep.py")
+
+
+def processes_at_once(n: int) -> multiprocessing.pool.Pool:
+    """``n`` processes forked together from the sweep's own forkserver, as sweep workers are: the forkserver imports
+    torch and optuna once, so they start within moments of each other instead of one import apart."""
+    from picollm.sweeps.processes import worker_context
+
+    return worker_context().Pool(n)
 
 
 def sweep_cli(

@@ -16,6 +16,7 @@ from optuna.storages import RDBStorage
 from picollm.errors import StorageError
 from picollm.sweeps.study import claim_lock, open_storage
 from tests.conftest import postgres_url
+from tests.sweeps import processes_at_once
 
 KINDS = ["sqlite", "journal", "postgresql"]
 
@@ -56,11 +57,8 @@ def test_a_new_database_is_opened_under_the_schema_lock(monkeypatch: pytest.Monk
 def test_six_processes_opening_a_new_database_together_all_succeed(tmp_path: Path) -> None:
     """Optuna creates its tables on first use; without the schema lock, openers racing on a new SQLite file collide
     on alembic_version."""
-    import multiprocessing
-
     url = f"sqlite:///{tmp_path}/fresh.db"
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(6) as pool:
+    with processes_at_once(6) as pool:
         names = pool.starmap(_create_one, [(url, i) for i in range(6)])
     assert sorted(optuna.get_all_study_names(url)) == sorted(names)
 

@@ -23,7 +23,7 @@ from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.report import report_lines
 from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refuse_mix
 from tests.conftest import ROOT, SAMPLE, needs_sample
-from tests.sweeps import SWEEP, write_experiment
+from tests.sweeps import SWEEP, processes_at_once, write_experiment
 
 
 def sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -307,10 +307,8 @@ def _prepare(args: tuple[str, str]) -> int:
 def test_workers_starting_together_requeue_each_stopped_trial_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import multiprocessing
-
     path, storage = _stopped_study(tmp_path, monkeypatch)
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    with processes_at_once(4) as pool:
         assert pool.map(_prepare, [(str(path), storage)] * 4) == [0] * 4
     study = open_study(load_experiment(str(path), []), storage, create=False)
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]

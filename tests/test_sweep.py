@@ -19,7 +19,7 @@ from picollm.sweeps.export import export_study
 from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
 from tests.conftest import postgres_url
-from tests.sweeps import sweep_cli, write_experiment
+from tests.sweeps import processes_at_once, sweep_cli, write_experiment
 
 
 def states(study: optuna.Study) -> dict[str, int]:
@@ -72,11 +72,9 @@ def _prepare_in_process(args: tuple[str, str, str]) -> int:
 
 @pytest.mark.parametrize("storage_kind", ["sqlite", "postgresql"])
 def test_machines_starting_together_record_one_question_and_one_baseline(tmp_path: Path, storage_kind: str) -> None:
-    import multiprocessing
-
     storage = f"sqlite:///{tmp_path}/s.db" if storage_kind == "sqlite" else postgres_url()
     name, path = f"p{uuid.uuid4().hex[:8]}", str(write_experiment(tmp_path))
-    with multiprocessing.get_context("spawn").Pool(6) as pool:
+    with processes_at_once(6) as pool:
         assert pool.map(_prepare_in_process, [(path, storage, name)] * 6) == [0] * 6
     study = open_study(load_experiment(path, [], study_name=name), storage, create=False)
     assert [t.state for t in study.trials] == [TrialState.WAITING]  # the baseline, enqueued once
