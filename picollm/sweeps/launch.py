@@ -32,7 +32,6 @@ from picollm.sweeps.study import finished, open_study, with_seed
 from picollm.sweeps.workers import WorkerSpec, prepare, run_worker
 
 STORAGE_ENV = "PICOLLM_STORAGE"
-POLL_S = 2.0
 # Storages a job array cannot share, and why: launch says so in one line and names the fix.
 UNSHARED_STORAGES = {
     "sqlite": "an SQLite file is not for several machines (its locks do not hold over NFS)",
@@ -166,6 +165,7 @@ class Executor:
     alive: Callable[[list[Any]], bool]
     watch: str  # command templates over {ids} (job ids) and {array} (the array's id)
     stop: str
+    poll_s: float = 2.0  # between looks at the jobs and the study: squeue is a query to the cluster
 
 
 def _slurm_alive(jobs: list[Any]) -> bool:
@@ -177,7 +177,9 @@ def _slurm_alive(jobs: list[Any]) -> bool:
 
 EXECUTORS: dict[str, Executor] = {
     "slurm": Executor(_slurm_alive, "squeue -j {array}", "scancel {array}"),
-    "local": Executor(lambda jobs: not all(job.done() for job in jobs), "ps -o pid,etime,args -p {ids}", "kill {ids}"),
+    "local": Executor(
+        lambda jobs: not all(job.done() for job in jobs), "ps -o pid,etime,args -p {ids}", "kill {ids}", poll_s=0.5
+    ),
 }
 
 
@@ -255,11 +257,11 @@ def describe(jobs: list[Any], settings: LauncherSettings, exp: Experiment, comma
 
 def wait(jobs: list[Any], settings: LauncherSettings, study: Any) -> None:
     """One bar over the study's finished trials (or its token budget) until every job has left the queue."""
-    alive = EXECUTORS[settings.name].alive
+    launcher = EXECUTORS[settings.name]
     progress = Progress(study)
     try:
-        while alive(jobs):
-            time.sleep(POLL_S)
+        while launcher.alive(jobs):
+            time.sleep(launcher.poll_s)
             progress.poll(study)
         progress.poll(study)
     finally:
@@ -298,11 +300,12 @@ def confirm_stage(exp: Experiment, settings: LauncherSettings) -> list[str]:
     executor = make_executor(settings, jobs_folder(exp) / "confirm", f"{exp.study.name}-confirm", 1)
     executor.update_parameters(tasks_per_node=1)  # one process trains the runs; it shares its cores or GPUs out
     job = executor.submit(ConfirmJob(exp))
-    stop = EXECUTORS[settings.name].stop.format(ids=job.job_id, array=str(job.job_id).split("_")[0])
+    launcher = EXECUTORS[settings.name]
+    stop = launcher.stop.format(ids=job.job_id, array=str(job.job_id).split("_")[0])
     print(f"confirmation: job {job.job_id} re-trains the top configurations (log: {job.paths.stderr})", flush=True)
     try:
-        while EXECUTORS[settings.name].alive([job]):
-            time.sleep(POLL_S)
+        while launcher.alive([job]):
+            time.sleep(launcher.poll_s)
     except KeyboardInterrupt:
         print(f"stopped waiting; the confirmation job goes on (stop: {stop})", file=sys.stderr)
         raise
