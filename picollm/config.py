@@ -371,10 +371,23 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dic
     for item in overrides:
         path, value = parse_override(item)
         try:
-            out = set_dotted(out, ".".join(path), value)
+            out = set_dotted(_renaming(out, path, value), ".".join(path), value)
         except ConfigError as exc:
             raise ConfigError(f"--set {item}: {str(exc).split(': ', 1)[1]}") from None
     return copy.deepcopy(out) if out is raw else out
+
+
+def _renaming(raw: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """``--set study.sampler.name=random`` drops the old sampler's options with its name, as a file's block of another
+    name does (:func:`deep_merge`): ``n_startup_trials`` means nothing to a random sampler."""
+    if len(path) < 2 or path[-1] != "name" or path[-2] not in NAMED_WITH_OPTIONS:
+        return raw
+    parent: Any = raw
+    for part in path[:-2]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    block = parent.get(path[-2]) if isinstance(parent, dict) else None
+    same = isinstance(block, dict) and block.get("name") == value
+    return raw if block is None or same else set_dotted(raw, ".".join(path[:-1]), {})
 
 
 def split_experiment(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

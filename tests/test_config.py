@@ -53,6 +53,13 @@ def test_a_sampler_of_another_name_replaces_the_base_s_with_its_options(tmp_path
     other, same = (load_experiment(str(tmp_path / f"{n}.yaml"), []).study for n in ("other", "same"))
     assert (other.sampler, other.sampler_options) == ("sobol", {"tpe_after": 8})
     assert (same.pruner, same.pruner_options) == ("median", {"n_startup_trials": 3, "n_warmup_steps": 5})
+    # --set study.sampler.name=... follows the same rule: a new name starts with no options, the same name keeps them
+    renamed = load_experiment(str(tmp_path / "base.yaml"), ["study.sampler.name=random"]).study
+    kept = load_experiment(
+        str(tmp_path / "base.yaml"), ["study.sampler.name=tpe", "study.sampler.multivariate=true"]
+    ).study
+    assert (renamed.sampler, renamed.sampler_options) == ("random", {})
+    assert (kept.sampler, kept.sampler_options) == ("tpe", {"n_startup_trials": 4, "multivariate": True})
 
 
 def test_with_values_gives_a_checked_copy_and_leaves_the_original() -> None:
