@@ -160,6 +160,15 @@ class JsonlSink:
         atomic_write_json(self.run_dir / "summary.json", summary)
 
 
+def recorded_wandb_run_id(run_dir: Path) -> str | None:
+    """The W&B run id as the run record has it (``summary.json``, where the tracker writes it last); ``train()``
+    returns the summary before W&B has closed."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("wandb_run_id")
+    except (OSError, ValueError):
+        return None
+
+
 def _count_lines(path: Path) -> int:
     try:
         with open(path, "rb") as file:

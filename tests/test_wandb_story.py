@@ -187,6 +187,10 @@ def test_the_study_summary_run_names_the_confirmed_winner_its_interval_and_the_v
     assert s["confirmed/test_loss"] == pytest.approx(sum(float(r["test_loss"]) for r in winner_runs) / 2)
     assert s["confirmed/val_loss"] == pytest.approx(float(winner["config_mean"]))
     assert s["confirmed/test_loss_stderr"] > 0 and "winner's curse" in s["verdict"]
+    # each confirmation run's W&B id, as its own run record says it
+    for r in rows:
+        recorded = json.loads((Path(r["run_dir"]) / "summary.json").read_text())["wandb_run_id"]
+        assert r["wandb_run_id"] and r["wandb_run_id"] == recorded
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "under-proc"])

@@ -7,7 +7,6 @@ its token count (so block sizes line up), on the same fixed set as the ranked va
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -27,7 +26,7 @@ from picollm.sweeps.experiment import Experiment, apply_params, sample
 from picollm.sweeps.record import FAILED, FINAL, INTERRUPTED, PRUNED_AT, RUNNING, TrialRecord, record, worker_id, write
 from picollm.sweeps.study import claim_lock, has_heartbeat
 from picollm.timing import Stopwatch, take_process_start
-from picollm.tracking import new_run_id
+from picollm.tracking import new_run_id, recorded_wandb_run_id
 from picollm.trainer import Start, StopRun
 
 
@@ -91,14 +90,6 @@ def _release_gpu_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _wandb_run_id(run_dir: Path) -> str | None:
-    """The W&B run id as the run record has it (``summary.json``), where the tracker writes it last."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("wandb_run_id")
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass
@@ -197,7 +188,7 @@ class Objective:
             "decay_tokens": int(summary.get("anneal_tokens") or 0)
             - (0 if start is None else start.state["anneal_tokens"]),
             "status": summary.get("status"),
-            "wandb_run_id": _wandb_run_id(run_dir),
+            "wandb_run_id": recorded_wandb_run_id(run_dir),
         }
         return self.value(trial, summary, outcome)
 
