@@ -69,11 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 job_type="reference",
                 name="rungs",
             )
-            cfg = cfg.with_values(
-                {"train.threads": 1, "train.anneal_at": sorted(rungs), "tracking.wandb": "disabled"}
-                | {"tracking.save_weights": False}
-            )
-            jobs.append((run_key(params, seed), cfg))
+            quiet = {"train.threads": 1, "tracking.wandb": "disabled", "tracking.save_weights": False}
+            jobs.append((run_key(params, seed), cfg.with_values({**quiet, "train.anneal_at": sorted(rungs)})))
     for i, (key, record) in enumerate(in_processes(_train_with_rungs, jobs, args.workers)):
         cache.runs[key] = record
         cache.save()

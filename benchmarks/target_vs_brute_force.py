@@ -109,9 +109,8 @@ def train_at_target(
                     job_type="reference",
                     name=f"ref-s{seed}",
                 )
-                cfg.train.threads = 1
-                cfg.tracking.wandb, cfg.tracking.save_weights = "disabled", False
-                jobs.append((key, cfg))
+                quiet = {"train.threads": 1, "tracking.wandb": "disabled", "tracking.save_weights": False}
+                jobs.append((key, cfg.with_values(quiet)))
     for i, (key, record) in enumerate(in_processes(_train, jobs, workers)):
         cache.runs[key] = record
         cache.save()

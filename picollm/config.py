@@ -385,9 +385,11 @@ def _renaming(raw: dict[str, Any], path: list[str], value: Any) -> dict[str, Any
     parent: Any = raw
     for part in path[:-2]:
         parent = parent.get(part) if isinstance(parent, dict) else None
-    block = parent.get(path[-2]) if isinstance(parent, dict) else None
+    if not isinstance(parent, dict) or path[-2] not in parent:
+        return raw
+    block = parent[path[-2]]  # a mapping, a bare name or null
     same = isinstance(block, dict) and block.get("name") == value
-    return raw if block is None or same else set_dotted(raw, ".".join(path[:-1]), {})
+    return raw if same else set_dotted(raw, ".".join(path[:-1]), {})
 
 
 def split_experiment(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

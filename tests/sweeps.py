@@ -54,9 +54,9 @@ SWEEP = str(ROOT / "sweep.py")
 def processes_at_once(n: int) -> multiprocessing.pool.Pool:
     """``n`` processes forked together from the sweep's own forkserver, as sweep workers are: the forkserver imports
     torch and optuna once, so they start within moments of each other instead of one import apart."""
-    from picollm.sweeps.processes import worker_context
+    from picollm.sweeps.processes import adopt, worker_context
 
-    return worker_context().Pool(n)
+    return worker_context().Pool(n, initializer=adopt, initargs=(dict(os.environ),))
 
 
 def sweep_cli(

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picollm.config import Config, config_from_dict, load_config, parse_override, save_config
+from picollm.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
 from picollm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,9 @@ def test_a_sampler_of_another_name_replaces_the_base_s_with_its_options(tmp_path
         str(tmp_path / "base.yaml"), ["study.sampler.name=tpe", "study.sampler.multivariate=true"]
     ).study
     assert (renamed.sampler, renamed.sampler_options) == ("random", {})
+    for block in ("tpe", None):  # a bare name or null: the new name makes the block
+        raw = apply_overrides({"study": {"sampler": block}}, ["study.sampler.name=random"])
+        assert raw == {"study": {"sampler": {"name": "random"}}}
     assert (kept.sampler, kept.sampler_options) == ("tpe", {"n_startup_trials": 4, "multivariate": True})
 
 

@@ -2,7 +2,8 @@
 
 Every model maps ids (B, T) to hidden states (B, T, D) and owns a separate ``head``, so the loss can fuse head and
 cross-entropy (:mod:`.loss`); it takes an optional generation ``cache`` and says its ``context_size`` (``k - 1`` for the
-k-gram, None for the whole window). A model's module (and torch) is imported only when it is built.
+k-gram, None for the whole window), also from its config alone (``context_of``). A model's module (and torch) is
+imported only when it is built.
 """
 
 from __future__ import annotations

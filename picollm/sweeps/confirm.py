@@ -248,7 +248,7 @@ def run_config(
     if budget_tokens:
         values["train.max_tokens"] = budget_tokens
         values["train.eval_every_tokens"] = max(1, budget_tokens // max(1, reports))
-    if base.data.test_tokens:
+    if params.get("data.test_tokens", base.data.test_tokens):
         values["tracking.save_weights"] = True  # the winner's and the baseline's runs are scored on the test set
     return apply_params(base, values)
 
