@@ -43,6 +43,7 @@ def test_quick_benchmark_reports_consistent_figures(tmp_path: Path) -> None:
     compact = train["transformer_compact_vocab"]["tokens_per_s"] / tr["tokens_per_s"]
     assert r["compact_vocab_speedup"] == pytest.approx(compact)
     g = r["generation"]
+    assert g["new_tokens"] == 64 and f"generation, 64 new tokens: {g['with_cache_tokens_per_s']:,.0f}" in stdout
     assert g["kv_cache_speedup"] == pytest.approx(g["with_cache_tokens_per_s"] / g["without_cache_tokens_per_s"])
     assert r["cache"]["generated_tokens"] >= 2_000_000
     assert f"{r['kgram_vs_naive']:,.0f}x per token" in stdout and f"MFU {100 * r['transformer_mfu']:.1f}%" in stdout
