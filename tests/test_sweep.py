@@ -426,8 +426,12 @@ def test_best_yaml_names_the_data_the_trials_used_after_an_offline_fallback(
 
     monkeypatch.setattr(picollm.corpora, "hub_reachable", lambda *a, **k: False)
     data = {"tinystories": "roneneldan/TinyStories", "offline_fallback": True, "synthetic": 0, "max_stories": 40}
-    path = write_experiment(tmp_path, study={"n_trials": 2}, data=data)
+    path = write_experiment(tmp_path, study={"n_trials": 2}, data=data, confirm={"top": 1, "seeds": 2})
     run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    # every run record says it, the confirmation's too
+    metas = [json.loads(meta.read_text()) for meta in (tmp_path / "runs").glob("*/meta.json")]
+    assert sum("-confirm-" in m["run_id"] for m in metas) >= 2 and len(metas) > 2
+    assert all(m.get("offline_fallback", "").startswith("offline: cannot reach") for m in metas)
     best = yaml.safe_load((tmp_path / "studies" / "t" / "best.yaml").read_text())["data"]
     assert best["tinystories"] is None and best["builtin_stories"] == 40 and best["offline_fallback"] is False
     trial_record = yaml.safe_load(next((tmp_path / "runs").glob("*/config.yaml")).read_text())["data"]

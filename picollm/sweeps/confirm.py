@@ -253,11 +253,12 @@ def run_config(
     return apply_params(base, values)
 
 
-def train_record(cfg: Config, run_prefix: str) -> dict[str, Any]:
-    """Train one confirmation run (no pruning) and keep what the statistics and exports need."""
+def train_record(cfg: Config, run_prefix: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one confirmation run (no pruning) and keep what the statistics and exports need; ``extra`` goes into its
+    run record (the offline fallback's note)."""
     run_id = new_run_id(run_prefix)
     try:
-        summary = trainer.train(cfg, run_id=run_id)  # looked up here: tests patch it
+        summary = trainer.train(cfg, run_id=run_id, extra=extra)  # looked up here: tests patch it
     except PicoError:
         raise  # bad data or config: every run would fail the same way
     except Exception as exc:  # a diverging seed is a result (no loss), not a reason to stop confirming
@@ -434,7 +435,11 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
     from tqdm.auto import tqdm
 
     facts = StudyRecord.of(study)
-    base = config_from_dict(facts.trained_base) if facts.trained_base else _offline_resolved(facts.base)
+    if facts.trained_base:
+        base, note = config_from_dict(facts.trained_base), facts.offline_fallback
+    else:
+        base, note = _offline_resolved(facts.base)
+    extra = {"offline_fallback": note} if note else None  # in each run's meta.json and W&B config, as a trial's
     todo = [(r, seed) for seed in conf.seeds for r in results if seed not in r.runs]
     jobs = []
     for i, (result, seed) in enumerate(todo):
@@ -450,7 +455,7 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
             name=name,
         )
         cfg.train.threads = cfg.train.threads or threads
-        jobs.append((i, cfg, f"{name}-"))
+        jobs.append((i, cfg, f"{name}-", extra))
     quiet = not todo or not sys.stderr.isatty()
     with tqdm(total=len(todo), unit="run", desc=f"confirm {study.study_name}", disable=quiet) as bar:
         for i, record in in_processes(_confirm_run, jobs, parallel):
@@ -461,19 +466,19 @@ def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], 
             bar.update()
 
 
-def _confirm_run(job: tuple[int, Config, str]) -> tuple[int, dict[str, Any]]:
+def _confirm_run(job: tuple[int, Config, str, dict[str, Any] | None]) -> tuple[int, dict[str, Any]]:
     """One confirmation run in a worker process (on that worker's own GPU, with CUDA): its index and record."""
-    i, cfg, prefix = job
+    i, cfg, prefix, extra = job
     cfg.train.device = worker_device(pool_rank(), cfg.train.device)
-    return i, train_record(cfg, prefix)
+    return i, train_record(cfg, prefix, extra)
 
 
-def _offline_resolved(base: dict[str, Any]) -> Config:
+def _offline_resolved(base: dict[str, Any]) -> tuple[Config, str | None]:
     """A study made before the trained base was recorded: the data its trials used, probed again here."""
     cfg, note = data.apply_offline_fallback(config_from_dict(base))  # looked up here: tests patch it
     if note:
         print(note, file=sys.stderr, flush=True)
-    return cfg
+    return cfg, note
 
 
 def summary_lines(conf: Confirmation) -> list[str]:

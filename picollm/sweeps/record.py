@@ -118,6 +118,7 @@ class StudyRecord:
     settings: dict[str, Any] = field(default_factory=dict)  # the study: block
     fingerprint: dict[str, Any] | None = None  # what the study answers: one study, one question
     trained_base: dict[str, Any] | None = None  # the base config as the trials ran it (offline fallback resolved)
+    offline_fallback: str | None = None  # the fallback's note, when the trials ran on the built-in data
     token_plan: dict[str, Any] | None = None  # the token budget's plan of the sweep that ran last
     confirm_settings: dict[str, Any] | None = None  # the latest confirmation's settings and shortlist
     confirm_runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run key -> finished confirmation run

@@ -730,7 +730,7 @@ def trained_base(study: Any) -> dict[str, Any]:
 def record_trained_base(study: Any, exp: Experiment) -> None:
     """Once per study (the fingerprint makes every later worker's data the same): what the trials really use."""
     if StudyRecord.of(study).trained_base is None:
-        record_study(study, trained_base=exp.base.to_dict())
+        record_study(study, trained_base=exp.base.to_dict(), offline_fallback=exp.extra.get("offline_fallback"))
 
 
 def enqueue_baseline(study: Any, exp: Experiment) -> None:
