@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import inspect
 import math
 import random
 import warnings
@@ -342,6 +343,10 @@ def _queued(trial: Any) -> bool:
 
 
 def make_sampler(name: str, space: list[Param], seed: int, options: dict[str, Any]) -> Any:
+    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    classes |= {"grid": optuna.samplers.GridSampler, "cmaes": optuna.samplers.CmaEsSampler}
+    classes |= {"qmc": optuna.samplers.QMCSampler, "sobol": SobolSampler}
+    _refuse_unknown_options("sampler", name, options, classes.get(name), set_here=("seed", "search_space", "space"))
     samplers: dict[str, Callable[[], Any]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **options),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed, **options),
@@ -360,6 +365,11 @@ def make_pruner(name: str, options: dict[str, Any]) -> Any:
         min_delta = opts.pop("min_delta", 0.0)
         return optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(**opts), patience=patience, min_delta=min_delta)
 
+    classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
+    classes |= {"successive_halving": optuna.pruners.SuccessiveHalvingPruner, "halving": HalvingPruner}
+    classes |= {"patient": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner}
+    patient_own = ("patience", "min_delta") if name == "patient" else ()
+    _refuse_unknown_options("pruner", name, options, classes.get(name), also=patient_own)
     pruners: dict[str, Callable[[], Any]] = {
         "median": lambda: optuna.pruners.MedianPruner(**options),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(**options),
@@ -369,6 +379,27 @@ def make_pruner(name: str, options: dict[str, Any]) -> Any:
         "none": lambda: optuna.pruners.NopPruner(**options),
     }
     return _construct("pruner", name, pruners, options)
+
+
+def _refuse_unknown_options(
+    kind: str,
+    name: str,
+    options: dict[str, Any],
+    cls: type | None,
+    set_here: tuple[str, ...] = (),
+    also: tuple[str, ...] = (),
+) -> None:
+    """An option the class does not take is one line that lists the ones it does (``set_here``: picollm passes them)."""
+    if cls is None:  # an unknown name: _construct lists the names
+        return
+    params = inspect.signature(cls).parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes = sorted({p.name for p in params if p.kind in named and p.name not in set_here} | set(also))
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        raise ConfigError(
+            f"study.{kind}: {name} takes no option {unknown[0]!r} (its options: {', '.join(takes) or 'none'})"
+        )
 
 
 def _construct(kind: str, name: str, table: dict[str, Callable[[], Any]], options: dict[str, Any]) -> Any:
