@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -49,6 +50,11 @@ def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | N
 
 
 SWEEP = str(ROOT / "sweep.py")
+
+
+def retry_origin(trial: Any) -> int | None:
+    """The trial this one re-runs, whichever path re-queued it (heartbeat or dead local worker)."""
+    return trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
 
 
 def processes_at_once(n: int) -> multiprocessing.pool.Pool:

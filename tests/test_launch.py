@@ -28,7 +28,7 @@ from picollm.sweeps.export import recorded_confirmation
 from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher
 from picollm.sweeps.trial import worker_device
 from tests.conftest import ROOT
-from tests.sweeps import SWEEP, sweep_cli, write_experiment
+from tests.sweeps import SWEEP, retry_origin, sweep_cli, write_experiment
 
 LOCAL = ["--set", "launcher.name=local"]
 
@@ -69,11 +69,6 @@ def load(storage: str, name: str) -> optuna.Study:
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-
-
-def retry_origin(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The trial this one re-runs, whichever path re-queued it (heartbeat or dead local worker)."""
-    return trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
 
 
 # ------------------------------------------------------------------------------------------------

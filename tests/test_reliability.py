@@ -35,7 +35,7 @@ from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.experiment import parse_space
 from picollm.sweeps.study import counts
 from tests.conftest import ROOT, postgres_url
-from tests.sweeps import SWEEP, sweep_cli, write_experiment
+from tests.sweeps import SWEEP, retry_origin, sweep_cli, write_experiment
 
 
 def storage_url(kind: str, tmp_path: Path) -> str:
@@ -507,6 +507,40 @@ def test_retries_of_a_dead_workers_trial_stop_at_the_cap(tmp_path: Path, history
     assert fail_dead_local_trials(study, max_retry=2) == [trial.number]
     assert study.trials[trial.number].state == TrialState.FAIL
     assert counts(study)["WAITING"] == (1 if retried else 0)
+
+
+@pytest.mark.fault("worker killed (SIGKILL)")
+def test_a_worker_counting_while_a_dead_trial_is_healed_takes_its_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead trial is failed, then its retry queued: a peer that counted in between started one trial too many (a
+    launcher test finished 4 of 3). Healing holds the claim lock, so the peer waits and takes the retry."""
+    import threading
+
+    import picollm.sweeps.study as study_mod
+    from picollm.sweeps.study import fail_stale, host
+
+    path, url = write_experiment(tmp_path, study={"n_trials": 1, "max_retry": 2}), storage_url("sqlite", tmp_path)
+    exp = load_experiment(str(path), [])
+    study = open_study(exp, url, create=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask()  # the baseline, whose worker is gone
+    trial.set_user_attr("worker", f"{host()}:{int(dead.stdout)}")
+    real_retry = study_mod.retry
+
+    def slow_retry(*args: object) -> bool:
+        time.sleep(1.0)  # failed, not yet re-queued: the window a counting peer saw
+        return real_retry(*args)
+
+    monkeypatch.setattr(study_mod, "retry", slow_retry)
+    healer = threading.Thread(target=fail_stale, args=(study, 3.0, 2))
+    healer.start()
+    time.sleep(0.3)
+    peer = open_study(exp, url, create=False).ask()
+    healer.join()
+    trials = open_study(exp, url, create=False).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING]
+    assert peer.number == 1 and retry_origin(trials[1]) == 0 and trials[1].params == trials[0].params
 
 
 def test_each_worker_gets_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

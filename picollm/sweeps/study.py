@@ -534,13 +534,15 @@ def fail_expired_leases(study: Any, grace_period: float, max_retry: int) -> list
     return expired
 
 
-def fail_stale(study: Any, grace_period: float, max_retry: int) -> None:
-    """Run every detector that applies to this study's storage."""
-    fail_dead_local_trials(study, max_retry)
-    if has_heartbeat(study.storage):
-        optuna.storages.fail_stale_trials(study)
-    else:
-        fail_expired_leases(study, grace_period, max_retry)
+def fail_stale(study: CappedStudy, grace_period: float, max_retry: int) -> None:
+    """Run every detector that applies to this study's storage, under the claim lock: a dead trial is failed, then its
+    retry queued, and a worker counting between the two would start a trial beyond the total."""
+    with study.claimed():
+        fail_dead_local_trials(study, max_retry)
+        if has_heartbeat(study.storage):
+            optuna.storages.fail_stale_trials(study)
+        else:
+            fail_expired_leases(study, grace_period, max_retry)
 
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -564,8 +566,12 @@ class CappedStudy(optuna.Study):
         self.study_id = storage.get_study_id_from_name(self.study_name)
         self.asked: set[int] = set()
 
+    def claimed(self) -> contextlib.AbstractContextManager[None]:
+        """The lock under which trials are counted, started and healed."""
+        return claim_lock(self.storage_url, f"claim-{self.study_name}")
+
     def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
-        with claim_lock(self.storage_url, f"claim-{self.study_name}"):
+        with self.claimed():
             trials = self.get_trials(deepcopy=False)
             queued = any(t.state == TrialState.WAITING for t in trials)  # already in the ledger: it runs next
             if not queued and not self.promote(trials):

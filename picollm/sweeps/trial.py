@@ -24,7 +24,7 @@ from picollm.config import Config
 from picollm.errors import PicoError, mask_url
 from picollm.sweeps.experiment import Experiment, apply_params, sample
 from picollm.sweeps.record import FAILED, FINAL, INTERRUPTED, PRUNED_AT, RUNNING, TrialRecord, record, worker_id, write
-from picollm.sweeps.study import claim_lock, has_heartbeat
+from picollm.sweeps.study import has_heartbeat
 from picollm.timing import Stopwatch, take_process_start
 from picollm.tracking import new_run_id, recorded_wandb_run_id
 from picollm.trainer import Start, StopRun
@@ -220,7 +220,7 @@ class Objective:
         study, plan = trial.study, trial.study.plan
         if plan.max_tokens is None or tokens not in plan.budgets:
             return True
-        with self.clock.phase("storage"), claim_lock(study.storage_url, f"claim-{study.study_name}"):
+        with self.clock.phase("storage"), study.claimed():
             trials = study.get_trials(deepcopy=False)
             me = next(t for t in trials if t.number == trial.number)
             return plan.room_to_go_on(trials, me, plan.budgets.index(tokens))
