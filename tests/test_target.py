@@ -192,6 +192,32 @@ def test_sobol_points_follow_the_trial_number_not_the_finishing_order(tmp_path) 
     assert len({json.dumps(p, sort_keys=True) for p in forward.values()}) == 16  # no point twice
 
 
+def test_a_retried_trial_takes_no_sobol_point(tmp_path) -> None:
+    """A dead trial's retry runs its parameters again: the next fresh trial takes the next point, none is skipped."""
+    import optuna
+
+    from picollm.sweeps.experiment import make_sampler, sample
+
+    exp = load_experiment(str(write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)), [])
+
+    def points(retry_after: int | None) -> list[dict]:
+        study = optuna.create_study(sampler=make_sampler("sobol", exp.space, 0, {}))
+        fresh = []
+        for i in range(4):
+            trial = study.ask()
+            params = sample(trial, exp.space, exp.base)
+            if optuna.storages.RetryFailedTrialCallback.retried_trial_number(study.trials[-1]) is None:
+                fresh.append(params)
+            if i == retry_after:  # failed, and re-queued as the heartbeat's callback re-queues a dead trial
+                study.tell(trial, state=TrialState.FAIL)
+                optuna.storages.RetryFailedTrialCallback(max_retry=2)(study, study.trials[-1])
+            else:
+                study.tell(trial, 1.0)
+        return fresh
+
+    assert points(retry_after=1) == points(retry_after=None)[:3]
+
+
 def test_sobol_then_tpe_looks_again_near_the_first_half_s_best(tmp_path) -> None:
     """``tpe_after``: the first trials are the Sobol sampler's very points; later ones crowd near the best of them,
     pruned (paused) trials ranked by the rung they reached, as halving leaves them."""

@@ -337,9 +337,10 @@ def _fresh_index(study: Any, trial: Any) -> int:
 
 
 def _queued(trial: Any) -> bool:
-    """The baseline or a continuation: queued with its parameters."""
+    """The baseline, a continuation or a dead trial's retry: queued with its parameters, so it takes no point."""
     facts = TrialRecord.of(trial)
-    return facts.baseline or facts.continues is not None
+    retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial) is not None
+    return facts.baseline or facts.continues is not None or retried
 
 
 def make_sampler(name: str, space: list[Param], seed: int, options: dict[str, Any]) -> Any:
