@@ -192,6 +192,7 @@ def test_sobol_points_follow_the_trial_number_not_the_finishing_order(tmp_path) 
     assert len({json.dumps(p, sort_keys=True) for p in forward.values()}) == 16  # no point twice
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the retry callback, as the study uses it
 def test_a_retried_trial_takes_no_sobol_point(tmp_path) -> None:
     """A dead trial's retry runs its parameters again: the next fresh trial takes the next point, none is skipped."""
     import optuna
@@ -206,11 +207,11 @@ def test_a_retried_trial_takes_no_sobol_point(tmp_path) -> None:
         for i in range(4):
             trial = study.ask()
             params = sample(trial, exp.space, exp.base)
-            if optuna.storages.RetryFailedTrialCallback.retried_trial_number(study.trials[-1]) is None:
+            if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[-1]) is None:
                 fresh.append(params)
             if i == retry_after:  # failed, and re-queued as the heartbeat's callback re-queues a dead trial
                 study.tell(trial, state=TrialState.FAIL)
-                optuna.storages.RetryFailedTrialCallback(max_retry=2)(study, study.trials[-1])
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study.trials[-1])
             else:
                 study.tell(trial, 1.0)
         return fresh

@@ -339,8 +339,13 @@ def _fresh_index(study: Any, trial: Any) -> int:
 def _queued(trial: Any) -> bool:
     """The baseline, a continuation or a dead trial's retry: queued with its parameters, so it takes no point."""
     facts = TrialRecord.of(trial)
-    retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial) is not None
-    return facts.baseline or facts.continues is not None or retried
+    return facts.baseline or facts.continues is not None or _retried(trial)
+
+
+def _retried(trial: Any) -> bool:
+    with warnings.catch_warnings():  # Optuna marks the lookup experimental, and would say so for every trial
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) is not None
 
 
 def make_sampler(name: str, space: list[Param], seed: int, options: dict[str, Any]) -> Any:
