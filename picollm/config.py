@@ -387,9 +387,8 @@ def _renaming(raw: dict[str, Any], path: list[str], value: Any) -> dict[str, Any
         parent = parent.get(part) if isinstance(parent, dict) else None
     if not isinstance(parent, dict) or path[-2] not in parent:
         return raw
-    block = parent[path[-2]]  # a mapping, a bare name or null
-    same = isinstance(block, dict) and block.get("name") == value
-    return raw if same else set_dotted(raw, ".".join(path[:-1]), {})
+    renamed = not _merges(path[-2], parent[path[-2]], {"name": value})  # the block: a mapping, a bare name or null
+    return set_dotted(raw, ".".join(path[:-1]), {}) if renamed else raw
 
 
 def split_experiment(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
