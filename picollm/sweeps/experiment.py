@@ -349,56 +349,45 @@ def _retried(trial: Any) -> bool:
 
 
 def make_sampler(name: str, space: list[Param], seed: int, options: dict[str, Any]) -> Any:
-    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    classes |= {"grid": optuna.samplers.GridSampler, "cmaes": optuna.samplers.CmaEsSampler}
-    classes |= {"qmc": optuna.samplers.QMCSampler, "sobol": SobolSampler}
-    _refuse_unknown_options("sampler", name, options, classes.get(name), set_here=("seed", "search_space", "space"))
-    samplers: dict[str, Callable[[], Any]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **options),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed, **options),
-        "grid": lambda: optuna.samplers.GridSampler(_grid(space), seed=seed, **options),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, **options),
-        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, **options),
-        "sobol": lambda: SobolSampler(space, seed, **options),
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    samplers |= {"grid": optuna.samplers.GridSampler, "cmaes": optuna.samplers.CmaEsSampler}
+    samplers |= {"qmc": optuna.samplers.QMCSampler, "sobol": SobolSampler}
+    given: dict[str, Callable[[], dict[str, Any]]] = {  # what picollm passes besides the seed
+        "grid": lambda: {"search_space": _grid(space)},
+        "sobol": lambda: {"space": space},
     }
-    return _construct("sampler", name, samplers, options)
+    cls = _named_class("sampler", name, samplers, options, set_here=("seed", "search_space", "space"))
+    return _construct("sampler", name, lambda: cls(seed=seed, **given.get(name, dict)(), **options))
 
 
 def make_pruner(name: str, options: dict[str, Any]) -> Any:
-    def patient() -> Any:
-        opts = dict(options)
-        patience = opts.pop("patience", 2)
-        min_delta = opts.pop("min_delta", 0.0)
-        return optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(**opts), patience=patience, min_delta=min_delta)
-
-    classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
-    classes |= {"successive_halving": optuna.pruners.SuccessiveHalvingPruner, "halving": HalvingPruner}
-    classes |= {"patient": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner}
-    patient_own = ("patience", "min_delta") if name == "patient" else ()
-    _refuse_unknown_options("pruner", name, options, classes.get(name), also=patient_own)
-    pruners: dict[str, Callable[[], Any]] = {
-        "median": lambda: optuna.pruners.MedianPruner(**options),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(**options),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**options),
-        "halving": lambda: HalvingPruner(**options),
-        "patient": patient,
-        "none": lambda: optuna.pruners.NopPruner(**options),
-    }
-    return _construct("pruner", name, pruners, options)
+    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
+    pruners |= {"successive_halving": optuna.pruners.SuccessiveHalvingPruner, "halving": HalvingPruner}
+    pruners |= {"patient": optuna.pruners.MedianPruner, "none": optuna.pruners.NopPruner}
+    own = ("patience", "min_delta") if name == "patient" else ()  # PatientPruner's, around a MedianPruner
+    cls = _named_class("pruner", name, pruners, options, also=own)
+    if name != "patient":
+        return _construct("pruner", name, lambda: cls(**options))
+    median = {k: v for k, v in options.items() if k not in own}
+    patience, min_delta = options.get("patience", 2), options.get("min_delta", 0.0)
+    return _construct(
+        "pruner", name, lambda: optuna.pruners.PatientPruner(cls(**median), patience=patience, min_delta=min_delta)
+    )
 
 
-def _refuse_unknown_options(
+def _named_class(
     kind: str,
     name: str,
+    table: dict[str, type],
     options: dict[str, Any],
-    cls: type | None,
     set_here: tuple[str, ...] = (),
     also: tuple[str, ...] = (),
-) -> None:
-    """An option the class does not take is one line that lists the ones it does (``set_here``: picollm passes them)."""
-    if cls is None:  # an unknown name: _construct lists the names
-        return
-    params = inspect.signature(cls).parameters.values()
+) -> type:
+    """The class ``name`` stands for; an unknown name, or an option the class does not take, is one line that lists
+    what there is (``set_here``: options picollm passes itself; ``also``: options taken besides the class's own)."""
+    if name not in table:
+        raise ConfigError(f"study.{kind}: unknown {kind} {name!r} (choose from {', '.join(table)})")
+    params = inspect.signature(table[name]).parameters.values()
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     takes = sorted({p.name for p in params if p.kind in named and p.name not in set_here} | set(also))
     unknown = sorted(set(options) - set(takes))
@@ -406,15 +395,14 @@ def _refuse_unknown_options(
         raise ConfigError(
             f"study.{kind}: {name} takes no option {unknown[0]!r} (its options: {', '.join(takes) or 'none'})"
         )
+    return table[name]
 
 
-def _construct(kind: str, name: str, table: dict[str, Callable[[], Any]], options: dict[str, Any]) -> Any:
-    if name not in table:
-        raise ConfigError(f"study.{kind}: unknown {kind} {name!r} (choose from {', '.join(table)})")
+def _construct(kind: str, name: str, build: Callable[[], Any]) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning for some options
-            return table[name]()
+            return build()
     except TypeError as exc:
         raise ConfigError(f"study.{kind}: bad option for {name}: {exc}") from None
     except ImportError as exc:
