@@ -160,15 +160,6 @@ class JsonlSink:
         atomic_write_json(self.run_dir / "summary.json", summary)
 
 
-def recorded_wandb_run_id(run_dir: Path) -> str | None:
-    """The W&B run id as the run record has it (``summary.json``, where the tracker writes it last); ``train()``
-    returns the summary before W&B has closed."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("wandb_run_id")
-    except (OSError, ValueError):
-        return None
-
-
 def _count_lines(path: Path) -> int:
     try:
         with open(path, "rb") as file:
@@ -459,13 +450,15 @@ class Tracker:
         for sink in self.sinks:
             sink.log_sample({"step": step, "prompt": prompt, "text": text})
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """W&B first, so the local summary says whether W&B holds the whole run, and if not, why."""
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """W&B first, so the local summary says whether W&B holds the whole run, and if not, why; returns that
+        summary, as ``summary.json`` holds it."""
         summary = {**summary, **trial_summary(self.extra, summary.get("status"))}
         if self.wandb is not None:
             self.wandb.finish(summary)
         summary = {**summary, "run_id": self.run_id, **self._wandb_outcome()}
         self.local.finish(summary)
+        return summary
 
     def _wandb_outcome(self) -> dict[str, Any]:
         if self.wandb is None:

@@ -580,7 +580,7 @@ def train(
     finally:
         summary = summarize(run, status, reason, baseline)
         with clock.phase("tracking_finish"):
-            tracker.finish(summary)
+            summary = tracker.finish(summary)  # as summary.json has it: the W&B outcome too
     return summary
 
 

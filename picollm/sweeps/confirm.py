@@ -13,7 +13,6 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from picollm import data, trainer
@@ -26,7 +25,7 @@ from picollm.sweeps.processes import in_processes, pool_rank
 from picollm.sweeps.record import StudyRecord, TrialRecord, record_confirm_run, record_study
 from picollm.sweeps.trial import worker_device
 from picollm.threads import choose_layout
-from picollm.tracking import new_run_id, recorded_wandb_run_id
+from picollm.tracking import new_run_id
 
 LEVEL = 0.95  # confidence level of every interval and the threshold (1 - LEVEL) of every test
 
@@ -263,10 +262,8 @@ def train_record(cfg: Config, run_prefix: str, extra: dict[str, Any] | None = No
         raise  # bad data or config: every run would fail the same way
     except Exception as exc:  # a diverging seed is a result (no loss), not a reason to stop confirming
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:300], "final_val_loss": None}
-    keys = ("final_val_loss", "final_val_loss_stderr", "tokens", "run_dir", "status")
-    run_dir = summary.get("run_dir")
-    wandb_run_id = recorded_wandb_run_id(Path(run_dir)) if run_dir else None
-    return {"run_id": run_id, **{key: summary.get(key) for key in keys}, "wandb_run_id": wandb_run_id}
+    keys = ("final_val_loss", "final_val_loss_stderr", "tokens", "run_dir", "wandb_run_id", "status")
+    return {"run_id": run_id, **{key: summary.get(key) for key in keys}}
 
 
 # -- Running a confirmation (resumable) and reading it back -----------------------------------

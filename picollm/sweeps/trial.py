@@ -26,7 +26,7 @@ from picollm.sweeps.experiment import Experiment, apply_params, sample
 from picollm.sweeps.record import FAILED, FINAL, INTERRUPTED, PRUNED_AT, RUNNING, TrialRecord, record, worker_id, write
 from picollm.sweeps.study import has_heartbeat
 from picollm.timing import Stopwatch, take_process_start
-from picollm.tracking import new_run_id, recorded_wandb_run_id
+from picollm.tracking import new_run_id
 from picollm.trainer import Start, StopRun
 
 
@@ -188,7 +188,7 @@ class Objective:
             "decay_tokens": int(summary.get("anneal_tokens") or 0)
             - (0 if start is None else start.state["anneal_tokens"]),
             "status": summary.get("status"),
-            "wandb_run_id": recorded_wandb_run_id(run_dir),
+            "wandb_run_id": summary.get("wandb_run_id"),
         }
         return self.value(trial, summary, outcome)
 
