@@ -36,10 +36,21 @@ def test_chunked_loss_and_gradients_match_cross_entropy(bias: bool, chunk_rows: 
 
 @pytest.mark.parametrize("model_type", sorted(MODELS))
 @pytest.mark.parametrize("k", [1, 4])
-def test_the_context_size_from_the_config_is_the_built_model_s(model_type: str, k: int) -> None:
+def test_the_context_size_from_the_config_is_what_the_model_reads(model_type: str, k: int) -> None:
     cfg = ModelConfig(**{**SMALL, "type": model_type, "k": k})
-    assert context_size(cfg) == build_model(cfg, 50).context_size
     assert context_size(cfg) == (k - 1 if model_type == "kgram" else None)
+    if context_size(cfg) is None:
+        return
+    torch.manual_seed(0)
+    model, last = build_model(cfg, 50).eval(), SMALL["block_size"] - 1
+    x = torch.randint(0, 50, (1, SMALL["block_size"]))
+
+    def changed(position: int) -> bool:  # does the last prediction move when one earlier token changes?
+        y = x.clone()
+        y[0, position] = (y[0, position] + 1) % 50
+        return not torch.allclose(model(x)[0, last], model(y)[0, last])
+
+    assert changed(last - context_size(cfg)) and not changed(last - context_size(cfg) - 1)
 
 
 def test_chunked_loss_with_tied_weights_matches() -> None:
