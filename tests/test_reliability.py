@@ -595,7 +595,7 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)
     trial = wait_for_running_trial(proc, path, storage, name, settle_s=0.0)
     pid = int(trial.user_attrs["worker"].rpartition(":")[2])
-    os.kill(pid, signal.SIGSTOP)
+    stop_outside_a_transaction(pid, storage)
     try:
         time.sleep(5)  # grace_period is 3 s in tests/sweeps.py
         optuna.storages.fail_stale_trials(optuna.load_study(study_name=name, storage=open_storage_for(storage)))
@@ -607,6 +607,27 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     c = counts(study)
     assert c["COMPLETE"] + c["PRUNED"] == 2 and c["RUNNING"] == 0
     assert study.trials[trial.number].state == TrialState.FAIL
+
+
+def stop_outside_a_transaction(pid: int, url: str, tries: int = 50) -> None:
+    """SIGSTOP a worker at a moment when no session holds a transaction open: stopped inside one (a report's insert),
+    its row locks would block the peer that fails its trial, and the test would wait on both for ever."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+    try:
+        for _ in range(tries):
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.1)
+            with engine.connect() as conn:
+                if not conn.exec_driver_sql(query).scalar():
+                    return
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    pytest.fail(f"worker {pid} was inside a transaction at each of {tries} stops")
 
 
 def open_storage_for(url: str) -> object:
