@@ -26,6 +26,7 @@ from picollm.sweeps.confirm import leader
 from picollm.sweeps.experiment import load_experiment
 from picollm.sweeps.export import recorded_confirmation
 from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, parse_launcher
+from picollm.sweeps.study import open_storage
 from picollm.sweeps.trial import worker_device
 from tests.conftest import ROOT
 from tests.sweeps import SWEEP, retry_origin, sweep_cli, write_experiment
@@ -64,7 +65,8 @@ def start_launch(path: Path, storage: str, *args: str) -> subprocess.Popen:
 
 
 def load(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage)
+    """Through the harness's opener: this process's one pool for the server, however often a test polls."""
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

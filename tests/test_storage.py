@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -88,50 +89,66 @@ def test_the_claim_lock_admits_one_holder_at_a_time(tmp_path: Path, kind: str) -
     assert len(overlaps) == 15 and max(overlaps) == 1
 
 
-def test_the_lock_works_in_a_process_forked_after_using_it() -> None:
-    """A forked child must not talk over its parent's pooled connection: both would corrupt it or hang."""
+def test_looking_at_a_server_study_again_and_again_holds_one_pool() -> None:
+    """A launcher, a test or a notebook polls a study: no look may leave a pool of its own, open until the garbage
+    collector breaks its cycles, on a server that admits about 100 clients."""
+    tag = f"picollm-poll-{uuid.uuid4().hex[:8]}"
+    url = f"{postgres_url()}?application_name={tag}"  # tags this test's connections on the server
+    optuna.create_study(study_name=tag, storage=open_storage(url, create=True))
+    admin = sqlalchemy.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    gc.disable()  # no collection during the looks: what they leave stays visible
+    try:
+        for _ in range(20):
+            assert optuna.load_study(study_name=tag, storage=open_storage(url)).trials == []
+        with admin.connect() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :tag"
+            held = conn.execute(sqlalchemy.text(query), {"tag": tag}).scalar_one()
+    finally:
+        gc.enable()
+        admin.dispose()
+    assert 1 <= held <= 3  # Optuna's pool and the schema lock's connection; 2 more per look without reuse
+
+
+def test_the_lock_and_the_storage_work_in_a_process_forked_after_using_them() -> None:
+    """A forked child must not talk over its parent's pooled connections: both would corrupt them or hang."""
     url, name = postgres_url(), f"f{uuid.uuid4().hex[:8]}"
-    with claim_lock(url, name):  # the parent's pool now holds an open server connection
-        pass
+    with claim_lock(url, name):  # the parent's pools now hold open server connections
+        open_storage(url).get_all_studies()
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: take the lock twice on its own connection, then report
+    if pid == 0:  # the child: take the lock twice and read the storage on its own connections, then report
         code = 1
         try:
             for _ in range(2):
                 with claim_lock(url, name):
-                    pass
+                    open_storage(url).get_all_studies()
             code = 0
         finally:
             os.write(write, bytes([code]))
             os._exit(code)
     os.close(write)
-    for _ in range(3):  # meanwhile the parent keeps using its own connection
+    for _ in range(3):  # meanwhile the parent keeps using its own connections
         with claim_lock(url, name):
+            open_storage(url).get_all_studies()
             time.sleep(0.01)
     _, status = os.waitpid(pid, 0)
     assert os.read(read, 1) == b"\x00" and os.waitstatus_to_exitcode(status) == 0
-    with claim_lock(url, name):  # and the parent's connection is still good afterwards
-        pass
+    with claim_lock(url, name):  # and the parent's connections are still good afterwards
+        open_storage(url).get_all_studies()
 
 
 def test_a_server_connection_dropped_while_idle_is_replaced_before_use() -> None:
-    url = postgres_url()
-    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        since = conn.execute(sqlalchemy.text("SELECT now()")).scalar_one()
-        storage = open_storage(url, create=True)
-        optuna.create_study(study_name=f"d{uuid.uuid4().hex[:8]}", storage=storage)
-        dropped = conn.execute(  # what a server restart or an idle timeout does to the storage's connections
-            sqlalchemy.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND backend_start >= :since AND application_name = ''"
-            ),
-            {"since": since},
-        ).scalar_one()
+    tag = f"picollm-drop-{uuid.uuid4().hex[:8]}"
+    url = f"{postgres_url()}?application_name={tag}"  # tags the storage's connections, and no one else's
+    storage = open_storage(url, create=True)
+    optuna.create_study(study_name=tag, storage=storage)
+    admin = sqlalchemy.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # what a server restart or an idle timeout does to the storage's connections
+        query = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :tag"
+        dropped = conn.execute(sqlalchemy.text(query), {"tag": tag}).scalar_one()
     admin.dispose()
     assert dropped >= 1
-    assert storage.get_all_studies()  # pinged, found gone, replaced: no error
+    assert tag in [s.study_name for s in storage.get_all_studies()]  # pinged, found gone, replaced: no error
 
 
 @pytest.mark.parametrize(

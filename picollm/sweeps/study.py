@@ -123,7 +123,23 @@ def _journal(url: str, create: bool, **_: Any) -> Any:
     return JournalStorage(JournalFileBackend(str(_local_file(path, "journal file", create))))
 
 
+# A database server admits few clients (PostgreSQL: 100 by default), and a pool's connections outlive the storage that
+# dropped it until the garbage collector breaks its cycles: a process polling a study would fill the server. So each
+# process opens one storage per server URL and heartbeat setting, and reuses it.
+_SERVER_STORAGES: dict[tuple[str, int, int, int], Any] = {}
+
+
 def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max_retry: int) -> Any:
+    key = (url, heartbeat_interval, grace_period, max_retry)
+    if key in _SERVER_STORAGES:
+        return _SERVER_STORAGES[key]
+    storage = _new_rdb(url, create, heartbeat_interval, grace_period, max_retry)
+    if scheme(url) in SERVERS:
+        _SERVER_STORAGES[key] = storage
+    return storage
+
+
+def _new_rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max_retry: int) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     path = sqlite_path(url)
@@ -218,9 +234,11 @@ def _lock_engine(url: str) -> Any:
 
 
 def _forget_inherited_engines() -> None:
-    """In a forked child: new lock pools, leaving the parent's connections alone (``dispose(close=False)``)."""
+    """In a forked child: new pools, leaving the parent's connections alone (``dispose(close=False)``)."""
     for engine in _LOCK_ENGINES.values():
         engine.dispose(close=False)
+    for storage in _SERVER_STORAGES.values():
+        storage.engine.dispose(close=False)
 
 
 os.register_at_fork(after_in_child=_forget_inherited_engines)
