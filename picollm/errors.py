@@ -52,7 +52,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
-    # The command's files and runs are closed by now. Without a last garbage collection over the million objects torch
-    # and optuna made, the interpreter ends 0.5-1.3 s sooner; the OS frees their memory anyway.
-    gc.freeze()
+    if argv is None:  # a console script, whose process ends here
+        # Its files and runs are closed by now. Without a last garbage collection over the million objects torch and
+        # optuna made, the interpreter ends 0.5-1.3 s sooner; the OS frees their memory anyway.
+        gc.freeze()
     sys.exit(code or 0)

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -107,6 +108,25 @@ def test_looking_at_a_server_study_again_and_again_holds_one_pool() -> None:
         gc.enable()
         admin.dispose()
     assert 1 <= held <= 3  # Optuna's pool and the schema lock's connection; 2 more per look without reuse
+
+
+def test_threads_opening_one_server_url_at_once_share_one_storage() -> None:
+    url = f"{postgres_url()}?application_name=picollm-threads-{uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(8) as pool:
+        opened = list(pool.map(lambda _: open_storage(url), range(8)))
+    assert all(storage is opened[0] for storage in opened)
+
+
+def test_a_server_gone_since_the_first_open_is_still_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"{postgres_url()}?application_name=picollm-gone-{uuid.uuid4().hex[:8]}"
+    engine = open_storage(url).engine
+
+    def refused() -> None:
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(engine, "connect", refused)
+    with pytest.raises(StorageError, match=r"cannot open storage .*connection refused"):
+        open_storage(url)
 
 
 def test_the_lock_and_the_storage_work_in_a_process_forked_after_using_them() -> None:

@@ -4,6 +4,7 @@ Ctrl-C to a two-worker sweep prints no traceback from any process."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import re
@@ -24,6 +25,14 @@ from picollm.sweeps.report import report_lines
 from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refuse_mix
 from tests.conftest import ROOT, SAMPLE, needs_sample
 from tests.sweeps import SWEEP, processes_at_once, write_experiment
+
+
+def test_a_command_run_in_this_process_leaves_its_garbage_collector_alone(tmp_path: Path) -> None:
+    """A console script skips the last collection as its process ends; a test or notebook calling it goes on."""
+    frozen = gc.get_freeze_count()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(sweep_module.main, ["delete", "--study-name", "none", "--storage", f"sqlite:///{tmp_path}/s.db"])
+    assert exit_info.value.code == 2 and gc.get_freeze_count() == frozen
 
 
 def sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

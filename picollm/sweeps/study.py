@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -127,15 +128,19 @@ def _journal(url: str, create: bool, **_: Any) -> Any:
 # dropped it until the garbage collector breaks its cycles: a process polling a study would fill the server. So each
 # process opens one storage per server URL and heartbeat setting, and reuses it.
 _SERVER_STORAGES: dict[tuple[str, int, int, int], Any] = {}
+_SERVER_STORAGES_LOCK = threading.Lock()  # threads opening one URL at once share one storage too
 
 
 def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max_retry: int) -> Any:
+    if scheme(url) not in SERVERS:
+        return _new_rdb(url, create, heartbeat_interval, grace_period, max_retry)
     key = (url, heartbeat_interval, grace_period, max_retry)
-    if key in _SERVER_STORAGES:
-        return _SERVER_STORAGES[key]
-    storage = _new_rdb(url, create, heartbeat_interval, grace_period, max_retry)
-    if scheme(url) in SERVERS:
-        _SERVER_STORAGES[key] = storage
+    with _SERVER_STORAGES_LOCK:
+        if key not in _SERVER_STORAGES:
+            _SERVER_STORAGES[key] = _new_rdb(url, create, heartbeat_interval, grace_period, max_retry)
+        storage = _SERVER_STORAGES[key]
+    with storage.engine.connect():  # a server gone since the first open: the same one-line error
+        pass
     return storage
 
 
@@ -235,6 +240,8 @@ def _lock_engine(url: str) -> Any:
 
 def _forget_inherited_engines() -> None:
     """In a forked child: new pools, leaving the parent's connections alone (``dispose(close=False)``)."""
+    global _SERVER_STORAGES_LOCK
+    _SERVER_STORAGES_LOCK = threading.Lock()  # another thread of the parent may have held it
     for engine in _LOCK_ENGINES.values():
         engine.dispose(close=False)
     for storage in _SERVER_STORAGES.values():
