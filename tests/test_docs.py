@@ -34,6 +34,7 @@ MODULES = {
     "benchmarks.workers_scale": "benchmarks.workers_scale",
     "benchmarks.target_vs_brute_force": "benchmarks.target_vs_brute_force",
     "benchmarks.threads": "benchmarks.threads",
+    "benchmarks.worker_memory": "benchmarks.worker_memory",
     "benchmarks.wsd_vs_cosine": "benchmarks.wsd_vs_cosine",
     "tests.soak": "tests.soak",
 }

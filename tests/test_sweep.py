@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 from pathlib import Path
@@ -60,6 +61,13 @@ def test_a_reader_never_writes_a_new_study_description(tmp_path: Path) -> None:
     optuna.create_study(study_name=exp.study.name, storage=storage)
     assert open_study(exp, storage, create=False).user_attrs == {}
     assert open_study(exp, storage, create=True).user_attrs["space"]
+
+
+def test_a_worker_keeps_what_it_inherited_on_the_forkservers_pages() -> None:
+    """A worker freezes what the forkserver imported (torch, optuna), so its collector never copies those pages."""
+    with processes_at_once(1) as pool:
+        frozen = pool.apply(gc.get_freeze_count)
+    assert frozen > 100_000  # the forkserver's imports; a worker that froze nothing reads 0
 
 
 def _prepare_in_process(args: tuple[str, str, str]) -> int:
