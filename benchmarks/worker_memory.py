@@ -1,10 +1,10 @@
 """Benchmark: the memory of a sweep's processes. ``python -m benchmarks.worker_memory [--workers N] [--set KEY=VALUE]``.
 
-Runs ``python sweep.py --workers N`` on quick.yaml's trainer, space and study settings (no confirmation; a fresh
-SQLite study in a temporary folder), and every 0.5 s while all N workers train reads ``/proc/<pid>/smaps_rollup`` of
-its forkserver and workers. Pss splits each shared page between the processes sharing it, so the sum of Pss is what
-the sweep's workers cost the machine; Private_Dirty is what one process holds alone. Prints the largest of each seen;
-asserts nothing. Linux only.
+Runs ``python sweep.py --workers N`` (N >= 2: one worker trains in the sweep's own process) on quick.yaml's trainer,
+space and study settings (no confirmation; a fresh SQLite study in a temporary folder), and every 0.5 s while all N
+worker processes are alive reads ``/proc/<pid>/smaps_rollup`` of its forkserver and workers. Pss splits each shared
+page between the processes sharing it, so the sum of Pss is what the forkserver and workers cost the machine;
+Private_Dirty is what one process holds alone. Prints the largest of each seen; asserts nothing. Linux only.
 """
 
 from __future__ import annotations
@@ -80,12 +80,14 @@ def measure(workers: int, overrides: list[str]) -> dict[str, float]:
             most["total_pss"] = max(most["total_pss"], total)
         if proc.returncode:
             sys.exit(f"error: the sweep exited {proc.returncode}: run {' '.join(command)} to see why")
+        if not most["samples"]:
+            sys.exit("error: no forkserver with all its workers was seen: it takes --workers 2 or more, on Linux")
         return most
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2, help="sweep workers (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="sweep workers, 2 or more (default 2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for the sweep")
     return parser
 

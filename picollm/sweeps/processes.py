@@ -111,9 +111,9 @@ _POOL_RANK = [0]  # in a worker of `in_processes`: which of the pool's workers t
 def adopt(environ: dict[str, str] | None) -> None:
     """A worker's start: Ctrl-C reaches it again, and it takes ``environ`` (the starting process's) when given.
 
-    It also freezes what it inherited from the forkserver (torch, optuna: long-lived objects), as Python's ``gc`` docs
-    advise for forked servers: the worker's collector then never writes to those pages, so they stay shared with the
-    forkserver and its other workers instead of being copied into each (docs/performance.md has the figures).
+    It also freezes what it inherited from the forkserver (torch, optuna: long-lived objects) before its first full
+    collection, as Python's ``gc`` docs advise for forked servers: the worker's collector then no longer writes to
+    those objects, so fewer of their pages are copied into each worker (docs/performance.md has the figures).
     """
     gc.freeze()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
