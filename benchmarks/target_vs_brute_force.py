@@ -192,16 +192,20 @@ def run_sweeps(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]
     return done
 
 
-def random_search_share(means: dict[str, float], base: float, best: float, budget_configs: int, seed: int) -> float:
-    """Random search given ``budget_configs`` configurations: median share of the gain over draws of the pool."""
+def random_search_share(means: dict[str, float], base: float, best: float, budget_configs: float, seed: int) -> float:
+    """Random search given ``budget_configs`` configurations' tokens: median share of the gain over draws of the pool.
+
+    A fractional budget buys one configuration more in that fraction of the draws, so random search trains the sweep's
+    tokens on average: rounding down would hand it up to a configuration less than the sweep spent.
+    """
     rng = random.Random(seed)
     names = list(means)
-    if budget_configs < 1:
-        return 0.0
+    whole, part = divmod(budget_configs, 1)
     shares = []
     for _ in range(RANDOM_DRAWS):
-        picked = min(rng.sample(names, min(budget_configs, len(names))), key=means.get)
-        shares.append((base - means[picked]) / (base - best))
+        n = min(int(whole) + (rng.random() < part), len(names))
+        picked = min(rng.sample(names, n), key=means.get) if n else None
+        shares.append(0.0 if picked is None else (base - means[picked]) / (base - best))
     return statistics.median(shares)
 
 
@@ -239,8 +243,8 @@ def score(
                 "share": (base - mean) / (base - best),
                 "tokens": run["tokens"],
                 "token_share": run["tokens"] / pool_tokens,
-                "random_configs": run["tokens"] // per_config,
-                "random_share": random_search_share(drawn, base, best, run["tokens"] // per_config, run["seed"]),
+                "random_configs": run["tokens"] / per_config,
+                "random_share": random_search_share(drawn, base, best, run["tokens"] / per_config, run["seed"]),
                 "wall_s": run["wall_s"],
             }
         )
@@ -259,7 +263,7 @@ def table(pool_seed: int, rows: list[dict[str, Any]], yardstick: float | None) -
         lines.append(
             f"| {r['sweep']} | {r['rank']} of {r['of']} | {r['regret']:+.4f} ± {r['regret_se']:.4f} "
             f"| {100 * r['share']:.0f}% | {r['tokens'] / 1e6:.2f} M | {100 * r['token_share']:.0f}% "
-            f"| {100 * r['random_share']:.0f}% ({r['random_configs']} configs) | {wall} |"
+            f"| {100 * r['random_share']:.0f}% ({r['random_configs']:.2f} configs) | {wall} |"
         )
     shares = [r["share"] for r in rows]
     lines.append(

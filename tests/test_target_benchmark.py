@@ -28,7 +28,7 @@ def test_a_winner_is_ranked_and_scored_against_the_pools_base_and_best() -> None
     assert (row["rank"], row["of"]) == (2, 5)  # behind c, ahead of a, b and the base config
     assert row["regret"] == pytest.approx(0.5) and row["regret_se"] == pytest.approx(0.0)  # paired: seeds cancel
     assert row["share"] == pytest.approx((5.0 - 3.5) / 2.0)
-    assert row["token_share"] == pytest.approx(400 / 800) and row["random_configs"] == 2
+    assert row["token_share"] == pytest.approx(400 / 800) and row["random_configs"] == pytest.approx(2)
 
 
 def test_random_search_takes_the_best_of_the_configurations_it_can_pay_for() -> None:
@@ -37,3 +37,12 @@ def test_random_search_takes_the_best_of_the_configurations_it_can_pay_for() -> 
     assert random_search_share(means, base=5.0, best=3.0, budget_configs=0, seed=0) == 0.0
     one = random_search_share(means, base=5.0, best=3.0, budget_configs=1, seed=0)
     assert one == pytest.approx(0.5)  # one of a (0.5), b (0.25), c (1.0): the median draw is a
+
+
+def test_random_search_given_a_fraction_of_a_configuration_more_buys_it_in_that_share_of_draws() -> None:
+    """The sweep's tokens, not fewer: 1.9 configurations' worth is two configurations in nine draws of ten."""
+    means = {"a": 4.0, "b": 4.5, "c": 3.0}
+    assert random_search_share(means, base=5.0, best=3.0, budget_configs=0.1, seed=0) == 0.0  # mostly nothing
+    assert random_search_share(means, base=5.0, best=3.0, budget_configs=0.9, seed=0) == pytest.approx(0.5)
+    # two of three: the best pair holds c in two draws of three, so the median draw finds it
+    assert random_search_share(means, base=5.0, best=3.0, budget_configs=1.9, seed=0) == pytest.approx(1.0)
