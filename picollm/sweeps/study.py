@@ -136,9 +136,10 @@ def _rdb(url: str, create: bool, heartbeat_interval: int, grace_period: int, max
         return _new_rdb(url, create, heartbeat_interval, grace_period, max_retry)
     key = (url, heartbeat_interval, grace_period, max_retry)
     with _SERVER_STORAGES_LOCK:
-        if key not in _SERVER_STORAGES:
-            _SERVER_STORAGES[key] = _new_rdb(url, create, heartbeat_interval, grace_period, max_retry)
-        storage = _SERVER_STORAGES[key]
+        storage = _SERVER_STORAGES.get(key)
+        if storage is None:  # opening it reaches the server
+            storage = _SERVER_STORAGES[key] = _new_rdb(url, create, heartbeat_interval, grace_period, max_retry)
+            return storage
     with storage.engine.connect():  # a server gone since the first open: the same one-line error
         pass
     return storage
