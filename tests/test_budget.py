@@ -79,7 +79,7 @@ def config(number: int, name: str, values: dict[int, float], state: TrialState =
 
 
 def test_halving_promotes_the_best_paused_configuration_once_its_rung_has_room() -> None:
-    from picollm.sweeps.halving import next_promotion, promotions_due
+    from picollm.sweeps.budget import next_promotion, promotions_due
 
     budgets = (1000, 3000, 9000)
     two = [config(0, "a", {1000: 5.0}), config(1, "b", {1000: 4.0})]
@@ -96,7 +96,7 @@ def test_halving_promotes_the_best_paused_configuration_once_its_rung_has_room()
 
 
 def test_the_last_rung_sends_its_best_to_the_target_at_the_end_then_the_next_while_paid() -> None:
-    from picollm.sweeps.halving import last_promotion
+    from picollm.sweeps.budget import last_promotion
 
     budgets = (1000, 3000, 9000)
     top = [config(0, "a", {1000: 5.0, 3000: 4.5}), config(1, "b", {1000: 4.0, 3000: 4.2}), config(2, "c", {1000: 6})]
@@ -110,7 +110,7 @@ def test_the_last_rung_sends_its_best_to_the_target_at_the_end_then_the_next_whi
 
 
 def test_a_failed_run_neither_scores_its_rung_nor_is_promoted_again() -> None:
-    from picollm.sweeps.halving import next_promotion, promotions_due
+    from picollm.sweeps.budget import next_promotion, promotions_due
 
     budgets = (1000, 3000, 9000)
     rung = [config(0, "a", {1000: 5.0}), config(1, "b", {1000: 4.0}), config(2, "c", {1000: 6.0})]

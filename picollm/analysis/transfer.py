@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from picollm.errors import DataError
-from picollm.sweeps.halving import config_key
+from picollm.sweeps.budget import config_key
 from picollm.sweeps.record import StudyRecord, TrialRecord
 
 MIN_TRIALS = 3  # complete trials below which there is nothing to rank

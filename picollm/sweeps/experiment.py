@@ -43,8 +43,7 @@ from picollm.config import (
     split_experiment,
 )
 from picollm.errors import ConfigError
-from picollm.sweeps.budget import plan_of
-from picollm.sweeps.halving import HalvingPruner
+from picollm.sweeps.budget import HalvingPruner, plan_of
 from picollm.sweeps.record import TrialRecord
 
 PARAM_TYPES = ("categorical", "float", "int")

@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 from picollm.config import TrackingConfig
 from picollm.data import cache_key
 from picollm.errors import PicoError, StorageError, mask_url
-from picollm.sweeps.budget import TokenPlan, plan_of
+from picollm.sweeps.budget import TokenPlan, last_promotion, next_promotion, plan_of, scores_at
 from picollm.sweeps.experiment import (
     ONE_SEQUENCE,
     Experiment,
@@ -52,7 +52,6 @@ from picollm.sweeps.experiment import (
     make_sampler,
     trial_cap,
 )
-from picollm.sweeps.halving import last_promotion, next_promotion, scores_at
 from picollm.sweeps.record import (
     FAILED,
     INTERRUPTED,
