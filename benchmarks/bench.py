@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from picollm.cli import run_cli
 from picollm.config import OptimConfig, add_override_argument
-from picollm.errors import ConfigError, run_cli
+from picollm.errors import ConfigError
 from picollm.models import build_model, count_parameters
 from picollm.models.loss import linear_cross_entropy
 from picollm.optim import build_optimizer

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from picollm.cli import run_cli
 from picollm.data import EvalSet, ScoringPolicy, scoring_policy, scoring_windows
-from picollm.errors import run_cli
 from picollm.models import build_model
 from picollm.scoring import EVAL_BATCH, score
 

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from picollm.cli import run_cli
 from picollm.config import add_override_argument
-from picollm.errors import ConfigError, PicoError, run_cli
+from picollm.errors import ConfigError, PicoError
 from picollm.fileio import atomic_write_json, atomic_write_text
 from picollm.sweeps.study import add_storage_argument
 

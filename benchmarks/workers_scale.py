@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from picollm.errors import run_cli
+from picollm.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = (1, 2, 4, 8)

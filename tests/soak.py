@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from picollm.errors import run_cli
+from picollm.cli import run_cli
 
 SPACE = {
     "optim.name": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},

@@ -24,8 +24,9 @@ from picollm.analysis.diagnose import inspect_run
 from picollm.analysis.records import RunHistory
 from picollm.analysis.render import write_report
 from picollm.analysis.sections import MAX_RUN_FIGURES, build_report, noise_section
+from picollm.cli import run_cli
 from picollm.config import load_config
-from picollm.errors import DataError, run_cli
+from picollm.errors import DataError
 from picollm.trainer import train
 from tests.conftest import ROOT, TIKTOKEN_CACHE
 

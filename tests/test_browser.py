@@ -20,7 +20,7 @@ import pytest
 import picollm.cli.analyze as analyze
 from picollm.analysis import records
 from picollm.analysis.dashboard import make_server, serve_in_thread
-from picollm.errors import run_cli
+from picollm.cli import run_cli
 
 
 def missing(message: str) -> None:

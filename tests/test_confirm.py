@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import picollm.cli.sweep as sweep_module
-from picollm.errors import ConfigError, run_cli
+from picollm.cli import run_cli
+from picollm.errors import ConfigError
 from picollm.sweeps.confirm import compare_words, paired_test, t_interval
 from picollm.sweeps.experiment import parse_confirm
 

@@ -18,11 +18,12 @@ import yaml
 import picollm
 from picollm import corpora
 from picollm import data as data_mod
+from picollm.cli import run_cli
 from picollm.cli import train as train_cli
 from picollm.cli.generate import main as generate_main
 from picollm.config import load_config
 from picollm.course import CHUNK_NOTE, COURSE_FLAGS
-from picollm.errors import DataError, PicoError, run_cli
+from picollm.errors import DataError, PicoError
 from picollm.threads import fit_threads, lone_run_threads
 from picollm.trainer import NonFiniteLoss
 from tests.conftest import ROOT

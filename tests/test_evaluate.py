@@ -10,8 +10,8 @@ import pytest
 from picollm import scoring
 from picollm import trainer as train_mod
 from picollm.cli import evaluate as evaluate_cli
+from picollm.cli import run_cli
 from picollm.config import load_config
-from picollm.errors import run_cli
 
 
 @pytest.fixture

@@ -27,10 +27,11 @@ from optuna.trial import TrialState
 from picollm import fileio, tracking
 from picollm import trainer as train_mod
 from picollm.checkpoint import load_run
+from picollm.cli import run_cli
 from picollm.cli import train as train_cli
 from picollm.config import load_config
 from picollm.data import load_token_data
-from picollm.errors import ConfigError, PicoError, run_cli
+from picollm.errors import ConfigError, PicoError
 from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.experiment import parse_space
 from picollm.sweeps.study import counts

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 import picollm.cli.sweep as sweep_module
-from picollm.errors import run_cli
+from picollm.cli import run_cli
 from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.report import report_lines
 from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refuse_mix

@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 import picollm.cli.sweep as sweep_module
+from picollm.cli import run_cli
 from picollm.config import load_config
-from picollm.errors import run_cli
 from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps import study as study_mod
 from picollm.sweeps.export import export_study

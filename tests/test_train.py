@@ -12,11 +12,12 @@ import torch
 
 from picollm import trainer as train_mod
 from picollm.checkpoint import load_run
+from picollm.cli import run_cli
 from picollm.cli import train as train_cli
 from picollm.cli.generate import main as generate_main
 from picollm.config import load_config
 from picollm.device import resolve_device
-from picollm.errors import ConfigError, run_cli
+from picollm.errors import ConfigError
 from picollm.wandb_offline import find_run_file, read_history, read_run_info
 from tests.conftest import ROOT, SAMPLE, needs_sample
 

@@ -18,7 +18,8 @@ from picollm.analysis import transfer
 from picollm.analysis.render import write_report
 from picollm.analysis.report import Report
 from picollm.analysis.sections import transfer_section
-from picollm.errors import DataError, run_cli
+from picollm.cli import run_cli
+from picollm.errors import DataError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIST = {"x": optuna.distributions.FloatDistribution(0.0, 100.0)}

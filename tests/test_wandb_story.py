@@ -19,9 +19,10 @@ import yaml
 
 from picollm import tracking
 from picollm import trainer as train_mod
+from picollm.cli import run_cli
 from picollm.cli import train as train_cli
 from picollm.config import load_config
-from picollm.errors import PicoError, run_cli
+from picollm.errors import PicoError
 from picollm.wandb_offline import find_run_file, has_exit_record, read_history, read_run_info
 
 

@@ -1,11 +1,33 @@
-"""The command lines: thin layers that parse arguments and print; the library never imports them."""
+"""The command lines: thin layers that parse arguments, call the library and print; the library never imports them.
+
+:func:`run_cli` is the one place where a :class:`~picollm.errors.PicoError` becomes a line on stderr and an exit code.
+"""
 
 from __future__ import annotations
 
+import gc
 import importlib
+import sys
 from collections.abc import Callable
 
-from picollm.errors import run_cli
+from picollm.errors import EXIT_INTERRUPTED, EXIT_USAGE, PicoError
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run ``main`` and exit: 0 on success, 2 with one line on a :class:`PicoError`, 130 on Ctrl-C."""
+    try:
+        code = main(argv)
+    except PicoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    if argv is None:  # a console script, whose process ends here
+        # Its files and runs are closed by now. Without a last garbage collection over the million objects torch and
+        # optuna made, the interpreter ends 0.5-1.3 s sooner; the OS frees their memory anyway.
+        gc.freeze()
+    sys.exit(code or 0)
 
 
 def _command(name: str) -> Callable[[], None]:
