@@ -227,7 +227,8 @@ def test_four_workers_complete_exactly_n_unique_trials(tmp_path: Path, kind: str
     assert "database is locked" not in proc.stdout + proc.stderr
     study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
     c = counts(study)
-    assert c["COMPLETE"] + c["PRUNED"] == 8 and c["RUNNING"] == 0
+    assert c["COMPLETE"] + c["PRUNED"] == 8 and c["RUNNING"] == 0 and c["WAITING"] == 0
+    assert len({t.number for t in study.trials}) == len(study.trials)
     assert not any("locked" in str(t.user_attrs.get("fail_reason", "")) for t in study.trials)
     run_ids = [t.user_attrs["run_id"] for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(set(run_ids)) == 8
@@ -592,7 +593,7 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     storage, name = storage_url("postgresql", tmp_path), f"stall{uuid.uuid4().hex[:8]}"
     # Trials of a few seconds (some must be left when the worker is stopped), caught without settling;
     # two of them: the peer's own, then the stalled trial's retry.
-    path = write_experiment(tmp_path, study={"n_trials": 2, "budget_tokens": 600_000, "reports": 10})
+    path = write_experiment(tmp_path, study={"n_trials": 2, "budget_tokens": 300_000, "reports": 10})
     proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)
     trial = wait_for_running_trial(proc, path, storage, name, settle_s=0.0)
     pid = int(trial.user_attrs["worker"].rpartition(":")[2])
