@@ -151,7 +151,7 @@ def test_the_study_summary_run_names_the_confirmed_winner_its_interval_and_the_v
     from picollm.sweeps import load_experiment, run_sweep
     from tests.sweeps import write_experiment
 
-    _late_run_files(monkeypatch, 0.5)
+    _late_run_files(monkeypatch, 0.2)
 
     path = write_experiment(
         tmp_path,
