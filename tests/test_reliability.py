@@ -593,7 +593,7 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     storage, name = storage_url("postgresql", tmp_path), f"stall{uuid.uuid4().hex[:8]}"
     # Trials of a few seconds (some must be left when the worker is stopped), caught without settling;
     # two of them: the peer's own, then the stalled trial's retry.
-    path = write_experiment(tmp_path, study={"n_trials": 2, "budget_tokens": 300_000, "reports": 10})
+    path = write_experiment(tmp_path, study={"n_trials": 2, "budget_tokens": 600_000, "reports": 10})
     proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)
     trial = wait_for_running_trial(proc, path, storage, name, settle_s=0.0)
     pid = int(trial.user_attrs["worker"].rpartition(":")[2])

@@ -89,9 +89,13 @@ def test_machines_starting_together_record_one_question_and_one_baseline(tmp_pat
     assert {"space", "base", "settings", "fingerprint"} <= set(study.user_attrs)
 
 
-def test_two_workers_finish_exactly_n_trials(tmp_path: Path) -> None:
-    """Through the Python API; the CLI's four workers do the same on every storage (test_reliability.py)."""
-    storage = f"sqlite:///{tmp_path}/s.db"
+@pytest.mark.parametrize("storage_kind", ["sqlite", "journal", "postgresql"])
+def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage_kind: str) -> None:
+    storage = {
+        "sqlite": lambda: f"sqlite:///{tmp_path}/s.db",
+        "journal": lambda: f"journal:{tmp_path}/s.log",
+        "postgresql": postgres_url,
+    }[storage_kind]()
     name = f"w{uuid.uuid4().hex[:8]}"
     # trials long enough (~1 s) that a worker still starting cannot miss all of them
     exp = load_experiment(
