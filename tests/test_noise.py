@@ -107,3 +107,22 @@ def test_a_one_epoch_run_gets_its_window_analysis(synthetic: list[str]) -> None:
     assert result["epochs"] == 1 and result["steps"] == 30 and set(result["windows"]) == {"1", "10"}
     assert result["windows"]["10"]["scatter"] < result["windows"]["1"]["scatter"] == result["step_noise_sigma"]
     assert result["val_loss_ci95"] > 0 and "one epoch: no epoch-to-epoch change" in window_line(result)
+
+
+@pytest.mark.parametrize("rho", [-0.9, -0.3, 0.0, 0.5, 0.95, 0.9995, 1.0])
+def test_block_variance_and_smoothed_covariance_match_their_defining_sums(rho: float) -> None:
+    """The closed forms against the sums they stand for: AR(1) block means, and residuals of a Savitzky-Golay trend."""
+    from scipy import signal
+
+    from picollm.analysis.noise import _residual_cov, block_mean_var
+
+    for n in (1, 2, 7, 300):
+        k = np.arange(1, n)
+        defined = 0.3**2 / n**2 * (n + 2.0 * float(((n - k) * rho**k).sum()))
+        assert block_mean_var(n, 0.3, rho) == pytest.approx(defined, rel=1e-9), n
+    weights = signal.savgol_coeffs(21, polyorder=2)
+    g = np.eye(21)[10] - weights  # a residual: the step minus its smoothed value
+    offsets = np.arange(21)
+    for lag in (0, 1, 4):
+        powers = rho ** np.abs(lag + offsets[None, :] - offsets[:, None])
+        assert _residual_cov(weights, rho, lag) == pytest.approx(float(g @ powers @ g), rel=1e-9, abs=1e-12), lag

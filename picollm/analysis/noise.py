@@ -88,7 +88,7 @@ def fit_noise(losses: np.ndarray) -> NoiseFit | None:
 def block_mean_var(n: int, sigma: float, rho: float) -> float:
     """Variance of the mean of n consecutive AR(1) steps.
 
-    ``sum_{k<n} (n - k) rho^k`` in closed form: reports call this for every epoch length of every run.
+    ``sum_{k=1}^{n-1} (n - k) rho^k`` in closed form: reports call this for every epoch length of every run.
     """
     if abs(1.0 - rho) < 1e-3:  # the closed form divides by (1 - rho)^2, and loses digits near rho = 1
         k = np.arange(1, n)
