@@ -1,6 +1,7 @@
 """The command lines: thin layers that parse arguments, call the library and print; the library never imports them.
 
-:func:`run_cli` is the one place where a :class:`~picollm.errors.PicoError` becomes a line on stderr and an exit code.
+:func:`run_cli` turns a :class:`~picollm.errors.PicoError` into one line on stderr and an exit code for every command
+line; a sweep's worker processes do the same for themselves (:func:`picollm.sweeps.workers.worker_process`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 import picollm.data
 from picollm.data import load_token_data, window_starts
 from picollm.device import resolve_device
-from picollm.errors import ConfigError, DataError, PicoError, mask_url
+from picollm.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DataError, PicoError, mask_url
 from picollm.models import context_size
 from picollm.sweeps.budget import plan_words
 from picollm.sweeps.experiment import Experiment, budget_words, trial_cap
@@ -146,9 +146,9 @@ def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> N
             run_worker(spec)
         except PicoError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
