@@ -204,8 +204,8 @@ def random_search_share(means: dict[str, float], base: float, best: float, budge
     shares = []
     for _ in range(RANDOM_DRAWS):
         n = min(int(whole) + (rng.random() < part), len(names))
-        picked = min(rng.sample(names, n), key=means.get) if n else None
-        shares.append(0.0 if picked is None else (base - means[picked]) / (base - best))
+        found = min((means[name] for name in rng.sample(names, n)), default=base)  # none drawn: the base config
+        shares.append((base - found) / (base - best))
     return statistics.median(shares)
 
 
