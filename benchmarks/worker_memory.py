@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.workers_scale import experiment_file
+from picollm.config import add_override_argument
 
 ROOT = Path(__file__).resolve().parents[1]
 FORKSERVER = "multiprocessing.forkserver"
@@ -88,13 +89,13 @@ def measure(workers: int, overrides: list[str]) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="sweep workers, 2 or more (default 2)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for the sweep")
+    add_override_argument(parser, "override a key of the experiment, e.g. optim.lr=3e-3 (repeatable)")
     return parser
 
 
 def main() -> None:
     args = build_parser().parse_args()
-    m = measure(args.workers, args.set)
+    m = measure(args.workers, args.overrides)
     print(f"{args.workers} workers, {m['samples']} samples while all trained (largest seen, MB):")
     print(
         f"  forkserver Pss {m['forkserver_pss']:.0f}; each worker: Pss {m['worker_pss']:.0f}, "
