@@ -144,8 +144,7 @@ def spent_tokens(study: Any) -> int:
     """Every training token a study cost, read from its run records rather than its own count: each trial's run and
     branched decays (a run that went on from another's checkpoint less what that one had trained), and its
     confirmation runs."""
-    from picollm.sweeps.record import TrialRecord
-    from picollm.sweeps.trial import trained
+    from picollm.sweeps.trial import TrialRecord, trained
 
     total = 0
     for trial in study.trials:

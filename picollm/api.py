@@ -297,7 +297,7 @@ def _fail_left_running(study: Any) -> None:
     """Fail the trials an interrupted sweep left RUNNING in this process: a kernel lives on, so nobody else would."""
     from optuna.trial import TrialState
 
-    from picollm.sweeps.record import INTERRUPTED, TrialRecord, record_stored  # optuna: import picollm stays light
+    from picollm.sweeps.trial import INTERRUPTED, TrialRecord, record_stored  # optuna: import picollm stays light
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = TrialRecord.of(trial).worker or ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from picollm.sweeps.record import INTERRUPTED, StudyRecord, TrialRecord, record, record_confirm_run, record_study
+from picollm.sweeps.trial import INTERRUPTED, StudyRecord, TrialRecord, record, record_confirm_run, record_study
 
 
 def test_a_trials_facts_round_trip_and_an_unknown_fact_is_refused() -> None:

@@ -16,7 +16,7 @@ from wsgiref import simple_server
 from picollm.analysis.sections import STUDY_FIGURES, study_folder
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
-from picollm.sweeps.record import TrialRecord
+from picollm.sweeps.trial import TrialRecord
 
 RUN_FILES = ("summary.json", "config.yaml", "meta.json", "metrics.jsonl", "samples.jsonl")
 REPORT_FIGURES = {

@@ -167,7 +167,7 @@ def _complete_trials(study: Any) -> list[Any]:
 
 
 def _run_dir(trial: Any) -> str | None:
-    from picollm.sweeps.record import TrialRecord  # optuna: reading run folders needs none
+    from picollm.sweeps.trial import TrialRecord  # optuna: reading run folders needs none
 
     return TrialRecord.of(trial).run_dir
 

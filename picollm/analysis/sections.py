@@ -29,8 +29,8 @@ from picollm.fileio import atomic_write_json
 from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import StudySettings, budget_words
 from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
-from picollm.sweeps.record import StudyRecord, TrialRecord
 from picollm.sweeps.report import short
+from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 MIN_STEPS_FOR_NOISE = 8
 MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words

@@ -15,7 +15,7 @@ from scipy import stats
 
 from picollm.errors import DataError
 from picollm.sweeps.budget import config_key
-from picollm.sweeps.record import StudyRecord, TrialRecord
+from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 MIN_TRIALS = 3  # complete trials below which there is nothing to rank
 MIN_EVIDENCE = 4  # configurations measured at both budgets below which the report says the evidence is missing

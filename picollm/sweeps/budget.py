@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from picollm.sweeps.record import StudyRecord, TrialRecord
+from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 
 def config_key(params: dict[str, Any]) -> str:

@@ -22,8 +22,7 @@ from picollm.scoring import evaluate_run
 from picollm.sweeps.budget import spent_so_far, stored_plan
 from picollm.sweeps.experiment import ConfirmSettings, apply_params, check_confirm
 from picollm.sweeps.processes import in_processes, pool_rank
-from picollm.sweeps.record import StudyRecord, TrialRecord, record_confirm_run, record_study
-from picollm.sweeps.trial import worker_device
+from picollm.sweeps.trial import StudyRecord, TrialRecord, record_confirm_run, record_study, worker_device
 from picollm.threads import choose_layout
 from picollm.tracking import new_run_id
 

@@ -44,7 +44,7 @@ from picollm.config import (
 )
 from picollm.errors import ConfigError
 from picollm.sweeps.budget import HalvingPruner, plan_of
-from picollm.sweeps.record import TrialRecord
+from picollm.sweeps.trial import TrialRecord
 
 PARAM_TYPES = ("categorical", "float", "int")
 _ALLOWED = {
@@ -582,6 +582,10 @@ class Experiment:
     def space(self) -> list[Param]:
         """Parsed once per object (parsing validates each choice); ``replace()`` makes a new object, parsed anew."""
         return parse_space(self.search, self.base)
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """A trial's values for the active parameters, by dotted key (:func:`sample` over this space and base)."""
+        return sample(trial, self.space, self.base)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled into worker processes without the parsed space, which each process parses itself."""

@@ -26,8 +26,8 @@ from picollm.sweeps.confirm import (
     winners_curse,
 )
 from picollm.sweeps.experiment import ConfirmSettings, apply_params
-from picollm.sweeps.record import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
 from picollm.sweeps.study import trained_base
+from picollm.sweeps.trial import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
 # Before the searched parameters: what the value is and how precise; after them: where it came from.

@@ -9,8 +9,8 @@ from optuna.trial import TrialState
 
 from picollm.console import show_progress
 from picollm.sweeps.budget import confirmation_tokens, stored_plan, tried_at_target
-from picollm.sweeps.record import TrialRecord
 from picollm.sweeps.study import FINISHED, counts
+from picollm.sweeps.trial import TrialRecord
 
 
 def _value_text(t: Any) -> str:

@@ -52,7 +52,7 @@ from picollm.sweeps.experiment import (
     make_sampler,
     trial_cap,
 )
-from picollm.sweeps.record import (
+from picollm.sweeps.trial import (
     FAILED,
     INTERRUPTED,
     LOST_WORKER,
@@ -646,6 +646,11 @@ class CappedStudy(optuna.Study):
         if not busy and self.fresh(trials, FINISHED) >= self.total and not self.plan.promotes:
             return True
         return not busy and self.promotable(trials) is None and self.no_new_trial(trials)
+
+    @property
+    def beats(self) -> bool:
+        """Whether its storage has Optuna's heartbeat; its trials hold leases where it has not."""
+        return has_heartbeat(self.storage)
 
     def started_here(self, trial: optuna.Trial) -> None:
         """Refuse a trial that ``ask`` did not start (see the class docstring)."""
