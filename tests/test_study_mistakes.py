@@ -229,8 +229,19 @@ def test_delete_with_yes_starts_the_study_over_and_says_what_it_kept(
     assert code == 0, err
     assert f"deleted study 't' (1 trial: 1 complete) from {storage}" in out
     assert f"kept: the run records in {tmp_path / 'runs'}/" in out and f"{tmp_path / 'studies' / 't'}/ (--files" in out
-    assert study_names(storage) == [] and (tmp_path / "studies" / "t" / "trials.csv").is_file()
-    # the same name now takes another question: a fresh study, no refusal
+    folder = tmp_path / "studies" / "t"
+    assert study_names(storage) == [] and (folder / "trials.csv").is_file()
+    # the kept results are not written over by the next study of that name: one line, nothing created
+    kept = (folder / "trials.csv").read_bytes()
+    code, _, err = sweep(["--config", str(path), "--storage", storage, "--set", "model.embed_size=24"], capsys)
+    assert code == 2 and f"{folder}/ holds the results of an earlier study named 't' in {storage}, deleted" in err
+    assert (
+        len(err.strip().splitlines()) == 1
+        and study_names(storage) == []
+        and (folder / "trials.csv").read_bytes() == kept
+    )
+    # moved away, the same name takes another question: a fresh study, no refusal
+    folder.rename(tmp_path / "studies" / "t-before")
     code, _, err = sweep(["--config", str(path), "--storage", storage, "--set", "model.embed_size=24"], capsys)
     assert code == 0, err
     study = open_study(load_experiment(str(path), ["model.embed_size=24"]), storage, create=False)
@@ -246,6 +257,29 @@ def test_delete_files_removes_the_results_folder_and_an_unknown_study_is_one_lin
     code, out, _ = sweep(["delete", "--study", "t", "--storage", storage, "--yes", "--files"], capsys)
     assert code == 0 and f"and {tmp_path / 'studies' / 't'}/" in out
     assert not (tmp_path / "studies" / "t").exists() and (tmp_path / "runs").is_dir()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_study_of_the_same_name_in_another_storage_leaves_the_results_folder_alone(
+    tmp_path: Path, one_trial_study: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, storage = one_trial_study
+    folder, other = tmp_path / "studies" / "t", f"sqlite:///{tmp_path}/other.db"
+    written = _files(folder)
+    code, _, err = sweep(["--config", str(path), "--storage", other], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{folder}/ holds the results of another study named 't' (in {storage})" in err and "--study-name" in err
+    assert study_names(other) == [] and _files(folder) == written
+    code, _, err = sweep(["--config", str(path), "--storage", other, "--study-name", "t2"], capsys)
+    assert code == 0, err
+    code, _, err = sweep(["--config", str(path), "--storage", storage, "--n-trials", "2"], capsys)  # its own: resumed
+    assert code == 0 and (folder / "trials.csv").read_bytes() != written["trials.csv"], err
+    (folder / "study.json").write_text('{"uid": "another", "storage": "elsewhere"}')  # a folder it does not own
+    code, out, _ = sweep(["delete", "--study", "t", "--storage", storage, "--yes", "--files"], capsys)
+    assert code == 0 and "--files removes it" not in out and folder.is_dir()  # --files removes only its own
 
 
 def test_refusals_that_name_a_study_point_at_delete_and_study_name(

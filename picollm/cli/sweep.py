@@ -160,7 +160,7 @@ def delete_command(args: argparse.Namespace) -> int:
         shutil.rmtree(folder)
     kept = [f"the run records in {found.runs_dir}/ (named {name}-t<N>-...)", "any W&B runs"]
     if found.export_dir is not None and folder is None:
-        kept.append(f"{found.export_dir}/ (--files removes it)")
+        kept.append(f"{found.export_dir}/ (--files removes it; a new study named {name!r} will not write over it)")
     print(f"deleted {what}")
     print(f"kept: {'; '.join(kept)}")
     return 0

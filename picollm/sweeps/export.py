@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from picollm.config import Config, config_from_dict
-from picollm.errors import PicoError
-from picollm.fileio import atomic_write_text
+from picollm.errors import PicoError, mask_url
+from picollm.fileio import atomic_write_json, atomic_write_text
 from picollm.sweeps.confirm import (
     Confirmation,
     NothingToConfirm,
@@ -26,7 +26,7 @@ from picollm.sweeps.confirm import (
     winners_curse,
 )
 from picollm.sweeps.experiment import ConfirmSettings, apply_params
-from picollm.sweeps.study import trained_base
+from picollm.sweeps.study import OWNER, refuse_another_studys_folder, trained_base
 from picollm.sweeps.trial import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
@@ -316,10 +316,13 @@ def plot_confirmation(conf: Confirmation, path: Path) -> None:
 def export_study(study: Any, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
     """Write trials.csv, best.yaml, the figures and a confirmation's csv and png; returns the folder and notes."""
     folder = Path(root) / study.study_name
+    uid, storage = StudyRecord.of(study).uid, mask_url(study.storage_url)
+    refuse_another_studys_folder(folder, study.study_name, uid, storage)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
+    atomic_write_json(folder / OWNER, {"study": study.study_name, "uid": uid, "storage": storage})
     conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
     atomic_write_text(folder / "trials.csv", trials_csv(study, conf))
     notes: list[str] = []

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -752,6 +754,8 @@ def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str
     stored = StudyRecord.of(study).space or None
     if stored is None and record:
         record_study(study, space=_described(exp), base=exp.base.to_dict(), settings=asdict(exp.study))
+    if record and StudyRecord.of(study).uid is None:  # a study from before uids gets one at its next sweep
+        record_study(study, uid=uuid.uuid4().hex)
     _check_space(stored, exp, storage_url)
     check_fingerprint(study, exp, storage_url)
     if record:  # the budget may grow between sweeps of one study, as n_trials may
@@ -807,6 +811,55 @@ def finished(study: Any) -> int:
 # -- Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API ------
 
 
+# -- Results folders: one study's each ------------------------------------------------------
+
+
+OWNER = "study.json"  # which study a results folder holds: its name, uid and (masked) storage
+
+
+def folder_owner(folder: Path) -> dict[str, Any]:
+    """The owner :func:`export_study` wrote into ``folder``; empty where none was (or it cannot be read)."""
+    try:
+        owner = json.loads((folder / OWNER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def belongs_to(folder: Path, uid: str | None) -> bool:
+    """Whether ``folder`` may hold the results of the study ``uid`` (None: a study not created yet, or one from
+    before studies had uids): a folder no study claimed yet, or one this study claimed."""
+    owner = folder_owner(folder).get("uid")
+    return owner is None or owner == uid
+
+
+def refuse_another_studys_folder(folder: Path, name: str, uid: str | None, storage_url: str) -> None:
+    """One line, nothing written, where ``folder`` holds another study's results: one deleted without its files, or
+    one of the same name in another storage. Writing there would overwrite its trials.csv and best.yaml."""
+    if belongs_to(folder, uid):
+        return
+    where = folder_owner(folder).get("storage")
+    if where == mask_url(storage_url):
+        raise PicoError(
+            f"{folder}/ holds the results of an earlier study named {name!r} in {where}, deleted since; nothing was "
+            "written: move that folder away, or set study.out_dir"
+        )
+    raise PicoError(
+        f"{folder}/ holds the results of another study named {name!r} (in {where or 'another storage'}); nothing "
+        "was written: move that folder away, set study.out_dir, or name this study otherwise (--study-name NAME)"
+    )
+
+
+def check_results_folder(storage: Any, exp: Experiment, storage_url: str) -> None:
+    """:func:`refuse_another_studys_folder` before a sweep creates or resumes its study."""
+    name = exp.study.name
+    try:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    except KeyError:  # not created yet: a folder any study claimed is another study's
+        attrs = {}
+    refuse_another_studys_folder(Path(exp.study.out_dir) / name, name, StudyRecord.from_attrs(attrs).uid, storage_url)
+
+
 @dataclass
 class StoredStudy:
     """A study as ``sweep.py delete`` names it before it deletes it."""
@@ -839,7 +892,8 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
     out_dir = settings.get("out_dir") or StudySettings.out_dir
     runs_dir = base.get("tracking", {}).get("out_dir") or TrackingConfig.out_dir
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
-    export_dir = Path(out_dir) / name if plain and (Path(out_dir) / name).is_dir() else None
+    folder = Path(out_dir) / name
+    export_dir = folder if plain and folder.is_dir() and belongs_to(folder, facts.uid) else None
     return StoredStudy(name, storage, counts(study), export_dir, runs_dir)
 
 

@@ -139,6 +139,7 @@ class StudyRecord:
     token_plan: dict[str, Any] | None = None  # the token budget's plan of the sweep that ran last
     confirm_settings: dict[str, Any] | None = None  # the latest confirmation's settings and shortlist
     confirm_runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run key -> finished confirmation run
+    uid: str | None = None  # this study, apart from any other of its name (in another storage, or deleted)
 
     @classmethod
     def of(cls, study: Any) -> StudyRecord:

@@ -34,6 +34,7 @@ from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_h
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.study import (
     StudyFull,
+    check_results_folder,
     claim_lock,
     enqueue_baseline,
     fail_stale,
@@ -241,6 +242,7 @@ def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tup
     storage = reach_storage(exp, storage_url)
     exp = _identity(exp)
     stored_question(storage, exp, storage_url)
+    check_results_folder(storage, exp, storage_url)
     check_trainable(exp, devices_here)
     study = open_study(exp, storage_url, create=True, storage=storage)
     with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together: one baseline, one retry
