@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 
-# Secrets in URLs and messages: ``user:PASSWORD@`` and ``?password=`` (and its kin).
+# Secrets in URLs and messages: ``user:PASSWORD@`` and ``?password=`` (and its kin: ``sslpassword=``, ``?token=``).
 _USERINFO = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"(?P<head>[?&;]\w*(?:password|passwd|pwd|secret|token|api_key)=)[^&;\s'\"]*", re.IGNORECASE)
 
 
 def mask_url(text: str) -> str:

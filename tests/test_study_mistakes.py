@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from picollm.cli import run_cli
 from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.report import report_lines
 from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refuse_mix
+from picollm.sweeps.trial import StudyRecord
 from tests.conftest import ROOT, SAMPLE, needs_sample
 from tests.sweeps import SWEEP, processes_at_once, write_experiment
 
@@ -45,6 +47,10 @@ def sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
 
 def study_names(storage: str) -> list[str]:
     return optuna.get_all_study_names(storage)
+
+
+def load_study(storage: str, name: str = "t") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,9 +283,40 @@ def test_a_study_of_the_same_name_in_another_storage_leaves_the_results_folder_a
     assert code == 0, err
     code, _, err = sweep(["--config", str(path), "--storage", storage, "--n-trials", "2"], capsys)  # its own: resumed
     assert code == 0 and (folder / "trials.csv").read_bytes() != written["trials.csv"], err
+    owner = json.loads((folder / "study.json").read_text())
+    assert owner == {"study": "t", "uid": StudyRecord.of(load_study(storage)).uid, "storage": storage} and owner["uid"]
     (folder / "study.json").write_text('{"uid": "another", "storage": "elsewhere"}')  # a folder it does not own
     code, out, _ = sweep(["delete", "--study", "t", "--storage", storage, "--yes", "--files"], capsys)
-    assert code == 0 and "--files removes it" not in out and folder.is_dir()  # --files removes only its own
+    assert code == 0 and "kept: " in out and f"{folder}/ (another study's results, named in its study.json)" in out
+    assert folder.is_dir() and study_names(storage) == []  # --files removes only the study's own folder
+
+
+def test_a_confirmation_into_another_studys_folder_is_refused_before_it_trains(
+    tmp_path: Path, one_trial_study: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = one_trial_study
+    other, elsewhere = f"sqlite:///{tmp_path}/other.db", str(tmp_path / "elsewhere")
+    code, _, err = sweep(["--config", str(path), "--storage", other, "--set", f"study.out_dir={elsewhere}"], capsys)
+    assert code == 0, err
+    runs = sorted((tmp_path / "runs").iterdir())
+    code, _, err = sweep(["confirm", "--config", str(path), "--storage", other, "--top", "1", "--seeds", "2"], capsys)
+    assert code == 2 and f"{tmp_path / 'studies' / 't'}/ holds the results of another study named 't'" in err, err
+    assert sorted((tmp_path / "runs").iterdir()) == runs  # nothing trained
+
+
+def test_an_export_from_before_study_uids_is_adopted_by_its_study_and_kept_from_a_new_one(
+    tmp_path: Path, one_trial_study: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, storage = one_trial_study
+    folder = tmp_path / "studies" / "t"
+    (folder / "study.json").unlink()  # as exported before study.json existed
+    code, _, err = sweep(["export", "--config", str(path), "--storage", storage], capsys)
+    assert code == 0 and json.loads((folder / "study.json").read_text())["uid"], err  # its own study adopts it
+    (folder / "study.json").unlink()
+    written = _files(folder)
+    code, _, err = sweep(["--config", str(path), "--storage", f"sqlite:///{tmp_path}/other.db"], capsys)
+    assert code == 2 and f"{folder}/ holds the results of an earlier study named 't'; nothing was written" in err
+    assert _files(folder) == written
 
 
 def test_refusals_that_name_a_study_point_at_delete_and_study_name(
@@ -288,7 +325,7 @@ def test_refusals_that_name_a_study_point_at_delete_and_study_name(
     path, storage = one_trial_study
     for change in (["--set", "search.model.k.high=6"], ["--set", "model.embed_size=24"]):
         code, _, err = sweep(["--config", str(path), "--storage", storage, *change], capsys)
-        assert code == 2 and "--study-name NEW" in err and "'python sweep.py delete --study t'" in err, err
+        assert code == 2 and "--study-name NEW" in err and "'python sweep.py delete --study t --files'" in err, err
 
 
 # ------------------------------------------------------------------------------------------------

@@ -162,7 +162,9 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
     def flaky_train(cfg, **kwargs):  # the second trial raises like a bug in user code would
         calls["n"] += 1
         if calls["n"] == 2:
-            raise RuntimeError("injected failure talking to postgresql://bob:hunter2@db/sweeps?password=hunter2")
+            raise RuntimeError(
+                "injected failure talking to postgresql://bob:hunter2@db/s?password=hunter2&sslpassword=hunter2"
+            )
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr(train_mod, "train", flaky_train)

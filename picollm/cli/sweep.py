@@ -5,7 +5,7 @@ python sweep.py status --config experiments/quick.yaml          # a table of its
 python sweep.py export --config experiments/quick.yaml          # re-export results/studies/<study>/
 python sweep.py launch --config experiments/quick.yaml --workers 8   # a Slurm job array (launcher: block)
 python sweep.py confirm --config experiments/quick.yaml         # re-train the top configs with fresh seeds
-python sweep.py delete --study quick                            # start a study over (asks first)
+python sweep.py delete --study quick --files                    # start a study over (asks first)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from picollm.errors import EXIT_INTERRUPTED, ConfigError, mask_url
 from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
 from picollm.sweeps.experiment import ConfirmSettings, check_confirm
 from picollm.sweeps.export import confirm_and_export, export_study
-from picollm.sweeps.study import add_storage_argument, delete_stored, find_study
+from picollm.sweeps.study import OWNER, add_storage_argument, delete_stored, find_study
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
@@ -48,8 +48,9 @@ confirm:  (optional) top: 3, seeds: 3 -- after the sweep, re-train the top compl
 interrupted sweep. A study answers one question: a run whose data, budget or unsearched settings
 differ from the study's (or that --set's a searched key) is refused with one line saying what
 differs. The data and the base config are checked before a study is created, so a mistake
-there leaves nothing behind. To start a study over: sweep.py delete --study NAME (it asks
-first; --yes without a terminal; --files removes its results/studies/NAME/ too). A resumed
+there leaves nothing behind. To start a study over: sweep.py delete --study NAME --files (it
+asks first; --yes without a terminal; --files removes its results/studies/NAME/ too, which a
+new study of that name would not write over, nor one of that name in another storage). A resumed
 sweep runs its failed baseline and the trials Ctrl-C stopped again, with their parameters.
 For several machines, give every machine the same --storage postgresql://user@host/db and the
 same command; --workers N runs N processes on this machine (worker i on cuda:i % GPUs).
@@ -161,6 +162,8 @@ def delete_command(args: argparse.Namespace) -> int:
     kept = [f"the run records in {found.runs_dir}/ (named {name}-t<N>-...)", "any W&B runs"]
     if found.export_dir is not None and folder is None:
         kept.append(f"{found.export_dir}/ (--files removes it; a new study named {name!r} will not write over it)")
+    if found.other_dir is not None:
+        kept.append(f"{found.other_dir}/ (another study's results, named in its {OWNER})")
     print(f"deleted {what}")
     print(f"kept: {'; '.join(kept)}")
     return 0

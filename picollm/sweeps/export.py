@@ -313,16 +313,22 @@ def plot_confirmation(conf: Confirmation, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def own_folder(study: Any, root: str | Path) -> Path:
+    """``root/<study>``, refused in one line where it holds another study's results (before anything is written)."""
+    folder = Path(root) / study.study_name
+    refuse_another_studys_folder(folder, study.study_name, StudyRecord.of(study).uid, study.storage_url)
+    return folder
+
+
 def export_study(study: Any, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
     """Write trials.csv, best.yaml, the figures and a confirmation's csv and png; returns the folder and notes."""
-    folder = Path(root) / study.study_name
-    uid, storage = StudyRecord.of(study).uid, mask_url(study.storage_url)
-    refuse_another_studys_folder(folder, study.study_name, uid, storage)
+    folder = own_folder(study, root)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
-    atomic_write_json(folder / OWNER, {"study": study.study_name, "uid": uid, "storage": storage})
+    owner = {"study": study.study_name, "uid": StudyRecord.of(study).uid, "storage": mask_url(study.storage_url)}
+    atomic_write_json(folder / OWNER, owner)
     conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
     atomic_write_text(folder / "trials.csv", trials_csv(study, conf))
     notes: list[str] = []
@@ -339,6 +345,7 @@ def export_study(study: Any, root: str | Path, conf: Confirmation | None = None)
 
 def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers: int | None = None) -> list[str]:
     """Train what the confirmation misses, rewrite the study's files and W&B summary run, return the summary lines."""
+    own_folder(study, root)  # before the confirmation trains
     try:
         conf = confirm_study(study, s, workers)
     except NothingToConfirm as exc:

@@ -454,7 +454,10 @@ def explain(stored: dict[str, Any], mine: dict[str, Any]) -> list[str]:
 
 def start_over_hint(name: str) -> str:
     """How to get past a refusal about study ``name``: every such refusal says it."""
-    return f"start a new study with --study-name NEW, or start this one over: 'python sweep.py delete --study {name}'"
+    return (
+        f"start a new study with --study-name NEW, or start this one over: 'python sweep.py delete --study {name} "
+        "--files'"
+    )
 
 
 def refusal(name: str, storage_url: str, phrases: list[str]) -> str:
@@ -826,27 +829,36 @@ def folder_owner(folder: Path) -> dict[str, Any]:
     return owner if isinstance(owner, dict) else {}
 
 
-def belongs_to(folder: Path, uid: str | None) -> bool:
-    """Whether ``folder`` may hold the results of the study ``uid`` (None: a study not created yet, or one from
-    before studies had uids): a folder no study claimed yet, or one this study claimed."""
-    owner = folder_owner(folder).get("uid")
-    return owner is None or owner == uid
+def belongs_to(folder: Path, uid: str | None, storage_url: str, exists: bool = True) -> bool:
+    """Whether ``folder`` may hold the results of this study (``uid``: its own; None before its first sweep gave it
+    one; ``exists``: False for a study not created yet). A folder names its study in :data:`OWNER`: by uid, or, for a
+    study from before uids, by storage. A folder naming none holds no results yet, or an older study's: a study that
+    exists adopts it, a new one does not write over its trials.csv."""
+    owner = folder_owner(folder)
+    if owner.get("uid") is not None:
+        return owner["uid"] == uid
+    if owner:
+        return exists and owner.get("storage") == mask_url(storage_url)
+    return exists or not (folder / "trials.csv").exists()
 
 
-def refuse_another_studys_folder(folder: Path, name: str, uid: str | None, storage_url: str) -> None:
+def refuse_another_studys_folder(
+    folder: Path, name: str, uid: str | None, storage_url: str, exists: bool = True
+) -> None:
     """One line, nothing written, where ``folder`` holds another study's results: one deleted without its files, or
     one of the same name in another storage. Writing there would overwrite its trials.csv and best.yaml."""
-    if belongs_to(folder, uid):
+    if belongs_to(folder, uid, storage_url, exists):
         return
     where = folder_owner(folder).get("storage")
-    if where == mask_url(storage_url):
+    if where in (None, mask_url(storage_url)):
         raise PicoError(
-            f"{folder}/ holds the results of an earlier study named {name!r} in {where}, deleted since; nothing was "
-            "written: move that folder away, or set study.out_dir"
+            f"{folder}/ holds the results of an earlier study named {name!r}"
+            + (f" in {where}, deleted since" if where else "")
+            + "; nothing was written: move that folder away, or set study.out_dir"
         )
     raise PicoError(
-        f"{folder}/ holds the results of another study named {name!r} (in {where or 'another storage'}); nothing "
-        "was written: move that folder away, set study.out_dir, or name this study otherwise (--study-name NAME)"
+        f"{folder}/ holds the results of another study named {name!r} (in {where}); nothing was written: move that "
+        "folder away, set study.out_dir, or name this study otherwise (--study-name NAME)"
     )
 
 
@@ -854,10 +866,11 @@ def check_results_folder(storage: Any, exp: Experiment, storage_url: str) -> Non
     """:func:`refuse_another_studys_folder` before a sweep creates or resumes its study."""
     name = exp.study.name
     try:
-        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
-    except KeyError:  # not created yet: a folder any study claimed is another study's
-        attrs = {}
-    refuse_another_studys_folder(Path(exp.study.out_dir) / name, name, StudyRecord.from_attrs(attrs).uid, storage_url)
+        attrs, exists = storage.get_study_user_attrs(storage.get_study_id_from_name(name)), True
+    except KeyError:  # not created yet
+        attrs, exists = {}, False
+    folder = Path(exp.study.out_dir) / name
+    refuse_another_studys_folder(folder, name, StudyRecord.from_attrs(attrs).uid, storage_url, exists)
 
 
 @dataclass
@@ -868,6 +881,7 @@ class StoredStudy:
     storage: Any
     counts: dict[str, int]
     export_dir: Path | None  # study.out_dir/<name> (trials.csv, best.yaml, figures, job logs), if it is a folder
+    other_dir: Path | None  # that folder, where it holds another study's results: never removed
     runs_dir: str  # tracking.out_dir: the trials' run records
 
     def summary(self) -> str:
@@ -893,8 +907,9 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
     runs_dir = base.get("tracking", {}).get("out_dir") or TrackingConfig.out_dir
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
     folder = Path(out_dir) / name
-    export_dir = folder if plain and folder.is_dir() and belongs_to(folder, facts.uid) else None
-    return StoredStudy(name, storage, counts(study), export_dir, runs_dir)
+    found = folder if plain and folder.is_dir() else None
+    own = found is not None and belongs_to(found, facts.uid, storage_url)
+    return StoredStudy(name, storage, counts(study), found if own else None, None if own else found, runs_dir)
 
 
 def delete_stored(found: StoredStudy) -> None:

@@ -7,7 +7,7 @@ What a study and its trials store in Optuna's user attributes are typed records,
 Every fact a trial carries (where its run record is, what it spent, why it failed, which paused run it continues) is a
 field of :class:`TrialRecord`, written by :func:`record` and read back by :meth:`TrialRecord.of`: the objective, the
 study's liveness checks, the export, the report, the analysis and the API all go through it. What a study keeps of
-itself (its space, base config, settings, fingerprint, token plan and confirmation runs) is a :class:`StudyRecord`,
+itself (its uid, space, base configs, settings, fingerprint, token plan and confirmation) is a :class:`StudyRecord`,
 written by :func:`record_study` and :func:`record_confirm_run`.
 """
 
