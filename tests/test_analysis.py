@@ -480,3 +480,20 @@ def test_a_run_records_where_its_tokenizer_files_were_and_diagnostics_look_there
     monkeypatch.delenv("TIKTOKEN_CACHE_DIR")
     assert files.resolve() in diagnose.tiktoken_folders(run_dir)
     assert files.resolve() not in diagnose.tiktoken_folders()
+
+
+def test_a_report_shows_no_figures_or_best_yaml_of_another_study_of_the_same_name(tmp_path: Path) -> None:
+    """The study's folder is read only where its study.json names no other study (a same-named study elsewhere)."""
+    import optuna
+
+    from picollm.analysis.sections import study_folder
+    from picollm.sweeps.trial import record_study
+
+    study = optuna.create_study(study_name="t")
+    record_study(study, settings={"out_dir": str(tmp_path)}, uid="mine")
+    folder = tmp_path / "t"
+    folder.mkdir()
+    assert study_folder(study) == folder  # an export from before study.json
+    for uid, shown in (("mine", folder), (None, folder), ("another", None)):
+        (folder / "study.json").write_text(json.dumps({"study": "t", "uid": uid, "storage": "sqlite:///x.db"}))
+        assert study_folder(study) == shown, uid

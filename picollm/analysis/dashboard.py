@@ -31,8 +31,10 @@ REPORT_FIGURES = {
 def figures_to_publish(study: Any, reports_root: Path) -> list[tuple[Path, str]]:
     """(file, caption) for every figure of the study that exists on this machine, in reading order."""
     folder, report = study_folder(study), reports_root / study.study_name
-    found = [(folder / name, caption) for name, caption in STUDY_FIGURES.items()]
-    found.append((folder / "confirm.png", "Confirmation: the best configurations re-run with other seeds"))
+    found = []
+    if folder is not None:
+        found += [(folder / name, caption) for name, caption in STUDY_FIGURES.items()]
+        found.append((folder / "confirm.png", "Confirmation: the best configurations re-run with other seeds"))
     found += [(report / name, caption) for name, caption in REPORT_FIGURES.items()]
     found += [(p, f"Losses of {p.stem.removeprefix('noise_')}") for p in sorted(report.glob("noise_*.png"))]
     return [(path, caption) for path, caption in found if path.is_file()]

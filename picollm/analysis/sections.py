@@ -30,6 +30,7 @@ from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import StudySettings, budget_words
 from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
 from picollm.sweeps.report import short
+from picollm.sweeps.study import folder_owner
 from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 MIN_STEPS_FOR_NOISE = 8
@@ -371,9 +372,12 @@ def files_section(folders: list[Path], report_files: list[Path]) -> Section:
     return Section("Exported files", tables=[Table(["file", "size"], rows)])
 
 
-def study_folder(study: Any) -> Path:
-    """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``)."""
-    return Path(StudyRecord.of(study).settings.get("out_dir", "results/studies"), study.study_name)
+def study_folder(study: Any) -> Path | None:
+    """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``); None where that folder's study.json names
+    another study of the same name, whose figures and best.yaml are not this one's."""
+    facts = StudyRecord.of(study)
+    folder = Path(facts.settings.get("out_dir", "results/studies"), study.study_name)
+    return folder if folder_owner(folder).get("uid") in (None, facts.uid) else None
 
 
 STUDY_FIGURES = {
@@ -448,7 +452,8 @@ def _study_sections(study: Any) -> tuple[list[Section], str | None]:
     header, rows = trial_rows(study)
     params = StudyRecord.of(study).param_keys
     sections = [study_section(study, study_report_lines(study)), ranking_section(header, rows, params)]
-    figures = figures_section(study, study_folder(study))
+    folder = study_folder(study)
+    figures = figures_section(study, folder) if folder is not None else None
     sections += [figures] if figures is not None else []
     try:
         best = best_trial(study)
@@ -485,8 +490,9 @@ def transfer_section(study: Any, out_dir: Path) -> tuple[Section, dict[str, Any]
 
 def _epoch_config(study: Any, best: RunHistory | None) -> str:
     """The config the epoch comparison trains: the study's best.yaml, else the best run's own config."""
-    if study is not None and (study_folder(study) / "best.yaml").is_file():
-        return str(study_folder(study) / "best.yaml")
+    folder = study_folder(study) if study is not None else None
+    if folder is not None and (folder / "best.yaml").is_file():
+        return str(folder / "best.yaml")
     if best is not None and best.run_dir is not None:
         return str(best.run_dir / "config.yaml")
     return "CONFIG.yaml"
@@ -507,9 +513,9 @@ def build_report(name: str, runs: list[RunHistory], out_dir: Path, study: Any = 
     diagnostics, inspect = diagnostics_section(best, out_dir) if best is not None else (None, None)
     sample = sample_section(best) if best is not None else None
     sections += [s for s in (transfer, noise, compare, diagnostics, sample) if s is not None]
-    folders = [study_folder(study)] if study is not None else []
+    study_dir = study_folder(study) if study is not None else None
     own = [out_dir / name for name in ("report.md", "report.json", *(("report.html",) if html else ()))]
-    sections.append(files_section([*folders, out_dir], own))
+    sections.append(files_section([d for d in (study_dir, out_dir) if d is not None], own))
     data = {
         "transfer": moved,
         "noise": results.get("epochs"),
