@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from picollm.config import Config
     from picollm.sweeps import Experiment
+    from picollm.sweeps.study import CappedStudy
 
 __all__ = ["evaluate", "generate", "inspect", "load_config", "noise", "sweep", "train"]
 
@@ -166,7 +167,7 @@ def _run_dir(run: str | Path | TrainResult) -> Path:
 class SweepResult:
     """A study after :func:`sweep`: the Optuna study, its trials as a table, the best config, exports."""
 
-    study: Any  # optuna.Study
+    study: CappedStudy  # reopened once the workers are done
     folder: Path  # results/studies/<name>/: trials.csv, best.yaml, figures
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it; what finished is exported and the study resumes
@@ -293,7 +294,7 @@ def run_study(
     return SweepResult(study, outcome.folder, outcome.notes, outcome.interrupted)
 
 
-def _fail_left_running(study: Any) -> None:
+def _fail_left_running(study: CappedStudy) -> None:
     """Fail the trials an interrupted sweep left RUNNING in this process: a kernel lives on, so nobody else would."""
     from optuna.trial import TrialState
 

@@ -10,13 +10,16 @@ import json
 import threading
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref import simple_server
 
 from picollm.analysis.sections import STUDY_FIGURES, study_folder
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.trial import TrialRecord
+
+if TYPE_CHECKING:
+    import optuna
 
 RUN_FILES = ("summary.json", "config.yaml", "meta.json", "metrics.jsonl", "samples.jsonl")
 REPORT_FIGURES = {
@@ -28,7 +31,7 @@ REPORT_FIGURES = {
 }
 
 
-def figures_to_publish(study: Any, reports_root: Path) -> list[tuple[Path, str]]:
+def figures_to_publish(study: optuna.Study, reports_root: Path) -> list[tuple[Path, str]]:
     """(file, caption) for every figure of the study that exists on this machine, in reading order."""
     folder, report = study_folder(study), reports_root / study.study_name
     found = []
@@ -41,7 +44,7 @@ def figures_to_publish(study: Any, reports_root: Path) -> list[tuple[Path, str]]
 
 
 def publish_figures(
-    study: Any, study_id: int, figures: list[tuple[Path, str]], store: Any, index_path: Path
+    study: optuna.Study, study_id: int, figures: list[tuple[Path, str]], store: Any, index_path: Path
 ) -> list[str]:
     """Upload each figure once per content (``index.json``: sha256 -> artifact id); returns the ids in order."""
     from optuna.artifacts import get_all_artifact_meta, upload_artifact
@@ -60,7 +63,9 @@ def publish_figures(
     return ids
 
 
-def study_note(study: Any, study_id: int, figures: list[tuple[Path, str]], ids: list[str], has_report: bool) -> str:
+def study_note(
+    study: optuna.Study, study_id: int, figures: list[tuple[Path, str]], ids: list[str], has_report: bool
+) -> str:
     lines = [f"## {study.study_name}: the figures", ""]
     if has_report:
         lines += [
@@ -106,7 +111,7 @@ def trial_note(study_name: str, trial: Any) -> str:
     return "\n".join(lines)
 
 
-def write_notes(study: Any, storage: Any, study_id: int, body: str) -> None:
+def write_notes(study: optuna.Study, storage: Any, study_id: int, body: str) -> None:
     """The study note and one note per finished trial; a note is saved only when its text changed."""
     import optuna
     from optuna_dashboard import get_note, save_note

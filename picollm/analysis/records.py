@@ -6,13 +6,16 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from picollm.errors import DataError, mask_url
 from picollm.wandb_offline import read_history, read_run_info
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass
@@ -160,7 +163,7 @@ def open_studies(storage_url: str, study_name: str | None) -> tuple[Any, list[st
     return storage, [study_name] if study_name else names
 
 
-def _complete_trials(study: Any) -> list[Any]:
+def _complete_trials(study: optuna.Study) -> list[Any]:
     from optuna.trial import TrialState
 
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -177,7 +180,7 @@ def _has_record(trial: Any) -> bool:
     return bool(run_dir) and Path(run_dir, "metrics.jsonl").is_file()
 
 
-def load_study_runs(study: Any) -> list[RunHistory]:
+def load_study_runs(study: optuna.Study) -> list[RunHistory]:
     """The run records of a study's completed trials, in trial order."""
     runs = []
     for trial in filter(_has_record, _complete_trials(study)):
@@ -189,7 +192,7 @@ def load_study_runs(study: Any) -> list[RunHistory]:
     return runs
 
 
-def unrecorded_trials(study: Any) -> list[str]:
+def unrecorded_trials(study: optuna.Study) -> list[str]:
     """The completed trials :func:`load_study_runs` cannot read, each with where its record was looked for."""
     return [
         f"t{t.number} (no run record at {_run_dir(t) or 'an unrecorded folder'})"
@@ -198,7 +201,7 @@ def unrecorded_trials(study: Any) -> list[str]:
     ]
 
 
-def study_report_lines(study: Any) -> list[str]:
+def study_report_lines(study: optuna.Study) -> list[str]:
     """The sweep's own summary of a study (counts, tokens spent, best against the baseline)."""
     from picollm.sweeps import report_lines  # optuna: reading run folders needs none
 

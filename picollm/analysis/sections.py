@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from picollm.sweeps.report import short
 from picollm.sweeps.study import folder_owner
 from picollm.sweeps.trial import StudyRecord, TrialRecord
 
+if TYPE_CHECKING:
+    import optuna
+
 MIN_STEPS_FOR_NOISE = 8
 MAX_RUN_FIGURES = 6  # per-run noise figures (those the verdict names and the best run first); the rest in words
 
@@ -47,7 +50,7 @@ def _describe_param(p: dict[str, Any]) -> str:
     return text + (f", when {', '.join(f'{k} in {v}' for k, v in when.items())}" if when else "")
 
 
-def _data_identity(study: Any) -> Table:
+def _data_identity(study: optuna.Study) -> Table:
     """What the trials trained and were scored on: the data settings, and a run's measured data."""
     data = StudyRecord.of(study).base.get("data", {})
     keys = ("tinystories", "max_stories", "input_files", "synthetic", "tokenizer", "compact_vocab", "val_tokens")
@@ -62,7 +65,7 @@ def _data_identity(study: Any) -> Table:
     return Table(["setting", "value"], rows, "Data identity (trials compare only on the same data):")
 
 
-def study_section(study: Any, counts_lines: list[str]) -> Section:
+def study_section(study: optuna.Study, counts_lines: list[str]) -> Section:
     """The question the study asks: space, budget, metric, data."""
     facts = StudyRecord.of(study)
     s = facts.settings
@@ -372,7 +375,7 @@ def files_section(folders: list[Path], report_files: list[Path]) -> Section:
     return Section("Exported files", tables=[Table(["file", "size"], rows)])
 
 
-def study_folder(study: Any) -> Path | None:
+def study_folder(study: optuna.Study) -> Path | None:
     """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``); None where that folder's study.json names
     another study of the same name, whose figures and best.yaml are not this one's."""
     facts = StudyRecord.of(study)
@@ -387,7 +390,7 @@ STUDY_FIGURES = {
 }
 
 
-def figures_section(study: Any, folder: Path) -> Section | None:
+def figures_section(study: optuna.Study, folder: Path) -> Section | None:
     """The sweep's own plots, and the confirmation (best configs re-run with other seeds) when present."""
     figures = [Figure(folder / name, caption) for name, caption in STUDY_FIGURES.items() if (folder / name).is_file()]
     section = Section("Study figures", figures=figures)
@@ -397,7 +400,7 @@ def figures_section(study: Any, folder: Path) -> Section | None:
     return section if figures or confirm else None
 
 
-def confirm_section(study: Any, folder: Path) -> Section | None:
+def confirm_section(study: optuna.Study, folder: Path) -> Section | None:
     """Is the winner still the winner with other seeds? The study's recorded confirmation, as the sweep ranked it."""
     conf = recorded_confirmation(study)
     if conf is None:
@@ -447,7 +450,7 @@ def _fmt4(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "-"
 
 
-def _study_sections(study: Any) -> tuple[list[Section], str | None]:
+def _study_sections(study: optuna.Study) -> tuple[list[Section], str | None]:
     """The study's own sections and the name of its best trial's run (``t<number>``)."""
     header, rows = trial_rows(study)
     params = StudyRecord.of(study).param_keys
@@ -472,7 +475,7 @@ TRANSFER_METHOD = (
 )
 
 
-def transfer_section(study: Any, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
+def transfer_section(study: optuna.Study, out_dir: Path) -> tuple[Section, dict[str, Any] | None]:
     """Does the ranking at the cheap budget predict the target's? Always a section: it says why when it cannot tell."""
     title = "Does the cheap budget predict the target?"
     try:
@@ -488,7 +491,7 @@ def transfer_section(study: Any, out_dir: Path) -> tuple[Section, dict[str, Any]
     return section, result
 
 
-def _epoch_config(study: Any, best: RunHistory | None) -> str:
+def _epoch_config(study: optuna.Study, best: RunHistory | None) -> str:
     """The config the epoch comparison trains: the study's best.yaml, else the best run's own config."""
     folder = study_folder(study) if study is not None else None
     if folder is not None and (folder / "best.yaml").is_file():
@@ -498,7 +501,9 @@ def _epoch_config(study: Any, best: RunHistory | None) -> str:
     return "CONFIG.yaml"
 
 
-def build_report(name: str, runs: list[RunHistory], out_dir: Path, study: Any = None, html: bool = False) -> Any:
+def build_report(
+    name: str, runs: list[RunHistory], out_dir: Path, study: optuna.Study | None = None, html: bool = False
+) -> Any:
     """Every section that has something to show, in reading order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, best_name = _study_sections(study) if study is not None else ([], None)

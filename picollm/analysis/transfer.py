@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
@@ -16,6 +16,9 @@ from scipy import stats
 from picollm.errors import DataError
 from picollm.sweeps.budget import config_key
 from picollm.sweeps.trial import StudyRecord, TrialRecord
+
+if TYPE_CHECKING:
+    import optuna
 
 MIN_TRIALS = 3  # complete trials below which there is nothing to rank
 MIN_EVIDENCE = 4  # configurations measured at both budgets below which the report says the evidence is missing
@@ -96,7 +99,7 @@ def agreement(x: np.ndarray, seeds: list[list[float]], n_boot: int = N_BOOTSTRAP
     return result
 
 
-def budgets_of(study: Any) -> Budgets:
+def budgets_of(study: optuna.Study) -> Budgets:
     settings = StudyRecord.of(study).settings
     budget = settings.get("budget_tokens")
     if not budget:
@@ -104,7 +107,7 @@ def budgets_of(study: Any) -> Budgets:
     return Budgets(int(budget), int(settings.get("target_tokens") or budget))
 
 
-def _confirmed(study: Any, target: int) -> dict[int, list[float]]:
+def _confirmed(study: optuna.Study, target: int) -> dict[int, list[float]]:
     """Each trial's confirmation losses at the target budget (usable runs only)."""
     out: dict[int, list[float]] = {}
     for run in StudyRecord.of(study).confirm_runs.values():
@@ -116,7 +119,7 @@ def _confirmed(study: Any, target: int) -> dict[int, list[float]]:
     return out
 
 
-def configurations(study: Any, budgets: Budgets) -> list[Configuration]:
+def configurations(study: optuna.Study, budgets: Budgets) -> list[Configuration]:
     """Every complete or pruned trial with its losses; a complete trial that trained to the target adds its value."""
     from optuna.trial import TrialState
 
@@ -157,7 +160,7 @@ def budget_rows(configs: list[Configuration], budgets: Budgets, n_boot: int = N_
     return rows
 
 
-def transfer_analysis(study: Any, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
+def transfer_analysis(study: optuna.Study, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
     """Everything ``analyze.py transfer`` prints and saves; too few finished trials is one :class:`DataError`."""
     from optuna.trial import TrialState
 

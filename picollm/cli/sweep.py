@@ -22,7 +22,7 @@ from picollm.errors import EXIT_INTERRUPTED, ConfigError, mask_url
 from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
 from picollm.sweeps.experiment import ConfirmSettings, check_confirm
 from picollm.sweeps.export import confirm_and_export, export_study
-from picollm.sweeps.study import OWNER, add_storage_argument, delete_stored, find_study
+from picollm.sweeps.study import OWNER, CappedStudy, add_storage_argument, delete_stored, find_study
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def confirm_command(study: Any, exp: Any, args: argparse.Namespace) -> list[str]:
+def confirm_command(study: CappedStudy, exp: Any, args: argparse.Namespace) -> list[str]:
     """`sweep.py confirm`: the experiment's confirm: block (or the defaults), with --top/--seeds on top."""
     s = dataclasses.replace(exp.confirm or ConfirmSettings())
     s.top = args.top if args.top is not None else s.top

@@ -277,18 +277,18 @@ def tried_at_target(trials: list[Any], target: int) -> int:
     return len({config_key(t.params) for t in trials if t.state.is_finished()}) * target
 
 
-def confirmation_tokens(study: Any) -> int:
+def confirmation_tokens(study: optuna.Study) -> int:
     """The tokens of the confirmation runs recorded so far."""
     return sum(int(run.get("tokens") or 0) for run in StudyRecord.of(study).confirm_runs.values())
 
 
-def spent_so_far(study: Any, plan: TokenPlan) -> int:
+def spent_so_far(study: optuna.Study, plan: TokenPlan) -> int:
     """Every token the study has trained: its trials (and their decays) and its confirmation runs so far."""
     trials = sum(plan.spent(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     return trials + confirmation_tokens(study)
 
 
-def stored_plan(study: Any) -> TokenPlan | None:
+def stored_plan(study: optuna.Study) -> TokenPlan | None:
     """The plan the study's last sweep ran under (None for a study made before plans were recorded)."""
     raw = StudyRecord.of(study).token_plan
     return None if raw is None else TokenPlan(**{**raw, "budgets": tuple(raw["budgets"])})

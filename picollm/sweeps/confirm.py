@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import optuna
+
 from picollm import data, trainer
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
@@ -149,7 +151,7 @@ def params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-def _finished(study: Any) -> list[Any]:
+def _finished(study: optuna.Study) -> list[Any]:
     from optuna.trial import TrialState
 
     states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -160,7 +162,7 @@ def _candidate(t: Any) -> Candidate:
     return Candidate(t.number, dict(t.params), TrialRecord.of(t).baseline, t.value)
 
 
-def leader(study: Any) -> Any:
+def leader(study: optuna.Study) -> Any:
     """The trial the study ranks first: the lowest value among complete trials (pruned ones never win)."""
     from optuna.trial import TrialState
 
@@ -181,7 +183,7 @@ def gap_to(leader_trial: Any, other: Any) -> tuple[int | None, float] | None:
     return step, other.intermediate_values[step] - leader_trial.intermediate_values[step]
 
 
-def shortlist(study: Any, leader_trial: Any, margin: float, most: int) -> list[Candidate]:
+def shortlist(study: optuna.Study, leader_trial: Any, margin: float, most: int) -> list[Candidate]:
     """The closest ``most`` configurations that trail the leader by less than ``margin``: they cannot be told apart."""
     seen = {params_key(leader_trial.params)}
     close: list[tuple[float, Candidate]] = []
@@ -194,12 +196,12 @@ def shortlist(study: Any, leader_trial: Any, margin: float, most: int) -> list[C
     return [c for _, c in sorted(close, key=lambda pair: pair[0])[:most]]
 
 
-def baseline_candidate(study: Any) -> Candidate | None:
+def baseline_candidate(study: optuna.Study) -> Candidate | None:
     base = next((t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).baseline), None)
     return None if base is None else _candidate(base)
 
 
-def candidates(study: Any, shortlisted: Sequence[int] = ()) -> list[Candidate]:
+def candidates(study: optuna.Study, shortlisted: Sequence[int] = ()) -> list[Candidate]:
     """The leader, the shortlisted trials (numbers), and the baseline, each configuration once."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     out: dict[str, Candidate] = {}
@@ -288,13 +290,13 @@ class Confirmation:
         return paired_test(a.losses(shared), b.losses(shared))
 
 
-def confirm_budget(study: Any, s: ConfirmSettings) -> int | None:
+def confirm_budget(study: optuna.Study, s: ConfirmSettings) -> int | None:
     """``confirm.budget_tokens``, else the study's target: the answer is checked at the budget it will train at."""
     settings = StudyRecord.of(study).settings
     return s.budget_tokens or settings.get("target_tokens") or settings.get("budget_tokens")
 
 
-def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = None) -> Confirmation:
+def plan(study: optuna.Study, s: ConfirmSettings, shortlisted: Sequence[int] | None = None) -> Confirmation:
     """The candidates (``shortlisted``, else the latest shortlist) and seeds, with the runs recorded already."""
     check_confirm(s)
     facts = StudyRecord.of(study)
@@ -316,7 +318,7 @@ def plan(study: Any, s: ConfirmSettings, shortlisted: Sequence[int] | None = Non
     )
 
 
-def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) -> Confirmation:
+def confirm_study(study: optuna.Study, s: ConfirmSettings, workers: int | None = None) -> Confirmation:
     """Confirm the leader at the target budget, then what cannot be told apart from it, and the baseline.
 
     The leader's seeds measure the seed noise; a gap below the 95% bound of a two-seed difference (1.96 * sqrt(2) *
@@ -340,7 +342,7 @@ def confirm_study(study: Any, s: ConfirmSettings, workers: int | None = None) ->
     return conf
 
 
-def affordable(study: Any, s: ConfirmSettings, first: Confirmation) -> int:
+def affordable(study: optuna.Study, s: ConfirmSettings, first: Confirmation) -> int:
     """How many close configurations the confirmation may train: ``confirm.top``, fewer where the study's token
     budget has no room left for their runs beside the baseline's (the budget reserved the leader's and the
     baseline's only)."""
@@ -352,7 +354,7 @@ def affordable(study: Any, s: ConfirmSettings, first: Confirmation) -> int:
     return max(0, min(s.top, left // per_config)) if per_config else s.top
 
 
-def score_on_test(study: Any, conf: Confirmation) -> None:
+def score_on_test(study: optuna.Study, conf: Confirmation) -> None:
     """The winner's and the baseline's runs scored on the test set, which no choice has seen; recorded with each run."""
     if not StudyRecord.of(study).base.get("data", {}).get("test_tokens") or not conf.ranked():
         return
@@ -427,7 +429,9 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _train_missing(study: Any, conf: Confirmation, results: list[ConfigResult], parallel: int, threads: int) -> None:
+def _train_missing(
+    study: optuna.Study, conf: Confirmation, results: list[ConfigResult], parallel: int, threads: int
+) -> None:
     from tqdm.auto import tqdm
 
     facts = StudyRecord.of(study)

@@ -280,7 +280,7 @@ class SobolSampler(optuna.samplers.BaseSampler):
         self.tpe_after = tpe_after
         self._trial: tuple[int, int | None, Any] | None = None  # a trial's number, fresh index and TPE sampler
 
-    def _place(self, study: Any, trial: Any) -> tuple[int | None, Any]:
+    def _place(self, study: optuna.Study, trial: Any) -> tuple[int | None, Any]:
         """``trial``'s index among fresh trials (None: queued) and the TPE sampler that proposes it (None: a Sobol
         point does), worked out once per trial. Each TPE is seeded by the study's seed and the trial's number: workers
         share the study's seed, and a shared random stream would let two of them propose the same point from the same
@@ -298,13 +298,15 @@ class SobolSampler(optuna.samplers.BaseSampler):
             self._trial = (trial.number, index, tpe)
         return self._trial[1], self._trial[2]
 
-    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, BaseDistribution]:
         _, tpe = self._place(study, trial)
         if tpe is not None:
             return tpe.infer_relative_search_space(study, trial)
         return dict(self.space)
 
-    def sample_relative(self, study: Any, trial: Any, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: Any, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         index, tpe = self._place(study, trial)
         if not search_space or index is None:
             return {}  # a queued configuration: its parameters are fixed, and it takes no point
@@ -320,7 +322,9 @@ class SobolSampler(optuna.samplers.BaseSampler):
             point = engine.random(1)[0]
         return {name: from_unit(dist, float(u)) for (name, dist), u in zip(search_space.items(), point, strict=True)}
 
-    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: Any, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         """A key outside the space given: TPE's own draw in the model-based half, else a uniform draw fixed by the
         seed, the trial number and the key."""
         _, tpe = self._place(study, trial)
@@ -329,7 +333,7 @@ class SobolSampler(optuna.samplers.BaseSampler):
         return from_unit(param_distribution, random.Random(f"{self.seed}:{trial.number}:{param_name}").random())
 
 
-def _fresh_index(study: Any, trial: Any) -> int:
+def _fresh_index(study: optuna.Study, trial: Any) -> int:
     """How many fresh trials (neither queued nor continuations) were asked before this one."""
     before = study.get_trials(deepcopy=False)
     return sum(t.number < trial.number and not _queued(t) for t in before)

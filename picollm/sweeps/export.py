@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError, mask_url
 from picollm.fileio import atomic_write_json, atomic_write_text
@@ -26,7 +28,7 @@ from picollm.sweeps.confirm import (
     winners_curse,
 )
 from picollm.sweeps.experiment import ConfirmSettings, apply_params
-from picollm.sweeps.study import OWNER, refuse_another_studys_folder, trained_base
+from picollm.sweeps.study import OWNER, CappedStudy, refuse_another_studys_folder, trained_base
 from picollm.sweeps.trial import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
@@ -71,7 +73,7 @@ def trial_row(t: Any, metric: str) -> dict[str, Any]:
     return row
 
 
-def trial_rows(study: Any) -> tuple[list[str], list[dict[str, Any]]]:
+def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per trial with every searched parameter as a column."""
     facts = StudyRecord.of(study)
     param_keys = facts.param_keys
@@ -92,7 +94,7 @@ HELD_OUT_COLUMNS = (
 )
 
 
-def trials_csv(study: Any, conf: Confirmation | None = None) -> str:
+def trials_csv(study: optuna.Study, conf: Confirmation | None = None) -> str:
     header, rows = trial_rows(study)
     held = held_out_figures(conf) if conf is not None else {}
     if held:
@@ -118,7 +120,7 @@ def held_out_figures(conf: Confirmation) -> dict[int, dict[str, float]]:
     return figures
 
 
-def best_trial(study: Any) -> Any:
+def best_trial(study: optuna.Study) -> Any:
     """The lowest value among COMPLETE trials (a pruned trial's intermediate value never wins)."""
     from optuna.trial import TrialState
 
@@ -128,13 +130,13 @@ def best_trial(study: Any) -> Any:
     return min(complete, key=lambda t: (t.value, t.number))
 
 
-def best_config(study: Any) -> tuple[Config, Any]:
+def best_config(study: optuna.Study) -> tuple[Config, Any]:
     """The best trial's complete trainer config, set up to run on its own (not as a trial)."""
     best = best_trial(study)
     return standalone_config(study, best.params), best
 
 
-def standalone_config(study: Any, params: dict[str, Any], budget_tokens: int | None = None) -> Config:
+def standalone_config(study: optuna.Study, params: dict[str, Any], budget_tokens: int | None = None) -> Config:
     """The complete trainer config of ``params`` as the trials ran it (or at ``budget_tokens``), to run on its own."""
     values: dict[str, Any] = {
         **params,
@@ -150,7 +152,7 @@ def standalone_config(study: Any, params: dict[str, Any], budget_tokens: int | N
     return apply_params(config_from_dict(trained_base(study)), values)
 
 
-def recorded_confirmation(study: Any) -> Confirmation | None:
+def recorded_confirmation(study: optuna.Study) -> Confirmation | None:
     """The study's latest confirmation as recorded (no training), or None when it has none with a finished run."""
     stored = StudyRecord.of(study).confirm_settings
     if not stored:
@@ -163,7 +165,7 @@ def recorded_confirmation(study: Any) -> Confirmation | None:
     return conf if conf.ranked() else None
 
 
-def best_yaml(study: Any, conf: Confirmation | None = None) -> str:
+def best_yaml(study: optuna.Study, conf: Confirmation | None = None) -> str:
     """``best.yaml``: the confirmed winner's config headed by its evidence, or before one the best trial's."""
     conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
     run_it = "# Run it as-is: python -m picollm.train --config <this file>"
@@ -208,7 +210,7 @@ def _plots() -> dict[str, tuple[Any, str | None]]:
     }
 
 
-def study_figures(study: Any) -> tuple[dict[str, Any], list[str]]:
+def study_figures(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
     """Optuna's plots as Figures by file name, and a note for each not drawable yet; closed in pyplot."""
     import matplotlib.pyplot as plt
 
@@ -231,7 +233,7 @@ def study_figures(study: Any) -> tuple[dict[str, Any], list[str]]:
     return figures, skipped
 
 
-def write_figures(study: Any, folder: Path) -> tuple[list[Path], list[str]]:
+def write_figures(study: optuna.Study, folder: Path) -> tuple[list[Path], list[str]]:
     """The study plots as PNGs; a plot that cannot be drawn yet (too few trials) is skipped with a note."""
     figures, skipped = study_figures(study)
     for name, figure in figures.items():
@@ -313,14 +315,14 @@ def plot_confirmation(conf: Confirmation, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def own_folder(study: Any, root: str | Path) -> Path:
+def own_folder(study: CappedStudy, root: str | Path) -> Path:
     """``root/<study>``, refused in one line where it holds another study's results (before anything is written)."""
     folder = Path(root) / study.study_name
     refuse_another_studys_folder(folder, study.study_name, StudyRecord.of(study).uid, study.storage_url)
     return folder
 
 
-def export_study(study: Any, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
+def export_study(study: CappedStudy, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
     """Write trials.csv, best.yaml, the figures and a confirmation's csv and png; returns the folder and notes."""
     folder = own_folder(study, root)
     try:
@@ -343,7 +345,9 @@ def export_study(study: Any, root: str | Path, conf: Confirmation | None = None)
     return folder, notes + skipped
 
 
-def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers: int | None = None) -> list[str]:
+def confirm_and_export(
+    study: CappedStudy, s: ConfirmSettings, root: str | Path, workers: int | None = None
+) -> list[str]:
     """Train what the confirmation misses, rewrite the study's files and W&B summary run, return the summary lines."""
     own_folder(study, root)  # before the confirmation trains
     try:
@@ -355,7 +359,7 @@ def confirm_and_export(study: Any, s: ConfirmSettings, root: str | Path, workers
     return [*summary_lines(conf), f"confirmation: {folder}/confirm.csv, confirm.png; best.yaml is the confirmed winner"]
 
 
-def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) -> str | None:
+def log_study_run(study: optuna.Study, folder: Path, conf: Confirmation | None = None) -> str | None:
     """The study's W&B summary run: trial values, the table, figures and the answer; its id, or None if W&B is off."""
     facts = StudyRecord.of(study)
     tracking = facts.base.get("tracking", {})
@@ -388,7 +392,7 @@ def log_study_run(study: Any, folder: Path, conf: Confirmation | None = None) ->
         return None
 
 
-def _log_study(run: Any, study: Any, folder: Path) -> None:
+def _log_study(run: Any, study: optuna.Study, folder: Path) -> None:
     import wandb
 
     run.define_metric("trial")
@@ -407,7 +411,7 @@ def _log_study(run: Any, study: Any, folder: Path) -> None:
     run.log(payload)
 
 
-def answer_summary(study: Any, conf: Confirmation | None) -> dict[str, Any]:
+def answer_summary(study: optuna.Study, conf: Confirmation | None) -> dict[str, Any]:
     """The study's answer as summary keys (``best/<param>``, ``best_trial``, its mean, interval and verdict)."""
     if conf is None:
         try:

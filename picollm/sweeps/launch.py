@@ -28,7 +28,7 @@ from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageErro
 from picollm.sweeps.experiment import Experiment
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
 from picollm.sweeps.report import Progress, report_lines
-from picollm.sweeps.study import finished, open_study, with_seed
+from picollm.sweeps.study import CappedStudy, finished, open_study, with_seed
 from picollm.sweeps.workers import WorkerSpec, prepare, run_worker
 
 STORAGE_ENV = "PICOLLM_STORAGE"
@@ -255,7 +255,7 @@ def describe(jobs: list[Any], settings: LauncherSettings, exp: Experiment, comma
     ]
 
 
-def wait(jobs: list[Any], settings: LauncherSettings, study: Any) -> None:
+def wait(jobs: list[Any], settings: LauncherSettings, study: CappedStudy) -> None:
     """One bar over the study's finished trials (or its token budget) until every job has left the queue."""
     launcher = EXECUTORS[settings.name]
     progress = Progress(study)

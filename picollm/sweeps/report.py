@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 
 from picollm.console import show_progress
 from picollm.sweeps.budget import confirmation_tokens, stored_plan, tried_at_target
-from picollm.sweeps.study import FINISHED, counts
+from picollm.sweeps.study import FINISHED, CappedStudy, counts
 from picollm.sweeps.trial import TrialRecord
 
 
@@ -50,7 +51,7 @@ def short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def best_value(study: Any, upto: Any = None) -> float | None:
+def best_value(study: optuna.Study, upto: Any = None) -> float | None:
     """The best COMPLETE trial's value (Optuna ranks complete trials only); with ``upto``, among the trials that had
     finished when ``upto`` did, so a line never names a best that came later."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -64,7 +65,7 @@ class Progress:
     """A bar over finished trials (or over the trials' share of a token budget) with the best value so far, and one
     line per finished trial."""
 
-    def __init__(self, study: Any) -> None:
+    def __init__(self, study: CappedStudy) -> None:
         from tqdm.auto import tqdm
 
         self.tqdm, self.study, self.plan = tqdm, study, study.plan
@@ -80,12 +81,12 @@ class Progress:
         )
         self.advance(study)
 
-    def advance(self, study: Any) -> None:
+    def advance(self, study: optuna.Study) -> None:
         done = study.get_trials(deepcopy=False, states=FINISHED)
         spent = sum(self.plan.spent(t) for t in done) if self.plan.max_tokens is not None else len(done)
         self.bar.n = min(spent, self.bar.total)
 
-    def show(self, study: Any, trial: Any) -> None:
+    def show(self, study: optuna.Study, trial: Any) -> None:
         if trial.number in self.seen:
             return
         self.seen.add(trial.number)
@@ -96,7 +97,7 @@ class Progress:
         self.bar.set_postfix(best=f"{best:.4f}" if best is not None else "-")
         self.bar.refresh()
 
-    def poll(self, study: Any) -> None:
+    def poll(self, study: optuna.Study) -> None:
         for t in study.get_trials(deepcopy=False):
             if t.state.is_finished():
                 self.show(study, t)
@@ -105,7 +106,7 @@ class Progress:
         self.bar.close()
 
 
-def spent_words(study: Any) -> str:
+def spent_words(study: optuna.Study) -> str:
     """Every token the study trained (its trials, their branched decays, its confirmation runs), against its budget
     and against training every configuration it tried once at the target."""
     trials = study.get_trials(deepcopy=False)
@@ -127,7 +128,7 @@ def spent_words(study: Any) -> str:
     return "; ".join(parts)
 
 
-def report_lines(study: Any) -> list[str]:
+def report_lines(study: optuna.Study) -> list[str]:
     """The best COMPLETE trial against the baseline (trial 0, the unmodified base config)."""
     c = counts(study)
     lines = [

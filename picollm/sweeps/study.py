@@ -477,7 +477,7 @@ def refuse_mix(stored: dict[str, Any] | None, exp: Experiment, storage_url: str)
         raise FingerprintMismatch(refusal(exp.study.name, storage_url, phrases))
 
 
-def check_fingerprint(study: Any, exp: Experiment, storage_url: str) -> None:
+def check_fingerprint(study: optuna.Study, exp: Experiment, storage_url: str) -> None:
     """Store the fingerprint with a new study, or refuse a sweep whose fingerprint differs (one line)."""
     if exp.fingerprint is None:
         return
@@ -498,7 +498,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool:
+def _fail_and_retry(study: CappedStudy, trial: Any, reason: str, max_retry: int) -> bool:
     """Fail a RUNNING trial with ``reason`` and re-queue it (capped); False if another worker was first."""
     storage, trial_id = study.storage, study.trial_id(trial.number)
     try:  # the reason first: a finished trial cannot be written to any more
@@ -511,7 +511,7 @@ def _fail_and_retry(study: Any, trial: Any, reason: str, max_retry: int) -> bool
     return True
 
 
-def retry(study: Any, trial: Any, max_retry: int) -> bool:
+def retry(study: optuna.Study, trial: Any, max_retry: int) -> bool:
     """Re-queue a failed trial with its parameters, as Optuna's stale-trial callback does; False when out of retries."""
     if len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= max_retry:
         return False
@@ -525,7 +525,7 @@ def _rerun_on_resume(trial: Any) -> bool:
     return facts.fail_reason == INTERRUPTED or (facts.baseline and facts.failed_by_its_worker)
 
 
-def requeue_stopped(study: Any, max_retry: int) -> tuple[list[int], list[int]]:
+def requeue_stopped(study: optuna.Study, max_retry: int) -> tuple[list[int], list[int]]:
     """On resume: re-queue a failed baseline and Ctrl-C'd trials once each; returns (re-queued, out of retries).
     Run under the study's setup lock, so workers starting together do not both queue one."""
     trials = study.get_trials(deepcopy=False)
@@ -543,14 +543,14 @@ def _local_owner_dead(trial: Any) -> bool:
     return owner_host == host() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
 
 
-def fail_dead_local_trials(study: Any, max_retry: int) -> list[int]:
+def fail_dead_local_trials(study: CappedStudy, max_retry: int) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker process on this host is gone."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     dead = [t for t in running if _local_owner_dead(t)]
     return [t.number for t in dead if _fail_and_retry(study, t, LOST_WORKER[0], max_retry)]
 
 
-def fail_expired_leases(study: Any, grace_period: float, max_retry: int) -> list[int]:
+def fail_expired_leases(study: CappedStudy, grace_period: float, max_retry: int) -> list[int]:
     """Journal storage: fail and re-queue RUNNING trials whose lease is older than ``grace_period``."""
     now, expired = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -757,26 +757,26 @@ def _record_or_check_space(study: CappedStudy, exp: Experiment, storage_url: str
     stored = StudyRecord.of(study).space or None
     if stored is None and record:
         record_study(study, space=_described(exp), base=exp.base.to_dict(), settings=asdict(exp.study))
-    if record and StudyRecord.of(study).uid is None:  # a study from before uids gets one at its next sweep
-        record_study(study, uid=uuid.uuid4().hex)
     _check_space(stored, exp, storage_url)
     check_fingerprint(study, exp, storage_url)
+    if record and StudyRecord.of(study).uid is None:  # a study from before uids gets one at its next sweep
+        record_study(study, uid=uuid.uuid4().hex)
     if record:  # the budget may grow between sweeps of one study, as n_trials may
         record_study(study, token_plan=asdict(study.plan))
 
 
-def trained_base(study: Any) -> dict[str, Any]:
+def trained_base(study: optuna.Study) -> dict[str, Any]:
     """The base config the trials trained with (fallback applied): ``best.yaml`` and confirmations start there."""
     return StudyRecord.of(study).ran_base
 
 
-def record_trained_base(study: Any, exp: Experiment) -> None:
+def record_trained_base(study: optuna.Study, exp: Experiment) -> None:
     """Once per study (the fingerprint makes every later worker's data the same): what the trials really use."""
     if StudyRecord.of(study).trained_base is None:
         record_study(study, trained_base=exp.base.to_dict(), offline_fallback=exp.extra.get("offline_fallback"))
 
 
-def enqueue_baseline(study: Any, exp: Experiment) -> None:
+def enqueue_baseline(study: optuna.Study, exp: Experiment) -> None:
     """Trial 0 is the base config itself, so every study shows its gain over the default."""
     if not study.trials:
         facts = TrialRecord(baseline=True).queued()
@@ -799,19 +799,16 @@ def with_seed(exp: Experiment, salt: str | None) -> Experiment:
     return replace(exp, study=replace(exp.study, seed=sampler_seed(exp.study.seed, salt)))
 
 
-def counts(study: Any) -> dict[str, int]:
+def counts(study: optuna.Study) -> dict[str, int]:
     out = {state.name: 0 for state in TrialState}
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] += 1
     return out
 
 
-def finished(study: Any) -> int:
+def finished(study: optuna.Study) -> int:
     """Complete and pruned trials: what ``n_trials`` counts."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-# -- Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API ------
 
 
 # -- Results folders: one study's each ------------------------------------------------------
@@ -871,6 +868,9 @@ def check_results_folder(storage: Any, exp: Experiment, storage_url: str) -> Non
         attrs, exists = {}, False
     folder = Path(exp.study.out_dir) / name
     refuse_another_studys_folder(folder, name, StudyRecord.from_attrs(attrs).uid, storage_url, exists)
+
+
+# -- Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API ------
 
 
 @dataclass

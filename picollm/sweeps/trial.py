@@ -142,7 +142,7 @@ class StudyRecord:
     uid: str | None = None  # this study, apart from any other of its name (in another storage, or deleted)
 
     @classmethod
-    def of(cls, study: Any) -> StudyRecord:
+    def of(cls, study: optuna.Study) -> StudyRecord:
         return cls.from_attrs(study.user_attrs)
 
     @classmethod
@@ -165,13 +165,13 @@ class StudyRecord:
 STUDY_FACTS = [f for f in dataclasses.fields(StudyRecord) if f.name != "confirm_runs"]
 
 
-def record_study(study: Any, **facts: Any) -> None:
+def record_study(study: optuna.Study, **facts: Any) -> None:
     """Write facts of a study (fields of :class:`StudyRecord`, confirmation runs apart)."""
     for key, value in _checked(facts, STUDY_FACTS, "study").items():
         study.set_user_attr(key, value)
 
 
-def record_confirm_run(study: Any, key: str, run: dict[str, Any]) -> None:
+def record_confirm_run(study: optuna.Study, key: str, run: dict[str, Any]) -> None:
     study.set_user_attr(CONFIRM_RUN + key, run)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
@@ -33,6 +34,7 @@ from picollm.sweeps.export import confirm_and_export, export_study, log_study_ru
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.study import (
+    CappedStudy,
     StudyFull,
     check_results_folder,
     claim_lock,
@@ -64,27 +66,27 @@ class WorkerSpec:
     rank: int = 0  # this worker's index on this machine: picks its GPU
 
 
-def _current_trial(study: Any, objective: Objective) -> Any:
+def _current_trial(study: CappedStudy, objective: Objective) -> Any:
     """The trial the objective ran last, as the storage has it now (None before the first)."""
     if objective.current is None:
         return None
     return study.storage.get_trial(study.trial_id(objective.current.number))
 
 
-def _taken_over(study: Any, objective: Objective) -> bool:
+def _taken_over(study: CappedStudy, objective: Objective) -> bool:
     """After ``optimize`` raised: was its trial failed by another worker while it ran?"""
     trial = _current_trial(study, objective)
     return trial is not None and trial.state == TrialState.FAIL
 
 
-def _say_interrupted(study: Any, objective: Objective, show: Callable[[str], None]) -> None:
+def _say_interrupted(study: CappedStudy, objective: Objective, show: Callable[[str], None]) -> None:
     trial = _current_trial(study, objective)
     if trial is not None:
         show(trial_line(trial, best_value(study, upto=trial)))
     show("interrupted: the running trial is failed (reason 'interrupted') and its run record closed")
 
 
-def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, deadline: float) -> bool:
+def _optimize_once(study: CappedStudy, objective: Objective, show: ShowTrial | None, deadline: float) -> bool:
     """One ``study.optimize`` call; False when this worker has nothing left to start right now."""
     callbacks = None if show is None else [show]
     objective.current = None
@@ -100,7 +102,7 @@ def _optimize_once(study: Any, objective: Objective, show: ShowTrial | None, dea
     return True
 
 
-def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any = None) -> None:
+def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: CappedStudy | None = None) -> None:
     """Run trials until the study has ``n_trials`` finished, the timeout passes, or Ctrl-C."""
     s = spec.exp.study
     study = open_study(spec.exp, spec.storage, create=False) if study is None else study
@@ -123,7 +125,7 @@ def run_worker(spec: WorkerSpec, on_trial: ShowTrial | None = None, study: Any =
         raise AbortSweep(objective.abort)
 
 
-def _print_trial(study: Any, trial: Any) -> None:
+def _print_trial(study: optuna.Study, trial: Any) -> None:
     print(trial_line(trial, best_value(study, upto=trial)), flush=True)
 
 
@@ -152,7 +154,7 @@ def worker_process(spec: WorkerSpec, environ: dict[str, str] | None = None) -> N
             sys.exit(EXIT_INTERRUPTED)
 
 
-def _run_processes(specs: list[WorkerSpec], study: Any, progress: Progress) -> None:
+def _run_processes(specs: list[WorkerSpec], study: optuna.Study, progress: Progress) -> None:
     ctx = worker_context()
     environ = dict(os.environ)  # handed over in memory (a pipe), never written to a file
     procs = [ctx.Process(target=worker_process, args=(spec, environ), daemon=False) for spec in specs]
@@ -227,7 +229,7 @@ def _identity(exp: Experiment) -> Experiment:
         raise _data_error(exc) from None
 
 
-def _requeue(study: Any, exp: Experiment) -> None:
+def _requeue(study: optuna.Study, exp: Experiment) -> None:
     queued, used_up = requeue_stopped(study, exp.study.max_retry)
     if queued:
         full = finished(study) >= trial_cap(exp.study)  # the total holds: a queued trial waits for room
