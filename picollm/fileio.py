@@ -49,5 +49,30 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_json_once(path: str | Path, data: Any) -> bool:
+    """Write ``path`` whole unless it exists; True where this call wrote it. Of processes racing, one does: a hard
+    link fails where the name exists (where the file system has no hard links, an exclusive create)."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            with open(path, "x", encoding="utf-8") as file:
+                file.write(text)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))

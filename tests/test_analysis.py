@@ -483,7 +483,7 @@ def test_a_run_records_where_its_tokenizer_files_were_and_diagnostics_look_there
 
 
 def test_a_report_shows_no_figures_or_best_yaml_of_another_study_of_the_same_name(tmp_path: Path) -> None:
-    """The study's folder is read only where its study.json names no other study (a same-named study elsewhere)."""
+    """The study's folder is read only where it holds this study's results, as a sweep would write there."""
     import optuna
 
     from picollm.analysis.sections import study_folder
@@ -493,7 +493,12 @@ def test_a_report_shows_no_figures_or_best_yaml_of_another_study_of_the_same_nam
     record_study(study, settings={"out_dir": str(tmp_path)}, uid="mine")
     folder = tmp_path / "t"
     folder.mkdir()
-    assert study_folder(study) == folder  # an export from before study.json
-    for uid, shown in (("mine", folder), (None, folder), ("another", None)):
+    assert study_folder(study) == folder  # nothing exported yet
+    (folder / "trials.csv").write_text("number\n0\n")
+    assert study_folder(study) is None  # results no study.json names: a study's from before uids, not this one's
+    record_study(study, uid=None)
+    assert study_folder(study) == folder  # a study from before uids reads them as its own
+    record_study(study, uid="mine")
+    for uid, shown in (("mine", folder), (None, None), ("another", None)):
         (folder / "study.json").write_text(json.dumps({"study": "t", "uid": uid, "storage": "sqlite:///x.db"}))
         assert study_folder(study) == shown, uid

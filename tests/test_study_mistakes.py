@@ -21,10 +21,13 @@ from optuna.trial import TrialState
 
 import picollm.cli.sweep as sweep_module
 from picollm.cli import run_cli
+from picollm.errors import PicoError
 from picollm.sweeps import load_experiment, open_study, run_sweep
+from picollm.sweeps.export import stamp_folder
 from picollm.sweeps.report import report_lines
 from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refuse_mix
-from picollm.sweeps.trial import StudyRecord
+from picollm.sweeps.trial import StudyRecord, record_study
+from picollm.sweeps.workers import prepare
 from tests.conftest import ROOT, SAMPLE, needs_sample
 from tests.sweeps import SWEEP, processes_at_once, write_experiment
 
@@ -304,19 +307,48 @@ def test_a_confirmation_into_another_studys_folder_is_refused_before_it_trains(
     assert sorted((tmp_path / "runs").iterdir()) == runs  # nothing trained
 
 
-def test_an_export_from_before_study_uids_is_adopted_by_its_study_and_kept_from_a_new_one(
+def test_a_study_holds_its_results_folder_from_its_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A study of the same name started elsewhere while the first still trains is refused before it trains, however
+    the two start: the first names itself in the folder as it starts, and of two stamps the first stands."""
+    path = write_experiment(tmp_path, study={"n_trials": 1})
+    storage, other = f"sqlite:///{tmp_path}/s.db", f"sqlite:///{tmp_path}/other.db"
+    exp, first = prepare(load_experiment(str(path), []), storage)  # started: nothing trained or exported yet
+    folder = tmp_path / "studies" / "t"
+    assert json.loads((folder / "study.json").read_text())["uid"] == StudyRecord.of(first).uid
+    assert not (folder / "trials.csv").exists()
+    code, _, err = sweep(["--config", str(path), "--storage", other], capsys)
+    assert code == 2 and f"{folder}/ holds the results of another study named 't' (in {storage})" in err, err
+    assert study_names(other) == [] and not any((tmp_path / "runs").glob("*"))
+    second = open_study(exp, other, create=True)  # had both passed the check at once: the second stamp is refused
+    with pytest.raises(PicoError, match="holds the results of another study named 't'"):
+        stamp_folder(second, tmp_path / "studies")
+    code, _, err = sweep(["--config", str(path), "--storage", storage], capsys)
+    assert code == 0 and (folder / "trials.csv").is_file(), err
+
+
+def test_an_export_from_before_study_uids_is_adopted_by_its_study_and_kept_from_any_other(
     tmp_path: Path, one_trial_study: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, storage = one_trial_study
-    folder = tmp_path / "studies" / "t"
-    (folder / "study.json").unlink()  # as exported before study.json existed
-    code, _, err = sweep(["export", "--config", str(path), "--storage", storage], capsys)
-    assert code == 0 and json.loads((folder / "study.json").read_text())["uid"], err  # its own study adopts it
+    folder, other = tmp_path / "studies" / "t", f"sqlite:///{tmp_path}/other.db"
+    record_study(load_study(storage), uid=None)  # a study from before uids, and its export
     (folder / "study.json").unlink()
+    code, _, err = sweep(["export", "--config", str(path), "--storage", storage], capsys)
+    assert code == 0 and not (folder / "study.json").exists(), err  # read, not swept: it has no uid to name
     written = _files(folder)
-    code, _, err = sweep(["--config", str(path), "--storage", f"sqlite:///{tmp_path}/other.db"], capsys)
+    code, _, err = sweep(["--config", str(path), "--storage", other], capsys)  # a new study of the name
     assert code == 2 and f"{folder}/ holds the results of an earlier study named 't'; nothing was written" in err
+    assert _files(folder) == written and study_names(other) == []
+    elsewhere = ["--set", f"study.out_dir={tmp_path / 'elsewhere'}"]  # a study with a uid, pointed at the folder
+    assert sweep(["--config", str(path), "--storage", other, *elsewhere], capsys)[0] == 0
+    code, _, err = sweep(["--config", str(path), "--storage", other, "--n-trials", "2"], capsys)
+    assert code == 2 and f"{folder}/ holds the results of an earlier study named 't'" in err
     assert _files(folder) == written
+    spelled_otherwise = f"sqlite:///{tmp_path}/./s.db"  # its own study resumes, however its URL is spelled
+    code, _, err = sweep(["--config", str(path), "--storage", spelled_otherwise, "--n-trials", "2"], capsys)
+    assert (
+        code == 0 and json.loads((folder / "study.json").read_text())["uid"] == StudyRecord.of(load_study(storage)).uid
+    ), err
 
 
 def test_refusals_that_name_a_study_point_at_delete_and_study_name(

@@ -30,7 +30,7 @@ from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import StudySettings, budget_words
 from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
 from picollm.sweeps.report import short
-from picollm.sweeps.study import folder_owner
+from picollm.sweeps.study import belongs_to
 from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -376,11 +376,11 @@ def files_section(folders: list[Path], report_files: list[Path]) -> Section:
 
 
 def study_folder(study: optuna.Study) -> Path | None:
-    """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``); None where that folder's study.json names
-    another study of the same name, whose figures and best.yaml are not this one's."""
+    """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``); None where that folder holds another
+    study's results (of the same name), whose figures and best.yaml are not this one's."""
     facts = StudyRecord.of(study)
     folder = Path(facts.settings.get("out_dir", "results/studies"), study.study_name)
-    return folder if folder_owner(folder).get("uid") in (None, facts.uid) else None
+    return folder if belongs_to(folder, facts.uid) else None
 
 
 STUDY_FIGURES = {

@@ -14,7 +14,7 @@ import optuna
 
 from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError, mask_url
-from picollm.fileio import atomic_write_json, atomic_write_text
+from picollm.fileio import atomic_write_json, atomic_write_text, write_json_once
 from picollm.sweeps.confirm import (
     Confirmation,
     NothingToConfirm,
@@ -28,7 +28,7 @@ from picollm.sweeps.confirm import (
     winners_curse,
 )
 from picollm.sweeps.experiment import ConfirmSettings, apply_params
-from picollm.sweeps.study import OWNER, CappedStudy, refuse_another_studys_folder, trained_base
+from picollm.sweeps.study import OWNER, CappedStudy, folder_owner, refuse_another_studys_folder, trained_base
 from picollm.sweeps.trial import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
@@ -315,22 +315,41 @@ def plot_confirmation(conf: Confirmation, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def stamp_folder(study: CappedStudy, root: str | Path) -> Path:
+    """Name the study in ``root/<study>/``'s :data:`OWNER`, where no stamp names it yet, so that another study of its
+    name is refused before it trains. Of two studies stamping one folder at once, the first stamp stands and the
+    second study is refused. A study from before uids stamps nothing: it has no uid to name."""
+    folder = Path(root) / study.study_name
+    uid = StudyRecord.of(study).uid
+    if uid is None or folder_owner(folder).get("uid") == uid:
+        return folder
+    _make(folder)
+    owner = {"study": study.study_name, "uid": uid, "storage": mask_url(study.storage_url)}
+    if not write_json_once(folder / OWNER, owner) and folder_owner(folder).get("uid") is None:
+        atomic_write_json(folder / OWNER, owner)  # a stamp naming no uid names no study
+    refuse_another_studys_folder(folder, study.study_name, uid, study.storage_url)  # another stamp came first
+    return folder
+
+
+def _make(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
+
+
 def own_folder(study: CappedStudy, root: str | Path) -> Path:
-    """``root/<study>``, refused in one line where it holds another study's results (before anything is written)."""
+    """``root/<study>``, refused in one line where it holds another study's results (before anything is written),
+    else stamped as this study's."""
     folder = Path(root) / study.study_name
     refuse_another_studys_folder(folder, study.study_name, StudyRecord.of(study).uid, study.storage_url)
-    return folder
+    return stamp_folder(study, root)
 
 
 def export_study(study: CappedStudy, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
     """Write trials.csv, best.yaml, the figures and a confirmation's csv and png; returns the folder and notes."""
     folder = own_folder(study, root)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
-    owner = {"study": study.study_name, "uid": StudyRecord.of(study).uid, "storage": mask_url(study.storage_url)}
-    atomic_write_json(folder / OWNER, owner)
+    _make(folder)
     conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
     atomic_write_text(folder / "trials.csv", trials_csv(study, conf))
     notes: list[str] = []

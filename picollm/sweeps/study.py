@@ -826,17 +826,15 @@ def folder_owner(folder: Path) -> dict[str, Any]:
     return owner if isinstance(owner, dict) else {}
 
 
-def belongs_to(folder: Path, uid: str | None, storage_url: str, exists: bool = True) -> bool:
-    """Whether ``folder`` may hold the results of this study (``uid``: its own; None before its first sweep gave it
-    one; ``exists``: False for a study not created yet). A folder names its study in :data:`OWNER`: by uid, or, for a
-    study from before uids, by storage. A folder naming none holds no results yet, or an older study's: a study that
-    exists adopts it, a new one does not write over its trials.csv."""
-    owner = folder_owner(folder)
-    if owner.get("uid") is not None:
-        return owner["uid"] == uid
-    if owner:
-        return exists and owner.get("storage") == mask_url(storage_url)
-    return exists or not (folder / "trials.csv").exists()
+def belongs_to(folder: Path, uid: str | None, exists: bool = True) -> bool:
+    """Whether ``folder`` may hold the results of this study (``uid``: its own, None for a study from before uids;
+    ``exists``: False for a study not created yet). From a study's first sweep on, :data:`OWNER` names it by uid. A
+    folder naming no uid holds no results yet, or those of a study from before uids: such a study adopts it, while a
+    new study, or one with a uid, does not write over its trials.csv."""
+    owner = folder_owner(folder).get("uid")
+    if owner is not None:
+        return owner == uid
+    return (exists and uid is None) or not (folder / "trials.csv").exists()
 
 
 def refuse_another_studys_folder(
@@ -844,7 +842,7 @@ def refuse_another_studys_folder(
 ) -> None:
     """One line, nothing written, where ``folder`` holds another study's results: one deleted without its files, or
     one of the same name in another storage. Writing there would overwrite its trials.csv and best.yaml."""
-    if belongs_to(folder, uid, storage_url, exists):
+    if belongs_to(folder, uid, exists):
         return
     where = folder_owner(folder).get("storage")
     if where in (None, mask_url(storage_url)):
@@ -908,7 +906,7 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
     folder = Path(out_dir) / name
     found = folder if plain and folder.is_dir() else None
-    own = found is not None and belongs_to(found, facts.uid, storage_url)
+    own = found is not None and belongs_to(found, facts.uid)
     return StoredStudy(name, storage, counts(study), found if own else None, None if own else found, runs_dir)
 
 

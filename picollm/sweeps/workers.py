@@ -30,7 +30,7 @@ from picollm.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DataError,
 from picollm.models import context_size
 from picollm.sweeps.budget import plan_words
 from picollm.sweeps.experiment import Experiment, budget_words, trial_cap
-from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
+from picollm.sweeps.export import confirm_and_export, export_study, log_study_run, stamp_folder
 from picollm.sweeps.processes import adopt, interrupts_as_keyboard, interrupts_held, stop_workers, worker_context
 from picollm.sweeps.report import Progress, best_value, trial_line
 from picollm.sweeps.study import (
@@ -247,6 +247,7 @@ def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tup
     check_results_folder(storage, exp, storage_url)
     check_trainable(exp, devices_here)
     study = open_study(exp, storage_url, create=True, storage=storage)
+    stamp_folder(study, exp.study.out_dir)  # checked above: from now on this study's, before anything trains
     with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together: one baseline, one retry
         record_trained_base(study, exp)
         enqueue_baseline(study, exp)
