@@ -449,3 +449,24 @@ def test_best_yaml_names_the_data_the_trials_used_after_an_offline_fallback(
     assert {k: best[k] for k in ("tinystories", "builtin_stories", "tokenizer")} == {
         k: trial_record[k] for k in ("tinystories", "builtin_stories", "tokenizer")
     }
+
+
+def test_trial_lines_come_in_finishing_order_so_each_best_is_already_shown() -> None:
+    """With two workers trial 1 can finish before trial 0: listed by number, trial 0's line would show a best that
+    appears only on the line below it."""
+    from datetime import datetime, timedelta
+
+    from picollm.sweeps.report import best_value, in_finishing_order
+
+    study, start = optuna.create_study(), datetime(2026, 1, 1)
+    for value, seconds in [(5.0, 30), (4.0, 10), (6.0, 20)]:  # trials 0, 1, 2
+        trial = optuna.trial.create_trial(value=value)
+        trial.datetime_start, trial.datetime_complete = start, start + timedelta(seconds=seconds)
+        study.add_trial(trial)
+    study.enqueue_trial({})  # waiting: after the finished ones
+    ordered = in_finishing_order(study.trials)
+    assert [t.number for t in ordered] == [1, 2, 0, 3]
+    shown: list[float] = []
+    for trial in ordered[:3]:
+        shown.append(trial.value)
+        assert best_value(study, upto=trial) == min(shown)  # a value on this line or above it

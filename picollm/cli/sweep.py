@@ -22,6 +22,7 @@ from picollm.errors import EXIT_INTERRUPTED, ConfigError, mask_url
 from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
 from picollm.sweeps.experiment import ConfirmSettings, check_confirm
 from picollm.sweeps.export import confirm_and_export, export_study
+from picollm.sweeps.report import in_finishing_order
 from picollm.sweeps.study import OWNER, CappedStudy, add_storage_argument, delete_stored, find_study
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(confirm_command(study, exp, args)))
         return 0
     if args.command == "status":
-        for trial in study.trials:
+        for trial in in_finishing_order(study.trials):
             print(trial_line(trial, best_value(study, upto=trial)))
         print("\n".join(report_lines(study)))
         return 0

@@ -61,6 +61,13 @@ def best_value(study: optuna.Study, upto: Any = None) -> float | None:
     return min(values) if values else None
 
 
+def in_finishing_order(trials: list[Any]) -> list[Any]:
+    """Finished trials in the order they finished, then the others by number: each line's ``best`` (see
+    :func:`best_value`) is then a value shown on that line or above it."""
+    done = sorted((t for t in trials if t.datetime_complete), key=lambda t: (t.datetime_complete, t.number))
+    return done + [t for t in trials if not t.datetime_complete]
+
+
 class Progress:
     """A bar over finished trials (or over the trials' share of a token budget) with the best value so far, and one
     line per finished trial."""
@@ -98,7 +105,7 @@ class Progress:
         self.bar.refresh()
 
     def poll(self, study: optuna.Study) -> None:
-        for t in study.get_trials(deepcopy=False):
+        for t in in_finishing_order(study.get_trials(deepcopy=False)):
             if t.state.is_finished():
                 self.show(study, t)
 
