@@ -372,7 +372,7 @@ def _sources(fp: dict[str, Any]) -> str:
     parts = []
     if data.get("tinystories"):
         cap = data.get("max_stories")
-        parts.append(str(data["tinystories"]) + (f" (its first {cap:,} stories)" if cap else ""))
+        parts.append(str(data["tinystories"]) + (f" (at most its first {cap:,} stories)" if cap else ""))
     if data.get("builtin_stories"):
         parts.append(f"the built-in stories ({data['builtin_stories']:,})")
     if data.get("synthetic"):
