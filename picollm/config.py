@@ -346,8 +346,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set expects key=value with a dotted key, got {item!r}")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text  # not YAML: keep it as a plain string
+    except yaml.YAMLError as exc:
+        if text.lstrip().startswith(("[", "{")):  # meant as a list or mapping: a typo, not a string
+            raise ConfigError(f"--set {key}: malformed YAML value {text!r} ({getattr(exc, 'problem', exc)})") from None
+        value = text  # not YAML (a prompt such as "Say: a: b"): keep it as a plain string
     return key.split("."), value
 
 
