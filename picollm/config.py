@@ -348,7 +348,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as exc:
         if text.lstrip().startswith(("[", "{")):  # meant as a list or mapping: a typo, not a string
-            raise ConfigError(f"--set {key}: malformed YAML value {text!r} ({getattr(exc, 'problem', exc)})") from None
+            problem = getattr(exc, "problem", exc)
+            raise ConfigError(
+                f"--set {key}: malformed YAML value {text!r} ({problem}); for text, quote it: --set \"{key}='{text}'\""
+            ) from None
         value = text  # not YAML (a prompt such as "Say: a: b"): keep it as a plain string
     return key.split("."), value
 
