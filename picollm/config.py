@@ -166,6 +166,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str) and value.lstrip().startswith("["):  # a list with a typo, kept as text by --set
+            raise ConfigError(f"{key}: expected a list, got {value!r}, which is not one in YAML (a bracket missing?)")
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             value = [value]  # a single path is a one-element list
         if not isinstance(value, list):
@@ -346,13 +348,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set expects key=value with a dotted key, got {item!r}")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        if text.lstrip().startswith(("[", "{")):  # meant as a list or mapping: a typo, not a string
-            problem = getattr(exc, "problem", exc)
-            raise ConfigError(
-                f"--set {key}: malformed YAML value {text!r} ({problem}); for text, quote it: --set \"{key}='{text}'\""
-            ) from None
-        value = text  # not YAML (a prompt such as "Say: a: b"): keep it as a plain string
+    except yaml.YAMLError:
+        value = text  # not YAML: keep it as a plain string
     return key.split("."), value
 
 

@@ -31,7 +31,7 @@ def test_set_overrides_are_typed_like_yaml() -> None:
     assert cfg.data.input_files == ["a.txt", "b.txt"]
     assert cfg.data.tinystories is None
     assert load_config(None, ["train.prompt=Say: a: b"]).train.prompt == "Say: a: b"  # not YAML: the text as given
-    assert load_config(None, ["train.prompt='[INST] hi'"]).train.prompt == "[INST] hi"  # quoted, as the refusal says
+    assert load_config(None, ["train.prompt=[INST] hi"]).train.prompt == "[INST] hi"  # a string field takes the text
     assert cfg.train.max_tokens == 1_000_000 and isinstance(cfg.train.max_tokens, int)
     assert cfg.model.tie_weights is False
 
@@ -165,8 +165,7 @@ def test_config_and_optim_import_without_a_cycle() -> None:
         (["train.device=tpu"], "train.device: unknown value"),
         (["optim.lr"], "--set expects key=value"),
         (["data.tinystories=null"], "no data"),
-        (["data.input_files=[a.txt"], "--set data.input_files: malformed YAML value '[a.txt'"),
-        (["train.prompt=[INST] hi"], "for text, quote it: --set \"train.prompt='[INST] hi'\""),
+        (["data.input_files=[a.txt"], "data.input_files: expected a list, got '[a.txt', which is not one in YAML"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(overrides: list[str], message: str) -> None:
