@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -49,6 +50,9 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
+
+
 def write_json_once(path: str | Path, data: Any) -> bool:
     """Write ``path`` whole unless it exists; True where this call wrote it. Of processes racing, one does: a hard
     link fails where the name exists (where the file system has no hard links, an exclusive create)."""
@@ -63,15 +67,26 @@ def write_json_once(path: str | Path, data: Any) -> bool:
         return True
     except FileExistsError:
         return False
-    except OSError:
-        try:
-            with open(path, "x", encoding="utf-8") as file:
-                file.write(text)
-            return True
-        except FileExistsError:
-            return False
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        return _create_once(path, text)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _create_once(path: Path, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+    except BaseException:
+        path.unlink(missing_ok=True)  # created here, then cut short: no half-written file is left
+        raise
+    return True
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -494,11 +494,10 @@ def test_a_report_shows_no_figures_or_best_yaml_of_another_study_of_the_same_nam
     folder = tmp_path / "t"
     folder.mkdir()
     assert study_folder(study) == folder  # nothing exported yet
-    (folder / "trials.csv").write_text("number\n0\n")
-    assert study_folder(study) is None  # results no study.json names: a study's from before uids, not this one's
-    record_study(study, uid=None)
-    assert study_folder(study) == folder  # a study from before uids reads them as its own
-    record_study(study, uid="mine")
-    for uid, shown in (("mine", folder), (None, None), ("another", None)):
+    (folder / "trials.csv").write_text("number,run_id\n0,t-t0-a\n")  # an export no study.json names
+    assert study_folder(study) is None  # its runs are not this study's
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"run_id": "t-t0-a"}))
+    assert study_folder(study) == folder  # they are: its own export from before study uids
+    for uid, shown in (("mine", folder), (None, folder), ("another", None)):
         (folder / "study.json").write_text(json.dumps({"study": "t", "uid": uid, "storage": "sqlite:///x.db"}))
         assert study_folder(study) == shown, uid

@@ -255,6 +255,35 @@ def test_token_cache_with_a_wrong_hash_is_rebuilt(tmp_path: Path, capsys: pytest
     assert bytes(second.train) == expected and bytes(second.val) != bytes(data)
 
 
+def test_a_file_written_once_keeps_its_first_writer_and_no_half_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """study.json's stamp: of two writers the first stands; without hard links an exclusive create does the same;
+    a failed write leaves neither the file nor its temporary."""
+    import errno
+
+    from picollm.fileio import write_json_once
+
+    one, two = tmp_path / "one" / "study.json", tmp_path / "two" / "study.json"
+    one.parent.mkdir(), two.parent.mkdir()
+    assert write_json_once(one, {"uid": "a"}) and not write_json_once(one, {"uid": "b"})
+    assert json.loads(one.read_text()) == {"uid": "a"} and [p.name for p in one.parent.iterdir()] == ["study.json"]
+
+    def link_fails(code: int) -> None:
+        def link(src: object, dst: object) -> None:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "link", link)
+
+    link_fails(errno.EPERM)  # a file system without hard links
+    assert write_json_once(two, {"uid": "a"}) and not write_json_once(two, {"uid": "b"})
+    assert json.loads(two.read_text()) == {"uid": "a"} and [p.name for p in two.parent.iterdir()] == ["study.json"]
+    link_fails(errno.ENOSPC)  # a full disk
+    with pytest.raises(OSError):
+        write_json_once(tmp_path / "study.json", {"uid": "a"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+
 @pytest.mark.fault("corrupt files")
 def test_a_crash_while_saving_weights_keeps_the_old_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic: list[str]

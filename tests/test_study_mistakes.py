@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +21,10 @@ import pytest
 from optuna.trial import TrialState
 
 import picollm.cli.sweep as sweep_module
+import picollm.sweeps.workers as workers_module
 from picollm.cli import run_cli
 from picollm.errors import PicoError
 from picollm.sweeps import load_experiment, open_study, run_sweep
-from picollm.sweeps.export import stamp_folder
 from picollm.sweeps.report import report_lines
 from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refuse_mix
 from picollm.sweeps.trial import StudyRecord, record_study
@@ -290,7 +291,7 @@ def test_a_study_of_the_same_name_in_another_storage_leaves_the_results_folder_a
     assert owner == {"study": "t", "uid": StudyRecord.of(load_study(storage)).uid, "storage": storage} and owner["uid"]
     (folder / "study.json").write_text('{"uid": "another", "storage": "elsewhere"}')  # a folder it does not own
     code, out, _ = sweep(["delete", "--study", "t", "--storage", storage, "--yes", "--files"], capsys)
-    assert code == 0 and "kept: " in out and f"{folder}/ (another study's results, named in its study.json)" in out
+    assert code == 0 and "kept: " in out and f"{folder}/ (another study's results)" in out
     assert folder.is_dir() and study_names(storage) == []  # --files removes only the study's own folder
 
 
@@ -307,21 +308,24 @@ def test_a_confirmation_into_another_studys_folder_is_refused_before_it_trains(
     assert sorted((tmp_path / "runs").iterdir()) == runs  # nothing trained
 
 
-def test_a_study_holds_its_results_folder_from_its_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_study_holds_its_results_folder_from_its_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A study of the same name started elsewhere while the first still trains is refused before it trains, however
     the two start: the first names itself in the folder as it starts, and of two stamps the first stands."""
     path = write_experiment(tmp_path, study={"n_trials": 1})
     storage, other = f"sqlite:///{tmp_path}/s.db", f"sqlite:///{tmp_path}/other.db"
-    exp, first = prepare(load_experiment(str(path), []), storage)  # started: nothing trained or exported yet
+    _, first = prepare(load_experiment(str(path), []), storage)  # started: nothing trained or exported yet
     folder = tmp_path / "studies" / "t"
     assert json.loads((folder / "study.json").read_text())["uid"] == StudyRecord.of(first).uid
     assert not (folder / "trials.csv").exists()
     code, _, err = sweep(["--config", str(path), "--storage", other], capsys)
     assert code == 2 and f"{folder}/ holds the results of another study named 't' (in {storage})" in err, err
     assert study_names(other) == [] and not any((tmp_path / "runs").glob("*"))
-    second = open_study(exp, other, create=True)  # had both passed the check at once: the second stamp is refused
+    monkeypatch.setattr(workers_module, "check_results_folder", lambda *args: False)  # checked before A stamped
     with pytest.raises(PicoError, match="holds the results of another study named 't'"):
-        stamp_folder(second, tmp_path / "studies")
+        prepare(load_experiment(str(path), []), other)  # its stamp comes second: refused, and its new study gone
+    assert study_names(other) == []
     code, _, err = sweep(["--config", str(path), "--storage", storage], capsys)
     assert code == 0 and (folder / "trials.csv").is_file(), err
 
@@ -329,12 +333,15 @@ def test_a_study_holds_its_results_folder_from_its_start(tmp_path: Path, capsys:
 def test_an_export_from_before_study_uids_is_adopted_by_its_study_and_kept_from_any_other(
     tmp_path: Path, one_trial_study: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A folder no study.json names is its study's where its trials.csv lists that study's runs, however the study's
+    URL is spelled and even once the study has a uid; another study of the name is refused."""
     path, storage = one_trial_study
     folder, other = tmp_path / "studies" / "t", f"sqlite:///{tmp_path}/other.db"
     record_study(load_study(storage), uid=None)  # a study from before uids, and its export
     (folder / "study.json").unlink()
     code, _, err = sweep(["export", "--config", str(path), "--storage", storage], capsys)
     assert code == 0 and not (folder / "study.json").exists(), err  # read, not swept: it has no uid to name
+    shutil.copytree(folder, tmp_path / "copy" / "t")  # the same export on another machine
     written = _files(folder)
     code, _, err = sweep(["--config", str(path), "--storage", other], capsys)  # a new study of the name
     assert code == 2 and f"{folder}/ holds the results of an earlier study named 't'; nothing was written" in err
@@ -344,11 +351,17 @@ def test_an_export_from_before_study_uids_is_adopted_by_its_study_and_kept_from_
     code, _, err = sweep(["--config", str(path), "--storage", other, "--n-trials", "2"], capsys)
     assert code == 2 and f"{folder}/ holds the results of an earlier study named 't'" in err
     assert _files(folder) == written
+    (folder / "study.json").write_text(json.dumps({"study": "t", "uid": None, "storage": storage}))  # names no uid
+    code, _, err = sweep(["--config", str(path), "--storage", other, "--n-trials", "2"], capsys)
+    assert code == 2 and f"{folder}/ holds the results of another study named 't' (in {storage})" in err
+    (folder / "study.json").unlink()
     spelled_otherwise = f"sqlite:///{tmp_path}/./s.db"  # its own study resumes, however its URL is spelled
     code, _, err = sweep(["--config", str(path), "--storage", spelled_otherwise, "--n-trials", "2"], capsys)
-    assert (
-        code == 0 and json.loads((folder / "study.json").read_text())["uid"] == StudyRecord.of(load_study(storage)).uid
-    ), err
+    uid = StudyRecord.of(load_study(storage)).uid
+    assert code == 0 and json.loads((folder / "study.json").read_text())["uid"] == uid, err
+    copy = ["--set", f"study.out_dir={tmp_path / 'copy'}"]  # with its uid now, it still knows its export elsewhere
+    code, _, err = sweep(["export", "--config", str(path), "--storage", storage, *copy], capsys)
+    assert code == 0 and json.loads((tmp_path / "copy" / "t" / "study.json").read_text())["uid"] == uid, err
 
 
 def test_refusals_that_name_a_study_point_at_delete_and_study_name(
@@ -410,8 +423,6 @@ def test_a_resume_reruns_the_failed_baseline_and_the_interrupted_trial_once(
 
 
 def _prepare(args: tuple[str, str]) -> int:
-    from picollm.sweeps.workers import prepare
-
     prepare(load_experiment(args[0], []), args[1])
     return 0
 

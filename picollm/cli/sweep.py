@@ -23,7 +23,7 @@ from picollm.sweeps import best_value, load_experiment, open_study, report_lines
 from picollm.sweeps.experiment import ConfirmSettings, check_confirm
 from picollm.sweeps.export import confirm_and_export, export_study
 from picollm.sweeps.report import in_finishing_order
-from picollm.sweeps.study import OWNER, CappedStudy, add_storage_argument, delete_stored, find_study
+from picollm.sweeps.study import CappedStudy, add_storage_argument, delete_stored, find_study
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
@@ -164,7 +164,7 @@ def delete_command(args: argparse.Namespace) -> int:
     if found.export_dir is not None and folder is None:
         kept.append(f"{found.export_dir}/ (--files removes it; a new study named {name!r} will not write over it)")
     if found.other_dir is not None:
-        kept.append(f"{found.other_dir}/ (another study's results, named in its {OWNER})")
+        kept.append(f"{found.other_dir}/ (another study's results)")
     print(f"deleted {what}")
     print(f"kept: {'; '.join(kept)}")
     return 0

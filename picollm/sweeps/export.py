@@ -28,7 +28,14 @@ from picollm.sweeps.confirm import (
     winners_curse,
 )
 from picollm.sweeps.experiment import ConfirmSettings, apply_params
-from picollm.sweeps.study import OWNER, CappedStudy, folder_owner, refuse_another_studys_folder, trained_base
+from picollm.sweeps.study import (
+    OWNER,
+    CappedStudy,
+    folder_owner,
+    refuse_another_studys_folder,
+    run_ids,
+    trained_base,
+)
 from picollm.sweeps.trial import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
 from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
 
@@ -325,9 +332,12 @@ def stamp_folder(study: CappedStudy, root: str | Path) -> Path:
         return folder
     _make(folder)
     owner = {"study": study.study_name, "uid": uid, "storage": mask_url(study.storage_url)}
-    if not write_json_once(folder / OWNER, owner) and folder_owner(folder).get("uid") is None:
-        atomic_write_json(folder / OWNER, owner)  # a stamp naming no uid names no study
-    refuse_another_studys_folder(folder, study.study_name, uid, study.storage_url)  # another stamp came first
+    try:
+        if not write_json_once(folder / OWNER, owner) and folder_owner(folder).get("uid") is None:
+            atomic_write_json(folder / OWNER, owner)  # a stamp naming no uid names no study
+    except OSError as exc:
+        raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
+    refuse_another_studys_folder(folder, study.study_name, uid, study.storage_url, set())  # another stamp came first
     return folder
 
 
@@ -341,8 +351,8 @@ def _make(folder: Path) -> None:
 def own_folder(study: CappedStudy, root: str | Path) -> Path:
     """``root/<study>``, refused in one line where it holds another study's results (before anything is written),
     else stamped as this study's."""
-    folder = Path(root) / study.study_name
-    refuse_another_studys_folder(folder, study.study_name, StudyRecord.of(study).uid, study.storage_url)
+    folder, runs = Path(root) / study.study_name, run_ids(study.trials)
+    refuse_another_studys_folder(folder, study.study_name, StudyRecord.of(study).uid, study.storage_url, runs)
     return stamp_folder(study, root)
 
 

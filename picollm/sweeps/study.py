@@ -24,6 +24,7 @@ baseline and Ctrl-C'd trials the same way.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -826,23 +827,37 @@ def folder_owner(folder: Path) -> dict[str, Any]:
     return owner if isinstance(owner, dict) else {}
 
 
-def belongs_to(folder: Path, uid: str | None, exists: bool = True) -> bool:
-    """Whether ``folder`` may hold the results of this study (``uid``: its own, None for a study from before uids;
-    ``exists``: False for a study not created yet). From a study's first sweep on, :data:`OWNER` names it by uid. A
-    folder naming no uid holds no results yet, or those of a study from before uids: such a study adopts it, while a
-    new study, or one with a uid, does not write over its trials.csv."""
+def run_ids(trials: list[Any]) -> set[str]:
+    """The run records a study's trials wrote: what a trials.csv of that study lists."""
+    return {rid for t in trials if (rid := TrialRecord.of(t).run_id)}
+
+
+def _listed_runs(folder: Path) -> set[str] | None:
+    """The run ids ``folder``'s trials.csv lists (empty without one); None where it cannot be read."""
+    try:
+        with (folder / "trials.csv").open(newline="", encoding="utf-8") as table:
+            return {rid for row in csv.DictReader(table) if (rid := row.get("run_id"))}
+    except (FileNotFoundError, NotADirectoryError):  # no table there (a path under a file is refused elsewhere)
+        return set()
+    except (OSError, ValueError, csv.Error):
+        return None
+
+
+def belongs_to(folder: Path, uid: str | None, runs: set[str]) -> bool:
+    """Whether ``folder`` may hold the results of this study (``uid``: its own, None before its first sweep; ``runs``:
+    its trials' run ids). From a study's first sweep on, :data:`OWNER` names it by uid. A folder naming no uid holds no
+    results yet, or those of a study from before uids: the study whose runs its trials.csv lists adopts it."""
     owner = folder_owner(folder).get("uid")
     if owner is not None:
         return owner == uid
-    return (exists and uid is None) or not (folder / "trials.csv").exists()
+    listed = _listed_runs(folder)
+    return listed is not None and listed <= runs
 
 
-def refuse_another_studys_folder(
-    folder: Path, name: str, uid: str | None, storage_url: str, exists: bool = True
-) -> None:
+def refuse_another_studys_folder(folder: Path, name: str, uid: str | None, storage_url: str, runs: set[str]) -> None:
     """One line, nothing written, where ``folder`` holds another study's results: one deleted without its files, or
     one of the same name in another storage. Writing there would overwrite its trials.csv and best.yaml."""
-    if belongs_to(folder, uid, exists):
+    if belongs_to(folder, uid, runs):
         return
     where = folder_owner(folder).get("storage")
     if where in (None, mask_url(storage_url)):
@@ -857,15 +872,18 @@ def refuse_another_studys_folder(
     )
 
 
-def check_results_folder(storage: Any, exp: Experiment, storage_url: str) -> None:
-    """:func:`refuse_another_studys_folder` before a sweep creates or resumes its study."""
+def check_results_folder(storage: Any, exp: Experiment, storage_url: str) -> bool:
+    """:func:`refuse_another_studys_folder` before a sweep creates or resumes its study; whether the study exists."""
     name = exp.study.name
     try:
-        attrs, exists = storage.get_study_user_attrs(storage.get_study_id_from_name(name)), True
+        study_id = storage.get_study_id_from_name(name)
     except KeyError:  # not created yet
-        attrs, exists = {}, False
-    folder = Path(exp.study.out_dir) / name
-    refuse_another_studys_folder(folder, name, StudyRecord.from_attrs(attrs).uid, storage_url, exists)
+        uid, runs, exists = None, set(), False
+    else:
+        attrs, trials = storage.get_study_user_attrs(study_id), storage.get_all_trials(study_id, deepcopy=False)
+        uid, runs, exists = StudyRecord.from_attrs(attrs).uid, run_ids(trials), True
+    refuse_another_studys_folder(Path(exp.study.out_dir) / name, name, uid, storage_url, runs)
+    return exists
 
 
 # -- Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API ------
@@ -906,7 +924,7 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
     folder = Path(out_dir) / name
     found = folder if plain and folder.is_dir() else None
-    own = found is not None and belongs_to(found, facts.uid)
+    own = found is not None and belongs_to(found, facts.uid, run_ids(study.trials))
     return StoredStudy(name, storage, counts(study), found if own else None, None if own else found, runs_dir)
 
 

@@ -244,10 +244,15 @@ def prepare(exp: Experiment, storage_url: str, devices_here: bool = True) -> tup
     storage = reach_storage(exp, storage_url)
     exp = _identity(exp)
     stored_question(storage, exp, storage_url)
-    check_results_folder(storage, exp, storage_url)
+    existed = check_results_folder(storage, exp, storage_url)
     check_trainable(exp, devices_here)
     study = open_study(exp, storage_url, create=True, storage=storage)
-    stamp_folder(study, exp.study.out_dir)  # checked above: from now on this study's, before anything trains
+    try:
+        stamp_folder(study, exp.study.out_dir)  # checked above: from now on this study's, before anything trains
+    except PicoError:  # another study of its name stamped the folder since the check: this one leaves nothing
+        if not existed and not study.trials:
+            optuna.delete_study(study_name=study.study_name, storage=study.storage)
+        raise
     with claim_lock(storage_url, f"setup-{exp.study.name}"):  # machines starting together: one baseline, one retry
         record_trained_base(study, exp)
         enqueue_baseline(study, exp)
