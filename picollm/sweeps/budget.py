@@ -298,9 +298,11 @@ def plan_words(plan: TokenPlan) -> str:
     """The budget as the sweep's first lines and the report say it, before any token is trained."""
     rungs = plan.budgets
     ladder = f"from {rungs[0]:,} tokens" + (
-        f", one in {plan.eta} going on at each of {', '.join(f'{b:,}' for b in rungs[1:])}" if len(rungs) > 1 else ""
+        f", one in {plan.eta} going on, as a trial of its own, at each of {', '.join(f'{b:,}' for b in rungs[1:])}"
+        if len(rungs) > 1
+        else ""
     )
     return (
         f"budget {plan.max_tokens:,} training tokens (trials, branched decays and confirmation): about "
-        f"{plan.trials_expected()} trials {ladder}; {plan.reserve:,} kept for the confirmation"
+        f"{plan.trials_expected()} configurations {ladder}; {plan.reserve:,} kept for the confirmation"
     )
