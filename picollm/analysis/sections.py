@@ -30,7 +30,7 @@ from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import StudySettings, budget_words
 from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
 from picollm.sweeps.report import short
-from picollm.sweeps.study import belongs_to, run_ids
+from picollm.sweeps.study import belongs_to, runs_of
 from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -380,7 +380,7 @@ def study_folder(study: optuna.Study) -> Path | None:
     study's results (of the same name), whose figures and best.yaml are not this one's."""
     facts = StudyRecord.of(study)
     folder = Path(facts.settings.get("out_dir", "results/studies"), study.study_name)
-    return folder if belongs_to(folder, facts.uid, run_ids(study.trials)) else None
+    return folder if belongs_to(folder, facts.uid, runs_of(study)) else None
 
 
 STUDY_FIGURES = {

@@ -33,7 +33,7 @@ from picollm.sweeps.study import (
     CappedStudy,
     folder_owner,
     refuse_another_studys_folder,
-    run_ids,
+    runs_of,
     trained_base,
 )
 from picollm.sweeps.trial import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
@@ -337,7 +337,7 @@ def stamp_folder(study: CappedStudy, root: str | Path) -> Path:
             atomic_write_json(folder / OWNER, owner)  # a stamp naming no uid names no study
     except OSError as exc:
         raise PicoError(f"cannot write the study's results to {folder}: {exc.strerror}") from None
-    refuse_another_studys_folder(folder, study.study_name, uid, study.storage_url, set())  # another stamp came first
+    refuse_another_studys_folder(folder, study.study_name, uid, study.storage_url, set)  # another stamp came first
     return folder
 
 
@@ -351,8 +351,8 @@ def _make(folder: Path) -> None:
 def own_folder(study: CappedStudy, root: str | Path) -> Path:
     """``root/<study>``, refused in one line where it holds another study's results (before anything is written),
     else stamped as this study's."""
-    folder, runs = Path(root) / study.study_name, run_ids(study.trials)
-    refuse_another_studys_folder(folder, study.study_name, StudyRecord.of(study).uid, study.storage_url, runs)
+    folder = Path(root) / study.study_name
+    refuse_another_studys_folder(folder, study.study_name, StudyRecord.of(study).uid, study.storage_url, runs_of(study))
     return stamp_folder(study, root)
 
 

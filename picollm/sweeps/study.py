@@ -832,6 +832,11 @@ def run_ids(trials: list[Any]) -> set[str]:
     return {rid for t in trials if (rid := TrialRecord.of(t).run_id)}
 
 
+def runs_of(study: optuna.Study) -> Callable[[], set[str]]:
+    """The study's run ids, read when :func:`belongs_to` asks (only for a folder no uid names)."""
+    return lambda: run_ids(study.get_trials(deepcopy=False))
+
+
 def _listed_runs(folder: Path) -> set[str] | None:
     """The run ids ``folder``'s trials.csv lists (empty without one); None where it cannot be read."""
     try:
@@ -843,18 +848,21 @@ def _listed_runs(folder: Path) -> set[str] | None:
         return None
 
 
-def belongs_to(folder: Path, uid: str | None, runs: set[str]) -> bool:
+def belongs_to(folder: Path, uid: str | None, runs: Callable[[], set[str]]) -> bool:
     """Whether ``folder`` may hold the results of this study (``uid``: its own, None before its first sweep; ``runs``:
-    its trials' run ids). From a study's first sweep on, :data:`OWNER` names it by uid. A folder naming no uid holds no
-    results yet, or those of a study from before uids: the study whose runs its trials.csv lists adopts it."""
+    its trials' run ids, read only for a folder no uid names). From a study's first sweep on, :data:`OWNER` names it by
+    uid. A folder naming no uid holds no results yet, or those of a study from before uids: the study whose runs its
+    trials.csv lists adopts it."""
     owner = folder_owner(folder).get("uid")
     if owner is not None:
         return owner == uid
     listed = _listed_runs(folder)
-    return listed is not None and listed <= runs
+    return listed is not None and (not listed or listed <= runs())
 
 
-def refuse_another_studys_folder(folder: Path, name: str, uid: str | None, storage_url: str, runs: set[str]) -> None:
+def refuse_another_studys_folder(
+    folder: Path, name: str, uid: str | None, storage_url: str, runs: Callable[[], set[str]]
+) -> None:
     """One line, nothing written, where ``folder`` holds another study's results: one deleted without its files, or
     one of the same name in another storage. Writing there would overwrite its trials.csv and best.yaml."""
     if belongs_to(folder, uid, runs):
@@ -878,12 +886,14 @@ def check_results_folder(storage: Any, exp: Experiment, storage_url: str) -> boo
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:  # not created yet
-        uid, runs, exists = None, set(), False
-    else:
-        attrs, trials = storage.get_study_user_attrs(study_id), storage.get_all_trials(study_id, deepcopy=False)
-        uid, runs, exists = StudyRecord.from_attrs(attrs).uid, run_ids(trials), True
-    refuse_another_studys_folder(Path(exp.study.out_dir) / name, name, uid, storage_url, runs)
-    return exists
+        refuse_another_studys_folder(Path(exp.study.out_dir) / name, name, None, storage_url, set)
+        return False
+    uid = StudyRecord.from_attrs(storage.get_study_user_attrs(study_id)).uid
+    folder = Path(exp.study.out_dir) / name
+    refuse_another_studys_folder(
+        folder, name, uid, storage_url, lambda: run_ids(storage.get_all_trials(study_id, deepcopy=False))
+    )
+    return True
 
 
 # -- Deleting a study (`sweep.py delete`): from the storage, through Optuna's public API ------
@@ -924,7 +934,7 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
     folder = Path(out_dir) / name
     found = folder if plain and folder.is_dir() else None
-    own = found is not None and belongs_to(found, facts.uid, run_ids(study.trials))
+    own = found is not None and belongs_to(found, facts.uid, runs_of(study))
     return StoredStudy(name, storage, counts(study), found if own else None, None if own else found, runs_dir)
 
 
