@@ -15,7 +15,7 @@ def finished_study(tmp: Path, n_trials: int = 5, wandb: str = "offline") -> tupl
     """Run study ``t`` to ``n_trials`` in ``tmp``; returns its storage URL and the experiment file."""
     exp = write_experiment(
         tmp,
-        study={"n_trials": n_trials, "pruner": PRUNING},
+        study={"n_trials": n_trials, "pruner": PRUNING, "figures": True},
         tracking={"wandb": wandb, "save_weights": True},
     )
     storage = f"sqlite:///{tmp / 'optuna.db'}"

@@ -39,6 +39,7 @@ def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | N
             "heartbeat_interval": 1,
             "grace_period": 3,
             "out_dir": str(tmp_path / "studies"),
+            "figures": False,  # PNGs cost most of a tiny study's export; the tests that look at them draw them
             **(study or {}),
         },
     }

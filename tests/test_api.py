@@ -233,7 +233,8 @@ def test_train_twice_with_wandb_leaks_nothing(tmp_path: Path) -> None:
 def test_sweep_twice_leaks_nothing_and_returns_a_study(tmp_path: Path) -> None:
     import wandb
 
-    path = write_experiment(tmp_path, study={"n_trials": 2}, tracking={"wandb": "offline"})
+    # figures: the first sweep imports matplotlib, as the second one's plots() does
+    path = write_experiment(tmp_path, study={"n_trials": 2, "figures": True}, tracking={"wandb": "offline"})
     storage = f"sqlite:///{tmp_path}/s.db"
     handler = signal.getsignal(signal.SIGTERM)
     first = picollm.sweep(path, storage=storage, workers=1)

@@ -90,7 +90,7 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys
     from tests.sweeps import write_experiment
 
     path, storage = (
-        write_experiment(tmp_path, study={"n_trials": 3, "budget_tokens": 2048}, train={"threads": 1}),
+        write_experiment(tmp_path, study={"n_trials": 3, "budget_tokens": 2048, "figures": True}, train={"threads": 1}),
         f"sqlite:///{tmp_path}/s.db",
     )
     raw = yaml.safe_load(path.read_text())

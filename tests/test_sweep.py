@@ -249,6 +249,18 @@ def test_best_yaml_reproduces_the_best_trial(tmp_path: Path) -> None:
     assert header[:3] == ["number", "state", "value"] and {"optim.name", "run_dir"} <= set(header)
 
 
+def test_an_export_with_figures_false_draws_no_png_and_removes_the_earlier_ones(tmp_path: Path) -> None:
+    """study.figures: false leaves no plot that no longer shows what trials.csv lists."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    drawn = load_experiment(str(write_experiment(tmp_path, study={"n_trials": 2, "figures": True})), [])
+    folder = run_sweep(drawn, storage).folder
+    assert {"optimization_history.png", "intermediate_values.png"} <= {p.name for p in folder.glob("*.png")}
+    plain = load_experiment(str(write_experiment(tmp_path, study={"n_trials": 3})), [])
+    assert run_sweep(plain, storage).folder == folder
+    assert not list(folder.glob("*.png"))
+    assert len((folder / "trials.csv").read_text().splitlines()) == 1 + 3
+
+
 def test_wandb_groups_trials_and_logs_a_study_run(tmp_path: Path) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 2, "name": "grp"}, tracking={"wandb": "offline"})
     run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")

@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             print(trial_line(trial, best_value(study, upto=trial)))
         print("\n".join(report_lines(study)))
         return 0
-    folder, notes = export_study(study, exp.study.out_dir)  # best.yaml stays the confirmed winner, if there is one
+    folder, notes = export_study(
+        study, exp.study.out_dir, figures=exp.study.figures
+    )  # best.yaml stays the confirmed winner, if there is one
     print("\n".join([*notes, f"exported to {folder}/"]))
     return 0
 
@@ -133,7 +135,7 @@ def confirm_command(study: CappedStudy, exp: Any, args: argparse.Namespace) -> l
     s.top = args.top if args.top is not None else s.top
     s.seeds = args.seeds if args.seeds is not None else s.seeds
     check_confirm(s)
-    return confirm_and_export(study, s, exp.study.out_dir, args.workers)
+    return confirm_and_export(study, s, exp.study.out_dir, args.workers, exp.study.figures)
 
 
 def _confirmed(question: str) -> bool:

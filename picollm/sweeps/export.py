@@ -356,8 +356,13 @@ def own_folder(study: CappedStudy, root: str | Path) -> Path:
     return stamp_folder(study, root)
 
 
-def export_study(study: CappedStudy, root: str | Path, conf: Confirmation | None = None) -> tuple[Path, list[str]]:
-    """Write trials.csv, best.yaml, the figures and a confirmation's csv and png; returns the folder and notes."""
+def export_study(
+    study: CappedStudy, root: str | Path, conf: Confirmation | None = None, figures: bool = True
+) -> tuple[Path, list[str]]:
+    """Write trials.csv, best.yaml, the figures and a confirmation's csv and png; returns the folder and notes.
+
+    ``figures=False`` (``study.figures``) draws no PNG and removes those an earlier export drew, which would no longer
+    show what trials.csv lists."""
     folder = own_folder(study, root)
     _make(folder)
     conf = conf if conf is not None and conf.ranked() else recorded_confirmation(study)
@@ -367,15 +372,25 @@ def export_study(study: CappedStudy, root: str | Path, conf: Confirmation | None
         atomic_write_text(folder / "best.yaml", best_yaml(study, conf))
     except ValueError:
         notes.append("best.yaml: no completed trial yet")
-    _, skipped = write_figures(study, folder)
+    skipped = write_figures(study, folder)[1] if figures else _remove_figures(folder)
     if conf is not None:
         atomic_write_text(folder / "confirm.csv", confirm_csv(conf))
-        plot_confirmation(conf, folder / "confirm.png")
+        if figures:
+            plot_confirmation(conf, folder / "confirm.png")
     return folder, notes + skipped
 
 
+FIGURES = ("optimization_history.png", "param_importances.png", "intermediate_values.png", "confirm.png")
+
+
+def _remove_figures(folder: Path) -> list[str]:
+    for name in FIGURES:
+        (folder / name).unlink(missing_ok=True)
+    return []
+
+
 def confirm_and_export(
-    study: CappedStudy, s: ConfirmSettings, root: str | Path, workers: int | None = None
+    study: CappedStudy, s: ConfirmSettings, root: str | Path, workers: int | None = None, figures: bool = True
 ) -> list[str]:
     """Train what the confirmation misses, rewrite the study's files and W&B summary run, return the summary lines."""
     own_folder(study, root)  # before the confirmation trains
@@ -383,9 +398,10 @@ def confirm_and_export(
         conf = confirm_study(study, s, workers)
     except NothingToConfirm as exc:
         return [f"confirmation skipped: {exc}"]
-    folder, _ = export_study(study, root, conf)
+    folder, _ = export_study(study, root, conf, figures)
     log_study_run(study, folder, conf)
-    return [*summary_lines(conf), f"confirmation: {folder}/confirm.csv, confirm.png; best.yaml is the confirmed winner"]
+    written = "confirm.csv, confirm.png" if figures else "confirm.csv"
+    return [*summary_lines(conf), f"confirmation: {folder}/{written}; best.yaml is the confirmed winner"]
 
 
 def log_study_run(study: optuna.Study, folder: Path, conf: Confirmation | None = None) -> str | None:

@@ -152,7 +152,8 @@ class ConfirmJob:
 
     def __call__(self) -> list[str]:
         study = open_study(self.exp, job_storage(), create=False)
-        return confirm_and_export(study, self.exp.confirm, self.exp.study.out_dir)
+        s = self.exp.study
+        return confirm_and_export(study, self.exp.confirm, s.out_dir, figures=s.figures)
 
 
 # -- Submitting: executors by name, what to print, waiting ------------------------------------
@@ -339,13 +340,15 @@ def launch_command(exp: Experiment, args: Any) -> int:
     except KeyboardInterrupt:
         print("stopped waiting; the jobs go on (see 'stop:' above)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    folder, notes = export_study(study, exp.study.out_dir)
+    folder, notes = export_study(study, exp.study.out_dir, figures=exp.study.figures)
     if exp.confirm is not None and study.exhausted():  # the job logs the W&B summary run
         try:
             notes += confirm_stage(exp, settings)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-        folder, _ = export_study(study, exp.study.out_dir)  # the confirmed winner, written by the job, as best.yaml
+        folder, _ = export_study(
+            study, exp.study.out_dir, figures=exp.study.figures
+        )  # the confirmed winner, written by the job, as best.yaml
     else:
         log_study_run(study, folder)
     errors = job_errors(jobs)

@@ -308,9 +308,9 @@ def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: fl
             interrupted = True
         finally:
             progress.close()
-        folder, notes = export_study(study, s.out_dir)
+        folder, notes = export_study(study, s.out_dir, figures=s.figures)
         if exp.confirm is not None and not interrupted:  # the study's confirm: block; it logs the W&B summary run
-            notes += confirm_and_export(study, exp.confirm, s.out_dir, workers)
+            notes += confirm_and_export(study, exp.confirm, s.out_dir, workers, s.figures)
         else:
             log_study_run(study, folder)
     return SweepOutcome(folder, interrupted, notes)
