@@ -48,7 +48,8 @@ needs_sample = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def shared_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """One finished 5-trial study (its storage URL and folder) for every test that only reads it: the sweep is the
-    slow part of such a test, and reading never changes the study."""
+    slow part of such a test, and reading never changes the study. Built once per test process: a module using it
+    marks itself ``xdist_group("shared_study")``, so that process is one."""
     from tests.studies import finished_study
 
     tmp = tmp_path_factory.mktemp("shared-study")

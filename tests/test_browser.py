@@ -22,6 +22,9 @@ from picollm.analysis import records
 from picollm.analysis.dashboard import make_server, serve_in_thread
 from picollm.cli import run_cli
 
+# shared_study is built once per test process: these modules share one
+pytestmark = pytest.mark.xdist_group("shared_study")
+
 
 def missing(message: str) -> None:
     """Skip here, fail under CI: a browser check that did not run must not look like one that passed."""

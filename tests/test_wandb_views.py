@@ -21,6 +21,9 @@ from picollm.sweeps.export import best_trial, trial_rows, trials_csv, write_figu
 from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
 
+# shared_study is built once per test process: these modules share one
+pytestmark = pytest.mark.xdist_group("shared_study")
+
 
 @pytest.fixture(scope="module")
 def study_dir(shared_study: tuple[str, Path]) -> Path:
