@@ -37,7 +37,7 @@ from picollm.cli import run_cli
 from picollm.config import add_override_argument
 from picollm.errors import ConfigError, PicoError
 from picollm.fileio import atomic_write_json, atomic_write_text
-from picollm.sweeps.study import add_storage_argument
+from picollm.storage_url import add_storage_argument
 
 GOAL_TOKEN_SHARE = 0.5  # TPE + pruning should match random search's median best with at most this share of tokens
 

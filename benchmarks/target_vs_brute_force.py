@@ -32,7 +32,7 @@ from typing import Any
 
 from picollm.checkpoint import code_version
 from picollm.config import add_override_argument
-from picollm.sweeps.study import DEFAULT_STORAGE
+from picollm.storage_url import DEFAULT_STORAGE
 
 RANDOM_DRAWS = 1000
 

@@ -20,7 +20,7 @@ from picollm.analysis import records  # noqa: E402
 from picollm.analysis.dashboard import make_server, serve_in_thread  # noqa: E402
 from picollm.cli import run_cli  # noqa: E402
 from picollm.errors import PicoError  # noqa: E402
-from picollm.sweeps.study import add_storage_argument  # noqa: E402
+from picollm.storage_url import add_storage_argument  # noqa: E402
 
 VIEWPORT = {"width": 1100, "height": 760}
 

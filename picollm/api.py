@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from picollm.errors import ConfigError, DataError
+from picollm.storage_url import storage_url
 from picollm.threads import choose_layout, fit_threads
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ def run_study(
 ) -> SweepResult:
     """:func:`sweep` for the command line too: the same defaults, and an interrupt said in ``interrupted``."""
     from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep  # optuna: import picollm stays light
-    from picollm.sweeps.study import fail_dead_local_trials, storage_url  # optuna: import picollm stays light
+    from picollm.sweeps.study import fail_dead_local_trials  # optuna: import picollm stays light
 
     if (workers is not None and workers < 1) or (n_trials is not None and n_trials < 1):
         raise ConfigError("workers and n_trials must be >= 1")

@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _umask() -> int:
     """The process umask: from /proc on Linux (thread-safe), else by setting it and straight back."""
@@ -97,4 +95,6 @@ def _create_once(path: Path, text: str) -> bool:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch  # the JSON and text writers, which every command line imports, stay light
+
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))

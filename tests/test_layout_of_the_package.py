@@ -1,9 +1,14 @@
-"""The package's shape: no import cycle, nothing of the tooling inside it, nothing that reads ../shared."""
+"""The package's shape: no import cycle, nothing of the tooling inside it, nothing that reads ../shared, and command
+lines whose --help imports none of the heavy libraries."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -102,3 +107,24 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_nothing_in_the_package_reads_the_shared_folder() -> None:
     offenders = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "../shared" in p.read_text()]
     assert offenders == []
+
+
+HEAVY = ("torch", "optuna", "matplotlib", "wandb", "submitit")
+HELP_PROBE = """
+import sys
+from picollm.cli import {command} as run
+sys.argv = ["x", "--help"]
+try:
+    run()
+except SystemExit:
+    pass
+print("HEAVY", *sorted(name for name in {heavy} if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", ["run_train", "run_evaluate", "run_generate", "run_sweep", "run_analyze"])
+def test_a_commands_help_imports_no_heavy_library(command: str) -> None:
+    """--help answers in a tenth of a second, where importing torch and optuna took two."""
+    probe = HELP_PROBE.format(command=command, heavy=HEAVY)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "usage:" in out and out.strip().splitlines()[-1] == "HEAVY"

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from picollm.analysis import records
-from picollm.analysis.diagnose import inspect_lines, inspect_run
 from picollm.analysis.render import write_report
 from picollm.errors import ConfigError, DataError, mask_url
 from picollm.fileio import atomic_write_json
-from picollm.sweeps.study import add_storage_argument
+from picollm.storage_url import add_storage_argument
 
 EPILOG = """\
 Sources (noise, compare, report): run record folders (results/runs/<run_id>), offline W&B files
@@ -165,6 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from picollm.analysis.diagnose import inspect_lines, inspect_run  # torch: --help stays light
     from picollm.analysis.figures import bar_figure  # matplotlib: --help stays light
 
     result = inspect_run(args.run_dir, args.batch, args.position, args.top, args.weights)

@@ -6,7 +6,6 @@ import argparse
 
 from picollm.config import add_override_argument
 from picollm.fileio import atomic_write_json
-from picollm.scoring import evaluate_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from picollm.scoring import evaluate_run  # torch: --help stays quick
+
     result = evaluate_run(args.run_dir, args.overrides, args.block_size, args.weights, args.device)
     stderr = "?" if result["stderr"] is None else f"{result['stderr']:.4f}"
     print(

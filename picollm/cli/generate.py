@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from picollm.checkpoint import load_run
-from picollm.sampling import Sampling, check_sampling, generate_text
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -27,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from picollm.checkpoint import load_run  # torch: --help stays quick
+    from picollm.sampling import Sampling, check_sampling, generate_text  # torch: --help stays quick
+
     s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy)
     check_sampling(s, args.num_samples)
     model, tokenizer = load_run(args.run_dir, args.weights)

@@ -14,16 +14,15 @@ import argparse
 import dataclasses
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picollm.api import run_study
 from picollm.config import add_override_argument
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, mask_url
-from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
-from picollm.sweeps.experiment import ConfirmSettings, check_confirm
-from picollm.sweeps.export import confirm_and_export, export_study
-from picollm.sweeps.report import in_finishing_order
-from picollm.sweeps.study import CappedStudy, add_storage_argument, delete_stored, find_study
+from picollm.storage_url import add_storage_argument
+
+if TYPE_CHECKING:
+    from picollm.sweeps.study import CappedStudy
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
@@ -98,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     if (args.workers is not None and args.workers < 1) or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
+    # optuna and torch: sweep.py --help and a mistyped option stay quick
+    from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
+    from picollm.sweeps.export import export_study
+    from picollm.sweeps.report import in_finishing_order
+
     if args.command == "delete":
         return delete_command(args)
     exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
@@ -122,15 +126,17 @@ def main(argv: list[str] | None = None) -> int:
             print(trial_line(trial, best_value(study, upto=trial)))
         print("\n".join(report_lines(study)))
         return 0
-    folder, notes = export_study(
-        study, exp.study.out_dir, figures=exp.study.figures
-    )  # best.yaml stays the confirmed winner, if there is one
+    # best.yaml stays the confirmed winner, if there is one
+    folder, notes = export_study(study, exp.study.out_dir, figures=exp.study.figures)
     print("\n".join([*notes, f"exported to {folder}/"]))
     return 0
 
 
 def confirm_command(study: CappedStudy, exp: Any, args: argparse.Namespace) -> list[str]:
     """`sweep.py confirm`: the experiment's confirm: block (or the defaults), with --top/--seeds on top."""
+    from picollm.sweeps.experiment import ConfirmSettings, check_confirm  # optuna: sweep.py --help stays quick
+    from picollm.sweeps.export import confirm_and_export  # optuna: sweep.py --help stays quick
+
     s = dataclasses.replace(exp.confirm or ConfirmSettings())
     s.top = args.top if args.top is not None else s.top
     s.seeds = args.seeds if args.seeds is not None else s.seeds
@@ -150,6 +156,9 @@ def _confirmed(question: str) -> bool:
 
 def delete_command(args: argparse.Namespace) -> int:
     """`sweep.py delete --study NAME`: the study out of the storage (--files: its folder too); says what it keeps."""
+    from picollm.sweeps import load_experiment  # optuna: sweep.py --help stays quick
+    from picollm.sweeps.study import delete_stored, find_study  # optuna: sweep.py --help stays quick
+
     name = args.study_name or (load_experiment(args.config, args.overrides).study.name if args.config else None)
     if not name:
         raise ConfigError("sweep.py delete needs --study NAME (or --config, whose study.name it deletes)")

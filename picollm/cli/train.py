@@ -13,7 +13,6 @@ from picollm.course import add_course_flags, course_notes
 from picollm.errors import PicoError
 from picollm.threads import fit_threads
 from picollm.tracking import new_run_id
-from picollm.trainer import NonFiniteLoss, extend, resume, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +72,8 @@ def continue_run(args: argparse.Namespace) -> dict[str, Any]:
     """``--resume``/``--extend-to``: the run's own config; a config or override given with them is refused."""
     if args.config or args.overrides or args.course_flags or (args.resume and args.extend_to):
         raise PicoError("--resume and --extend-to continue a run as it was configured: give one of them alone")
+    from picollm.trainer import extend, resume  # torch: --help stays quick
+
     if args.resume:
         return _explained(lambda: resume(args.resume), Path(args.resume))
     tokens, run_dir = args.extend_to
@@ -85,12 +86,16 @@ def continue_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_or_explain(cfg: Config) -> dict[str, Any]:
     """:func:`picollm.trainer.train`, with a NaN loss as one line."""
+    from picollm.trainer import train  # torch: --help stays quick
+
     run_id = new_run_id()
     return _explained(lambda: train(cfg, run_id=run_id), Path(cfg.tracking.out_dir) / run_id)
 
 
 def _explained(run: Callable[[], dict[str, Any]], record: Path | None) -> dict[str, Any]:
     """A NaN loss as one line: the record is closed as failed; the user needs the cause and the record, not a stack."""
+    from picollm.trainer import NonFiniteLoss  # torch: --help stays quick
+
     try:
         return run()
     except KeyboardInterrupt:

@@ -25,13 +25,13 @@ import submitit
 from picollm.checks import above, at_least
 from picollm.config import apply_overrides, from_block, load_raw
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError, mask_url
+from picollm.storage_url import STORAGE_ENV
 from picollm.sweeps.experiment import Experiment
 from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
 from picollm.sweeps.report import Progress, report_lines
 from picollm.sweeps.study import CappedStudy, finished, open_study, with_seed
 from picollm.sweeps.workers import WorkerSpec, prepare, run_worker
 
-STORAGE_ENV = "PICOLLM_STORAGE"
 # Storages a job array cannot share, and why: launch says so in one line and names the fix.
 UNSHARED_STORAGES = {
     "sqlite": "an SQLite file is not for several machines (its locks do not hold over NFS)",

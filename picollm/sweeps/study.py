@@ -66,27 +66,10 @@ from picollm.sweeps.trial import (
     record_study,
 )
 
-DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 SQLITE_TIMEOUT_S = 60  # many workers on one SQLite file wait for the lock instead of failing
 LOCK_GRACE_S = 60  # a file lock older than this was left by a dead process: Optuna's lock breaks it
 CONNECT_TIMEOUT_S = 10  # an unreachable server is one clear line after this long, not a hang
 SERVERS = ("postgresql", "mysql", "mariadb")
-
-
-def storage_url(given: str | None = None) -> str:
-    """The storage a command or a notebook means: the one given, else $PICOLLM_STORAGE (keeps a password out of shell
-    history), else SQLite under results/."""
-    return given or os.environ.get("PICOLLM_STORAGE", DEFAULT_STORAGE)
-
-
-def add_storage_argument(parser: Any) -> None:
-    """``--storage URL``, defaulting to :func:`storage_url`."""
-    parser.add_argument(
-        "--storage",
-        default=storage_url(),
-        help="sqlite:///path.db | postgresql://user@host/db | journal:path.log "
-        f"(default: $PICOLLM_STORAGE or {DEFAULT_STORAGE})",
-    )
 
 
 def scheme(url: str) -> str:
