@@ -19,6 +19,7 @@ import yaml
 
 from picollm.checks import at_least, one_of, problems, within
 from picollm.errors import ConfigError
+from picollm.fileio import atomic_write_text
 from picollm.models import MODELS
 from picollm.models.config import ModelConfig
 from picollm.optim import DECAY_SHAPES, OPTIMIZERS, SCHEDULES, OptimConfig
@@ -414,6 +415,4 @@ def add_override_argument(parser: Any, help_text: str) -> None:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically (a crash leaves no half file); it is itself a valid config."""
-    from picollm.fileio import atomic_write_text  # imports torch: not needed to read a config
-
     atomic_write_text(path, cfg.to_yaml())

@@ -296,7 +296,7 @@ def test_a_crash_while_saving_weights_keeps_the_old_checkpoint(
         Path(path).write_bytes(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(fileio.torch, "save", crash_midway)
+    monkeypatch.setattr(torch, "save", crash_midway)
     model, _ = load_run(run_dir, "final")
     with pytest.raises(OSError):
         fileio.atomic_torch_save({"state_dict": model.state_dict()}, run_dir / "final.pt")

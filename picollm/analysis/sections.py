@@ -393,11 +393,13 @@ STUDY_FIGURES = {
 def figures_section(study: optuna.Study, folder: Path) -> Section | None:
     """The sweep's own plots, and the confirmation (best configs re-run with other seeds) when present."""
     figures = [Figure(folder / name, caption) for name, caption in STUDY_FIGURES.items() if (folder / name).is_file()]
-    section = Section("Study figures", figures=figures)
     confirm = confirm_section(study, folder)
+    if not figures:  # study.figures: false drew none
+        return confirm
+    section = Section("Study figures", figures=figures)
     if confirm is not None:
         section.subsections.append(confirm)
-    return section if figures or confirm else None
+    return section
 
 
 def confirm_section(study: optuna.Study, folder: Path) -> Section | None:

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--workers and --n-trials must be >= 1")
     # optuna and torch: sweep.py --help and a mistyped option stay quick
     from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
-    from picollm.sweeps.export import export_study
+    from picollm.sweeps.export import export_study, exported
     from picollm.sweeps.report import in_finishing_order
 
     if args.command == "delete":
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_study(exp, args.storage, workers=args.workers, timeout_s=args.timeout)
         print("\n".join([*result.report(), *result.notes]))
         runs = exp.base.tracking.out_dir
-        print(f"results: {result.folder}/ (trials.csv, best.yaml, figures); run records in {runs}/")
+        print(f"results: {result.folder}/ ({exported(exp.study.figures)}); run records in {runs}/")
         return EXIT_INTERRUPTED if result.interrupted else 0
     study = open_study(exp, args.storage, create=False)
     if args.command == "confirm":

@@ -442,7 +442,7 @@ class StudySettings:
     grace_period: int = at_least(1, 30)  # a trial silent for this long is failed and retried
     max_retry: int = at_least(0, 2)  # retries of a trial whose worker died, then it stays failed
     out_dir: str = "results/studies"  # exports land in <out_dir>/<name>/
-    figures: bool = True  # exports draw Optuna's plots as PNGs (false: none; optuna-dashboard draws them from storage)
+    figures: bool = True  # exports draw Optuna's plots and confirm.png (false: no PNG; docs/sweeps.md#exports)
 
     @classmethod
     def stored(cls, settings: dict[str, Any]) -> StudySettings:

@@ -205,15 +205,19 @@ def _budget_and_schedule(cfg: Config) -> str:
     return f"{budget} with schedule {schedule}"
 
 
+STUDY_PLOTS = ("optimization_history.png", "param_importances.png", "intermediate_values.png")
+
+
 def _plots() -> dict[str, tuple[Any, str | None]]:
-    """Optuna's plots by file name, with the x-axis label each needs (None: Optuna's own is right)."""
+    """Optuna's plots by file name (:data:`STUDY_PLOTS`), with the x-axis label each needs (None: Optuna's is right)."""
     from optuna.visualization import matplotlib as vis
 
+    history, importances, intermediate = STUDY_PLOTS
     return {
-        "optimization_history.png": (vis.plot_optimization_history, None),
-        "param_importances.png": (vis.plot_param_importances, None),
+        history: (vis.plot_optimization_history, None),
+        importances: (vis.plot_param_importances, None),
         # trials report at token counts (block sizes line up), which Optuna labels "Step"
-        "intermediate_values.png": (vis.plot_intermediate_values, "training tokens"),
+        intermediate: (vis.plot_intermediate_values, "training tokens"),
     }
 
 
@@ -372,21 +376,29 @@ def export_study(
         atomic_write_text(folder / "best.yaml", best_yaml(study, conf))
     except ValueError:
         notes.append("best.yaml: no completed trial yet")
-    skipped = write_figures(study, folder)[1] if figures else _remove_figures(folder)
+    if figures:
+        notes += write_figures(study, folder)[1]
+    else:
+        _remove_figures(folder)
     if conf is not None:
         atomic_write_text(folder / "confirm.csv", confirm_csv(conf))
         if figures:
             plot_confirmation(conf, folder / "confirm.png")
-    return folder, notes + skipped
+    return folder, notes
 
 
-FIGURES = ("optimization_history.png", "param_importances.png", "intermediate_values.png", "confirm.png")
+FIGURES = (*STUDY_PLOTS, "confirm.png")  # every PNG an export writes
 
 
-def _remove_figures(folder: Path) -> list[str]:
+def _remove_figures(folder: Path) -> None:
+    """An earlier export's PNGs: without new ones they would show trials that trials.csv no longer matches."""
     for name in FIGURES:
         (folder / name).unlink(missing_ok=True)
-    return []
+
+
+def exported(figures: bool) -> str:
+    """What an export writes, as the sweep's last line says it."""
+    return "trials.csv, best.yaml, figures" if figures else "trials.csv, best.yaml"
 
 
 def confirm_and_export(

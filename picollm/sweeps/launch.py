@@ -27,7 +27,7 @@ from picollm.config import apply_overrides, from_block, load_raw
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, PicoError, StorageError, mask_url
 from picollm.storage_url import STORAGE_ENV
 from picollm.sweeps.experiment import Experiment
-from picollm.sweeps.export import confirm_and_export, export_study, log_study_run
+from picollm.sweeps.export import confirm_and_export, export_study, exported, log_study_run
 from picollm.sweeps.report import Progress, report_lines
 from picollm.sweeps.study import CappedStudy, finished, open_study, with_seed
 from picollm.sweeps.workers import WorkerSpec, prepare, run_worker
@@ -346,13 +346,12 @@ def launch_command(exp: Experiment, args: Any) -> int:
             notes += confirm_stage(exp, settings)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-        folder, _ = export_study(
-            study, exp.study.out_dir, figures=exp.study.figures
-        )  # the confirmed winner, written by the job, as best.yaml
+        # best.yaml: the confirmed winner, written by the job
+        folder, _ = export_study(study, exp.study.out_dir, figures=exp.study.figures)
     else:
         log_study_run(study, folder)
     errors = job_errors(jobs)
-    print("\n".join([*report_lines(study), *notes, *errors, f"results: {folder}/ (trials.csv, best.yaml, figures)"]))
+    print("\n".join([*report_lines(study), *notes, *errors, f"results: {folder}/ ({exported(exp.study.figures)})"]))
     if not study.exhausted():
         done = f"{finished(study)}/{exp.study.n_trials or 'the budget'}"
         raise PicoError(f"the jobs ended with {done} trials finished: see {jobs_folder(exp)}/, then launch again")
