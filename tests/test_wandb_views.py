@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from picollm import tracking
 from picollm.config import load_config
-from picollm.sweeps.export import best_trial, trial_rows, trials_csv, write_figures
+from picollm.sweeps.export import LEGEND_MAX, best_trial, study_figures, trial_rows, trials_csv, write_figures
 from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
 
@@ -129,3 +129,25 @@ def test_intermediate_values_are_plotted_against_tokens(tmp_path: Path, monkeypa
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
     write_figures(_unit_study(), tmp_path)
     assert labels["intermediate_values.png"] == "training tokens"  # Optuna's own label says "Step"
+
+
+def _study_of(n: int) -> optuna.Study:
+    """``n`` pruned trials, each with two intermediate values: one line (and one legend entry) each."""
+    study = optuna.create_study()
+    dist = {"optim.lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for i in range(n):
+        steps, params = {22_222: 5.0 - i / 100, 66_666: 4.5 - i / 100}, {"optim.lr": 1e-3 * (1 + i)}
+        study.add_trial(
+            create_trial(state=TrialState.PRUNED, params=params, distributions=dist, intermediate_values=steps)
+        )
+    return study
+
+
+@pytest.mark.filterwarnings("error")  # matplotlib: "Tight layout not applied" under a legend taller than the figure
+def test_a_study_of_many_trials_plots_its_intermediate_values_without_a_legend_per_trial() -> None:
+    figures, skipped = study_figures(
+        _study_of(85)
+    )  # the target sweep's 85 trials made matplotlib give up on the layout
+    assert not skipped and figures["intermediate_values.png"].axes[0].get_legend() is None
+    few, _ = study_figures(_study_of(LEGEND_MAX))
+    assert len(few["intermediate_values.png"].axes[0].get_legend().get_texts()) == LEGEND_MAX  # these it names

@@ -234,6 +234,7 @@ def study_figures(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
             ax = ax[0] if hasattr(ax, "__len__") else ax
             if xlabel:
                 ax.set_xlabel(xlabel)
+            _drop_long_legend(ax)
             figure = ax.get_figure()
             figure.set_size_inches(8, 5)
             figure.tight_layout()
@@ -242,6 +243,17 @@ def study_figures(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
         except Exception as exc:  # e.g. importances need two finished trials with varied params
             skipped.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     return figures, skipped
+
+
+LEGEND_MAX = 20  # entries; Optuna's intermediate-values plot has one per trial
+
+
+def _drop_long_legend(ax: Any) -> None:
+    """A legend of more than :data:`LEGEND_MAX` trials is taller than the figure (tight_layout then warns and gives
+    up) and names no line one can find."""
+    legend = ax.get_legend()
+    if legend is not None and len(legend.get_texts()) > LEGEND_MAX:
+        legend.remove()
 
 
 def write_figures(study: optuna.Study, folder: Path) -> tuple[list[Path], list[str]]:
