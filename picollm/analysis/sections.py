@@ -28,7 +28,7 @@ from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import StudySettings, budget_words
-from picollm.sweeps.export import best_trial, best_yaml, recorded_confirmation, trial_rows
+from picollm.sweeps.export import STUDY_PLOTS, best_trial, best_yaml, recorded_confirmation, trial_rows
 from picollm.sweeps.report import short
 from picollm.sweeps.study import belongs_to, runs_of
 from picollm.sweeps.trial import StudyRecord, TrialRecord
@@ -383,10 +383,11 @@ def study_folder(study: optuna.Study) -> Path | None:
     return folder if belongs_to(folder, facts.uid, runs_of(study)) else None
 
 
+_HISTORY, _IMPORTANCES, _INTERMEDIATE = STUDY_PLOTS  # the file names an export writes
 STUDY_FIGURES = {
-    "optimization_history.png": "Each trial's value and the best so far.",
-    "intermediate_values.png": "Validation loss reported to the pruner against training tokens, per trial.",
-    "param_importances.png": "How much of the value's variation each searched parameter explains (fANOVA).",
+    _HISTORY: "Each trial's value and the best so far.",
+    _INTERMEDIATE: "Validation loss reported to the pruner against training tokens, per trial.",
+    _IMPORTANCES: "How much of the value's variation each searched parameter explains (fANOVA).",
 }
 
 

@@ -866,13 +866,13 @@ def refuse_another_studys_folder(
 def check_results_folder(storage: Any, exp: Experiment, storage_url: str) -> bool:
     """:func:`refuse_another_studys_folder` before a sweep creates or resumes its study; whether the study exists."""
     name = exp.study.name
+    folder = Path(exp.study.out_dir) / name
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:  # not created yet
-        refuse_another_studys_folder(Path(exp.study.out_dir) / name, name, None, storage_url, set)
+        refuse_another_studys_folder(folder, name, None, storage_url, set)
         return False
     uid = StudyRecord.from_attrs(storage.get_study_user_attrs(study_id)).uid
-    folder = Path(exp.study.out_dir) / name
     refuse_another_studys_folder(
         folder, name, uid, storage_url, lambda: run_ids(storage.get_all_trials(study_id, deepcopy=False))
     )
