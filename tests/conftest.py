@@ -127,6 +127,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.user_properties.append(("fault", mark.args[0]))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under ``--dist loadgroup`` xdist names a grouped test ``<id>@<group>`` to keep its group in one process. A pytest
+    that drops the new name (pytest-dev/pytest-xdist#1386) would quietly build shared_study in every process."""
+    grouped = item.config.getoption("loadgroup", default=False) and item.get_closest_marker("xdist_group")
+    if grouped and "@" not in item.nodeid:
+        pytest.fail("pytest-xdist dropped this test's xdist_group: install requirements-dev.txt's pytest")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _FAULTS and not _SKIPPED:
         return
