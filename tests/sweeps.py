@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing.pool
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -79,3 +82,27 @@ def sweep_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def sweep_here(
+    capfd: pytest.CaptureFixture[str], path: Path, storage: str, *args: str, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
+    """:func:`sweep_cli`'s command line run in this test process, for tests about the study rather than the process:
+    a fresh interpreter imports torch again, about 5 CPU-seconds a call. The output is read at the file descriptors,
+    so it holds the forked workers' lines too. Past ``timeout`` the test process ends with every thread's stack, as
+    :func:`sweep_cli` fails a test whose command outlives its timeout."""
+    from picollm.cli import run_cli
+    from picollm.cli.sweep import main
+
+    argv = ["--config", str(path), "--storage", storage, "--workers", "1", *args]  # args win
+    capfd.readouterr()
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        with mock.patch.dict(os.environ, env or {}), mock.patch.object(sys, "argv", [SWEEP, *argv]):
+            run_cli(main, argv)
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess([SWEEP, *argv], code, out, err)

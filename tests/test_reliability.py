@@ -36,7 +36,7 @@ from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.experiment import parse_space
 from picollm.sweeps.study import counts
 from tests.conftest import ROOT, postgres_url
-from tests.sweeps import SWEEP, retry_origin, sweep_cli, write_experiment
+from tests.sweeps import SWEEP, retry_origin, sweep_cli, sweep_here, write_experiment
 
 
 def storage_url(kind: str, tmp_path: Path) -> str:
@@ -102,9 +102,9 @@ def slow_experiment(tmp_path: Path, n_trials: int = 3) -> Path:
     return write_experiment(tmp_path, study={"n_trials": n_trials, "budget_tokens": 4096, "reports": 4})
 
 
-def resume(path: Path, storage: str, name: str) -> object:
+def resume(capfd: pytest.CaptureFixture[str], path: Path, storage: str, name: str) -> object:
     """Re-run the same sweep command, at full speed, to its total; the study afterwards."""
-    done = sweep_cli(path, storage, "--study-name", name)
+    done = sweep_here(capfd, path, storage, "--study-name", name)
     assert done.returncode == 0, done.stderr
     return open_study(load_experiment(str(path), [], study_name=name), storage, create=False)
 
@@ -116,7 +116,9 @@ def resume(path: Path, storage: str, name: str) -> object:
 
 @pytest.mark.fault("worker killed (SIGKILL)")
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
-def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, kind: str) -> None:
+def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(
+    tmp_path: Path, kind: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     storage, name = storage_url(kind, tmp_path), f"k{uuid.uuid4().hex[:8]}"
     path = slow_experiment(tmp_path)
     first = start_sweep(path, storage, "--study-name", name)
@@ -127,7 +129,7 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.communicate()
-    study = resume(path, storage, name)
+    study = resume(capfd, path, storage, name)
     c = counts(study)
     assert c["RUNNING"] == 0 and c["COMPLETE"] == 3
     assert study.trials[killed.number].state == TrialState.FAIL
@@ -143,7 +145,9 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(tmp_path: Path, k
 
 @pytest.mark.fault("worker killed (SIGKILL)")
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_a_trial_whose_host_vanished_is_failed_and_retried(tmp_path: Path, kind: str) -> None:
+def test_a_trial_whose_host_vanished_is_failed_and_retried(
+    tmp_path: Path, kind: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Another machine's worker cannot be checked by pid: the heartbeat (RDB) or lease (journal) expires."""
     storage, name = storage_url(kind, tmp_path), "hb"
     path = slow_experiment(tmp_path, n_trials=2)
@@ -151,7 +155,7 @@ def test_a_trial_whose_host_vanished_is_failed_and_retried(tmp_path: Path, kind:
     killed = wait_for_running_trial(first, path, storage, name)
     first.send_signal(signal.SIGKILL)
     first.communicate()
-    study = resume(path, storage, name)  # bounded: sweep_cli's timeout fails the test if it waited forever
+    study = resume(capfd, path, storage, name)  # bounded: sweep_here's timeout ends the test if it waited for ever
     assert counts(study)["RUNNING"] == 0 and counts(study)["COMPLETE"] == 2
     assert study.trials[killed.number].state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
@@ -165,7 +169,9 @@ def test_a_trial_whose_host_vanished_is_failed_and_retried(tmp_path: Path, kind:
 
 @pytest.mark.fault("interrupted (SIGINT/SIGTERM)")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_marks_flushes_exports_and_resumes(tmp_path: Path, sig: signal.Signals) -> None:
+def test_interrupt_marks_flushes_exports_and_resumes(
+    tmp_path: Path, sig: signal.Signals, capfd: pytest.CaptureFixture[str]
+) -> None:
     storage, name = storage_url("sqlite", tmp_path), "intr"
     path = slow_experiment(tmp_path, n_trials=2)
     proc = start_sweep(path, storage, "--study-name", name)
@@ -182,7 +188,7 @@ def test_interrupt_marks_flushes_exports_and_resumes(tmp_path: Path, sig: signal
     rows = (record / "metrics.jsonl").read_text().splitlines()
     assert rows and all(json.loads(line) for line in rows)  # flushed, every line whole
     assert (tmp_path / "studies" / name / "trials.csv").is_file()
-    study = resume(path, storage, name)
+    study = resume(capfd, path, storage, name)
     assert counts(study)["COMPLETE"] == 2 and counts(study)["RUNNING"] == 0
 
 
@@ -219,10 +225,12 @@ def test_out_of_memory_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, m
 
 @pytest.mark.fault("concurrency (4 workers)")
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
-def test_four_workers_complete_exactly_n_unique_trials(tmp_path: Path, kind: str) -> None:
+def test_four_workers_complete_exactly_n_unique_trials(
+    tmp_path: Path, kind: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     storage, name = storage_url(kind, tmp_path), f"c{uuid.uuid4().hex[:8]}"
     path = write_experiment(tmp_path, study={"n_trials": 8})
-    proc = sweep_cli(path, storage, "--study-name", name, "--workers", "4", timeout=600)
+    proc = sweep_here(capfd, path, storage, "--study-name", name, "--workers", "4", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "database is locked" not in proc.stdout + proc.stderr
     study = open_study(load_experiment(str(path), [], study_name=name), storage, create=False)

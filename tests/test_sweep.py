@@ -20,7 +20,7 @@ from picollm.sweeps.export import export_study
 from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
 from tests.conftest import postgres_url
-from tests.sweeps import processes_at_once, sweep_cli, write_experiment
+from tests.sweeps import processes_at_once, sweep_cli, sweep_here, write_experiment
 
 
 def states(study: optuna.Study) -> dict[str, int]:
@@ -331,11 +331,13 @@ def test_changed_search_space_on_resume_is_refused(tmp_path: Path, capsys: pytes
     assert "was created with another search space" in capsys.readouterr().err
 
 
-def test_cli_end_to_end_prints_best_against_baseline(tmp_path: Path) -> None:
+def test_cli_end_to_end_prints_best_against_baseline(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     proc = sweep_cli(write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db")
     assert proc.returncode == 0, proc.stderr
     assert "best: trial" in proc.stdout and "baseline (trial 0" in proc.stdout and "results: " in proc.stdout
-    status = sweep_cli(write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db", "status")
+    status = sweep_here(
+        capfd, write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db", "status"
+    )
     assert status.stdout.count("COMPLETE") >= 3
 
 
