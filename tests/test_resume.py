@@ -161,16 +161,11 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_losses_bit_for_bit(tmp_path:
     assert meta["resumes"][0]["at_step"] < KILL_AT_STEP and "started" in meta  # the first start is kept
 
 
-def train_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "picollm.train", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-    )
+def train_cli(*argv: str) -> int:
+    """``python -m picollm.train ARGV``'s exit code, run here: a fresh interpreter would import torch again."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_cli_module.main, list(argv))
+    return exit_info.value.code
 
 
 def test_the_cli_resumes_a_killed_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,18 +173,15 @@ def test_the_cli_resumes_a_killed_run(tmp_path: Path, capsys: pytest.CaptureFixt
     child = KILLED_CHILD.format(root=str(ROOT), kill=30, overrides=overrides)
     subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=False)
     killed = str(tmp_path / "runs" / "killed")
-    proc = train_cli("--resume", killed)
-    assert proc.returncode == 0, proc.stderr
+    assert train_cli("--resume", killed) == 0
     assert json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())["status"] == "finished"
-    extended = train_cli("--extend-to", "8192", killed)  # a longer budget
-    assert extended.returncode == 0, extended.stderr
-    # Refusals happen before any training: the command line's own main, in this process, says them in one line.
+    assert train_cli("--extend-to", "8192", killed) == 0  # a longer budget
+    capsys.readouterr()
+    # Refusals happen before any training, in one line.
     below = "--extend-to 4,096: the run's budget is train.max_tokens=6144; extend to more tokens than that"
     finished = f"{killed}: the run finished; --extend-to TOKENS trains a wsd run further"
     for argv, line in [(["--extend-to", "4096", killed], below), (["--resume", killed], finished)]:
-        with pytest.raises(SystemExit) as exit_info:
-            run_cli(train_cli_module.main, argv)
-        assert exit_info.value.code == 2
+        assert train_cli(*argv) == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"error: {line}"]
 
 
