@@ -176,29 +176,40 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
     assert password not in stdout + stderr and not files_containing(tmp_path, password)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR2])
-def test_a_job_killed_mid_trial_loses_nothing(tmp_path: Path, postgres: str, sig: signal.Signals) -> None:
-    """SIGKILL (a lost node), SIGTERM (scancel, preemption), SIGUSR2 (submitit's time-limit/preemption notice)."""
+def test_jobs_killed_mid_trial_lose_nothing(tmp_path: Path, postgres: str) -> None:
+    """SIGUSR2 (submitit's time-limit/preemption notice), SIGTERM (scancel, preemption) and SIGKILL (a lost node),
+    each to a different job while it trains. One launch for the three: each job is an interpreter importing torch.
+    Three jobs and a requeued one, three signals: a job never signalled finishes the study."""
     name, n_trials = f"kill-{uuid.uuid4().hex[:8]}", 3
     # trials of a few seconds: the kill must land mid-training (the poll sees a report up to 0.5 s late)
     path = write_experiment(tmp_path, study={"name": name, "n_trials": n_trials, "budget_tokens": 200_000})
-    proc = start_launch(path, postgres, "--workers", "2", "--wait")
-    victim = wait_for_trial_in_training(postgres, name)
-    os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), sig)
+    proc = start_launch(path, postgres, "--workers", "3", "--wait")
+    victims: dict[signal.Signals, optuna.trial.FrozenTrial] = {}
+    for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGKILL):
+        signalled = {worker_pid(v) for v in victims.values()}
+        victims[sig] = wait_for_trial_in_training(postgres, name, skip_pids=signalled)
+        os.kill(worker_pid(victims[sig]), sig)
     _, stderr = proc.communicate(timeout=500)
     assert proc.returncode == 0, stderr[-3000:]
     study = load(postgres, name)
     assert len(finished(study)) == n_trials  # none lost, none over
-    assert study.trials[victim.number].state == TrialState.FAIL
-    retries = [t for t in finished(study) if retry_origin(t) == victim.number]
-    assert len(retries) == 1 and retries[0].params == victim.params  # retried once, with the same parameters
-    if sig == signal.SIGUSR2:
-        logs = "".join(p.read_text() for p in (tmp_path / "studies" / name / "jobs").glob("*_log.err"))
-        assert "launcher: requeued" in logs
+    for sig, victim in victims.items():
+        assert study.trials[victim.number].state == TrialState.FAIL, sig.name
+        retries = [t for t in finished(study) if retry_origin(t) == victim.number]
+        assert len(retries) == 1 and retries[0].params == victim.params, sig.name  # once, with the same parameters
+    logs = "".join(p.read_text() for p in (tmp_path / "studies" / name / "jobs").glob("*_log.err"))
+    assert "launcher: requeued" in logs and "launcher: SIGTERM: exiting" in logs
 
 
-def wait_for_trial_in_training(storage: str, name: str, timeout: float = 180) -> optuna.trial.FrozenTrial:
-    """A RUNNING trial that has reported a validation loss: killed now, it dies mid-training."""
+def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
+    return int(trial.user_attrs["worker"].rpartition(":")[2])
+
+
+def wait_for_trial_in_training(
+    storage: str, name: str, skip_pids: set[int], timeout: float = 180
+) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial that has reported a validation loss, in a job not in ``skip_pids``: killed now, it dies
+    mid-training."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(0.5)
@@ -207,6 +218,7 @@ def wait_for_trial_in_training(storage: str, name: str, timeout: float = 180) ->
         except KeyError:
             continue
         started = [t for t in running if t.intermediate_values and "worker" in t.user_attrs]
+        started = [t for t in started if worker_pid(t) not in skip_pids]
         if started:
             return started[0]
     pytest.fail("no trial reached its first validation loss in time")
