@@ -69,6 +69,7 @@ def test_sweep_benchmark_accounts_for_every_trial(tmp_path: Path) -> None:
     """--sweep runs the real-data sweep and sums each trial's phases, which add up to the trials' wall time."""
     small = ["study.n_trials=2", "study.budget_tokens=2048", "study.reports=2", "data.compact_vocab=true"]
     small += ["confirm.top=1", "confirm.seeds=2"]  # the smallest confirmation: 2 or 4 runs, not 6
+    small += ["data.val_tokens=2048", "train.eval_tokens=1024"]  # scoring 16,384 tokens took half the runs' time
     r, stdout = _bench(tmp_path, "--sweep", "--no-yardstick", *[a for s in small for a in ("--set", s)])
     assert r["runs"]["trial"] == 2
     b = r["breakdown"]["trial"]
