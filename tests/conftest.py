@@ -90,8 +90,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="also run @pytest.mark.slow tests (the soak test)")
 
 
+# The stderr pytest itself writes to, taken while its capture is suspended (pytest_configure): what a test process
+# prints just before it ends on purpose (tests/sweeps.py: sweep_here's timeout) reaches the run's log.
+TERMINAL_STDERR: list[int] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _own_core()
+    TERMINAL_STDERR.append(os.dup(2))
     config.addinivalue_line("markers", "fault(name): a fault-injection test of the named fault class")
     config.addinivalue_line("markers", "slow: minutes long (the soak test); run with --slow")
 

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TERMINAL_STDERR
 
 
 def write_experiment(tmp_path: Path, study: dict | None = None, search: dict | None = None, **sections: dict) -> Path:
@@ -88,15 +88,17 @@ def sweep_here(
     capfd: pytest.CaptureFixture[str], path: Path, storage: str, *args: str, timeout: int = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess[str]:
     """:func:`sweep_cli`'s command line run in this test process, for tests about the study rather than the process:
-    a fresh interpreter imports torch again, about 5 CPU-seconds a call. The output is read at the file descriptors,
-    so it holds the forked workers' lines too. Past ``timeout`` the test process ends with every thread's stack, as
-    :func:`sweep_cli` fails a test whose command outlives its timeout."""
+    a fresh interpreter imports torch again, about 5 CPU-seconds a call. The output is what this process printed: a
+    forked worker writes where this process's forkserver was started, so a test that reads workers' lines uses
+    :func:`sweep_cli`. Past ``timeout`` the test process ends, printing every thread's stack to the run's stderr,
+    where :func:`sweep_cli` would fail the one test."""
     from picollm.cli import run_cli
     from picollm.cli.sweep import main
 
     argv = ["--config", str(path), "--storage", storage, "--workers", "1", *args]  # args win
     capfd.readouterr()
-    faulthandler.dump_traceback_later(timeout, exit=True)
+    faulthandler.dump_traceback_later(timeout, exit=True, file=TERMINAL_STDERR[0])
+    code: int | str | None = 0
     try:
         with mock.patch.dict(os.environ, env or {}), mock.patch.object(sys, "argv", [SWEEP, *argv]):
             run_cli(main, argv)

@@ -178,9 +178,10 @@ def test_two_local_workers_with_wait_give_the_results_folder_and_keep_the_passwo
 
 def test_jobs_killed_mid_trial_lose_nothing(tmp_path: Path, postgres: str) -> None:
     """SIGUSR2 (submitit's time-limit/preemption notice), SIGTERM (scancel, preemption) and SIGKILL (a lost node),
-    each to a different job while it trains. One launch for the three: each job is an interpreter importing torch.
-    Three jobs and a requeued one, three signals: a job never signalled finishes the study."""
-    name, n_trials = f"kill-{uuid.uuid4().hex[:8]}", 3
+    each to a process not yet signalled while it trains a trial of its own (not a retry). One launch for the three:
+    each job is an interpreter importing torch. Three jobs and a requeued one, three signals: a process never
+    signalled finishes the study; 5 trials leave a fresh one to catch for each signal."""
+    name, n_trials = f"kill-{uuid.uuid4().hex[:8]}", 5
     # trials of a few seconds: the kill must land mid-training (the poll sees a report up to 0.5 s late)
     path = write_experiment(tmp_path, study={"name": name, "n_trials": n_trials, "budget_tokens": 200_000})
     proc = start_launch(path, postgres, "--workers", "3", "--wait")
@@ -208,8 +209,8 @@ def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
 def wait_for_trial_in_training(
     storage: str, name: str, skip_pids: set[int], timeout: float = 180
 ) -> optuna.trial.FrozenTrial:
-    """A RUNNING trial that has reported a validation loss, in a job not in ``skip_pids``: killed now, it dies
-    mid-training."""
+    """A RUNNING trial, not a retry, that has reported a validation loss, in a process not in ``skip_pids``: killed
+    now, it dies mid-training."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(0.5)
@@ -218,7 +219,7 @@ def wait_for_trial_in_training(
         except KeyError:
             continue
         started = [t for t in running if t.intermediate_values and "worker" in t.user_attrs]
-        started = [t for t in started if worker_pid(t) not in skip_pids]
+        started = [t for t in started if worker_pid(t) not in skip_pids and retry_origin(t) is None]
         if started:
             return started[0]
     pytest.fail("no trial reached its first validation loss in time")

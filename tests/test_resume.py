@@ -161,7 +161,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_losses_bit_for_bit(tmp_path:
     assert meta["resumes"][0]["at_step"] < KILL_AT_STEP and "started" in meta  # the first start is kept
 
 
-def train_cli(*argv: str) -> int:
+def train_cli(*argv: str) -> int | str | None:
     """``python -m picollm.train ARGV``'s exit code, run here: a fresh interpreter would import torch again."""
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train_cli_module.main, list(argv))

@@ -83,7 +83,7 @@ def stop_workers(
             proc.join()
 
 
-# What Optuna's RDBStorage imports when a worker opens the study's database: 0.55 CPU-s a worker, 0.55 once here.
+# What Optuna's RDBStorage imports when a worker opens the study's database: about 1 CPU-s a worker, 0.55 once here.
 RDB_LIBRARIES = ["sqlalchemy.orm", "alembic.command", "alembic.config", "alembic.migration", "alembic.script"]
 
 # Imported once in the forkserver for every worker (torch._dynamo: torch's optimisers import it on their first step).
