@@ -16,6 +16,7 @@ from wsgiref import simple_server
 from picollm.analysis.sections import STUDY_FIGURES, study_folder
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
+from picollm.sweeps.export import CONFIRM_PLOT
 from picollm.sweeps.trial import TrialRecord
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def figures_to_publish(study: optuna.Study, reports_root: Path) -> list[tuple[Pa
     found = []
     if folder is not None:
         found += [(folder / name, caption) for name, caption in STUDY_FIGURES.items()]
-        found.append((folder / "confirm.png", "Confirmation: the best configurations re-run with other seeds"))
+        found.append((folder / CONFIRM_PLOT, "Confirmation: the best configurations re-run with other seeds"))
     found += [(report / name, caption) for name, caption in REPORT_FIGURES.items()]
     found += [(p, f"Losses of {p.stem.removeprefix('noise_')}") for p in sorted(report.glob("noise_*.png"))]
     return [(path, caption) for path, caption in found if path.is_file()]

@@ -28,7 +28,16 @@ from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.confirm import test_lines
 from picollm.sweeps.experiment import StudySettings, budget_words
-from picollm.sweeps.export import STUDY_PLOTS, best_trial, best_yaml, recorded_confirmation, trial_rows
+from picollm.sweeps.export import (
+    CONFIRM_PLOT,
+    HISTORY_PLOT,
+    IMPORTANCES_PLOT,
+    INTERMEDIATE_PLOT,
+    best_trial,
+    best_yaml,
+    recorded_confirmation,
+    trial_rows,
+)
 from picollm.sweeps.report import short
 from picollm.sweeps.study import belongs_to, runs_of
 from picollm.sweeps.trial import StudyRecord, TrialRecord
@@ -383,11 +392,10 @@ def study_folder(study: optuna.Study) -> Path | None:
     return folder if belongs_to(folder, facts.uid, runs_of(study)) else None
 
 
-_HISTORY, _IMPORTANCES, _INTERMEDIATE = STUDY_PLOTS  # the file names an export writes
 STUDY_FIGURES = {
-    _HISTORY: "Each trial's value and the best so far.",
-    _INTERMEDIATE: "Validation loss reported to the pruner against training tokens, per trial.",
-    _IMPORTANCES: "How much of the value's variation each searched parameter explains (fANOVA).",
+    HISTORY_PLOT: "Each trial's value and the best so far.",
+    INTERMEDIATE_PLOT: "Validation loss reported to the pruner against training tokens, per trial.",
+    IMPORTANCES_PLOT: "How much of the value's variation each searched parameter explains (fANOVA).",
 }
 
 
@@ -444,8 +452,8 @@ def confirm_section(study: optuna.Study, folder: Path) -> Section | None:
         "Every confirmation run (run folders and W&B ids are in confirm.csv):",
     )
     section = Section("Confirmation", text=test_lines(conf), tables=[summary, per_run])
-    if (folder / "confirm.png").is_file():
-        section.figures.append(Figure(folder / "confirm.png", "Confirmation runs."))
+    if (folder / CONFIRM_PLOT).is_file():
+        section.figures.append(Figure(folder / CONFIRM_PLOT, "Confirmation runs."))
     return section
 
 

@@ -205,19 +205,22 @@ def _budget_and_schedule(cfg: Config) -> str:
     return f"{budget} with schedule {schedule}"
 
 
-STUDY_PLOTS = ("optimization_history.png", "param_importances.png", "intermediate_values.png")
+HISTORY_PLOT = "optimization_history.png"
+IMPORTANCES_PLOT = "param_importances.png"
+INTERMEDIATE_PLOT = "intermediate_values.png"
+STUDY_PLOTS = (HISTORY_PLOT, IMPORTANCES_PLOT, INTERMEDIATE_PLOT)
+CONFIRM_PLOT = "confirm.png"
 
 
 def _plots() -> dict[str, tuple[Any, str | None]]:
     """Optuna's plots by file name (:data:`STUDY_PLOTS`), with the x-axis label each needs (None: Optuna's is right)."""
     from optuna.visualization import matplotlib as vis
 
-    history, importances, intermediate = STUDY_PLOTS
     return {
-        history: (vis.plot_optimization_history, None),
-        importances: (vis.plot_param_importances, None),
+        HISTORY_PLOT: (vis.plot_optimization_history, None),
+        IMPORTANCES_PLOT: (vis.plot_param_importances, None),
         # trials report at token counts (block sizes line up), which Optuna labels "Step"
-        intermediate: (vis.plot_intermediate_values, "training tokens"),
+        INTERMEDIATE_PLOT: (vis.plot_intermediate_values, "training tokens"),
     }
 
 
@@ -395,11 +398,11 @@ def export_study(
     if conf is not None:
         atomic_write_text(folder / "confirm.csv", confirm_csv(conf))
         if figures:
-            plot_confirmation(conf, folder / "confirm.png")
+            plot_confirmation(conf, folder / CONFIRM_PLOT)
     return folder, notes
 
 
-FIGURES = (*STUDY_PLOTS, "confirm.png")  # every PNG an export writes
+FIGURES = (*STUDY_PLOTS, CONFIRM_PLOT)  # every PNG an export writes
 
 
 def _remove_figures(folder: Path) -> None:
@@ -424,7 +427,7 @@ def confirm_and_export(
         return [f"confirmation skipped: {exc}"]
     folder, _ = export_study(study, root, conf, figures)
     log_study_run(study, folder, conf)
-    written = "confirm.csv, confirm.png" if figures else "confirm.csv"
+    written = f"confirm.csv, {CONFIRM_PLOT}" if figures else "confirm.csv"
     return [*summary_lines(conf), f"confirmation: {folder}/{written}; best.yaml is the confirmed winner"]
 
 
