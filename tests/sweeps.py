@@ -69,12 +69,24 @@ def processes_at_once(n: int) -> multiprocessing.pool.Pool:
     return worker_context().Pool(n, initializer=adopt, initargs=(dict(os.environ),))
 
 
+def worker_pid(trial: Any) -> int:
+    """The pid of the process that ran ``trial``, from its record's ``host:pid``."""
+    from picollm.sweeps.trial import TrialRecord
+
+    return int(str(TrialRecord.of(trial).worker).rpartition(":")[2])
+
+
+def sweep_argv(path: Path, storage: str, *args: str) -> list[str]:
+    """sweep.py's arguments for the experiment at ``path``: one worker unless ``args`` say otherwise (a later wins)."""
+    return ["--config", str(path), "--storage", storage, "--workers", "1", *args]
+
+
 def sweep_cli(
     path: Path, storage: str, *args: str, timeout: int = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python sweep.py --config PATH --storage STORAGE ARGS...`` as a user would run it."""
     return subprocess.run(
-        [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--workers", "1", *args],  # args win
+        [sys.executable, SWEEP, *sweep_argv(path, storage, *args)],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -95,7 +107,7 @@ def sweep_here(
     from picollm.cli import run_cli
     from picollm.cli.sweep import main
 
-    argv = ["--config", str(path), "--storage", storage, "--workers", "1", *args]  # args win
+    argv = sweep_argv(path, storage, *args)
     capfd.readouterr()
     faulthandler.dump_traceback_later(timeout, exit=True, file=TERMINAL_STDERR[0])
     code: int | str | None = 0

@@ -29,7 +29,7 @@ from picollm.sweeps.launch import SweepJob, executor_parameters, load_launcher, 
 from picollm.sweeps.study import open_storage
 from picollm.sweeps.trial import worker_device
 from tests.conftest import ROOT
-from tests.sweeps import SWEEP, retry_origin, sweep_cli, write_experiment
+from tests.sweeps import SWEEP, retry_origin, sweep_cli, worker_pid, write_experiment
 
 LOCAL = ["--set", "launcher.name=local"]
 
@@ -200,10 +200,6 @@ def test_jobs_killed_mid_trial_lose_nothing(tmp_path: Path, postgres: str) -> No
         assert len(retries) == 1 and retries[0].params == victim.params, sig.name  # once, with the same parameters
     logs = "".join(p.read_text() for p in (tmp_path / "studies" / name / "jobs").glob("*_log.err"))
     assert "launcher: requeued" in logs and "launcher: SIGTERM: exiting" in logs
-
-
-def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
-    return int(trial.user_attrs["worker"].rpartition(":")[2])
 
 
 def wait_for_trial_in_training(

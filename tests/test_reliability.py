@@ -37,7 +37,7 @@ from picollm.sweeps import load_experiment, open_study, run_sweep
 from picollm.sweeps.experiment import parse_space
 from picollm.sweeps.study import counts
 from tests.conftest import ROOT, postgres_url
-from tests.sweeps import SWEEP, retry_origin, sweep_cli, sweep_here, write_experiment
+from tests.sweeps import SWEEP, retry_origin, sweep_argv, sweep_cli, sweep_here, worker_pid, write_experiment
 
 
 def storage_url(kind: str, tmp_path: Path) -> str:
@@ -63,7 +63,7 @@ def start_sweep(path: Path, storage: str, *args: str, env: dict | None = None, s
     """``python sweep.py ...`` in its own process; ``slow``: each training step sleeps (single worker only)."""
     command = [sys.executable, "-c", SLOW_SWEEP] if slow else [sys.executable, SWEEP]
     return subprocess.Popen(
-        [*command, "--config", str(path), "--storage", storage, "--workers", "1", *args],  # a later --workers wins
+        [*command, *sweep_argv(path, storage, *args)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -486,7 +486,7 @@ def test_sigterm_ends_every_worker_of_a_multi_worker_sweep_and_exports(tmp_path:
             running = [t for t in open_study(exp, storage, create=False).trials if t.state == TrialState.RUNNING]
         if len(running) == 2 and all("run_dir" in t.user_attrs for t in running):
             break
-    pids = [int(t.user_attrs["worker"].rpartition(":")[2]) for t in running]
+    pids = [worker_pid(t) for t in running]
     assert len(set(pids)) == 2
     proc.send_signal(signal.SIGTERM)
     start = time.time()
@@ -636,7 +636,7 @@ def test_a_worker_stalled_past_its_grace_period_goes_on(tmp_path: Path) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 2, "budget_tokens": 600_000, "reports": 10})
     proc = start_sweep(path, storage, "--study-name", name, "--workers", "2", slow=False)
     trial = wait_for_running_trial(proc, path, storage, name, settle_s=0.0)
-    pid = int(trial.user_attrs["worker"].rpartition(":")[2])
+    pid = worker_pid(trial)
     stop_outside_a_transaction(pid, storage)
     try:
         time.sleep(5)  # grace_period is 3 s in tests/sweeps.py

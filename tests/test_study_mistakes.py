@@ -30,7 +30,7 @@ from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refus
 from picollm.sweeps.trial import StudyRecord, record_study
 from picollm.sweeps.workers import prepare
 from tests.conftest import ROOT, SAMPLE, needs_sample
-from tests.sweeps import SWEEP, processes_at_once, write_experiment
+from tests.sweeps import SWEEP, processes_at_once, sweep_argv, write_experiment
 
 
 def test_a_command_run_in_this_process_leaves_its_garbage_collector_alone(tmp_path: Path) -> None:
@@ -485,7 +485,7 @@ def test_ctrl_c_to_a_two_worker_sweep_prints_no_traceback_and_leaves_no_process(
         folder.mkdir()
         path, storage = write_experiment(folder, study={"budget_tokens": 3_000_000}), f"sqlite:///{folder}/s.db"
         proc = subprocess.Popen(
-            [sys.executable, SWEEP, "--config", str(path), "--storage", storage, "--workers", "2"],
+            [sys.executable, SWEEP, *sweep_argv(path, storage, "--workers", "2")],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
