@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ SHARED = ROOT.parent / "shared"
 SAMPLE = SHARED / "data" / "tinystories-sample"
 TIKTOKEN_CACHE = SHARED / "tiktoken-cache"
 
+# Python's default, which an environment may turn off: the suite starts a few hundred interpreters of the same sources,
+# each compiling picollm again (0.5 CPU-s for a sweep's imports), and each test process rewrites the tests' asserts.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
