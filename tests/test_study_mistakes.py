@@ -91,6 +91,10 @@ MISTAKES = {  # what a student gets wrong -> the arguments, and what the one lin
     "empty dataset": (_blank, "is empty"),
     "a device this machine lacks": (lambda tmp: ["--set", "train.device=cuda:7"], "train.device=cuda:7 is not avail"),
     "unwritable study.out_dir": (_under_a_file, "study.out_dir: cannot write to"),
+    "a study name that is a path": (  # its exports would land outside study.out_dir
+        lambda tmp: ["--study-name", "../elsewhere"],
+        "study.name: use letters, digits, '-', '_' and '.', got '../elsewhere'",
+    ),
     "a test set the validation sample leaves no room for": (
         lambda tmp: ["--set", "data.val_tokens=1000000", "--set", "data.test_tokens=512"],
         "data.test_tokens: the validation sample takes every validation document",

@@ -44,7 +44,7 @@ from picollm.config import (
 )
 from picollm.errors import ConfigError
 from picollm.sweeps.budget import HalvingPruner, plan_of
-from picollm.sweeps.trial import TrialRecord
+from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 PARAM_TYPES = ("categorical", "float", "int")
 _ALLOWED = {
@@ -487,6 +487,11 @@ def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
     raise ConfigError(f"study.{key}: expected a name or {{name: ..., option: value}}, got {raw!r}")
 
 
+def stored_settings(study: optuna.Study) -> StudySettings:
+    """The settings ``study`` was created with, as stored: the defaults declared above fill what it lacks."""
+    return StudySettings.stored({"name": study.study_name, **StudyRecord.of(study).settings})
+
+
 def parse_study(raw: Any, default_name: str) -> StudySettings:
     """The ``study:`` block, checked: unknown keys, wrong types and impossible values are one line."""
     if raw is not None and not isinstance(raw, dict):
@@ -687,11 +692,7 @@ def load_experiment(
     if isinstance(search, dict):
         _refuse_searched_overrides(other, search)
     trainer, sweep = split_experiment(raw)
-    settings = parse_study(sweep.get("study"), Path(path).stem)
-    if study_name:
-        settings.name = study_name
-    if n_trials is not None:
-        settings.n_trials = n_trials
+    settings = parse_study(_with_command_line(sweep.get("study"), study_name, n_trials), Path(path).stem)
     base = trial_base(trainer, settings)
     space = parse_space(search, base)
     baseline_params(space, base)  # refuse a bad space now, before any trial
@@ -701,6 +702,18 @@ def load_experiment(
     exp = Experiment(base, search, settings, str(path), confirm=confirm)
     _check_budget(exp)
     return exp
+
+
+def _with_command_line(block: Any, study_name: str | None, n_trials: int | None) -> Any:
+    """The ``study:`` block with ``--study-name`` and ``--n-trials`` in it, so that its checks see them too."""
+    if block is not None and not isinstance(block, dict):
+        return block  # parse_study refuses it with one line
+    block = dict(block or {})
+    if study_name:
+        block["name"] = study_name
+    if n_trials is not None:
+        block["n_trials"] = n_trials
+    return block
 
 
 def _check_budget(exp: Experiment) -> None:
