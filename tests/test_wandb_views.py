@@ -17,6 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 from picollm import tracking
 from picollm.config import load_config
+from picollm.sweeps.experiment import StudySettings
 from picollm.sweeps.export import LEGEND_MAX, best_trial, study_figures, trial_rows, trials_csv, write_figures
 from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
@@ -101,7 +102,8 @@ def test_trials_table_marks_pruned_values_and_never_ranks_them_best() -> None:
     assert header[:7] == ["number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens"]
     pruned_row = {k: rows[1][k] for k in ("value_kind", "value", "pruned_at_tokens")}
     assert pruned_row == {"value_kind": "pruned-intermediate", "value": 1.5, "pruned_at_tokens": 1000}
-    assert (rows[0]["value_kind"], rows[0]["metric"]) == ("final", "best_val_loss")
+    # a trial that recorded no metric, in a study that recorded no settings: study.metric's declared default
+    assert (rows[0]["value_kind"], rows[0]["metric"]) == ("final", StudySettings.metric)
     assert (rows[2]["value_stderr"], rows[2]["metric"]) == (0.01, "final_val_loss")
     assert best_trial(study).number == 0
     assert trials_csv(study).splitlines()[2].startswith("1,PRUNED,1.5,,pruned-intermediate,")

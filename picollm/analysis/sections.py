@@ -27,7 +27,7 @@ from picollm.analysis.transfer import TABLE_HEADER, table_rows, transfer_analysi
 from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.confirm import test_lines
-from picollm.sweeps.experiment import StudySettings, budget_words
+from picollm.sweeps.experiment import budget_words, stored_settings
 from picollm.sweeps.export import (
     CONFIRM_PLOT,
     HISTORY_PLOT,
@@ -76,14 +76,11 @@ def _data_identity(study: optuna.Study) -> Table:
 
 def study_section(study: optuna.Study, counts_lines: list[str]) -> Section:
     """The question the study asks: space, budget, metric, data."""
-    facts = StudyRecord.of(study)
-    s = facts.settings
-    budget = budget_words(StudySettings.stored({"name": study.study_name, **s}))
+    facts, s = StudyRecord.of(study), stored_settings(study)
+    trials = s.n_trials if s.n_trials is not None else "as many as study.max_tokens pays for"
     text = [
-        f"Minimise `{s.get('metric', 'best_val_loss')}` (nats per token) over {s.get('n_trials', '?')} trials; "
-        f"sampler `{s.get('sampler', '?')}`, pruner `{s.get('pruner', '?')}`, "
-        f"{budget}, {s.get('reports', '?')} reports to the "
-        "pruner.",
+        f"Minimise `{s.metric}` (nats per token) over {trials} trials; sampler `{s.sampler}`, pruner `{s.pruner}`, "
+        f"{budget_words(s)}, {s.reports} reports to the pruner.",
         *counts_lines,
     ]
     space = Table(
@@ -387,9 +384,8 @@ def files_section(folders: list[Path], report_files: list[Path]) -> Section:
 def study_folder(study: optuna.Study) -> Path | None:
     """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``); None where that folder holds another
     study's results (of the same name), whose figures and best.yaml are not this one's."""
-    facts = StudyRecord.of(study)
-    folder = Path(facts.settings.get("out_dir", "results/studies"), study.study_name)
-    return folder if belongs_to(folder, facts.uid, runs_of(study)) else None
+    folder = Path(stored_settings(study).out_dir, study.study_name)
+    return folder if belongs_to(folder, StudyRecord.of(study).uid, runs_of(study)) else None
 
 
 STUDY_FIGURES = {

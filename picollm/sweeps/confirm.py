@@ -22,7 +22,7 @@ from picollm.config import Config, config_from_dict
 from picollm.errors import PicoError
 from picollm.scoring import evaluate_run
 from picollm.sweeps.budget import spent_so_far, stored_plan
-from picollm.sweeps.experiment import ConfirmSettings, apply_params, check_confirm
+from picollm.sweeps.experiment import ConfirmSettings, apply_params, check_confirm, stored_settings
 from picollm.sweeps.processes import in_processes, pool_rank
 from picollm.sweeps.trial import StudyRecord, TrialRecord, record_confirm_run, record_study, worker_device
 from picollm.threads import choose_layout
@@ -292,8 +292,8 @@ class Confirmation:
 
 def confirm_budget(study: optuna.Study, s: ConfirmSettings) -> int | None:
     """``confirm.budget_tokens``, else the study's target: the answer is checked at the budget it will train at."""
-    settings = StudyRecord.of(study).settings
-    return s.budget_tokens or settings.get("target_tokens") or settings.get("budget_tokens")
+    settings = stored_settings(study)
+    return s.budget_tokens or settings.target_tokens or settings.budget_tokens
 
 
 def plan(study: optuna.Study, s: ConfirmSettings, shortlisted: Sequence[int] | None = None) -> Confirmation:

@@ -27,7 +27,7 @@ from picollm.sweeps.confirm import (
     verdict_lines,
     winners_curse,
 )
-from picollm.sweeps.experiment import ConfirmSettings, apply_params
+from picollm.sweeps.experiment import ConfirmSettings, apply_params, stored_settings
 from picollm.sweeps.study import (
     OWNER,
     CappedStudy,
@@ -82,10 +82,8 @@ def trial_row(t: Any, metric: str) -> dict[str, Any]:
 
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per trial with every searched parameter as a column."""
-    facts = StudyRecord.of(study)
-    param_keys = facts.param_keys
-    metric = facts.settings.get("metric", "best_val_loss")
-    header = [*VALUE_COLUMNS, *param_keys, *RUN_COLUMNS]
+    metric = stored_settings(study).metric
+    header = [*VALUE_COLUMNS, *StudyRecord.of(study).param_keys, *RUN_COLUMNS]
     return header, [trial_row(t, metric) for t in study.trials]
 
 

@@ -49,10 +49,10 @@ from picollm.sweeps.budget import TokenPlan, last_promotion, next_promotion, pla
 from picollm.sweeps.experiment import (
     ONE_SEQUENCE,
     Experiment,
-    StudySettings,
     baseline_params,
     make_pruner,
     make_sampler,
+    stored_settings,
     trial_cap,
 )
 from picollm.sweeps.trial import (
@@ -911,9 +911,8 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
         )
     study = optuna.load_study(study_name=name, storage=storage)
     facts = StudyRecord.of(study)
-    settings, base = facts.settings, facts.base
-    out_dir = settings.get("out_dir") or StudySettings.out_dir
-    runs_dir = base.get("tracking", {}).get("out_dir") or TrackingConfig.out_dir
+    out_dir = stored_settings(study).out_dir
+    runs_dir = facts.base.get("tracking", {}).get("out_dir") or TrackingConfig.out_dir
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
     folder = Path(out_dir) / name
     found = folder if plain and folder.is_dir() else None
