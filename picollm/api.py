@@ -467,7 +467,9 @@ def generate(
         print(picollm.generate(run, "Once upon a time", max_new_tokens=60, top_p=0.9))
     """
     from picollm.checkpoint import load_run  # torch: import picollm stays light
-    from picollm.sampling import Sampling, generate_text  # torch: import picollm stays light
+    from picollm.sampling import Sampling, check_sampling, generate_text  # torch: import picollm stays light
 
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, greedy)
+    check_sampling(sampling, num_samples=1)
     model, tokenizer = load_run(_run_dir(run), _weights(weights))
-    return generate_text(model, tokenizer, prompt, Sampling(max_new_tokens, temperature, top_k, top_p, greedy), seed)
+    return generate_text(model, tokenizer, prompt, sampling, seed)

@@ -157,6 +157,11 @@ def test_generate_is_repeatable_with_a_seed(trained: api.TrainResult) -> None:
     )
 
 
+def test_generate_refuses_settings_that_sample_nothing_before_loading_the_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--top-k must be >= 1"):
+        picollm.generate(tmp_path / "no-such-run", "0 1 2", top_k=0)
+
+
 def test_evaluate_scores_the_saved_weights(trained: api.TrainResult) -> None:
     scores = picollm.evaluate(trained)
     assert {"loss", "stderr", "tokens", "context"} <= set(scores)
