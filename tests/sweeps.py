@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from tests.conftest import ROOT, TERMINAL_STDERR
 
@@ -57,8 +58,9 @@ SWEEP = str(ROOT / "sweep.py")
 
 
 def retry_origin(trial: Any) -> int | None:
-    """The trial this one re-runs, whichever path re-queued it (heartbeat or dead local worker)."""
-    return trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
+    """The trial this one re-runs: every path that re-queues a trial (heartbeat, dead local worker) goes through
+    Optuna's retry callback, which records it."""
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def processes_at_once(n: int) -> multiprocessing.pool.Pool:
