@@ -107,6 +107,8 @@ def test_a_one_epoch_run_gets_its_window_analysis(synthetic: list[str]) -> None:
     assert result["epochs"] == 1 and result["steps"] == 30 and set(result["windows"]) == {"1", "10"}
     assert result["windows"]["10"]["scatter"] < result["windows"]["1"]["scatter"] == result["step_noise_sigma"]
     assert result["val_loss_ci95"] > 0 and "one epoch: no epoch-to-epoch change" in window_line(result)
+    words = analyze_noise(run, simulate=False)["verdict"]  # one epoch: no share of epoch-to-epoch rises to state
+    assert "Step to step the loss rose" in words and "epoch to epoch" not in words
 
 
 @pytest.mark.parametrize("rho", [-0.9, -0.3, 0.0, 0.5, 0.95, 0.9995, 1.0])

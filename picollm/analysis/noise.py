@@ -339,9 +339,10 @@ def verdict(r: dict[str, Any]) -> str:
             f"{r['epoch_increases']} epoch average(s) went up; {r['epoch_increases_within_noise']} of them are "
             "within the noise."
         )
+    epochs = r["share_epoch_increases"]
     parts.append(
-        f"Step to step the loss rose {_pct(r['share_step_increases'])} of the time, epoch to epoch "
-        f"{_pct(r['share_epoch_increases'])}."
+        f"Step to step the loss rose {_pct(r['share_step_increases'])} of the time"
+        + (f", epoch to epoch {_pct(epochs)}." if epochs is not None else ".")
     )
     val = r["validation"]
     if val["share_val_epoch_increases"] is not None:
