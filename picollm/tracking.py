@@ -160,6 +160,14 @@ class JsonlSink:
         atomic_write_json(self.run_dir / "summary.json", summary)
 
 
+def read_summary(run_dir: str | Path | None) -> dict[str, Any]:
+    """A run record's ``summary.json``; empty where the record is on another machine, unfinished or unreadable."""
+    try:
+        return json.loads(Path(str(run_dir), "summary.json").read_text()) if run_dir else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _count_lines(path: Path) -> int:
     try:
         with open(path, "rb") as file:

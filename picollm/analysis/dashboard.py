@@ -18,6 +18,7 @@ from picollm.errors import PicoError
 from picollm.fileio import atomic_write_json
 from picollm.sweeps.export import CONFIRM_PLOT
 from picollm.sweeps.trial import TrialRecord
+from picollm.tracking import read_summary
 
 if TYPE_CHECKING:
     import optuna
@@ -85,18 +86,11 @@ def study_note(
     return "\n".join(lines)
 
 
-def _run_summary(run_dir: str | None) -> dict[str, Any]:
-    try:
-        return json.loads(Path(str(run_dir), "summary.json").read_text()) if run_dir else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def trial_note(study_name: str, trial: Any) -> str:
     """Links from a trial to its run record and W&B run (online), from its user attributes."""
     facts = TrialRecord.of(trial)
     run_dir = facts.run_dir
-    summary = _run_summary(run_dir)
+    summary = read_summary(run_dir)
     lines = [f"### Trial {trial.number}", ""]
     if summary:
         files = " · ".join(f"[{name}](/picollm/run/{study_name}/{trial.number}/{name})" for name in RUN_FILES)

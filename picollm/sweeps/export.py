@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,20 +36,12 @@ from picollm.sweeps.study import (
     trained_base,
 )
 from picollm.sweeps.trial import FAILED, FINAL, PRUNED_AT, StudyRecord, TrialRecord
-from picollm.tracking import flatten, resolve_wandb_mode, wait_for_run_file
+from picollm.tracking import flatten, read_summary, resolve_wandb_mode, wait_for_run_file
 
 # Before the searched parameters: what the value is and how precise; after them: where it came from.
 VALUE_COLUMNS = ("number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens")
 RUN_COLUMNS = ("tokens", "duration_s", "run_id", "run_dir", "wandb_run_id", "baseline", "fail_reason")
 VALUE_KIND = {"COMPLETE": FINAL, "PRUNED": PRUNED_AT, "FAIL": FAILED}
-
-
-def _run_summary(run_dir: Any) -> dict[str, Any]:
-    """A trial's ``summary.json``, when its run record is on this machine (older studies lack some attrs)."""
-    try:
-        return json.loads(Path(run_dir, "summary.json").read_text()) if run_dir else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _last_intermediate(t: Any) -> tuple[int | None, float | None]:
@@ -63,7 +54,7 @@ def _last_intermediate(t: Any) -> tuple[int | None, float | None]:
 def trial_row(t: Any, metric: str) -> dict[str, Any]:
     """One trial as the table shows it: a pruned trial's value is its last intermediate value, marked so."""
     facts, state = TrialRecord.of(t), t.state.name
-    summary = _run_summary(facts.run_dir)
+    summary = read_summary(facts.run_dir)  # for the facts a trial's attrs lack
     metric = facts.metric or metric
     step, last = _last_intermediate(t)
     kind = facts.value_kind or VALUE_KIND.get(state, state.lower())
