@@ -295,7 +295,7 @@ def load_token_data(d: DataConfig, progress: bool = True) -> TokenData:
         tokenizer, arrays["train"], val, groups, mix_weights(groups, d), folder, arrays["val"], d.val_tokens
     )
     if d.test_tokens:
-        test_set(data, d.test_tokens)  # a test set the data cannot hold is one line now, not after a sweep's trials
+        test_set(data, d.test_tokens)  # a test set the data cannot hold is one line here, before any trial runs
     return data
 
 
