@@ -17,7 +17,6 @@ from optuna.trial import TrialState, create_trial
 
 from picollm import tracking
 from picollm.config import load_config
-from picollm.sweeps.experiment import StudySettings
 from picollm.sweeps.export import LEGEND_MAX, best_trial, study_figures, trial_rows, trials_csv, write_figures
 from picollm.trainer import train
 from picollm.wandb_offline import find_run_file, read_run_info
@@ -102,11 +101,23 @@ def test_trials_table_marks_pruned_values_and_never_ranks_them_best() -> None:
     assert header[:7] == ["number", "state", "value", "value_stderr", "value_kind", "metric", "pruned_at_tokens"]
     pruned_row = {k: rows[1][k] for k in ("value_kind", "value", "pruned_at_tokens")}
     assert pruned_row == {"value_kind": "pruned-intermediate", "value": 1.5, "pruned_at_tokens": 1000}
-    # a trial that recorded no metric, in a study that recorded no settings: study.metric's declared default
-    assert (rows[0]["value_kind"], rows[0]["metric"]) == ("final", StudySettings.metric)
+    # a trial that recorded no metric, in a study that recorded no settings: no metric is made up for it
+    assert (rows[0]["value_kind"], rows[0]["metric"]) == ("final", None)
     assert (rows[2]["value_stderr"], rows[2]["metric"]) == (0.01, "final_val_loss")
     assert best_trial(study).number == 0
     assert trials_csv(study).splitlines()[2].startswith("1,PRUNED,1.5,,pruned-intermediate,")
+
+
+def test_the_reports_question_states_only_what_the_study_recorded() -> None:
+    from picollm.analysis.sections import study_section
+    from picollm.sweeps.trial import record_study
+
+    study = optuna.create_study(study_name="q")  # made by Optuna alone
+    assert study_section(study, []).text == ["This study recorded no settings: it was not made by sweep.py."]
+    record_study(study, settings={"n_trials": None, "max_tokens": 1_000_000, "sampler": "random"})
+    question = study_section(study, []).text[0]  # keys it lacks take their declared defaults
+    assert question.startswith("Minimise `final_val_loss` (nats per token) over as many trials as study.max_tokens")
+    assert "sampler `random`, pruner `median`" in question
 
 
 def test_progress_line_reports_a_running_run(synthetic: list[str], monkeypatch: pytest.MonkeyPatch) -> None:

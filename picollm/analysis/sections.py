@@ -77,12 +77,15 @@ def _data_identity(study: optuna.Study) -> Table:
 def study_section(study: optuna.Study, counts_lines: list[str]) -> Section:
     """The question the study asks: space, budget, metric, data."""
     facts, s = StudyRecord.of(study), stored_settings(study)
-    trials = s.n_trials if s.n_trials is not None else "as many as study.max_tokens pays for"
-    text = [
-        f"Minimise `{s.metric}` (nats per token) over {trials} trials; sampler `{s.sampler}`, pruner `{s.pruner}`, "
-        f"{budget_words(s)}, {s.reports} reports to the pruner.",
-        *counts_lines,
-    ]
+    if not facts.settings:
+        question = "This study recorded no settings: it was not made by sweep.py."
+    else:
+        trials = f"{s.n_trials} trials" if s.n_trials is not None else "as many trials as study.max_tokens pays for"
+        question = (
+            f"Minimise `{s.metric}` (nats per token) over {trials}; sampler `{s.sampler}`, pruner `{s.pruner}`, "
+            f"{budget_words(s)}, {s.reports} reports to the pruner."
+        )
+    text = [question, *counts_lines]
     space = Table(
         ["parameter", "searched over"],
         [[p["key"], _describe_param(p)] for p in facts.space],

@@ -15,6 +15,7 @@ from scipy import stats
 
 from picollm.errors import DataError
 from picollm.sweeps.budget import config_key
+from picollm.sweeps.experiment import stored_settings
 from picollm.sweeps.trial import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -100,11 +101,10 @@ def agreement(x: np.ndarray, seeds: list[list[float]], n_boot: int = N_BOOTSTRAP
 
 
 def budgets_of(study: optuna.Study) -> Budgets:
-    settings = StudyRecord.of(study).settings
-    budget = settings.get("budget_tokens")
-    if not budget:
+    s = stored_settings(study)
+    if not s.budget_tokens:
         raise DataError(f"study {study.study_name!r} has no budget_tokens in its settings: it was not made by sweep.py")
-    return Budgets(int(budget), int(settings.get("target_tokens") or budget))
+    return Budgets(s.budget_tokens, s.target_tokens or s.budget_tokens)
 
 
 def _confirmed(study: optuna.Study, target: int) -> dict[int, list[float]]:

@@ -51,7 +51,7 @@ def _last_intermediate(t: Any) -> tuple[int | None, float | None]:
     return step, t.intermediate_values[step]
 
 
-def trial_row(t: Any, metric: str) -> dict[str, Any]:
+def trial_row(t: Any, metric: str | None) -> dict[str, Any]:
     """One trial as the table shows it: a pruned trial's value is its last intermediate value, marked so."""
     facts, state = TrialRecord.of(t), t.state.name
     summary = read_summary(facts.run_dir)  # for the facts a trial's attrs lack
@@ -60,7 +60,7 @@ def trial_row(t: Any, metric: str) -> dict[str, Any]:
     kind = facts.value_kind or VALUE_KIND.get(state, state.lower())
     value = t.value if state == "COMPLETE" else (last if kind == PRUNED_AT else None)
     stderr = facts.value_stderr
-    if stderr is None and state == "COMPLETE":
+    if stderr is None and state == "COMPLETE" and metric:
         stderr = summary.get(f"{metric}_stderr")
     row = {"number": t.number, "state": state, "value_kind": kind, "value": value, "value_stderr": stderr}
     pruned_at = facts.pruned_at_tokens if facts.pruned_at_tokens is not None else (step if state == "PRUNED" else None)
@@ -73,8 +73,9 @@ def trial_row(t: Any, metric: str) -> dict[str, Any]:
 
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per trial with every searched parameter as a column."""
-    metric = stored_settings(study).metric
-    header = [*VALUE_COLUMNS, *StudyRecord.of(study).param_keys, *RUN_COLUMNS]
+    facts = StudyRecord.of(study)
+    metric = stored_settings(study).metric if facts.settings else None  # None: a study not made by sweep.py
+    header = [*VALUE_COLUMNS, *facts.param_keys, *RUN_COLUMNS]
     return header, [trial_row(t, metric) for t in study.trials]
 
 
