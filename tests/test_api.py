@@ -158,7 +158,7 @@ def test_generate_is_repeatable_with_a_seed(trained: api.TrainResult) -> None:
 
 
 def test_generate_refuses_settings_that_sample_nothing_before_loading_the_run(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--top-k must be >= 1"):
+    with pytest.raises(ConfigError, match=r"top_k \(--top-k\) must be >= 1"):
         picollm.generate(tmp_path / "no-such-run", "0 1 2", top_k=0)
 
 

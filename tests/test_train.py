@@ -241,9 +241,9 @@ def test_a_device_this_machine_lacks_is_one_line(device: str, monkeypatch: pytes
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--top-k", "0"], "--top-k must be >= 1"),
-        (["--top-p", "0"], "--top-p must be in (0, 1]"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--top-k", "0"], "top_k (--top-k) must be >= 1"),
+        (["--top-p", "0"], "top_p (--top-p) must be in (0, 1]"),
+        (["--max-new-tokens", "0"], "max_new_tokens (--max-new-tokens) must be >= 1"),
     ],
 )
 def test_generate_refuses_settings_that_cannot_sample(
