@@ -14,7 +14,8 @@ SAMPLE = SHARED / "data" / "tinystories-sample"
 TIKTOKEN_CACHE = SHARED / "tiktoken-cache"
 
 # Python's default, which an environment may turn off: the suite starts dozens of interpreters of the same sources,
-# each compiling picollm again (0.5 CPU-s for a sweep's imports), and each test process rewrites the tests' asserts.
+# each compiling picollm again (0.4 to 0.8 CPU-s for a sweep's imports), and each test process rewrites the tests'
+# asserts.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 os.environ.setdefault("WANDB_MODE", "offline")
