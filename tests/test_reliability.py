@@ -134,7 +134,7 @@ def test_killed_worker_leaves_no_zombie_and_its_trial_is_rerun(
     c = counts(study)
     assert c["RUNNING"] == 0 and c["COMPLETE"] == 3
     assert study.trials[killed.number].state == TrialState.FAIL
-    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    retry = [t for t in study.trials if retry_origin(t) == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
     # The retry went on from the killed run's last checkpoint, in a record of its own.
     meta = json.loads((Path(retry[0].user_attrs["run_dir"]) / "meta.json").read_text())
@@ -159,7 +159,7 @@ def test_a_trial_whose_host_vanished_is_failed_and_retried(
     study = resume(capfd, path, storage, name)  # bounded: sweep_here's timeout ends the test process
     assert counts(study)["RUNNING"] == 0 and counts(study)["COMPLETE"] == 2
     assert study.trials[killed.number].state == TrialState.FAIL
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    retried = [t for t in study.trials if retry_origin(t) == killed.number]
     assert retried and retried[0].params == killed.params
 
 

@@ -30,7 +30,7 @@ from picollm.sweeps.study import FingerprintMismatch, counts, fingerprint, refus
 from picollm.sweeps.trial import StudyRecord, record_study
 from picollm.sweeps.workers import prepare
 from tests.conftest import ROOT, SAMPLE, needs_sample
-from tests.sweeps import SWEEP, processes_at_once, sweep_argv, write_experiment
+from tests.sweeps import SWEEP, processes_at_once, retry_origin, sweep_argv, write_experiment
 
 
 def test_a_command_run_in_this_process_leaves_its_garbage_collector_alone(tmp_path: Path) -> None:
@@ -439,7 +439,7 @@ def test_workers_starting_together_requeue_each_stopped_trial_once(
         assert pool.map(_prepare, [(str(path), storage)] * 4) == [0] * 4
     study = open_study(load_experiment(str(path), []), storage, create=False)
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
-    assert sorted(t.system_attrs["failed_trial"] for t in waiting) == [0, 2]
+    assert sorted(retry_origin(t) for t in waiting) == [0, 2]
 
 
 # ------------------------------------------------------------------------------------------------
