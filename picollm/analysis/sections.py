@@ -76,7 +76,8 @@ def _data_identity(study: optuna.Study) -> Table:
 
 def study_section(study: optuna.Study, counts_lines: list[str]) -> Section:
     """The question the study asks: space, budget, metric, data."""
-    facts, s = StudyRecord.of(study), stored_settings(study)
+    facts = StudyRecord.of(study)
+    s = stored_settings(study, facts)
     if not facts.settings:
         question = "This study recorded no settings: it was not made by sweep.py."
     else:
@@ -387,8 +388,9 @@ def files_section(folders: list[Path], report_files: list[Path]) -> Section:
 def study_folder(study: optuna.Study) -> Path | None:
     """Where ``sweep.py`` exported the study (``<study.out_dir>/<name>/``); None where that folder holds another
     study's results (of the same name), whose figures and best.yaml are not this one's."""
-    folder = Path(stored_settings(study).out_dir, study.study_name)
-    return folder if belongs_to(folder, StudyRecord.of(study).uid, runs_of(study)) else None
+    facts = StudyRecord.of(study)
+    folder = Path(stored_settings(study, facts).out_dir, study.study_name)
+    return folder if belongs_to(folder, facts.uid, runs_of(study)) else None
 
 
 STUDY_FIGURES = {

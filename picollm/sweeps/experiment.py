@@ -487,9 +487,11 @@ def _named(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
     raise ConfigError(f"study.{key}: expected a name or {{name: ..., option: value}}, got {raw!r}")
 
 
-def stored_settings(study: optuna.Study) -> StudySettings:
-    """The settings ``study`` was created with, as stored: the defaults declared above fill what it lacks."""
-    return StudySettings.stored({"name": study.study_name, **StudyRecord.of(study).settings})
+def stored_settings(study: optuna.Study, facts: StudyRecord | None = None) -> StudySettings:
+    """The settings ``study`` was created with, as stored: the defaults declared above fill what it lacks. ``facts``:
+    its record, where the caller has read it already (each read asks the storage)."""
+    facts = StudyRecord.of(study) if facts is None else facts
+    return StudySettings.stored({"name": study.study_name, **facts.settings})
 
 
 def parse_study(raw: Any, default_name: str) -> StudySettings:

@@ -74,7 +74,7 @@ def trial_row(t: Any, metric: str | None) -> dict[str, Any]:
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per trial with every searched parameter as a column."""
     facts = StudyRecord.of(study)
-    metric = stored_settings(study).metric if facts.settings else None  # None: a study not made by sweep.py
+    metric = stored_settings(study, facts).metric if facts.settings else None  # None: a study not made by sweep.py
     header = [*VALUE_COLUMNS, *facts.param_keys, *RUN_COLUMNS]
     return header, [trial_row(t, metric) for t in study.trials]
 

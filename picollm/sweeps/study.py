@@ -911,7 +911,7 @@ def find_study(name: str, storage_url: str) -> StoredStudy:
         )
     study = optuna.load_study(study_name=name, storage=storage)
     facts = StudyRecord.of(study)
-    out_dir = stored_settings(study).out_dir
+    out_dir = stored_settings(study, facts).out_dir
     runs_dir = facts.base.get("tracking", {}).get("out_dir") or TrackingConfig.out_dir
     plain = Path(name).name == name and name not in (".", "..")  # a name made elsewhere may be a path: never removed
     folder = Path(out_dir) / name
