@@ -91,7 +91,7 @@ MISTAKES = {  # what a student gets wrong -> the arguments, and what the one lin
     "empty dataset": (_blank, "is empty"),
     "a device this machine lacks": (lambda tmp: ["--set", "train.device=cuda:7"], "train.device=cuda:7 is not avail"),
     "unwritable study.out_dir": (_under_a_file, "study.out_dir: cannot write to"),
-    "a study name that is a path": (  # its exports would land outside study.out_dir
+    "a study name that is a path": (  # <study.out_dir>/<name>/ would not be inside study.out_dir
         lambda tmp: ["--study-name", "../elsewhere"],
         "study.name: use letters, digits, '-', '_' and '.', got '../elsewhere'",
     ),
