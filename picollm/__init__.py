@@ -9,8 +9,8 @@ import os
 # torch is imported; a user's own setting wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from picollm.api import evaluate, generate, inspect, load_config, noise, sweep, train
+from picollm.api import evaluate, extend, generate, inspect, load_config, noise, resume, sweep, train
 
 __version__ = "0.1.0"
 
-__all__ = ["evaluate", "generate", "inspect", "load_config", "noise", "sweep", "train"]
+__all__ = ["evaluate", "extend", "generate", "inspect", "load_config", "noise", "resume", "sweep", "train"]

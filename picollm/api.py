@@ -19,7 +19,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from picollm.sweeps import Experiment
     from picollm.sweeps.study import CappedStudy
 
-__all__ = ["evaluate", "generate", "inspect", "load_config", "noise", "sweep", "train"]
+__all__ = ["evaluate", "extend", "generate", "inspect", "load_config", "noise", "resume", "sweep", "train"]
 
 # -- Showing results in a notebook ------------------------------------------------------------
 
@@ -135,16 +135,65 @@ def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) 
     """Train one model end to end, exactly as ``python -m picollm.train`` does, and return its result.
 
     Why: the run's record, W&B run and summary, with the loss history as a DataFrame and the curves as a Figure inline.
-    ``cfg`` is a :class:`~picollm.config.Config` or a YAML path (None: the defaults). Interrupting the kernel closes the
-    record as ``interrupted`` and raises ``KeyboardInterrupt``.
+    ``cfg`` is a :class:`~picollm.config.Config` or a YAML path (None: the defaults). A loss that stops being finite
+    raises :class:`~picollm.errors.ConfigError` naming the record, closed as failed. Interrupting the kernel closes the
+    record as ``interrupted``, says how :func:`resume` continues it, and raises ``KeyboardInterrupt``.
 
         run = picollm.train("experiments/smoke.yaml", ["train.epochs=2"])
         run.history.tail()   # DataFrame of metrics.jsonl
         run.plot()           # Figure: train/loss, val/loss, val/epoch_loss, unigram baseline
     """
+    from picollm.tracking import new_run_id  # the trainer imports it too: import picollm stays light
     from picollm.trainer import train as run  # torch: import picollm stays light
 
-    summary = run(fit_threads(_as_config(cfg, overrides)))
+    cfg = fit_threads(_as_config(cfg, overrides))
+    run_id = new_run_id()
+    return _finished(lambda: run(cfg, run_id=run_id), Path(cfg.tracking.out_dir) / run_id)
+
+
+def resume(run: str | Path | TrainResult) -> TrainResult:
+    """Continue a killed or interrupted run from its last checkpoint, in its own record, as ``--resume`` does.
+
+    Why: a run stopped by a crash, a preempted machine or Ctrl-C finishes with the losses it would have had.
+
+        picollm.resume("results/runs/<run_id>")
+    """
+    from picollm.trainer import resume as go_on  # torch: import picollm stays light
+
+    record = _record(run)
+    return _finished(lambda: go_on(record), record)
+
+
+def extend(run: str | Path | TrainResult, tokens: int) -> TrainResult:
+    """A finished ``optim.schedule=wsd`` run continued from the end of its stable phase to ``tokens``, as a new run.
+
+    Why: a longer budget without training the shared stable phase again; what ``--extend-to TOKENS RUN_DIR`` does.
+
+        longer = picollm.extend(run, 600_000)
+    """
+    from picollm.trainer import extend as go_on  # torch: import picollm stays light
+
+    record = _record(run)
+    return _finished(lambda: go_on(record, tokens), None)
+
+
+def _record(run: str | Path | TrainResult) -> Path:
+    return run.run_dir if isinstance(run, TrainResult) else Path(run)
+
+
+def _finished(training: Callable[[], dict[str, Any]], record: Path | None) -> TrainResult:
+    """The run's result; a NaN loss as one line naming its record; on Ctrl-C, the command that continues the run."""
+    from picollm.trainer import NonFiniteLoss  # torch: import picollm stays light
+
+    try:
+        summary = training()
+    except KeyboardInterrupt:
+        if record is not None and (record / "config.yaml").is_file():
+            print(f"run record {record}: python -m picollm.train --resume {record} continues it", file=sys.stderr)
+        raise
+    except NonFiniteLoss as exc:
+        where = f"; run record {record} closed as failed" if record is not None else "; its run record closed as failed"
+        raise ConfigError(f"{exc}{where}; try a lower optim.lr or optim.grad_clip") from None
     return TrainResult.from_run_dir(summary["run_dir"])
 
 
@@ -157,7 +206,7 @@ def _weights(which: str) -> str:
 def _run_dir(run: str | Path | TrainResult) -> Path:
     path = run.run_dir if isinstance(run, TrainResult) else Path(run)
     if not path.is_dir():
-        raise DataError(f"no such run record: {path}")
+        raise DataError(f"run folder not found: {path}")
     return path
 
 
@@ -312,18 +361,23 @@ def _fail_left_running(study: CappedStudy) -> None:
 
 
 def evaluate(
-    run: str | Path | TrainResult, overrides: Sequence[str] | str = (), block_size: int | None = None
+    run: str | Path | TrainResult,
+    overrides: Sequence[str] | str = (),
+    block_size: int | None = None,
+    weights: str = "best",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Score a run's saved weights on its validation split, as ``python -m picollm.evaluate`` does.
 
     Why: a loss (nats per token) with its standard error on a fixed token set, comparable across runs and models.
-    ``overrides`` change the data, ``block_size`` the context. Returns ``{"loss", "stderr", "tokens", "context"}``.
+    ``overrides`` change the data, ``block_size`` the context; ``weights`` is ``best`` or ``final``; ``device`` is
+    cpu, cuda, cuda:N, mps or auto. Returns ``{"loss", "stderr", "tokens", "documents", "context", ...}``.
 
         picollm.evaluate(run)["loss"]
     """
     from picollm.scoring import evaluate_run  # torch: import picollm stays light
 
-    return evaluate_run(_run_dir(run), _overrides(overrides), block_size)
+    return evaluate_run(_run_dir(run), _overrides(overrides), block_size, _weights(weights), device)
 
 
 @dataclass(repr=False)
@@ -470,6 +524,6 @@ def generate(
     from picollm.sampling import Sampling, check_sampling, generate_text  # torch: import picollm stays light
 
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, greedy)
-    check_sampling(sampling, num_samples=1)
+    check_sampling(sampling)
     model, tokenizer = load_run(_run_dir(run), _weights(weights))
     return generate_text(model, tokenizer, prompt, sampling, seed)

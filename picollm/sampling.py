@@ -76,13 +76,12 @@ def generate_text(model: nn.Module, tokenizer, prompt: str, s: Sampling, seed: i
     return tokenizer.decode(generate(model, prompt_ids, s, generator))
 
 
-def check_sampling(s: Sampling, num_samples: int) -> None:
+def check_sampling(s: Sampling) -> None:
     """Refuse settings that cannot sample anything (``--top-k 0`` keeps no token) with one line."""
     checks = (
         (s.max_new_tokens >= 1, f"max_new_tokens (--max-new-tokens) must be >= 1, got {s.max_new_tokens}"),
         (s.top_k is None or s.top_k >= 1, f"top_k (--top-k) must be >= 1 (leave it out for no limit), got {s.top_k}"),
         (s.top_p is None or 0 < s.top_p <= 1, f"top_p (--top-p) must be in (0, 1], got {s.top_p}"),
-        (num_samples >= 1, f"num_samples (--num-samples) must be >= 1, got {num_samples}"),
     )
     for ok, message in checks:
         if not ok:

@@ -166,6 +166,27 @@ def test_evaluate_scores_the_saved_weights(trained: api.TrainResult) -> None:
     scores = picollm.evaluate(trained)
     assert {"loss", "stderr", "tokens", "context"} <= set(scores)
     assert 0 < scores["loss"] < trained.summary["unigram_val_loss"] and scores["stderr"] > 0
+    final = picollm.evaluate(trained, weights="final", device="auto")  # what --weights and --device choose
+    assert final["weights"] == "final.pt"
+    assert final["loss"] == pytest.approx(trained.summary["final_val_loss"], abs=1e-5)
+    with pytest.raises(ConfigError, match="choose best or final"):
+        picollm.evaluate(trained, weights="latest")
+
+
+def test_resume_and_extend_take_a_result_and_refuse_a_finished_cosine_run(trained: api.TrainResult) -> None:
+    with pytest.raises(ConfigError, match="the run finished"):
+        picollm.resume(trained)
+    with pytest.raises(ConfigError, match="no stable phase to branch from"):
+        picollm.extend(trained.run_dir, 10**6)
+
+
+def test_a_loss_that_stops_being_finite_is_one_line_naming_the_closed_record(tmp_path: Path) -> None:
+    overrides = [f"tracking.out_dir={tmp_path}", "optim.name=sgd", "optim.lr=1e12", "optim.grad_clip=0"]
+    with pytest.raises(ConfigError, match=r"closed as failed; try a lower optim\.lr") as raised:
+        picollm.train(ROOT / "experiments" / "smoke.yaml", [*overrides, "tracking.wandb=disabled"])
+    (record,) = tmp_path.iterdir()
+    assert f"run record {record} closed as failed" in str(raised.value) and "\n" not in str(raised.value)
+    assert json.loads((record / "summary.json").read_text())["status"] == "failed"
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -244,6 +244,7 @@ def test_a_device_this_machine_lacks_is_one_line(device: str, monkeypatch: pytes
         (["--top-k", "0"], "top_k (--top-k) must be >= 1"),
         (["--top-p", "0"], "top_p (--top-p) must be in (0, 1]"),
         (["--max-new-tokens", "0"], "max_new_tokens (--max-new-tokens) must be >= 1"),
+        (["--num-samples", "0"], "--num-samples must be >= 1"),
     ],
 )
 def test_generate_refuses_settings_that_cannot_sample(

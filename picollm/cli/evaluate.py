@@ -1,9 +1,10 @@
-"""``python -m picollm.evaluate``: score a saved run on validation tokens (:func:`picollm.scoring.evaluate_run`)."""
+"""``python -m picollm.evaluate``: score a saved run on validation tokens (:func:`picollm.api.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from picollm.api import evaluate
 from picollm.config import add_override_argument
 from picollm.fileio import atomic_write_json
 
@@ -30,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from picollm.scoring import evaluate_run  # torch: --help stays quick
-
-    result = evaluate_run(args.run_dir, args.overrides, args.block_size, args.weights, args.device)
+    result = evaluate(args.run_dir, args.overrides, args.block_size, args.weights, args.device)
     stderr = "?" if result["stderr"] is None else f"{result['stderr']:.4f}"
     print(
         f"{result['run_dir']} ({result['weights']}): loss {result['loss']:.4f} ± {stderr} nats/token "

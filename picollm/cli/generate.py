@@ -1,8 +1,11 @@
-"""``python -m picollm.generate``: sample text from a trained run's saved weights (:mod:`picollm.sampling`)."""
+"""``python -m picollm.generate``: sample text from a trained run's saved weights (:func:`picollm.api.generate`)."""
 
 from __future__ import annotations
 
 import argparse
+
+from picollm.api import generate
+from picollm.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from picollm.checkpoint import load_run  # torch: --help stays quick
-    from picollm.sampling import Sampling, check_sampling, generate_text  # torch: --help stays quick
-
-    s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy)
-    check_sampling(s, args.num_samples)
-    model, tokenizer = load_run(args.run_dir, args.weights)
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     for i in range(args.num_samples):
-        print(f"--- sample {i + 1}\n{args.prompt}{generate_text(model, tokenizer, args.prompt, s, args.seed + i)}")
+        text = generate(
+            args.run_dir,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.greedy,
+            args.seed + i,
+            args.weights,
+        )
+        print(f"--- sample {i + 1}\n{args.prompt}{text}")
     return 0

@@ -1,18 +1,16 @@
-"""``python -m picollm.train``: train one run from a YAML config and ``--set`` overrides (:func:`picollm.train`)."""
+"""``python -m picollm.train``: train one run from a YAML config and ``--set`` overrides (:func:`picollm.api.train`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from picollm.config import Config, add_override_argument, load_config
+from picollm.api import TrainResult, extend, resume, train
+from picollm.config import add_override_argument, load_config
 from picollm.course import add_course_flags, course_notes
 from picollm.errors import PicoError
 from picollm.threads import fit_threads
-from picollm.tracking import new_run_id
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume or args.extend_to:
-        print_summary(continue_run(args))
+        print_summary(continue_run(args).summary)
         return 0
     cfg = fit_threads(load_config(args.config, args.overrides))
     for note in course_notes(args.course_flags, cfg):
@@ -64,47 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    print_summary(train_or_explain(cfg))
+    print_summary(train(cfg).summary)
     return 0
 
 
-def continue_run(args: argparse.Namespace) -> dict[str, Any]:
+def continue_run(args: argparse.Namespace) -> TrainResult:
     """``--resume``/``--extend-to``: the run's own config; a config or override given with them is refused."""
     if args.config or args.overrides or args.course_flags or (args.resume and args.extend_to):
         raise PicoError("--resume and --extend-to continue a run as it was configured: give one of them alone")
-    from picollm.trainer import extend, resume  # torch: --help stays quick
-
     if args.resume:
-        return _explained(lambda: resume(args.resume), Path(args.resume))
+        return resume(args.resume)
     tokens, run_dir = args.extend_to
     try:
         budget = int(float(tokens))
     except ValueError:
         raise PicoError(f"--extend-to expects a number of tokens, got {tokens!r}") from None
-    return _explained(lambda: extend(run_dir, budget), None)
-
-
-def train_or_explain(cfg: Config) -> dict[str, Any]:
-    """:func:`picollm.trainer.train`, with a NaN loss as one line."""
-    from picollm.trainer import train  # torch: --help stays quick
-
-    run_id = new_run_id()
-    return _explained(lambda: train(cfg, run_id=run_id), Path(cfg.tracking.out_dir) / run_id)
-
-
-def _explained(run: Callable[[], dict[str, Any]], record: Path | None) -> dict[str, Any]:
-    """A NaN loss as one line: the record is closed as failed; the user needs the cause and the record, not a stack."""
-    from picollm.trainer import NonFiniteLoss  # torch: --help stays quick
-
-    try:
-        return run()
-    except KeyboardInterrupt:
-        if record is not None and (record / "config.yaml").is_file():
-            print(f"run record {record}: python -m picollm.train --resume {record} continues it", file=sys.stderr)
-        raise
-    except NonFiniteLoss as exc:
-        where = f"; run record {record} closed as failed" if record is not None else "; its run record closed as failed"
-        raise PicoError(f"{exc}{where}; try a lower optim.lr or optim.grad_clip") from None
+    return extend(run_dir, budget)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
