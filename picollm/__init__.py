@@ -9,8 +9,32 @@ import os
 # torch is imported; a user's own setting wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from picollm.api import evaluate, extend, generate, inspect, load_config, noise, resume, sweep, train
+from picollm.api import (
+    delete_sweep,
+    evaluate,
+    extend,
+    generate,
+    inspect,
+    load_config,
+    load_sweep,
+    noise,
+    resume,
+    sweep,
+    train,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["evaluate", "extend", "generate", "inspect", "load_config", "noise", "resume", "sweep", "train"]
+__all__ = [
+    "delete_sweep",
+    "evaluate",
+    "extend",
+    "generate",
+    "inspect",
+    "load_config",
+    "load_sweep",
+    "noise",
+    "resume",
+    "sweep",
+    "train",
+]

@@ -17,6 +17,7 @@ import html
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from picollm.errors import ConfigError, DataError
+from picollm.errors import ConfigError, DataError, mask_url
 from picollm.storage_url import storage_url
 from picollm.threads import choose_layout, fit_threads
 
@@ -36,7 +37,19 @@ if TYPE_CHECKING:
     from picollm.sweeps import Experiment
     from picollm.sweeps.study import CappedStudy
 
-__all__ = ["evaluate", "extend", "generate", "inspect", "load_config", "noise", "resume", "sweep", "train"]
+__all__ = [
+    "delete_sweep",
+    "evaluate",
+    "extend",
+    "generate",
+    "inspect",
+    "load_config",
+    "load_sweep",
+    "noise",
+    "resume",
+    "sweep",
+    "train",
+]
 
 # -- Showing results in a notebook ------------------------------------------------------------
 
@@ -218,9 +231,14 @@ class SweepResult:
     """A study after :func:`sweep`: the Optuna study, its trials as a table, the best config, exports."""
 
     study: CappedStudy  # reopened once the workers are done
-    folder: Path  # results/studies/<name>/: trials.csv, best.yaml, figures
+    experiment: Experiment  # the file's settings: where exports go, whether they draw figures, its confirm: block
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C or SIGTERM stopped it; what finished is exported and the study resumes
+
+    @property
+    def folder(self) -> Path:
+        """results/studies/<name>/: trials.csv, best.yaml, figures."""
+        return Path(self.experiment.study.out_dir) / self.study.study_name
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -252,6 +270,41 @@ class SweepResult:
         from picollm.sweeps import report_lines  # optuna: import picollm stays light
 
         return report_lines(self.study)
+
+    def status(self) -> list[str]:
+        """What ``sweep.py status`` prints: one line per trial in finishing order, then :meth:`report`."""
+        from picollm.sweeps import best_value, trial_line  # optuna: import picollm stays light
+        from picollm.sweeps.report import in_finishing_order  # optuna: import picollm stays light
+
+        trials = in_finishing_order(self.study.trials)
+        return [*(trial_line(t, best_value(self.study, upto=t)) for t in trials), *self.report()]
+
+    def export(self) -> list[str]:
+        """Write the folder's files again from the study, as ``sweep.py export`` does; returns its notes.
+
+        Why: after a change to the study outside a sweep (another machine's trials, a deletion), or to draw the figures.
+        best.yaml stays the confirmed winner where the study holds a confirmation."""
+        from picollm.sweeps.export import export_study  # optuna: import picollm stays light
+
+        folder, notes = export_study(self.study, self.experiment.study.out_dir, figures=self.experiment.study.figures)
+        return [*notes, f"exported to {folder}/"]
+
+    def confirm(self, top: int | None = None, seeds: int | None = None, workers: int | None = None) -> list[str]:
+        """Train the leader again with fresh seeds, then up to ``top`` configs that cannot be told apart from it and
+        the baseline, as ``sweep.py confirm`` does (docs/confirming.md).
+
+        Why: a sweep's best trial is partly the luckiest of many; fresh seeds give the winner a 95% interval and
+        paired comparisons. ``top`` and ``seeds`` default to the file's ``confirm:`` block (3 and 3), ``workers`` to
+        one per core (up to 8; one per GPU). Returns the summary lines; best.yaml becomes the confirmed winner."""
+        from picollm.sweeps.experiment import ConfirmSettings, check_confirm  # optuna: import picollm stays light
+        from picollm.sweeps.export import confirm_and_export  # optuna: import picollm stays light
+
+        settings = replace(self.experiment.confirm or ConfirmSettings())
+        settings.top = settings.top if top is None else top
+        settings.seeds = settings.seeds if seeds is None else seeds
+        check_confirm(settings)
+        s = self.experiment.study
+        return confirm_and_export(self.study, settings, s.out_dir, workers, s.figures)
 
     def plots(self) -> dict[str, Figure]:
         """Optuna's optimisation history, parameter importances and intermediate values as Figures."""
@@ -323,25 +376,90 @@ def run_study(
     timeout_s: float | None = None,
 ) -> SweepResult:
     """:func:`sweep` for the command line too: the same defaults, and an interrupt said in ``interrupted``."""
-    from picollm.sweeps import Experiment, load_experiment, open_study, run_sweep  # optuna: import picollm stays light
+    from picollm.sweeps import open_study, run_sweep  # optuna: import picollm stays light
     from picollm.sweeps.study import fail_dead_local_trials  # optuna: import picollm stays light
 
     if (workers is not None and workers < 1) or (n_trials is not None and n_trials < 1):
         raise ConfigError("workers and n_trials must be >= 1")
     storage = storage_url(storage)
-    if not isinstance(experiment, Experiment):
-        experiment = load_experiment(str(experiment), _overrides(overrides), study_name, n_trials)
-    elif overrides or study_name:
-        raise ConfigError("overrides and study_name apply to an experiment file, not to a loaded Experiment")
-    elif n_trials is not None:
-        experiment = replace(experiment, study=replace(experiment.study, n_trials=n_trials))
+    experiment = _experiment(experiment, overrides, study_name, n_trials)
     with _own_sigterm():
         outcome = run_sweep(experiment, storage, workers or choose_layout()[0], timeout_s)
     study = open_study(experiment, storage, create=False)  # reopened: worker processes wrote the trials
     if outcome.interrupted:  # a kernel lives on, so nobody else would fail them
         _fail_left_running(study)
         fail_dead_local_trials(study, experiment.study.max_retry)  # workers stopped before they closed theirs
-    return SweepResult(study, outcome.folder, outcome.notes, outcome.interrupted)
+    return SweepResult(study, experiment, outcome.notes, outcome.interrupted)
+
+
+def _experiment(
+    experiment: str | Path | Experiment, overrides: Sequence[str] | str, study_name: str | None, n_trials: int | None
+) -> Experiment:
+    """An experiment file read with its overrides, or a loaded one with ``n_trials`` set."""
+    from picollm.sweeps import Experiment, load_experiment  # optuna: import picollm stays light
+
+    if not isinstance(experiment, Experiment):
+        return load_experiment(str(experiment), _overrides(overrides), study_name, n_trials)
+    if overrides or study_name:
+        raise ConfigError("overrides and study_name apply to an experiment file, not to a loaded Experiment")
+    if n_trials is not None:
+        return replace(experiment, study=replace(experiment.study, n_trials=n_trials))
+    return experiment
+
+
+def load_sweep(
+    experiment: str | Path | Experiment,
+    storage: str | None = None,
+    overrides: Sequence[str] | str = (),
+    study_name: str | None = None,
+) -> SweepResult:
+    """The experiment's study as it stands, trained by nobody here: what ``sweep.py status``, ``export`` and
+    ``confirm`` open.
+
+    Why: to read a study that runs elsewhere (other workers, Slurm jobs) or finished earlier, and to export or confirm
+    it. Nothing is created: a study that does not exist is one line.
+
+        result = picollm.load_sweep("experiments/quick.yaml")
+        print("\n".join(result.status()))
+    """
+    from picollm.sweeps import open_study  # optuna: import picollm stays light
+
+    experiment = _experiment(experiment, overrides, study_name, None)
+    return SweepResult(open_study(experiment, storage_url(storage), create=False), experiment)
+
+
+def delete_sweep(
+    study_name: str, storage: str | None = None, files: bool = False, ask: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Delete a study from its storage, as ``sweep.py delete`` does; ``files`` removes its results folder too.
+
+    Why: to start a study of that name over (a study refuses a run that asks another question). ``ask`` gets what
+    would be deleted ("study 'quick' (6 trials: 6 complete) from sqlite:///... and results/studies/quick/") and may
+    refuse, which deletes nothing and returns []. Returns the lines saying what was deleted and what was kept: run
+    records and W&B runs are never deleted.
+
+        print("\n".join(picollm.delete_sweep("quick", files=True)))
+    """
+    from picollm.sweeps.study import delete_stored, find_study  # optuna: import picollm stays light
+
+    storage = storage_url(storage)
+    found = find_study(study_name, storage)
+    folder = found.export_dir if files else None
+    what = f"study {study_name!r} ({found.summary()}) from {mask_url(storage)}" + (f" and {folder}/" if folder else "")
+    if ask is not None and not ask(what):
+        return []
+    delete_stored(found)
+    if folder is not None:
+        shutil.rmtree(folder)
+    kept = [f"the run records in {found.runs_dir}/ (named {study_name}-t<N>-...)", "any W&B runs"]
+    if found.export_dir is not None and folder is None:
+        kept.append(
+            f"{found.export_dir}/ (--files or files=True removes it; a new study named {study_name!r} "
+            "will not write over it)"
+        )
+    if found.other_dir is not None:
+        kept.append(f"{found.other_dir}/ (another study's results)")
+    return [f"deleted {what}", f"kept: {'; '.join(kept)}"]
 
 
 def _fail_left_running(study: CappedStudy) -> None:

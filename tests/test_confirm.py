@@ -96,7 +96,7 @@ def test_a_tiny_study_is_confirmed_end_to_end_and_resumes(tmp_path: Path, capsys
     raw = yaml.safe_load(path.read_text())
     raw["confirm"] = {"top": 2, "seeds": 2}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    outcome = run_sweep(load_experiment(str(path), []), storage)
+    outcome = run_sweep(load_experiment(str(path), []), storage, workers=1)
     assert any("confirmed winner" in line for line in outcome.notes)
     folder = tmp_path / "studies" / "t"
     rows = list(csv.DictReader((folder / "confirm.csv").open()))

@@ -210,7 +210,7 @@ def test_out_of_memory_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, m
 
     monkeypatch.setattr(train_mod, "train_step", oom_on_third_trial)
     path = write_experiment(tmp_path, study={"n_trials": 4})
-    run_sweep(load_experiment(str(path), []), storage_url("sqlite", tmp_path))
+    run_sweep(load_experiment(str(path), []), storage_url("sqlite", tmp_path), workers=1)
     study = open_study(load_experiment(str(path), []), storage_url("sqlite", tmp_path), create=False)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "OutOfMemoryError" in failed[0].user_attrs["fail_reason"]
@@ -528,7 +528,7 @@ def test_a_falsely_failed_live_trial_does_not_crash_its_worker(tmp_path: Path, m
 
     monkeypatch.setattr(train_mod, "train", train_then_lose_the_trial)
     path = write_experiment(tmp_path, study={"n_trials": 3})
-    outcome = run_sweep(load_experiment(str(path), []), storage)
+    outcome = run_sweep(load_experiment(str(path), []), storage, workers=1)
     study = open_study(load_experiment(str(path), []), storage, create=False)
     assert not outcome.interrupted and counts(study)["COMPLETE"] == 3 and counts(study)["RUNNING"] == 0
     assert study.trials[1].state == TrialState.FAIL and study.trials[1].value is None

@@ -20,6 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import picollm
 import picollm.cli.sweep as sweep_module
 import picollm.sweeps.workers as workers_module
 from picollm.cli import run_cli
@@ -213,8 +214,28 @@ class _Terminal(io.StringIO):
 @pytest.fixture
 def one_trial_study(tmp_path: Path) -> tuple[Path, str]:
     path, storage = write_experiment(tmp_path, study={"n_trials": 1}), f"sqlite:///{tmp_path}/s.db"
-    run_sweep(load_experiment(str(path), []), storage)
+    run_sweep(load_experiment(str(path), []), storage, workers=1)
     return path, storage
+
+
+def test_status_export_and_delete_print_what_the_api_returns(
+    one_trial_study: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, storage = one_trial_study
+    capsys.readouterr()
+    loaded = picollm.load_sweep(path, storage)
+    assert loaded.status()[-len(loaded.report()) :] == loaded.report() and loaded.status()[0].startswith(
+        "trial   0 COMPLETE"
+    )
+    for command, lines in (("status", loaded.status()), ("export", loaded.export())):
+        code, out, err = sweep([command, "--config", str(path), "--storage", storage], capsys)
+        assert code == 0 and out.splitlines() == lines, err
+    assert lines[-1] == f"exported to {loaded.folder}/"
+    code, _, err = sweep(["status", "--storage", storage], capsys)
+    assert code == 2 and err.strip() == "error: sweep.py status needs --config experiments/<name>.yaml"
+    asked: list[str] = []
+    assert picollm.delete_sweep("t", storage, ask=lambda what: asked.append(what) or False) == []
+    assert asked == [f"study 't' (1 trial: 1 complete) from {storage}"] and study_names(storage) == ["t"]
 
 
 def test_delete_asks_on_a_terminal_and_refuses_without_one(
@@ -399,7 +420,7 @@ def _stopped_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Pat
     path, storage = write_experiment(tmp_path, study={"n_trials": 3}), f"sqlite:///{tmp_path}/s.db"
     with monkeypatch.context() as patch:
         patch.setattr(train_mod, "train", flaky)
-        assert run_sweep(load_experiment(str(path), []), storage).interrupted
+        assert run_sweep(load_experiment(str(path), []), storage, workers=1).interrupted
     study = open_study(load_experiment(str(path), []), storage, create=False)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
     assert study.trials[2].user_attrs["fail_reason"] == "interrupted"

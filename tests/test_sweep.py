@@ -29,11 +29,11 @@ def states(study: optuna.Study) -> dict[str, int]:
 
 def test_running_again_resumes_to_the_total(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, storage = write_experiment(tmp_path), f"sqlite:///{tmp_path}/s.db"
-    run_sweep(load_experiment(str(path), [], n_trials=3), storage)
+    run_sweep(load_experiment(str(path), [], n_trials=3), storage, workers=1)
     study = open_study(load_experiment(str(path), []), storage, create=False)
     assert states(study)["COMPLETE"] == 3
-    run_sweep(load_experiment(str(path), [], n_trials=5), storage)
-    run_sweep(load_experiment(str(path), [], n_trials=5), storage)  # already there: nothing more runs
+    run_sweep(load_experiment(str(path), [], n_trials=5), storage, workers=1)
+    run_sweep(load_experiment(str(path), [], n_trials=5), storage, workers=1)  # already there: nothing more runs
     study = open_study(load_experiment(str(path), []), storage, create=False)
     assert states(study)["COMPLETE"] == 5 and len(study.trials) == 5
     assert study.trials[0].user_attrs["baseline"] is True
@@ -175,7 +175,7 @@ def test_raising_and_nan_trials_do_not_stop_the_study(tmp_path: Path, monkeypatc
         study={"n_trials": 4, "sampler": "random"},
         optim={"name": "sgd", "lr": 3.0e-3, "grad_clip": 0.0},
     )
-    outcome = run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    outcome = run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", workers=1)
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     reasons = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state == TrialState.FAIL]
     assert any("injected failure" in r and "bob:***@" in r and "password=***" in r for r in reasons)
@@ -205,7 +205,7 @@ def test_a_sweep_stops_on_a_fault_every_trial_hits(
     monkeypatch.setattr(train_mod, "train", failing)
     path = write_experiment(tmp_path, study={"n_trials": 4})
     with pytest.raises(PicoError, match=message):
-        run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+        run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", workers=1)
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     assert states(study)["FAIL"] == failed and states(study)["COMPLETE"] == states(study)["RUNNING"] == 0
     assert study.trials[0].user_attrs.get("abort", False) is (fault == "missing data")
@@ -222,7 +222,7 @@ def test_pruning_stops_hopeless_trials_early(tmp_path: Path) -> None:
             "pruner": {"name": "median", "n_startup_trials": 2},
         },
     )
-    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", workers=1)
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -239,7 +239,7 @@ def test_pruning_stops_hopeless_trials_early(tmp_path: Path) -> None:
 def test_best_yaml_reproduces_the_best_trial(tmp_path: Path) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 3})
     exp = load_experiment(str(path), [])
-    run_sweep(exp, f"sqlite:///{tmp_path}/s.db")
+    run_sweep(exp, f"sqlite:///{tmp_path}/s.db", workers=1)
     study = open_study(exp, f"sqlite:///{tmp_path}/s.db", create=False)
     folder, _ = export_study(study, tmp_path / "studies")
     assert {"trials.csv", "best.yaml", "optimization_history.png"} <= {p.name for p in folder.iterdir()}
@@ -253,17 +253,17 @@ def test_an_export_with_figures_false_draws_no_png_and_removes_the_earlier_ones(
     """study.figures: false leaves no plot that no longer shows what trials.csv lists."""
     storage = f"sqlite:///{tmp_path}/s.db"
     drawn = load_experiment(str(write_experiment(tmp_path, study={"n_trials": 2, "figures": True})), [])
-    folder = run_sweep(drawn, storage).folder
+    folder = run_sweep(drawn, storage, workers=1).folder
     assert {"optimization_history.png", "intermediate_values.png"} <= {p.name for p in folder.glob("*.png")}
     plain = load_experiment(str(write_experiment(tmp_path, study={"n_trials": 3})), [])
-    assert run_sweep(plain, storage).folder == folder
+    assert run_sweep(plain, storage, workers=1).folder == folder
     assert not list(folder.glob("*.png"))
     assert len((folder / "trials.csv").read_text().splitlines()) == 1 + 3
 
 
 def test_wandb_groups_trials_and_logs_a_study_run(tmp_path: Path) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 2, "name": "grp"}, tracking={"wandb": "offline"})
-    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", workers=1)
     study = open_study(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", create=False)
     run_dir = study.trials[1].user_attrs["run_dir"]
     info = read_run_info(find_run_file(run_dir))
@@ -322,7 +322,7 @@ def test_bad_storage_and_spaces_exit_with_one_line(
 
 def test_changed_search_space_on_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_experiment(tmp_path, study={"n_trials": 1})
-    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", workers=1)
     with pytest.raises(SystemExit):
         run_cli(
             sweep_module.main,
@@ -380,7 +380,7 @@ def test_a_sweep_that_asks_another_question_is_refused(
 ) -> None:
     args, change, words = MIXES[mix]
     path, storage = write_experiment(tmp_path, study={"n_trials": 1}), f"sqlite:///{tmp_path}/s.db"
-    run_sweep(load_experiment(str(path), []), storage)
+    run_sweep(load_experiment(str(path), []), storage, workers=1)
     if change == "edit":
         write_experiment(tmp_path, study={"n_trials": 1}, model={"embed_size": 24})
     elif change is not None:
@@ -402,7 +402,7 @@ def test_a_running_trial_prints_progress_lines(
     from picollm import tracking
 
     monkeypatch.setattr(tracking, "PROGRESS_EVERY_S", 0.0)
-    run_sweep(load_experiment(str(write_experiment(tmp_path)), [], n_trials=1), f"sqlite:///{tmp_path}/s.db")
+    run_sweep(load_experiment(str(write_experiment(tmp_path)), [], n_trials=1), f"sqlite:///{tmp_path}/s.db", workers=1)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  t-t0: step")]
     assert lines and "tokens" in lines[-1] and "train/loss" in lines[-1]
 
@@ -452,7 +452,7 @@ def test_best_yaml_names_the_data_the_trials_used_after_an_offline_fallback(
     monkeypatch.setattr(picollm.corpora, "hub_reachable", lambda *a, **k: False)
     data = {"tinystories": "roneneldan/TinyStories", "offline_fallback": True, "synthetic": 0, "max_stories": 40}
     path = write_experiment(tmp_path, study={"n_trials": 2}, data=data, confirm={"top": 1, "seeds": 2})
-    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", workers=1)
     # every run record says it, the confirmation's too
     metas = [json.loads(meta.read_text()) for meta in (tmp_path / "runs").glob("*/meta.json")]
     assert sum("-confirm-" in m["run_id"] for m in metas) >= 2 and len(metas) > 2

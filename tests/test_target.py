@@ -50,7 +50,7 @@ def test_a_target_sweep_compares_annealed_models_at_equal_tokens(tmp_path) -> No
     path = write_experiment(tmp_path, study=TARGET_STUDY, optim=WSD)
     exp = load_experiment(str(path), [])
     storage = f"sqlite:///{tmp_path}/s.db"
-    outcome = run_sweep(exp, storage)
+    outcome = run_sweep(exp, storage, workers=1)
     assert not outcome.interrupted
     study = open_study(exp, storage, create=False)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -104,7 +104,7 @@ def test_the_answer_is_confirmed_at_the_target_and_scored_once_on_the_test_set(t
     raw["confirm"] = {"top": 1, "seeds": 2}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     exp = load_experiment(str(path), [])
-    outcome = run_sweep(exp, f"sqlite:///{tmp_path}/s.db")
+    outcome = run_sweep(exp, f"sqlite:///{tmp_path}/s.db", workers=1)
     study = open_study(exp, f"sqlite:///{tmp_path}/s.db", create=False)
     runs = [v for k, v in study.user_attrs.items() if k.startswith("confirm:")]
     assert runs and all(r["budget_tokens"] == TARGET and r["tokens"] >= TARGET for r in runs)
@@ -144,7 +144,7 @@ def test_a_budgeted_target_sweep_stops_inside_its_tokens_and_counts_every_one(tm
     path = write_experiment(tmp_path, study=study, optim=WSD, confirm={"top": 1, "seeds": 2})
     exp = load_experiment(str(path), [])
     storage = f"sqlite:///{tmp_path}/s.db"
-    run_sweep(exp, storage)
+    run_sweep(exp, storage, workers=1)
     said = capsys.readouterr().out
     assert "budget 90,000 training tokens (trials, branched decays and confirmation)" in said.splitlines()[1]
     sweep = open_study(exp, storage, create=False)
@@ -262,8 +262,10 @@ def test_a_larger_budget_resumes_the_study_where_the_smaller_one_ended(tmp_path)
     study = {**TARGET_STUDY, "n_trials": None, "max_tokens": 70_000, "sampler": "sobol", "pruner": "halving"}
     path = write_experiment(tmp_path, study=study, optim=WSD)
     storage = f"sqlite:///{tmp_path}/s.db"
-    run_sweep(load_experiment(str(path), []), storage)
+    run_sweep(load_experiment(str(path), []), storage, workers=1)
     first = len(open_study(load_experiment(str(path), []), storage, create=False).trials)
-    run_sweep(load_experiment(str(path), ["study.max_tokens=120000"]), storage)  # the budget is no new question
+    run_sweep(
+        load_experiment(str(path), ["study.max_tokens=120000"]), storage, workers=1
+    )  # the budget is no new question
     again = open_study(load_experiment(str(path), ["study.max_tokens=120000"]), storage, create=False)
     assert len(again.trials) > first and "of the budget of 120,000" in " ".join(report_lines(again))

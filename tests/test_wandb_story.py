@@ -165,7 +165,7 @@ def test_the_study_summary_run_names_the_confirmed_winner_its_interval_and_the_v
     raw = yaml.safe_load(path.read_text())
     raw["confirm"] = {"top": 2, "seeds": 2}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db")
+    run_sweep(load_experiment(str(path), []), f"sqlite:///{tmp_path}/s.db", workers=1)
     folder = tmp_path / "studies" / "t"
     rows = list(csv.DictReader((folder / "confirm.csv").open()))
     winner = next(r for r in rows if r["rank"] == "1")

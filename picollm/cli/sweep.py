@@ -11,18 +11,12 @@ python sweep.py delete --study quick --files                    # start a study 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import shutil
 import sys
-from typing import TYPE_CHECKING, Any
 
-from picollm.api import run_study
+from picollm.api import delete_sweep, load_sweep, run_study
 from picollm.config import add_override_argument
 from picollm.errors import EXIT_INTERRUPTED, ConfigError, mask_url
 from picollm.storage_url import add_storage_argument
-
-if TYPE_CHECKING:
-    from picollm.sweeps.study import CappedStudy
 
 COMMANDS = ("run", "status", "export", "launch", "confirm", "delete")
 
@@ -97,51 +91,45 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [mask_url(arg) for arg in sys.argv]  # W&B and run records copy argv: no password in it
     if (args.workers is not None and args.workers < 1) or (args.n_trials is not None and args.n_trials < 1):
         raise ConfigError("--workers and --n-trials must be >= 1")
-    # optuna and torch: sweep.py --help and a mistyped option stay quick
-    from picollm.sweeps import best_value, load_experiment, open_study, report_lines, trial_line
-    from picollm.sweeps.export import export_study, exported
-    from picollm.sweeps.report import in_finishing_order
-
     if args.command == "delete":
         return delete_command(args)
-    exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
+    if args.config is None:
+        raise ConfigError(f"sweep.py {args.command} needs --config experiments/<name>.yaml")
     if args.command == "launch":
-        from picollm.sweeps.launch import launch_command  # submitit: sweep.py --help stays light
-
-        if args.workers is None:
-            raise ConfigError("sweep.py launch needs --workers N: the number of jobs to submit")
-        return launch_command(exp, args)
+        return launch_command(args)
     if args.command == "run":
-        result = run_study(exp, args.storage, workers=args.workers, timeout_s=args.timeout)
-        print("\n".join([*result.report(), *result.notes]))
-        runs = exp.base.tracking.out_dir
-        print(f"results: {result.folder}/ ({exported(exp.study.figures)}); run records in {runs}/")
-        return EXIT_INTERRUPTED if result.interrupted else 0
-    study = open_study(exp, args.storage, create=False)
-    if args.command == "confirm":
-        print("\n".join(confirm_command(study, exp, args)))
-        return 0
-    if args.command == "status":
-        for trial in in_finishing_order(study.trials):
-            print(trial_line(trial, best_value(study, upto=trial)))
-        print("\n".join(report_lines(study)))
-        return 0
-    # best.yaml stays the confirmed winner, if there is one
-    folder, notes = export_study(study, exp.study.out_dir, figures=exp.study.figures)
-    print("\n".join([*notes, f"exported to {folder}/"]))
+        return run_command(args)
+    result = load_sweep(args.config, args.storage, args.overrides, args.study_name)
+    commands = {
+        "status": result.status,
+        "export": result.export,
+        "confirm": lambda: result.confirm(args.top, args.seeds, args.workers),
+    }
+    print("\n".join(commands[args.command]()))
     return 0
 
 
-def confirm_command(study: CappedStudy, exp: Any, args: argparse.Namespace) -> list[str]:
-    """`sweep.py confirm`: the experiment's confirm: block (or the defaults), with --top/--seeds on top."""
-    from picollm.sweeps.experiment import ConfirmSettings, check_confirm  # optuna: sweep.py --help stays quick
-    from picollm.sweeps.export import confirm_and_export  # optuna: sweep.py --help stays quick
+def run_command(args: argparse.Namespace) -> int:
+    """`sweep.py` (run): the study to --n-trials, its report, and where its files went."""
+    from picollm.sweeps.export import exported  # optuna: sweep.py --help stays quick
 
-    s = dataclasses.replace(exp.confirm or ConfirmSettings())
-    s.top = args.top if args.top is not None else s.top
-    s.seeds = args.seeds if args.seeds is not None else s.seeds
-    check_confirm(s)
-    return confirm_and_export(study, s, exp.study.out_dir, args.workers, exp.study.figures)
+    result = run_study(
+        args.config, args.storage, args.n_trials, args.workers, args.overrides, args.study_name, args.timeout
+    )
+    print("\n".join([*result.report(), *result.notes]))
+    written = exported(result.experiment.study.figures)
+    print(f"results: {result.folder}/ ({written}); run records in {result.experiment.base.tracking.out_dir}/")
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def launch_command(args: argparse.Namespace) -> int:
+    """`sweep.py launch`: --workers Slurm jobs (the file's launcher: block) that each run the same worker."""
+    from picollm.sweeps import load_experiment  # optuna: sweep.py --help stays quick
+    from picollm.sweeps.launch import launch_command as launch  # submitit: sweep.py --help stays light
+
+    if args.workers is None:
+        raise ConfigError("sweep.py launch needs --workers N: the number of jobs to submit")
+    return launch(load_experiment(args.config, args.overrides, args.study_name, args.n_trials), args)
 
 
 def _confirmed(question: str) -> bool:
@@ -157,25 +145,12 @@ def _confirmed(question: str) -> bool:
 def delete_command(args: argparse.Namespace) -> int:
     """`sweep.py delete --study NAME`: the study out of the storage (--files: its folder too); says what it keeps."""
     from picollm.sweeps import load_experiment  # optuna: sweep.py --help stays quick
-    from picollm.sweeps.study import delete_stored, find_study  # optuna: sweep.py --help stays quick
 
     name = args.study_name or (load_experiment(args.config, args.overrides).study.name if args.config else None)
     if not name:
         raise ConfigError("sweep.py delete needs --study NAME (or --config, whose study.name it deletes)")
-    found = find_study(name, args.storage)
-    folder = found.export_dir if args.files else None
-    what = f"study {name!r} ({found.summary()}) from {mask_url(args.storage)}" + (f" and {folder}/" if folder else "")
-    if not args.yes and not _confirmed(f"delete {what}?"):
-        print("nothing was deleted")
-        return 1
-    delete_stored(found)
-    if folder is not None:
-        shutil.rmtree(folder)
-    kept = [f"the run records in {found.runs_dir}/ (named {name}-t<N>-...)", "any W&B runs"]
-    if found.export_dir is not None and folder is None:
-        kept.append(f"{found.export_dir}/ (--files removes it; a new study named {name!r} will not write over it)")
-    if found.other_dir is not None:
-        kept.append(f"{found.other_dir}/ (another study's results)")
-    print(f"deleted {what}")
-    print(f"kept: {'; '.join(kept)}")
-    return 0
+    lines = delete_sweep(
+        name, args.storage, args.files, ask=None if args.yes else lambda what: _confirmed(f"delete {what}?")
+    )
+    print("\n".join(lines or ["nothing was deleted"]))
+    return 0 if lines else 1

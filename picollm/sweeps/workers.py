@@ -284,7 +284,7 @@ def _work(
         _run_processes(specs, progress.study, progress)
 
 
-def run_sweep(exp: Experiment, storage_url: str, workers: int = 1, timeout_s: float | None = None) -> SweepOutcome:
+def run_sweep(exp: Experiment, storage_url: str, workers: int, timeout_s: float | None = None) -> SweepOutcome:
     """Run (or resume) the study to ``n_trials`` finished trials (or its token budget) in ``workers`` processes, then
     export it."""
     exp, study = prepare(exp, storage_url)
