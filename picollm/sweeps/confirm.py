@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
+from tqdm.auto import tqdm
 
 from picollm import data, trainer
 from picollm.config import Config, config_from_dict
@@ -432,8 +433,6 @@ def _finite(value: float) -> float | None:
 def _train_missing(
     study: optuna.Study, conf: Confirmation, results: list[ConfigResult], parallel: int, threads: int
 ) -> None:
-    from tqdm.auto import tqdm
-
     facts = StudyRecord.of(study)
     if facts.trained_base:
         base, note = config_from_dict(facts.trained_base), facts.offline_fallback

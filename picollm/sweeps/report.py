@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 from picollm.console import show_progress
 from picollm.sweeps.budget import confirmation_tokens, stored_plan, tried_at_target
@@ -73,9 +74,7 @@ class Progress:
     line per finished trial."""
 
     def __init__(self, study: CappedStudy) -> None:
-        from tqdm.auto import tqdm
-
-        self.tqdm, self.study, self.plan = tqdm, study, study.plan
+        self.study, self.plan = study, study.plan
         self.seen = {t.number for t in study.trials if t.state.is_finished()}
         budgeted = self.plan.max_tokens is not None
         total = self.plan.max_tokens - self.plan.reserve if budgeted else study.total
@@ -98,7 +97,7 @@ class Progress:
             return
         self.seen.add(trial.number)
         best = best_value(study, upto=trial)
-        self.tqdm.write(trial_line(trial, best))
+        tqdm.write(trial_line(trial, best))
         sys.stdout.flush()  # one line per trial, also when stdout is a file
         self.advance(study)
         self.bar.set_postfix(best=f"{best:.4f}" if best is not None else "-")

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 import picollm.data
 from picollm.data import load_token_data, window_starts
@@ -136,8 +137,6 @@ def _to_stderr(line: str) -> None:
 
 
 def _progress_line(line: str) -> None:
-    from tqdm.auto import tqdm
-
     tqdm.write(line, file=sys.stderr)
 
 
