@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,8 @@ def within(low: float, high: float, default: float, closed: str = "[)") -> Any:
     return ruled(default, Rule(lambda v: math.isfinite(v) and above(v) and below(v), says))
 
 
-def one_of(choices: Sequence[str], default: str) -> Any:
+def one_of(choices: Collection[str], default: str) -> Any:
+    """A name from ``choices``: a tuple, or a registry dict whose keys are the names."""
     return ruled(default, OneOf(lambda v: v in choices, ", ".join(choices)))
 
 

@@ -20,9 +20,8 @@ import yaml
 from picollm.checks import at_least, one_of, problems, within
 from picollm.errors import ConfigError
 from picollm.fileio import atomic_write_text
-from picollm.models import MODELS
 from picollm.models.config import ModelConfig
-from picollm.optim import DECAY_SHAPES, OPTIMIZERS, SCHEDULES, OptimConfig
+from picollm.optim import OptimConfig
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 TOKENIZERS = ("gpt2", "bytes")
@@ -239,14 +238,8 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
-    choices = list(choices)
-    _require(value in choices, f"{key}: unknown value {value!r} (choose from {', '.join(choices)})")
-
-
 def validate(cfg: Config) -> None:
-    """What ties sections together, and the names registries hold (each section's own rules ran as it was read)."""
-    _check_names(cfg)
+    """What ties sections together (each section's own rules ran as it was read)."""
     _check_data_and_train(cfg.data, cfg.train)
     _check_anneal(cfg.train, cfg.optim)
 
@@ -262,13 +255,6 @@ def _check_anneal(t: TrainConfig, o: OptimConfig) -> None:
             0 < tokens < t.max_tokens,
             f"train.anneal_at: {tokens} is not between 0 and the run's budget train.max_tokens={t.max_tokens}",
         )
-
-
-def _check_names(cfg: Config) -> None:
-    _check_choice("model.type", cfg.model.type, MODELS)
-    _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    _check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
-    _check_choice("optim.decay_shape", cfg.optim.decay_shape, DECAY_SHAPES)
 
 
 def _check_data_and_train(d: DataConfig, t: TrainConfig) -> None:

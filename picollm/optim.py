@@ -8,35 +8,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from picollm.checks import at_least, positive, within
+from picollm.checks import at_least, one_of, positive, within
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and learning-rate schedule (the ``optim:`` section of a config)."""
-
-    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
-    lr: float = positive(1e-3)
-    weight_decay: float = at_least(0, 0.0)
-    momentum: float = at_least(0, 0.0)  # sgd, rmsprop
-    nesterov: bool = False  # sgd (needs momentum > 0)
-    beta1: float = within(0, 1, 0.9)  # adam, adamw
-    beta2: float = within(0, 1, 0.999)  # adam, adamw
-    eps: float = positive(1e-8)
-    grad_clip: float = at_least(0, 1.0)  # max gradient norm; 0 turns clipping off
-    schedule: str = "constant"  # constant | cosine | wsd (warmup, stable, decay), each after the linear warmup
-    warmup_steps: int = at_least(0, 0)
-    min_lr_ratio: float = within(0, 1, 0.1, "[]")  # cosine and wsd: the floor as a fraction of lr
-    decay_fraction: float = within(0, 1, 0.2, "()")  # wsd: the share of the run's steps spent decaying, at its end
-    decay_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt
-
-    def check(self) -> str | None:
-        """What ties two of its fields together (the fields' own rules are declared with them)."""
-        return None if not self.nesterov or self.momentum > 0 else "optim.nesterov needs optim.momentum > 0"
 
 
 def _optim() -> ModuleType:
@@ -109,6 +85,32 @@ def _wsd(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 # optim.schedule -> the multiple of lr at a step after the warmup, given the run's total steps.
 SCHEDULES: dict[str, Callable[[int, int, OptimConfig], float]] = {"constant": _constant, "cosine": _cosine, "wsd": _wsd}
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (the ``optim:`` section of a config)."""
+
+    name: str = one_of(OPTIMIZERS, "adamw")  # sgd | adam | adamw | rmsprop | adagrad
+    lr: float = positive(1e-3)
+    weight_decay: float = at_least(0, 0.0)
+    momentum: float = at_least(0, 0.0)  # sgd, rmsprop
+    nesterov: bool = False  # sgd (needs momentum > 0)
+    beta1: float = within(0, 1, 0.9)  # adam, adamw
+    beta2: float = within(0, 1, 0.999)  # adam, adamw
+    eps: float = positive(1e-8)
+    grad_clip: float = at_least(0, 1.0)  # max gradient norm; 0 turns clipping off
+    schedule: str = one_of(
+        SCHEDULES, "constant"
+    )  # constant | cosine | wsd (warmup, stable, decay), each after the linear warmup
+    warmup_steps: int = at_least(0, 0)
+    min_lr_ratio: float = within(0, 1, 0.1, "[]")  # cosine and wsd: the floor as a fraction of lr
+    decay_fraction: float = within(0, 1, 0.2, "()")  # wsd: the share of the run's steps spent decaying, at its end
+    decay_shape: str = one_of(DECAY_SHAPES, "linear")  # wsd: linear | cosine | 1-sqrt
+
+    def check(self) -> str | None:
+        """What ties two of its fields together (the fields' own rules are declared with them)."""
+        return None if not self.nesterov or self.momentum > 0 else "optim.nesterov needs optim.momentum > 0"
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:

@@ -13,16 +13,11 @@ import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from picollm.models.config import ModelConfig
+from picollm.models.config import MODELS, ModelConfig
 
 if TYPE_CHECKING:
     from torch import nn
 
-MODELS: dict[str, str] = {
-    "kgram": "picollm.models.kgram:KGramMLP",
-    "lstm": "picollm.models.lstm:LSTMLM",
-    "transformer": "picollm.models.transformer:Transformer",
-}
 FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 

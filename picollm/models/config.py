@@ -8,13 +8,19 @@ from dataclasses import dataclass
 from picollm.checks import at_least, one_of, within
 
 POSITIONS = ("learned", "rotary")
+# model.type -> "module:class", imported only when a model of that type is built.
+MODELS: dict[str, str] = {
+    "kgram": "picollm.models.kgram:KGramMLP",
+    "lstm": "picollm.models.lstm:LSTMLM",
+    "transformer": "picollm.models.transformer:Transformer",
+}
 
 
 @dataclass
 class ModelConfig:
     """Architecture; the models in :mod:`picollm.models` are built from it and a vocabulary size."""
 
-    type: str = "transformer"  # kgram | lstm | transformer
+    type: str = one_of(MODELS, "transformer")  # kgram | lstm | transformer
     block_size: int = at_least(1, 128)  # every model: the training window (the transformer's longest context)
     embed_size: int = at_least(1, 128)  # every model: the token embedding's width
     k: int = at_least(1, 3)  # kgram: tokens of context
