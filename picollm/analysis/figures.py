@@ -15,7 +15,8 @@ from picollm.analysis.noise import Z95, fit_noise
 from picollm.analysis.smoothing import running_mean
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """The PNG every command line writes: one resolution for all of them."""
     fig.savefig(path, dpi=120)
     return path
 
@@ -25,7 +26,7 @@ def _new(width: float, height: float) -> Figure:
 
 
 def noise_figure(run: Any, result: dict[str, Any], path: Path) -> Path:
-    return _save(draw_noise(run, result), path)
+    return save_figure(draw_noise(run, result), path)
 
 
 def draw_noise(run: Any, result: dict[str, Any]) -> Figure:
@@ -89,7 +90,7 @@ def _validation_with_bands(ax: Any, run: Any) -> None:
 
 
 def false_increase_figure(results: list[dict[str, Any]], path: Path) -> Path:
-    return _save(draw_false_increase(results), path)
+    return save_figure(draw_false_increase(results), path)
 
 
 def draw_false_increase(results: list[dict[str, Any]]) -> Figure:
@@ -137,11 +138,11 @@ def compare_figure(table: list[dict[str, Any]], metrics: list[str], path: Path) 
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bar_figure(labels: list[str], values: list[float], title: str, xlabel: str, path: Path) -> Path:
-    return _save(draw_bars(labels, values, title, xlabel), path)
+    return save_figure(draw_bars(labels, values, title, xlabel), path)
 
 
 def draw_bars(labels: list[str], values: list[float], title: str, xlabel: str) -> Figure:
@@ -175,7 +176,7 @@ def draw_losses(run: Any) -> Figure:
 
 
 def transfer_figure(result: dict[str, Any], path: Path) -> Path:
-    return _save(draw_transfer(result), path)
+    return save_figure(draw_transfer(result), path)
 
 
 def draw_transfer(result: dict[str, Any]) -> Figure:
@@ -201,7 +202,7 @@ def draw_transfer(result: dict[str, Any]) -> Figure:
 
 
 def windows_figure(runs: list[Any], results: list[dict[str, Any]], path: Path) -> Path:
-    return _save(draw_windows(runs, results), path)
+    return save_figure(draw_windows(runs, results), path)
 
 
 def draw_windows(runs: list[Any], results: list[dict[str, Any]]) -> Figure:

@@ -1,4 +1,6 @@
-"""The command lines: thin layers that parse arguments, call the library and print; the library never imports them.
+"""The command lines: each parses its arguments, calls :mod:`picollm.api` where it has the job, and prints.
+
+The library never imports them.
 
 :func:`run_cli` turns a :class:`~picollm.errors.PicoError` into one line on stderr and an exit code for every command
 line; a sweep's worker processes do the same for themselves (:func:`picollm.sweeps.workers.worker_process`).

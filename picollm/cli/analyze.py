@@ -18,6 +18,7 @@ from typing import Any
 
 from picollm.analysis import records
 from picollm.analysis.render import write_report
+from picollm.api import inspect
 from picollm.errors import ConfigError, DataError, mask_url
 from picollm.fileio import atomic_write_json
 from picollm.storage_url import add_storage_argument
@@ -164,28 +165,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from picollm.analysis.diagnose import inspect_lines, inspect_run  # torch: --help stays light
-    from picollm.analysis.figures import bar_figure  # matplotlib: --help stays light
+    from picollm.analysis.figures import save_figure  # matplotlib: --help stays light
 
-    result = inspect_run(args.run_dir, args.batch, args.position, args.top, args.weights)
+    result = inspect(args.run_dir, args.position, args.top, args.batch, args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "inspect.json", result)
-    bar_figure(
-        [t["token"] for t in result["top"]],
-        [t["prob"] for t in result["top"]],
-        f"top-{len(result['top'])} next tokens after position {result['position']}",
-        "probability",
-        out / "top_k.png",
-    )
-    bar_figure(
-        [t["token"] for t in result["token_frequencies"]],
-        [t["share"] for t in result["token_frequencies"]],
-        "most frequent training tokens",
-        "share of training tokens",
-        out / "token_frequencies.png",
-    )
-    print("\n".join(inspect_lines(result)))
+    atomic_write_json(out / "inspect.json", result.data)
+    for figure, name in zip(result.figures, ("top_k.png", "token_frequencies.png"), strict=True):
+        save_figure(figure, out / name)
+    print(repr(result))
     print(f"wrote {out}/inspect.json, top_k.png, token_frequencies.png")
     return 0
 
