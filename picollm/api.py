@@ -150,7 +150,8 @@ def train(cfg: Config | str | Path | None, overrides: Sequence[str] | str = ()) 
     Why: the run's record, W&B run and summary, with the loss history as a DataFrame and the curves as a Figure inline.
     ``cfg`` is a :class:`~picollm.config.Config` or a YAML path (None: the defaults). A loss that stops being finite
     raises :class:`~picollm.errors.ConfigError` naming the record, closed as failed. Interrupting the kernel closes the
-    record as ``interrupted``, says how :func:`resume` continues it, and raises ``KeyboardInterrupt``.
+    record as ``interrupted``, prints the command that continues it (:func:`resume` does the same), and raises
+    ``KeyboardInterrupt``.
 
         run = picollm.train("experiments/smoke.yaml", ["train.epochs=2"])
         run.history.tail()   # DataFrame of metrics.jsonl
@@ -280,7 +281,7 @@ class SweepResult:
         return [*(trial_line(t, best_value(self.study, upto=t)) for t in trials), *self.report()]
 
     def export(self) -> list[str]:
-        """Write the folder's files again from the study, as ``sweep.py export`` does; returns its notes.
+        """Write the folder's files again from the study, as ``sweep.py export`` does; returns its notes and where.
 
         Why: after a change to the study outside a sweep (another machine's trials, a deletion), or to draw the figures.
         best.yaml stays the confirmed winner where the study holds a confirmation."""
@@ -412,19 +413,23 @@ def load_sweep(
     storage: str | None = None,
     overrides: Sequence[str] | str = (),
     study_name: str | None = None,
+    n_trials: int | None = None,
 ) -> SweepResult:
     """The experiment's study as it stands, trained by nobody here: what ``sweep.py status``, ``export`` and
     ``confirm`` open.
 
     Why: to read a study that runs elsewhere (other workers, Slurm jobs) or finished earlier, and to export or confirm
-    it. Nothing is created: a study that does not exist is one line.
+    it. Nothing is created: a study that does not exist is one line. ``n_trials`` is the study's total, as the run
+    that made it was given it (a file with ``n_trials: null`` and no ``max_tokens`` needs it).
 
         result = picollm.load_sweep("experiments/quick.yaml")
         print("\n".join(result.status()))
     """
     from picollm.sweeps import open_study  # optuna: import picollm stays light
 
-    experiment = _experiment(experiment, overrides, study_name, None)
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError("n_trials must be >= 1")
+    experiment = _experiment(experiment, overrides, study_name, n_trials)
     return SweepResult(open_study(experiment, storage_url(storage), create=False), experiment)
 
 

@@ -177,7 +177,7 @@ def test_resume_and_extend_take_a_result_and_refuse_a_finished_cosine_run(traine
     with pytest.raises(ConfigError, match="the run finished"):
         picollm.resume(trained)
     with pytest.raises(ConfigError, match="no stable phase to branch from"):
-        picollm.extend(trained.run_dir, 10**6)
+        picollm.extend(trained, 10**6)
 
 
 def test_a_loss_that_stops_being_finite_is_one_line_naming_the_closed_record(tmp_path: Path) -> None:

@@ -94,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "delete":
         return delete_command(args)
     if args.config is None:
-        raise ConfigError(f"sweep.py {args.command} needs --config experiments/<name>.yaml")
+        command = "" if args.command == "run" else f" {args.command}"
+        raise ConfigError(f"sweep.py{command} needs --config experiments/<name>.yaml")
     if args.command == "launch":
         return launch_command(args)
     if args.command == "run":
         return run_command(args)
-    result = load_sweep(args.config, args.storage, args.overrides, args.study_name)
+    result = load_sweep(args.config, args.storage, args.overrides, args.study_name, args.n_trials)
     commands = {
         "status": result.status,
         "export": result.export,
@@ -127,9 +128,10 @@ def launch_command(args: argparse.Namespace) -> int:
     from picollm.sweeps import load_experiment  # optuna: sweep.py --help stays quick
     from picollm.sweeps.launch import launch_command as launch  # submitit: sweep.py --help stays light
 
+    exp = load_experiment(args.config, args.overrides, args.study_name, args.n_trials)
     if args.workers is None:
         raise ConfigError("sweep.py launch needs --workers N: the number of jobs to submit")
-    return launch(load_experiment(args.config, args.overrides, args.study_name, args.n_trials), args)
+    return launch(exp, args)
 
 
 def _confirmed(question: str) -> bool:
