@@ -423,7 +423,7 @@ def load_sweep(
     that made it was given it (a file with ``n_trials: null`` and no ``max_tokens`` needs it).
 
         result = picollm.load_sweep("experiments/quick.yaml")
-        print("\n".join(result.status()))
+        print("\\n".join(result.status()))
     """
     from picollm.sweeps import open_study  # optuna: import picollm stays light
 
@@ -443,7 +443,7 @@ def delete_sweep(
     refuse, which deletes nothing and returns []. Returns the lines saying what was deleted and what was kept: run
     records and W&B runs are never deleted.
 
-        print("\n".join(picollm.delete_sweep("quick", files=True)))
+        print("\\n".join(picollm.delete_sweep("quick", files=True)))
     """
     from picollm.sweeps.study import delete_stored, find_study  # optuna: import picollm stays light
 
@@ -456,11 +456,11 @@ def delete_sweep(
     delete_stored(found)
     if folder is not None:
         shutil.rmtree(folder)
-    kept = [f"the run records in {found.runs_dir}/ (named {study_name}-t<N>-...)", "any W&B runs"]
+    kept = [f"the run records in {found.runs_dir}/ (named {study_name}-...)", "any W&B runs"]
     if found.export_dir is not None and folder is None:
         kept.append(
-            f"{found.export_dir}/ (--files or files=True removes it; a new study named {study_name!r} "
-            "will not write over it)"
+            f"{found.export_dir}/ (a new study named {study_name!r} will not write over it: move it away, "
+            "or delete with --files next time)"
         )
     if found.other_dir is not None:
         kept.append(f"{found.other_dir}/ (another study's results)")

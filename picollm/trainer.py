@@ -606,7 +606,8 @@ def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
     if _recorded_status(run_dir) == "finished":
-        raise ConfigError(f"{run_dir}: the run finished; --extend-to TOKENS trains a wsd run further")
+        further = "; --extend-to TOKENS trains it further" if cfg.optim.schedule == "wsd" else ""
+        raise ConfigError(f"{run_dir}: the run finished{further}")
     path = checkpoint.latest_state(run_dir)
     state = checkpoint.load_state(path, cfg, same_budget=True)
     return train(cfg, run_id=run_dir.name, start=Start(state, run_dir, run_dir), **kwargs)

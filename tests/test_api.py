@@ -174,7 +174,7 @@ def test_evaluate_scores_the_saved_weights(trained: api.TrainResult) -> None:
 
 
 def test_resume_and_extend_take_a_result_and_refuse_a_finished_cosine_run(trained: api.TrainResult) -> None:
-    with pytest.raises(ConfigError, match="the run finished"):
+    with pytest.raises(ConfigError, match=r"the run finished$"):  # no --extend-to hint: a cosine run cannot extend
         picollm.resume(trained)
     with pytest.raises(ConfigError, match="no stable phase to branch from"):
         picollm.extend(trained, 10**6)

@@ -179,7 +179,7 @@ def test_the_cli_resumes_a_killed_run(tmp_path: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     # Refusals happen before any training, in one line.
     below = "--extend-to 4,096: the run's budget is train.max_tokens=6144; extend to more tokens than that"
-    finished = f"{killed}: the run finished; --extend-to TOKENS trains a wsd run further"
+    finished = f"{killed}: the run finished; --extend-to TOKENS trains it further"
     for argv, line in [(["--extend-to", "4096", killed], below), (["--resume", killed], finished)]:
         assert train_cli(*argv) == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"error: {line}"]
