@@ -235,6 +235,15 @@ def test_status_and_export_print_what_the_api_returns_and_delete_sweep_asks_firs
     assert code == 0 and out.splitlines() == loaded.status(), err
     code, _, err = sweep(["status", "--storage", storage], capsys)
     assert code == 2 and err.strip() == "error: sweep.py status needs --config experiments/<name>.yaml"
+    # reading a study needs no torch (it was half of status's time): a fresh interpreter, as the command line is
+    reader = f"""
+import sys
+from picollm.cli.sweep import main
+main(["status", "--config", {str(path)!r}, "--storage", {storage!r}])
+print("torch loaded:", "torch" in sys.modules)
+"""
+    fresh = subprocess.run([sys.executable, "-c", reader], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0 and fresh.stdout.splitlines()[-1] == "torch loaded: False", fresh.stderr
     asked: list[str] = []
     assert picollm.delete_sweep("t", storage, ask=lambda what: asked.append(what) or False) == []
     assert asked == [f"study 't' (1 trial: 1 complete) from {storage}"] and study_names(storage) == ["t"]

@@ -43,7 +43,6 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from picollm.config import TrackingConfig
-from picollm.data import cache_key
 from picollm.errors import PicoError, StorageError, mask_url
 from picollm.sweeps.budget import TokenPlan, last_promotion, next_promotion, plan_of, scores_at
 from picollm.sweeps.experiment import (
@@ -309,6 +308,8 @@ def _harmless(key: str) -> bool:
 
 def fingerprint(exp: Experiment) -> dict[str, Any]:
     """The fingerprint of ``exp`` (after the offline fallback was resolved, so the data is what will run)."""
+    from picollm.data import cache_key  # torch: reading a study's records needs none
+
     cfg = exp.base
     searched = {p.key for p in exp.space}
     s = exp.study

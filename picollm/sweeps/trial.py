@@ -28,12 +28,10 @@ from typing import Any, Protocol
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
-from picollm import checkpoint, trainer
 from picollm.config import Config
 from picollm.errors import PicoError, mask_url
 from picollm.timing import Stopwatch, take_process_start
 from picollm.tracking import new_run_id
-from picollm.trainer import Start, StopRun
 
 # What a trial's value is (``value_kind``).
 FINAL, PRUNED_AT, FAILED, RUNNING = "final", "pruned-intermediate", "failed", "running"
@@ -223,6 +221,9 @@ def resumable(trial: optuna.Trial, cfg: Config) -> Any:
 
     The retry continues in a record of its own (the predecessor's rows up to the checkpoint copied): a worker taken
     over for a missed heartbeat may still be alive, and it closes its own record when it wakes."""
+    from picollm import checkpoint  # torch: reading a study's records needs none
+    from picollm.trainer import Start  # torch: reading a study's records needs none
+
     facts = TrialRecord.of(trial)
     sources = [facts.run_dir]
     if facts.continues is not None:  # a retried continuation that died before its own first checkpoint
@@ -321,6 +322,8 @@ class Objective:
             )
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
         lease = nullcontext() if trial.study.beats else Lease(trial, exp.study.heartbeat_interval)
+        from picollm import trainer  # torch: reading a study's records needs none
+
         self.started = time.perf_counter()
         try:
             with lease:
@@ -353,6 +356,8 @@ class Objective:
         return {} if self.started is None else {"duration_s": round(time.perf_counter() - self.started, 2)}
 
     def pruning_hook(self, trial: optuna.Trial) -> Any:
+        from picollm.trainer import StopRun  # torch: reading a study's records needs none
+
         def report(tokens: int, val_loss: float) -> None:
             try:
                 with self.clock.phase("storage"), warnings.catch_warnings():
