@@ -86,8 +86,9 @@ def stop_workers(
 # What Optuna's RDBStorage imports when a worker opens the study's database: about 1 CPU-s a worker, 0.55 once here.
 RDB_LIBRARIES = ["sqlalchemy.orm", "alembic.command", "alembic.config", "alembic.migration", "alembic.script"]
 
-# Imported once in the forkserver for every worker (torch._dynamo: torch's optimisers import it on their first step).
-WORKER_PRELOAD = ["picollm.sweeps.trial", "picollm.trainer", "torch._dynamo", *RDB_LIBRARIES]
+# Imported once in the forkserver for every worker (torch._dynamo: torch's optimisers import it on their first step;
+# picollm.sweeps.workers: where a worker's function lives, which the package no longer imports for it).
+WORKER_PRELOAD = ["picollm.sweeps.workers", "picollm.sweeps.trial", "picollm.trainer", "torch._dynamo", *RDB_LIBRARIES]
 
 
 def worker_context() -> Any:
