@@ -301,6 +301,8 @@ class Objective:
         trial.study.stop()
 
     def run(self, trial: optuna.Trial) -> float:
+        from picollm import trainer  # torch: reading a study's records needs none
+
         trial.study.started_here(trial)
         exp = self.exp
         values = exp.sample(trial)
@@ -322,8 +324,6 @@ class Objective:
             )
         extra = {"trial": {"study": exp.study.name, "number": trial.number, "params": values}, **exp.extra}
         lease = nullcontext() if trial.study.beats else Lease(trial, exp.study.heartbeat_interval)
-        from picollm import trainer  # torch: reading a study's records needs none
-
         self.started = time.perf_counter()
         try:
             with lease:
