@@ -9,32 +9,7 @@ import os
 # torch is imported; a user's own setting wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from picollm.api import (
-    delete_sweep,
-    evaluate,
-    extend,
-    generate,
-    inspect,
-    load_config,
-    load_sweep,
-    noise,
-    resume,
-    sweep,
-    train,
-)
+from picollm.api import *  # noqa: F403  (the API's functions, named once: picollm.api.__all__)
+from picollm.api import __all__ as __all__
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "delete_sweep",
-    "evaluate",
-    "extend",
-    "generate",
-    "inspect",
-    "load_config",
-    "load_sweep",
-    "noise",
-    "resume",
-    "sweep",
-    "train",
-]
