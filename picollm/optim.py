@@ -100,9 +100,7 @@ class OptimConfig:
     beta2: float = within(0, 1, 0.999)  # adam, adamw
     eps: float = positive(1e-8)
     grad_clip: float = at_least(0, 1.0)  # max gradient norm; 0 turns clipping off
-    schedule: str = one_of(
-        SCHEDULES, "constant"
-    )  # constant | cosine | wsd (warmup, stable, decay), each after the linear warmup
+    schedule: str = one_of(SCHEDULES, "constant")  # wsd: warmup, stable, decay; each after the linear warmup
     warmup_steps: int = at_least(0, 0)
     min_lr_ratio: float = within(0, 1, 0.1, "[]")  # cosine and wsd: the floor as a fraction of lr
     decay_fraction: float = within(0, 1, 0.2, "()")  # wsd: the share of the run's steps spent decaying, at its end
