@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import json
 import math
 import sys
 import time
@@ -51,7 +50,7 @@ from picollm.sampling import Sampling, generate_text
 from picollm.scoring import Estimate, score
 from picollm.timing import Stopwatch
 from picollm.tokenizers import tiktoken_cache_dir
-from picollm.tracking import Tracker, new_run_id
+from picollm.tracking import Tracker, new_run_id, read_summary
 
 EvalHook = Callable[[int, float], None]  # (tokens seen, val/loss) -> None; may raise StopRun
 
@@ -605,19 +604,12 @@ def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Continue a killed run from its latest full-state checkpoint, in its own record, with the same losses."""
     run_dir = Path(run_dir)
     cfg = _recorded_config(run_dir)
-    if _recorded_status(run_dir) == "finished":
+    if read_summary(run_dir).get("status") == "finished":  # a killed run has no summary yet
         further = "; --extend-to TOKENS trains it further" if cfg.optim.schedule == "wsd" else ""
         raise ConfigError(f"{run_dir}: the run finished{further}")
     path = checkpoint.latest_state(run_dir)
     state = checkpoint.load_state(path, cfg, same_budget=True)
     return train(cfg, run_id=run_dir.name, start=Start(state, run_dir, run_dir), **kwargs)
-
-
-def _recorded_status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None  # killed before the record closed
 
 
 def extend(run_dir: str | Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
