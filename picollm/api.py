@@ -174,7 +174,7 @@ def resume(run: str | Path | TrainResult) -> TrainResult:
     """
     from picollm.trainer import resume as go_on  # torch: import picollm stays light
 
-    record = _record(run)
+    record = _run_dir(run)
     return _finished(lambda: go_on(record), record)
 
 
@@ -187,12 +187,8 @@ def extend(run: str | Path | TrainResult, tokens: int) -> TrainResult:
     """
     from picollm.trainer import extend as go_on  # torch: import picollm stays light
 
-    record = _record(run)
+    record = _run_dir(run)
     return _finished(lambda: go_on(record, tokens), None)
-
-
-def _record(run: str | Path | TrainResult) -> Path:
-    return run.run_dir if isinstance(run, TrainResult) else Path(run)
 
 
 def _finished(training: Callable[[], dict[str, Any]], record: Path | None) -> TrainResult:
@@ -300,9 +296,8 @@ class SweepResult:
         from picollm.sweeps.experiment import ConfirmSettings, check_confirm  # optuna: import picollm stays light
         from picollm.sweeps.export import confirm_and_export  # optuna: import picollm stays light
 
-        settings = replace(self.experiment.confirm or ConfirmSettings())
-        settings.top = settings.top if top is None else top
-        settings.seeds = settings.seeds if seeds is None else seeds
+        block = self.experiment.confirm or ConfirmSettings()
+        settings = replace(block, top=block.top if top is None else top, seeds=block.seeds if seeds is None else seeds)
         check_confirm(settings)
         s = self.experiment.study
         return confirm_and_export(self.study, settings, s.out_dir, workers, s.figures)
@@ -380,8 +375,8 @@ def run_study(
     from picollm.sweeps import open_study, run_sweep  # optuna: import picollm stays light
     from picollm.sweeps.study import fail_dead_local_trials  # optuna: import picollm stays light
 
-    if (workers is not None and workers < 1) or (n_trials is not None and n_trials < 1):
-        raise ConfigError("workers and n_trials must be >= 1")
+    if workers is not None and workers < 1:
+        raise ConfigError("workers must be >= 1")
     storage = storage_url(storage)
     experiment = _experiment(experiment, overrides, study_name, n_trials)
     with _own_sigterm():
@@ -399,6 +394,8 @@ def _experiment(
     """An experiment file read with its overrides, or a loaded one with ``n_trials`` set."""
     from picollm.sweeps import Experiment, load_experiment  # optuna: import picollm stays light
 
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError("n_trials must be >= 1")
     if not isinstance(experiment, Experiment):
         return load_experiment(str(experiment), _overrides(overrides), study_name, n_trials)
     if overrides or study_name:
@@ -427,8 +424,6 @@ def load_sweep(
     """
     from picollm.sweeps import open_study  # optuna: import picollm stays light
 
-    if n_trials is not None and n_trials < 1:
-        raise ConfigError("n_trials must be >= 1")
     experiment = _experiment(experiment, overrides, study_name, n_trials)
     return SweepResult(open_study(experiment, storage_url(storage), create=False), experiment)
 
