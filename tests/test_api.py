@@ -166,11 +166,13 @@ def test_evaluate_scores_the_saved_weights(trained: api.TrainResult) -> None:
     scores = picollm.evaluate(trained)
     assert {"loss", "stderr", "tokens", "context"} <= set(scores)
     assert 0 < scores["loss"] < trained.summary["unigram_val_loss"] and scores["stderr"] > 0
-    final = picollm.evaluate(trained, weights="final", device="auto")  # what --weights and --device choose
+    final = picollm.evaluate(trained, weights="final")  # what --weights chooses
     assert final["weights"] == "final.pt"
     assert final["loss"] == pytest.approx(trained.summary["final_val_loss"], abs=1e-5)
     with pytest.raises(ConfigError, match="choose best or final"):
         picollm.evaluate(trained, weights="latest")
+    with pytest.raises(ConfigError, match=r"cuda:99 is not available"):  # --device reaches the scorer
+        picollm.evaluate(trained, device="cuda:99")
 
 
 def test_resume_and_extend_take_a_result_and_refuse_a_finished_cosine_run(trained: api.TrainResult) -> None:
